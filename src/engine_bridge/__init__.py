@@ -1,0 +1,49 @@
+"""Engines behind scaffold-actors workers.
+
+Every engine implements :class:`Engine`: ``async with engine:`` starts it,
+``open_stream(request)`` streams :class:`EngineDelta` values and aborts the request
+when the block exits.  Engines that need heavy optional dependencies (transformers,
+TensorRT-LLM) are imported lazily on first attribute access.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._protocol import Engine
+from ._simulated import CostModel, SimulatedCall, SimulatedEngine, SimulatedOutput
+from ._types import (
+    ChatMessage,
+    EngineClosedError,
+    EngineDelta,
+    EngineError,
+    EngineRequest,
+    InvalidRequestError,
+    SamplingParams,
+)
+
+__all__ = [
+    "ChatMessage",
+    "CostModel",
+    "Engine",
+    "EngineClosedError",
+    "EngineDelta",
+    "EngineError",
+    "EngineRequest",
+    "InvalidRequestError",
+    "SamplingParams",
+    "SimulatedCall",
+    "SimulatedEngine",
+    "SimulatedOutput",
+]
+
+_LAZY: dict[str, str] = {}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine_bridge' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)

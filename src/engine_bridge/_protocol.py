@@ -1,0 +1,58 @@
+"""The interface every engine implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from ._types import EngineDelta, EngineRequest
+
+__all__ = ["Engine"]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An inference engine as the scaffold runtime sees it.
+
+    Lifecycle: ``async with engine:`` starts it (its scheduler task or bridge
+    thread) and closing it aborts every request still alive.
+
+    ``open_stream(request)`` is an async context manager that admits the request
+    (waiting, without busy polling, while the engine is at capacity) and yields an
+    async iterator of :class:`EngineDelta`; the last delta has ``finish_reason``
+    set.  Leaving the block for any reason (end of output, ``break``, an
+    exception, cancellation) aborts the request in the engine and frees its slot
+    and KV blocks before the block exits; after that no further delta of the
+    request is delivered.
+
+    ``check(request)`` raises :class:`InvalidRequestError` for a request the engine
+    can never serve (prompt longer than the context, ...), without side effects,
+    so callers can reject bad input at submission.
+    """
+
+    @property
+    def num_active(self) -> int:
+        """Requests the engine holds right now (waiting or running)."""
+        ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def check(self, request: EngineRequest) -> None: ...
+
+    def count_prompt_tokens(self, request: EngineRequest) -> int: ...
+
+    def open_stream(
+        self, request: EngineRequest
+    ) -> AbstractAsyncContextManager[AsyncIterator[EngineDelta]]: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...

@@ -1,0 +1,431 @@
+"""A simulated engine with a virtual-time cost model.
+
+It behaves like a continuous-batching engine: requests wait for admission until
+their KV reservation (prompt tokens + ``max_tokens``) fits the KV capacity and the
+batch has room; each scheduler step sleeps for a prefill time (new prompts) and a
+decode time that grows with the batch size, then emits one token per running
+request.  All sleeping goes through :func:`anyio.sleep`, so under trio's
+``MockClock(autojump_threshold=0)`` a whole run is deterministic and takes no real
+time.  Outputs come from a *responder*: a fixed string, a list cycled per request,
+or a function of the request.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Self
+
+import anyio
+import anyio.abc
+import attrs
+
+from ._types import (
+    EngineClosedError,
+    EngineDelta,
+    EngineError,
+    EngineRequest,
+    InvalidRequestError,
+)
+from ._wordtok import WordTokenizer
+
+__all__ = ["CostModel", "SimulatedCall", "SimulatedEngine", "SimulatedOutput"]
+
+
+@attrs.frozen(slots=True)
+class CostModel:
+    """Virtual seconds the simulated engine spends.
+
+    A scheduler step costs ``step_base + step_per_seq * batch_size``; admitting
+    new requests costs ``prefill_per_token`` for each of their prompt tokens.
+    """
+
+    prefill_per_token: float = attrs.field(default=2e-5, validator=attrs.validators.ge(0))
+    step_base: float = attrs.field(default=0.01, validator=attrs.validators.ge(0))
+    step_per_seq: float = attrs.field(default=2e-4, validator=attrs.validators.ge(0))
+
+    @classmethod
+    def instant(cls) -> CostModel:
+        """An engine that answers at once (for overhead measurements)."""
+        return cls(0.0, 0.0, 0.0)
+
+    def step_time(self, batch_size: int) -> float:
+        return self.step_base + self.step_per_seq * batch_size
+
+    def prefill_time(self, tokens: int) -> float:
+        return self.prefill_per_token * tokens
+
+
+@attrs.frozen(slots=True)
+class SimulatedOutput:
+    """What a responder returns when it wants to fix the logprobs too."""
+
+    text: str
+    logprobs: Sequence[float] | None = None
+
+
+@attrs.frozen(slots=True)
+class SimulatedCall:
+    """What a responder sees: the rendered prompt, the request, and a seeded RNG.
+
+    ``index`` counts requests submitted to this engine, starting at 0.  ``rng`` is
+    seeded from the engine seed and the request's ``seed`` (or ``index`` when the
+    request has none), so outputs are reproducible.
+    """
+
+    prompt: str
+    request: EngineRequest
+    index: int
+    rng: random.Random
+
+
+Responder = Callable[[SimulatedCall], "str | SimulatedOutput"]
+
+
+def _default_responder(call: SimulatedCall) -> str:
+    n = call.rng.randint(0, 9)
+    return f"Thinking step by step. The answer is \\boxed{{{n}}}."
+
+
+def _make_responder(spec: str | Sequence[str] | Responder | None) -> Responder:
+    if spec is None:
+        return _default_responder
+    if isinstance(spec, str):
+        text = spec
+        return lambda call: text
+    if callable(spec):
+        return spec
+    items = list(spec)
+    if not items:
+        raise ValueError("responder list must not be empty")
+    return lambda call: items[call.index % len(items)]
+
+
+class _SimRequest:
+    __slots__ = (
+        "done",
+        "emitted",
+        "error",
+        "event",
+        "finish",
+        "logprobs",
+        "pending",
+        "pieces",
+        "pos",
+        "prompt_tokens",
+        "released",
+        "request",
+        "reserve",
+        "text_so_far",
+    )
+
+    def __init__(
+        self,
+        request: EngineRequest,
+        prompt_tokens: int,
+        pieces: list[str],
+        logprobs: list[float] | None,
+    ) -> None:
+        self.request = request
+        self.prompt_tokens = prompt_tokens
+        self.pieces = pieces
+        self.logprobs = logprobs
+        self.reserve = prompt_tokens + request.params.max_tokens
+        self.pos = 0
+        self.text_so_far = ""
+        self.emitted = 0  # characters of text already delivered
+        self.pending: deque[EngineDelta] = deque()
+        self.event: anyio.Event | None = None
+        self.error: BaseException | None = None
+        self.finish: str | None = None
+        self.done = False
+        self.released = False
+
+    def wake(self) -> None:
+        if self.event is not None:
+            self.event.set()
+
+
+class _Stream:
+    """Async iterator over one request's deltas (no async generator to finalise)."""
+
+    __slots__ = ("_r",)
+
+    def __init__(self, r: _SimRequest) -> None:
+        self._r = r
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> EngineDelta:
+        r = self._r
+        while True:
+            if r.pending:
+                return r.pending.popleft()
+            if r.error is not None:
+                raise r.error
+            if r.done:
+                raise StopAsyncIteration
+            r.event = anyio.Event()
+            await r.event.wait()
+            r.event = None
+
+
+class SimulatedEngine:
+    """Continuous-batching engine simulator (see module docstring).
+
+    Parameters:
+        responder: output source: a string, a list of strings cycled per request,
+            or ``f(SimulatedCall) -> str | SimulatedOutput``.  Defaults to a short
+            reasoning line ending in ``\\boxed{digit}`` drawn from the seeded RNG.
+        cost: the virtual-time :class:`CostModel`.
+        max_batch_size: requests decoded together at most.
+        kv_capacity: KV tokens available; a request reserves prompt + max_tokens.
+        max_context: longest prompt + max_tokens accepted.
+        seed: engine seed mixed into each request's RNG.
+    """
+
+    def __init__(
+        self,
+        responder: str | Sequence[str] | Responder | None = None,
+        *,
+        cost: CostModel | None = None,
+        max_batch_size: int = 256,
+        kv_capacity: int = 1 << 20,
+        max_context: int = 8192,
+        seed: int = 0,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if kv_capacity < 1 or max_context < 1:
+            raise ValueError("kv_capacity and max_context must be >= 1")
+        self._respond = _make_responder(responder)
+        self.cost = cost if cost is not None else CostModel()
+        self.max_batch_size = max_batch_size
+        self.kv_capacity = kv_capacity
+        self.max_context = max_context
+        self.seed = seed
+        self.tokenizer = WordTokenizer()
+        self._waiting: deque[_SimRequest] = deque()
+        self._running: dict[int, _SimRequest] = {}
+        self._kv_used = 0
+        self._wakeup = anyio.Event()
+        self._index = 0
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closed = False
+        self._failure: BaseException | None = None
+        #: statistics for benchmarks and tests
+        self.steps = 0
+        self.completed = 0
+        self.aborted = 0
+        self.peak_batch = 0
+        self.prefill_tokens = 0
+
+    # -- Engine protocol -------------------------------------------------
+    @property
+    def num_active(self) -> int:
+        return len(self._waiting) + len(self._running)
+
+    @property
+    def healthy(self) -> bool:
+        return self._tg is not None and not self._closed and self._failure is None
+
+    def render(self, request: EngineRequest) -> str:
+        """The prompt text the model would see (chat messages rendered simply)."""
+        if request.prompt is not None:
+            return request.prompt
+        if request.prompt_token_ids is not None:
+            return self.tokenizer.decode(request.prompt_token_ids)
+        assert request.messages is not None
+        return "".join(f"<{m.role}>\n{m.content}\n" for m in request.messages) + "<assistant>\n"
+
+    def count_prompt_tokens(self, request: EngineRequest) -> int:
+        if request.prompt_token_ids is not None:
+            return len(request.prompt_token_ids)
+        return self.tokenizer.count(self.render(request))
+
+    def check(self, request: EngineRequest) -> None:
+        n = self.count_prompt_tokens(request)
+        need = n + request.params.max_tokens
+        if need > self.max_context:
+            raise InvalidRequestError(
+                "prompt",
+                f"prompt is {n} tokens and max_tokens is {request.params.max_tokens}: "
+                f"{need} exceeds the context length {self.max_context}",
+            )
+        if need > self.kv_capacity:
+            raise InvalidRequestError(
+                "max_tokens", f"request needs {need} KV tokens, the engine has {self.kv_capacity}"
+            )
+
+    async def __aenter__(self) -> Self:
+        if self._tg is not None:
+            raise RuntimeError("SimulatedEngine already started")
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._loop)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._tg is not None
+        self._closed = True
+        self._fail_all(EngineClosedError("engine closed"))
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(exc_type, exc, tb)
+
+    @asynccontextmanager
+    async def open_stream(self, request: EngineRequest) -> AsyncIterator[AsyncIterator[EngineDelta]]:
+        if self._failure is not None:
+            raise EngineError(f"engine is unhealthy: {self._failure}") from self._failure
+        if self._tg is None or self._closed:
+            raise EngineClosedError("engine is not running (use `async with engine:`)")
+        self.check(request)
+        r = self._new_request(request)
+        self._waiting.append(r)
+        self._wakeup.set()
+        try:
+            yield _Stream(r)
+        finally:
+            self._release(r)
+
+    # -- fault injection -------------------------------------------------
+    def inject_failure(self, error: BaseException | None = None) -> None:
+        """Simulate the engine dying: every live request fails with ``error``
+        (an :class:`EngineError` by default) and later requests are refused."""
+        err = error if error is not None else EngineError("simulated engine failure")
+        self._failure = err
+        self._fail_all(err)
+
+    # -- internals ---------------------------------------------------------
+    def _new_request(self, request: EngineRequest) -> _SimRequest:
+        prompt = self.render(request)
+        index = self._index
+        self._index += 1
+        seed = request.params.seed if request.params.seed is not None else index
+        rng = random.Random(hash((self.seed, seed)))
+        out = self._respond(SimulatedCall(prompt, request, index, rng))
+        if isinstance(out, str):
+            out = SimulatedOutput(out)
+        pieces = self.tokenizer.split(out.text)
+        logprobs: list[float] | None = None
+        if request.params.num_logprobs is not None:
+            if out.logprobs is not None:
+                if len(out.logprobs) < len(pieces):
+                    raise EngineError("responder returned fewer logprobs than tokens")
+                logprobs = list(out.logprobs)
+            else:
+                logprobs = [-rng.random() * 2.0 for _ in pieces]
+        n_prompt = self.count_prompt_tokens(request)
+        return _SimRequest(request, n_prompt, pieces, logprobs)
+
+    def _release(self, r: _SimRequest) -> None:
+        if r.released:
+            return
+        r.released = True
+        try:
+            self._waiting.remove(r)
+        except ValueError:
+            if self._running.pop(id(r), None) is not None:
+                self._kv_used -= r.reserve
+        if not r.done:
+            self.aborted += 1
+        r.done = True
+        r.pending.clear()
+        if self._waiting:
+            self._wakeup.set()
+
+    def _fail_all(self, err: BaseException) -> None:
+        for r in [*self._waiting, *self._running.values()]:
+            r.error = err
+            r.done = True
+            r.wake()
+        self._waiting.clear()
+        self._running.clear()
+        self._kv_used = 0
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            await anyio.sleep(seconds)
+        else:
+            await anyio.lowlevel.checkpoint()
+
+    async def _loop(self) -> None:
+        while True:
+            if self._failure is not None or (not self._waiting and not self._running):
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+                continue
+            admitted = 0
+            while (
+                self._waiting
+                and len(self._running) < self.max_batch_size
+                and self._kv_used + self._waiting[0].reserve <= self.kv_capacity
+            ):
+                r = self._waiting.popleft()
+                self._running[id(r)] = r
+                self._kv_used += r.reserve
+                admitted += r.prompt_tokens
+            if admitted:
+                self.prefill_tokens += admitted
+                await self._sleep(self.cost.prefill_time(admitted))
+            if not self._running:
+                # Everything admitted was aborted during prefill.
+                continue
+            batch = len(self._running)
+            self.peak_batch = max(self.peak_batch, batch)
+            await self._sleep(self.cost.step_time(batch))
+            self.steps += 1
+            for key, r in list(self._running.items()):
+                if self._step(r):
+                    del self._running[key]
+                    self._kv_used -= r.reserve
+                    self.completed += 1
+
+    def _step(self, r: _SimRequest) -> bool:
+        """Produce one token of ``r``; return True when it finished."""
+        if r.done:
+            return True
+        params = r.request.params
+        finish: str | None = None
+        n_tok = 0
+        if r.pos < len(r.pieces):
+            r.text_so_far += r.pieces[r.pos]
+            r.pos += 1
+            n_tok = 1
+        if r.pos >= len(r.pieces):
+            finish = "stop"
+        elif r.pos >= params.max_tokens:
+            finish = "length"
+        text = r.text_so_far
+        for s in params.stop:
+            cut = text.find(s)
+            if cut != -1:
+                text = text[:cut]
+                finish = "stop"
+        if finish is None and not r.request.stream:
+            return False
+        if r.request.stream or finish is not None:
+            start_tok = r.pos - n_tok if r.request.stream else 0
+            ids = tuple(self.tokenizer.ids_for(r.pieces[start_tok : r.pos]))
+            lps = tuple(r.logprobs[start_tok : r.pos]) if r.logprobs is not None else None
+            delta = EngineDelta(
+                text=text[r.emitted :],
+                token_ids=ids,
+                logprobs=lps,
+                finish_reason=finish,
+                prompt_tokens=r.prompt_tokens,
+            )
+            r.emitted = len(text)
+            r.pending.append(delta)
+        if finish is not None:
+            r.done = True
+        r.wake()
+        return finish is not None

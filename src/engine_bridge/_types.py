@@ -1,0 +1,202 @@
+"""Value types shared by every engine: sampling parameters, requests, deltas, errors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "ChatMessage",
+    "EngineClosedError",
+    "EngineDelta",
+    "EngineError",
+    "EngineRequest",
+    "InvalidRequestError",
+    "SamplingParams",
+]
+
+
+class EngineError(RuntimeError):
+    """The engine failed while serving a request (thread died, malformed output, server error)."""
+
+
+class EngineClosedError(EngineError):
+    """The engine was closed (or never started) when a request reached it."""
+
+
+class InvalidRequestError(ValueError):
+    """A request was rejected before it reached the engine.
+
+    ``field`` names the offending field (for example ``"max_tokens"``) so callers
+    can point the user at what to fix.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _check_optional_number(
+    field: str, value: Any, *, low: float, high: float | None = None, low_open: bool = False
+) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequestError(field, f"must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise InvalidRequestError(field, f"must be finite, got {value!r}")
+    if (value <= low) if low_open else (value < low):
+        op = ">" if low_open else ">="
+        raise InvalidRequestError(field, f"must be {op} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise InvalidRequestError(field, f"must be <= {high}, got {value!r}")
+
+
+def _check_optional_int(field: str, value: Any, *, low: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(field, f"must be an integer, got {type(value).__name__}")
+    if value < low:
+        raise InvalidRequestError(field, f"must be >= {low}, got {value!r}")
+
+
+def _normalise_stop(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = (value,)
+    out = tuple(value)
+    for s in out:
+        if not isinstance(s, str) or not s:
+            raise InvalidRequestError("stop", f"stop strings must be non-empty str, got {s!r}")
+    return out
+
+
+def validate_sampling(
+    *,
+    max_tokens: Any = None,
+    temperature: Any = None,
+    top_p: Any = None,
+    top_k: Any = None,
+    seed: Any = None,
+    num_logprobs: Any = None,
+    n: Any = 1,
+) -> None:
+    """Raise :class:`InvalidRequestError` naming the first invalid field."""
+    _check_optional_int("max_tokens", max_tokens, low=1)
+    _check_optional_number("temperature", temperature, low=0.0, high=100.0)
+    _check_optional_number("top_p", top_p, low=0.0, high=1.0, low_open=True)
+    _check_optional_int("top_k", top_k, low=0)
+    _check_optional_int("seed", seed, low=0)
+    _check_optional_int("num_logprobs", num_logprobs, low=0)
+    _check_optional_int("n", n, low=1)
+
+
+@attrs.frozen(slots=True)
+class SamplingParams:
+    """How to sample one completion. Validated on construction.
+
+    ``temperature == 0`` means greedy decoding. ``num_logprobs`` asks for the log
+    probability of each sampled token (``0`` means only the sampled token,
+    ``k > 0`` also the ``k`` most likely alternatives where the engine supports it).
+    """
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = attrs.field(default=(), converter=_normalise_stop)
+    seed: int | None = None
+    num_logprobs: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        validate_sampling(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            num_logprobs=self.num_logprobs,
+        )
+
+
+@attrs.frozen(slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+def _freeze_messages(value: Sequence[Mapping[str, Any] | ChatMessage] | None) -> tuple[ChatMessage, ...] | None:
+    if value is None:
+        return None
+    out = []
+    for i, m in enumerate(value):
+        if isinstance(m, ChatMessage):
+            out.append(m)
+            continue
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(
+            m.get("content"), str
+        ):
+            raise InvalidRequestError(
+                "messages", f"message {i} must have str 'role' and 'content', got {m!r}"
+            )
+        out.append(ChatMessage(m["role"], m["content"]))
+    return tuple(out)
+
+
+@attrs.frozen(slots=True)
+class EngineRequest:
+    """One completion request as an engine sees it.
+
+    Exactly one of ``prompt`` (text), ``prompt_token_ids`` or ``messages`` (chat,
+    rendered with the engine's chat template) is set.  ``stream=False`` lets the
+    engine deliver the whole output at once instead of a delta per step.
+    """
+
+    params: SamplingParams
+    prompt: str | None = None
+    prompt_token_ids: tuple[int, ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(tuple)
+    )
+    messages: tuple[ChatMessage, ...] | None = attrs.field(default=None, converter=_freeze_messages)
+    stream: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        given = [x is not None for x in (self.prompt, self.prompt_token_ids, self.messages)]
+        if sum(given) != 1:
+            raise InvalidRequestError(
+                "prompt", "exactly one of prompt, prompt_token_ids or messages must be given"
+            )
+        if self.prompt is not None and (not isinstance(self.prompt, str) or not self.prompt):
+            raise InvalidRequestError("prompt", "must be a non-empty string")
+        if self.prompt_token_ids is not None and not self.prompt_token_ids:
+            raise InvalidRequestError("prompt_token_ids", "must not be empty")
+        if self.messages is not None and not self.messages:
+            raise InvalidRequestError("messages", "must not be empty")
+
+
+@attrs.frozen(slots=True)
+class EngineDelta:
+    """New output of one request since the previous delta.
+
+    ``finish_reason`` is set on the last delta only: ``"stop"`` (end of sequence or
+    a stop string), ``"length"`` (``max_tokens`` reached).  ``logprobs`` holds one
+    value per token in ``token_ids`` when they were asked for.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...] | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

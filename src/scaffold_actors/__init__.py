@@ -1,0 +1,73 @@
+"""scaffold-actors: inference-time compute over LLMs on trio structured concurrency.
+
+Native controllers are async functions (or objects with an async ``run``) that get
+a :class:`RequestContext`; TensorRT-LLM style generator controllers live in
+:mod:`scaffold_actors.compat`.  Both run on the same runtime:
+:class:`AsyncScaffoldingLlm` (trio or asyncio) or :class:`ScaffoldingLlm`
+(blocking, with its own event-loop thread).
+"""
+
+from ._context import Handle, Parallel, RequestContext
+from ._controller import NativeController
+from ._engine_worker import EngineWorker, notify_progress
+from ._errors import (
+    EngineError,
+    InvalidTaskError,
+    RequestCancelledError,
+    RuntimeClosedError,
+    ScaffoldError,
+    TaskFailedError,
+    TaskNotSupportedError,
+    TooManyRequestsError,
+    UnknownWorkerTagError,
+)
+from ._result import ScaffoldingResult
+from ._runtime import AsyncScaffoldingLlm
+from ._sync import ScaffoldingLlm
+from ._tasks import (
+    GenerationTask,
+    RewardTask,
+    ScaffoldingOutput,
+    StreamGenerationTask,
+    Task,
+    TaskStatus,
+    ToolCallTask,
+)
+from ._trace import ExecutionTrace, ReplayMismatchError, ReplayWorker, TaskRecord, TokenUsage
+from ._worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncScaffoldingLlm",
+    "EngineError",
+    "EngineWorker",
+    "ExecutionTrace",
+    "GenerationTask",
+    "Handle",
+    "InvalidTaskError",
+    "NativeController",
+    "Parallel",
+    "ReplayMismatchError",
+    "ReplayWorker",
+    "RequestCancelledError",
+    "RequestContext",
+    "RewardTask",
+    "RuntimeClosedError",
+    "ScaffoldError",
+    "ScaffoldingLlm",
+    "ScaffoldingOutput",
+    "ScaffoldingResult",
+    "StreamGenerationTask",
+    "Task",
+    "TaskFailedError",
+    "TaskNotSupportedError",
+    "TaskRecord",
+    "TaskStatus",
+    "TokenUsage",
+    "TooManyRequestsError",
+    "ToolCallTask",
+    "UnknownWorkerTagError",
+    "Worker",
+    "notify_progress",
+]

@@ -1,0 +1,386 @@
+"""The per-request context a native controller receives."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+
+import anyio
+import anyio.abc
+
+from ._errors import RequestCancelledError, UnknownWorkerTagError
+from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task, normalize_tag
+from ._trace import ExecutionTrace, TaskRecord, TokenUsage
+from ._worker import WorkerActor
+
+if TYPE_CHECKING:
+    from ._result import ScaffoldingResult
+
+__all__ = ["Handle", "Parallel", "RequestContext", "raise_single"]
+
+T = TypeVar("T")
+TaskT = TypeVar("TaskT", bound=Task)
+
+
+def raise_single(group: BaseExceptionGroup[BaseException]) -> None:
+    """Re-raise the one real error inside ``group`` unwrapped, else the group.
+
+    Cancellation exceptions are not counted as errors; they belong to a scope
+    outside.  This keeps "errors reach the caller unchanged" true across task
+    groups.
+    """
+    cancelled = anyio.get_cancelled_exc_class()
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+        else:
+            leaves.append(e)
+
+    walk(group)
+    real = [e for e in leaves if not isinstance(e, cancelled)]
+    if len(real) == 1:
+        raise real[0] from None
+    raise group
+
+
+class Handle(Generic[T]):
+    """One child started in a :class:`Parallel` block.
+
+    ``cancel()`` cancels it (without failing the block); ``await handle.wait()``
+    returns its value, re-raises its error, or raises
+    :class:`RequestCancelledError` if it was cancelled.
+    """
+
+    __slots__ = ("_done", "_error", "_scope", "_value", "cancelled", "index")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self._scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self.cancelled = False
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        if not self._done.is_set():
+            self.cancelled = True
+            self._scope.cancel()
+
+    def result(self) -> T:
+        """The value of a finished child (raises if it failed or was cancelled)."""
+        if not self._done.is_set():
+            raise RuntimeError("handle is not done yet")
+        if self._error is not None:
+            raise self._error
+        if self.cancelled:
+            raise RequestCancelledError(f"child {self.index} was cancelled")
+        return self._value  # type: ignore[return-value]
+
+    async def wait(self) -> T:
+        await self._done.wait()
+        return self.result()
+
+
+class Parallel:
+    """Run children concurrently inside a request (a task group under it).
+
+    ``start(fn, *args)`` starts ``await fn(*args)`` and returns a :class:`Handle`;
+    ``as_completed()`` yields handles in the order they finish (cancelled ones are
+    skipped); ``cancel_all()`` cancels every child still running.  The first child
+    that raises cancels the others and its exception leaves the block unchanged.
+    Leaving the block waits for every child, so nothing outlives it.
+    """
+
+    def __init__(self) -> None:
+        self._tg = anyio.create_task_group()
+        self._handles: list[Handle[Any]] = []
+        self._finished: deque[Handle[Any]] = deque()
+        self._wake: anyio.Event | None = None
+        self._running = 0
+
+    async def __aenter__(self) -> Self:
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            raise_single(group)
+            raise  # pragma: no cover
+
+    @property
+    def handles(self) -> Sequence[Handle[Any]]:
+        return self._handles
+
+    def start(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Handle[T]:
+        handle: Handle[T] = Handle(len(self._handles))
+        self._handles.append(handle)
+        self._running += 1
+        self._tg.start_soon(self._child, handle, fn, args)
+        return handle
+
+    async def _child(self, handle: Handle[T], fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> None:
+        try:
+            with handle._scope:
+                handle._value = await fn(*args)
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                handle.cancelled = True
+            else:
+                handle._error = exc
+            raise
+        finally:
+            self._running -= 1
+            handle._done.set()
+            if not handle.cancelled:
+                self._finished.append(handle)
+            if self._wake is not None:
+                self._wake.set()
+        if handle._scope.cancelled_caught:
+            handle.cancelled = True
+
+    def cancel_all(self) -> None:
+        for h in self._handles:
+            h.cancel()
+
+    def as_completed(self) -> AsyncIterator[Handle[Any]]:
+        """Yield each child's handle as it finishes (successfully or with an error
+        that is about to propagate); stops when no child is left running.
+        Cancelled children are skipped."""
+        return _Completed(self)
+
+
+class _Completed:
+    __slots__ = ("_par",)
+
+    def __init__(self, par: Parallel) -> None:
+        self._par = par
+
+    def __aiter__(self) -> _Completed:
+        return self
+
+    async def __anext__(self) -> Handle[Any]:
+        par = self._par
+        while True:
+            while par._finished:
+                h = par._finished.popleft()
+                if not h.cancelled:
+                    return h
+            if par._running == 0:
+                raise StopAsyncIteration
+            par._wake = anyio.Event()
+            await par._wake.wait()
+            par._wake = None
+
+
+class RequestContext:
+    """What a native controller gets for one request.
+
+    All methods must be called from the request's own task (or children of it).
+    Cancelling the request cancels whatever they are awaiting; the engine requests
+    under them are aborted before the cancellation completes.
+    """
+
+    def __init__(
+        self,
+        request_id: int,
+        actors: Mapping[object, WorkerActor],
+        *,
+        result: ScaffoldingResult | None = None,
+        trace: ExecutionTrace | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self._actors = actors
+        self._result = result
+        self.usage = TokenUsage()
+        self.trace = trace
+
+    # -- tasks -----------------------------------------------------------
+    def resolve(self, task: Task) -> WorkerActor:
+        """The actor that runs ``task``; validates the task first.
+
+        Raises :class:`InvalidTaskError` (naming the field) or
+        :class:`UnknownWorkerTagError` without running anything.
+        """
+        task.validate()
+        actor = self._actors.get(normalize_tag(task.worker_tag))
+        if actor is None:
+            raise UnknownWorkerTagError(task.worker_tag, [str(t) for t in self._actors])
+        actor.worker.check_task(task)
+        return actor
+
+    async def run(self, task: TaskT) -> TaskT:
+        """Run one task to completion and return it with its outputs filled.
+
+        Blocks while the worker's inbox is full.  Raises the handler's exception
+        unchanged if it fails.
+        """
+        actor = self.resolve(task)
+        clock = anyio.current_time
+        start = clock()
+        status = "cancelled"
+        error: BaseException | None = None
+        try:
+            await actor.execute(task)
+            status = "ok"
+        except Exception as exc:
+            status, error = "error", exc
+            raise
+        finally:
+            self._account(task, start, clock(), status, error)
+        return task
+
+    def _account(
+        self, task: Task, start: float, end: float, status: str, error: BaseException | None
+    ) -> None:
+        usage = self.usage
+        usage.tasks += 1
+        if isinstance(task, GenerationTask):
+            usage.prompt_tokens += task.prompt_tokens_num
+            usage.completion_tokens += task.completion_tokens_num
+        if self.trace is not None:
+            self.trace.records.append(
+                TaskRecord(
+                    type(task).__name__,
+                    normalize_tag(task.worker_tag),
+                    task.inputs(),
+                    task.outputs(),
+                    start,
+                    end,
+                    status,
+                    None if error is None else f"{type(error).__name__}: {error}",
+                )
+            )
+
+    async def run_all(self, tasks: Sequence[TaskT]) -> list[TaskT]:
+        """Run tasks concurrently; the first failure cancels the rest and is raised.
+
+        Every task is validated before any starts, so a bad task rejects the whole
+        batch without side effects.
+        """
+        for t in tasks:
+            self.resolve(t)
+        if len(tasks) == 1:
+            await self.run(tasks[0])
+        elif tasks:
+            try:
+                async with anyio.create_task_group() as tg:
+                    for t in tasks:
+                        tg.start_soon(self.run, t)
+            except BaseExceptionGroup as group:
+                raise_single(group)
+        return list(tasks)
+
+    def parallel(self) -> Parallel:
+        """``async with ctx.parallel() as par:`` — see :class:`Parallel`."""
+        return Parallel()
+
+    @asynccontextmanager
+    async def stream(
+        self, task: StreamGenerationTask
+    ) -> AsyncIterator[AsyncIterator[StreamGenerationTask]]:
+        """Run ``task`` in the background and iterate over its progress.
+
+        Each iteration yields ``task`` itself once at least ``task.streaming_step``
+        new tokens arrived (or generation ended; ``task.end_flag`` tells), with
+        ``output_str`` holding everything so far.  Leaving the block before the end
+        (``break``, an exception, cancellation) aborts the generation; the engine
+        request is gone when the block has exited.  An error of the generation is
+        raised from the iteration, or when the block exits if nobody iterated.
+        """
+        self.resolve(task)
+        updates = _StreamUpdates(task)
+        task.__dict__["_progress"] = updates.wake
+
+        async def runner() -> None:
+            try:
+                await self.run(task)
+            except Exception as exc:
+                updates.failure = exc
+            finally:
+                updates.finished = True
+                updates.wake()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(runner)
+                try:
+                    yield updates
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise_single(group)
+        finally:
+            task.__dict__.pop("_progress", None)
+        if updates.failure is not None and not updates.failure_raised:
+            raise updates.failure
+
+    # -- request output --------------------------------------------------
+    def emit(self, output: ScaffoldingOutput | str) -> None:
+        """Publish a partial output of the request to whoever iterates its result.
+
+        Never blocks: a slow consumer sees the latest partial output (partial
+        outputs are cumulative), not every one.
+        """
+        if isinstance(output, str):
+            output = ScaffoldingOutput(output, finished=False)
+        if self._result is not None:
+            self._result._publish_partial(output)
+
+
+class _StreamUpdates:
+    """Async iterator behind :meth:`RequestContext.stream` (coalescing, never blocks
+    the producer)."""
+
+    __slots__ = ("_end_sent", "_event", "_seen", "failure", "failure_raised", "finished", "task")
+
+    def __init__(self, task: StreamGenerationTask) -> None:
+        self.task = task
+        self._seen = 0
+        self._end_sent = False
+        self._event: anyio.Event | None = None
+        self.finished = False
+        self.failure: BaseException | None = None
+        self.failure_raised = False
+
+    def wake(self) -> None:
+        if self._event is not None:
+            self._event.set()
+
+    def __aiter__(self) -> _StreamUpdates:
+        return self
+
+    async def __anext__(self) -> StreamGenerationTask:
+        task = self.task
+        while True:
+            if self.failure is not None:
+                self.failure_raised = True
+                raise self.failure
+            tokens = len(task.output_tokens or ())
+            ended = self.finished or task.end_flag
+            new = tokens - self._seen
+            if (new > 0 and new >= max(task.streaming_step, 1)) or (ended and not self._end_sent):
+                self._seen = tokens
+                self._end_sent = ended
+                return task
+            if self.finished:
+                raise StopAsyncIteration
+            self._event = anyio.Event()
+            await self._event.wait()
+            self._event = None

@@ -1,0 +1,217 @@
+"""The two controller forms and how the runtime runs them."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+
+from ._context import RequestContext, raise_single
+from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task
+
+__all__ = ["NativeController", "drive_generator", "run_controller"]
+
+
+@runtime_checkable
+class NativeController(Protocol):
+    """A native (async) inference-time method.
+
+    ``run`` receives the request context and a :class:`GenerationTask` holding the
+    input, and returns a task whose ``output_str`` is the method's answer (method
+    details go in ``customized_result_fields``).  Controllers compose: a method
+    calls another's ``run`` with the same context.  Keep per-request state in
+    local variables; one controller object serves every request.
+    """
+
+    async def run(self, ctx: RequestContext, task: GenerationTask, /, **kwargs: Any) -> GenerationTask: ...
+
+
+class _ParallelLike(Protocol):
+    sub_gens: Sequence[Generator[Any, Any, Any]]
+
+
+def _is_parallel(obj: object) -> bool:
+    return hasattr(obj, "sub_gens") and not isinstance(obj, (list, tuple))
+
+
+class _StreamState:
+    """A StreamGenerationTask that a generator controller consumes step by step."""
+
+    __slots__ = ("changed", "done", "error", "reported", "scope")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.changed = anyio.Event()
+        self.done = False
+        self.error: BaseException | None = None
+        self.reported = 0
+
+
+class _GeneratorDriver:
+    """Runs TensorRT-LLM style generator controllers on a request context.
+
+    A yielded list of tasks runs concurrently; a yielded ``ParallelProcess`` runs
+    its sub-generators concurrently.  An exception from a task is thrown into the
+    generator at its ``yield`` so the controller may handle it; otherwise it fails
+    the request unchanged.  When the request is cancelled every generator is
+    closed (its ``finally`` blocks run).
+    """
+
+    def __init__(self, ctx: RequestContext, tg: anyio.abc.TaskGroup) -> None:
+        self.ctx = ctx
+        self.tg = tg
+        self.streams: dict[int, _StreamState] = {}
+
+    async def drive(self, gen: Generator[Any, Any, Any]) -> Any:
+        send_exc: BaseException | None = None
+        try:
+            while True:
+                try:
+                    if send_exc is not None:
+                        exc, send_exc = send_exc, None
+                        obj = gen.throw(exc)
+                    else:
+                        obj = next(gen)
+                except StopIteration as stop:
+                    return stop.value
+                try:
+                    await self._handle(obj)
+                except Exception as exc:
+                    send_exc = exc
+        finally:
+            gen.close()
+
+    async def _handle(self, obj: Any) -> None:
+        if _is_parallel(obj):
+            gens = list(obj.sub_gens)
+            if len(gens) == 1:
+                await self.drive(gens[0])
+                return
+            try:
+                async with anyio.create_task_group() as tg:
+                    for g in gens:
+                        tg.start_soon(self.drive, g)
+            except BaseExceptionGroup as group:
+                raise_single(group)
+            return
+        if isinstance(obj, Task):
+            obj = [obj]
+        if not isinstance(obj, (list, tuple)) or not all(isinstance(t, Task) for t in obj):
+            raise TypeError(
+                "a generator controller must yield a list of Task objects or a "
+                f"ParallelProcess, got {type(obj).__name__}"
+            )
+        streams = [t for t in obj if isinstance(t, StreamGenerationTask) and self._streams_in_background(t)]
+        plain = [t for t in obj if not any(t is s for s in streams)]
+        if not streams:
+            await self.ctx.run_all(plain)
+            return
+        try:
+            async with anyio.create_task_group() as tg:
+                if plain:
+                    tg.start_soon(self.ctx.run_all, plain)
+                for t in streams:
+                    tg.start_soon(self._step_stream, t)
+        except BaseExceptionGroup as group:
+            raise_single(group)
+
+    def _streams_in_background(self, task: StreamGenerationTask) -> bool:
+        actor = self.ctx.resolve(task)
+        handler = actor.worker.find_handler(type(task))
+        return bool(getattr(handler, "scaffold_streams", False))
+
+    async def _step_stream(self, task: StreamGenerationTask) -> None:
+        """Advance one streamed task to its next ``streaming_step`` boundary."""
+        key = id(task)
+        state = self.streams.get(key)
+        if task.cancel_flag:
+            if state is not None and not state.done:
+                state.scope.cancel()
+                while not state.done:
+                    state.changed = anyio.Event()
+                    await state.changed.wait()
+            self.streams.pop(key, None)
+            task.end_flag = True
+            return
+        if state is None:
+            state = self.streams[key] = _StreamState()
+            task.request_handle = state
+
+            def wake() -> None:
+                state.changed.set()
+
+            task.__dict__["_progress"] = wake
+            self.tg.start_soon(self._run_stream, task, state)
+        while True:
+            if state.error is not None:
+                self.streams.pop(key, None)
+                raise state.error
+            tokens = len(task.output_tokens or ())
+            new = tokens - state.reported
+            if state.done or (new > 0 and new >= max(task.streaming_step, 1)):
+                state.reported = tokens
+                if state.done:
+                    task.end_flag = True
+                    self.streams.pop(key, None)
+                return
+            state.changed = anyio.Event()
+            await state.changed.wait()
+
+    async def _run_stream(self, task: StreamGenerationTask, state: _StreamState) -> None:
+        try:
+            with state.scope:
+                await self.ctx.run(task)
+        except Exception as exc:
+            state.error = exc
+        finally:
+            state.done = True
+            task.__dict__.pop("_progress", None)
+            state.changed.set()
+
+
+async def drive_generator(ctx: RequestContext, gen: Generator[Any, Any, Any]) -> Any:
+    """Run one generator controller's ``process``/``generate`` generator on ``ctx``.
+
+    Streamed tasks still open when the generator returns are aborted.
+    """
+    try:
+        async with anyio.create_task_group() as tg:
+            driver = _GeneratorDriver(ctx, tg)
+            value = await driver.drive(gen)
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise_single(group)
+    return value
+
+
+def _is_generator_controller(controller: object) -> bool:
+    return callable(getattr(controller, "process", None)) and callable(
+        getattr(controller, "generate", None)
+    )
+
+
+async def run_controller(
+    controller: Any, ctx: RequestContext, prompt: Any, kwargs: Mapping[str, Any]
+) -> ScaffoldingOutput:
+    """Run one request's controller (either form) and return its output."""
+    if _is_generator_controller(controller):
+        out = await drive_generator(ctx, controller.generate(prompt, **kwargs))
+        if isinstance(out, ScaffoldingOutput):
+            return out
+        if isinstance(out, GenerationTask):
+            return out.create_scaffolding_output()
+        output_str = getattr(out, "output_str", None)
+        return ScaffoldingOutput(output_str, getattr(out, "output_tokens", None))
+    task = GenerationTask.create_from_prompt(prompt)
+    run = getattr(controller, "run", None)
+    if run is not None:
+        result = await run(ctx, task, **kwargs)
+    else:
+        result = await controller(ctx, task, **kwargs)
+    if not isinstance(result, GenerationTask):
+        raise TypeError(
+            f"controller {controller!r} returned {type(result).__name__}, expected a GenerationTask"
+        )
+    return result.create_scaffolding_output()
+

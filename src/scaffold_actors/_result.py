@@ -1,0 +1,236 @@
+"""The handle a caller gets for one submitted request."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+
+from ._errors import RequestCancelledError
+from ._tasks import ScaffoldingOutput
+from ._trace import ExecutionTrace, TokenUsage
+
+if TYPE_CHECKING:
+    from anyio.from_thread import BlockingPortal
+
+__all__ = ["ScaffoldingResult"]
+
+_END = object()
+
+
+class ScaffoldingResult:
+    """A submitted request: await it, iterate its partial outputs, or cancel it.
+
+    * ``await result`` / ``await result.aresult()`` waits for the end and returns
+      the result; it raises the request's original exception if it failed, or
+      :class:`RequestCancelledError` if it was cancelled.
+    * ``result.result(timeout)`` is the blocking form, for threads other than the
+      runtime's event loop.
+    * ``async for out in result`` (or ``for out in result`` from another thread)
+      yields partial :class:`ScaffoldingOutput` snapshots published by the
+      controller, then the final output.  A slow consumer skips intermediate
+      snapshots instead of slowing the request down.
+    * ``result.cancel()`` cancels the request.  Called from another thread (the
+      sync API) it returns once the request has unwound, i.e. its engine requests
+      are aborted.  Inside the event loop use ``await result.acancel()`` for that
+      guarantee; plain ``cancel()`` there only requests it (no further output is
+      delivered either way).
+
+    ``output`` is the final :class:`ScaffoldingOutput` (``None`` until done);
+    ``usage`` the tokens used, ``trace`` the recorded tasks (if tracing is on).
+    """
+
+    def __init__(self, request_id: int, prompt: Any) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.output: ScaffoldingOutput | None = None
+        self.usage = TokenUsage()
+        self.trace: ExecutionTrace | None = None
+        self.task_collections: Mapping[str, Any] | None = None
+        self._exception: BaseException | None = None
+        self._cancelled = False
+        self._done = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+        self._partial: ScaffoldingOutput | None = None
+        self._partial_version = 0
+        self._partial_event = anyio.Event()
+        self._loop_thread = threading.get_ident()
+        self._portal: BlockingPortal | None = None
+
+    # -- state -----------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    finished = done  # TensorRT-LLM name
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def exception(self) -> BaseException | None:
+        """The request's error once it is done (``None`` if it succeeded)."""
+        return self._exception
+
+    def __repr__(self) -> str:
+        state = (
+            "cancelled" if self._cancelled else "failed" if self._exception else
+            "done" if self.done else "running"
+        )
+        return f"<ScaffoldingResult #{self.request_id} {state}>"
+
+    # -- producer side (runtime) ---------------------------------------------
+    def _publish_partial(self, output: ScaffoldingOutput) -> None:
+        if self.done or self._cancelled:
+            return
+        self._partial = output
+        self._partial_version += 1
+        self._partial_event.set()
+
+    def _finish(
+        self,
+        output: ScaffoldingOutput | None = None,
+        exception: BaseException | None = None,
+        cancelled: bool = False,
+    ) -> None:
+        if self.done:
+            return
+        if cancelled:
+            self._cancelled = True
+        elif exception is not None:
+            self._exception = exception
+        else:
+            self.output = output
+        self._done.set()
+        self._partial_event.set()
+
+    # -- thread plumbing -----------------------------------------------------
+    def _in_loop(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    def _foreign_portal(self) -> BlockingPortal:
+        if self._portal is None:
+            raise RuntimeError(
+                "this result belongs to another thread's event loop; "
+                "use it from that loop"
+            )
+        return self._portal
+
+    # -- waiting ---------------------------------------------------------------
+    def _outcome(self) -> ScaffoldingResult:
+        if self._cancelled:
+            raise RequestCancelledError(f"request {self.request_id} was cancelled")
+        if self._exception is not None:
+            raise self._exception
+        return self
+
+    async def aresult(self) -> ScaffoldingResult:
+        if self._in_loop():
+            await self._done.wait()
+            return self._outcome()
+        # Awaited from another event loop (e.g. asyncio code over the sync API).
+        portal = self._foreign_portal()
+        await anyio.to_thread.run_sync(portal.call, self._done.wait)
+        return self._outcome()
+
+    def __await__(self) -> Generator[Any, None, ScaffoldingResult]:
+        return self.aresult().__await__()
+
+    def result(self, timeout: float | None = None) -> ScaffoldingResult:
+        """Block until done (from a thread other than the runtime's loop).
+
+        Raises :class:`TimeoutError` after ``timeout`` seconds.
+        """
+        if self._in_loop():
+            raise RuntimeError("result() blocks; inside the event loop use `await result`")
+        portal = self._foreign_portal()
+
+        async def wait() -> None:
+            with anyio.fail_after(timeout):
+                await self._done.wait()
+
+        portal.call(wait)
+        return self._outcome()
+
+    # -- cancelling -----------------------------------------------------------
+    def _cancel_now(self) -> None:
+        if self.done:
+            return
+        self._cancelled = True
+        self._partial_event.set()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def acancel(self) -> None:
+        """Cancel and wait until the request has unwound (engine requests aborted)."""
+        if not self._in_loop():
+            self._foreign_portal().call(self.acancel)
+            return
+        self._cancel_now()
+        await self._done.wait()
+
+    def cancel(self) -> None:
+        if self._in_loop():
+            self._cancel_now()
+        else:
+            self._foreign_portal().call(self.acancel)
+
+    # -- streaming partial outputs -------------------------------------------------
+    async def _next_output(self, seen: int) -> tuple[int, Any]:
+        while True:
+            if self._cancelled:
+                return seen, _END
+            if self._partial_version > seen and not self.done:
+                return self._partial_version, self._partial
+            if self.done:
+                return -1, _END if seen == -1 else self._final_for_stream()
+            self._partial_event = anyio.Event()
+            await self._partial_event.wait()
+
+    def _final_for_stream(self) -> ScaffoldingOutput:
+        self._outcome()
+        assert self.output is not None
+        return self.output
+
+    def __aiter__(self) -> _AsyncOutputs:
+        return _AsyncOutputs(self)
+
+    def __iter__(self) -> Iterator[ScaffoldingOutput]:
+        if self._in_loop():
+            raise RuntimeError("inside the event loop use `async for` over the result")
+        portal = self._foreign_portal()
+        seen = 0
+        while True:
+            seen, item = portal.call(self._next_output, seen)
+            if item is _END:
+                if self._cancelled:
+                    raise RequestCancelledError(f"request {self.request_id} was cancelled")
+                return
+            yield item
+
+
+class _AsyncOutputs:
+    __slots__ = ("_result", "_seen")
+
+    def __init__(self, result: ScaffoldingResult) -> None:
+        self._result = result
+        self._seen = 0
+
+    def __aiter__(self) -> _AsyncOutputs:
+        return self
+
+    async def __anext__(self) -> ScaffoldingOutput:
+        r = self._result
+        if r._in_loop():
+            self._seen, item = await r._next_output(self._seen)
+        else:
+            portal = r._foreign_portal()
+            self._seen, item = await anyio.to_thread.run_sync(portal.call, r._next_output, self._seen)
+        if item is _END:
+            if r._cancelled:
+                raise RequestCancelledError(f"request {r.request_id} was cancelled")
+            raise StopAsyncIteration
+        return item  # type: ignore[no-any-return]

@@ -1,0 +1,284 @@
+"""The async core: one task group owns the workers; each request gets a cancel scope."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+
+from ._context import RequestContext
+from ._controller import run_controller
+from ._errors import InvalidTaskError, RuntimeClosedError, TooManyRequestsError
+from ._result import ScaffoldingResult
+from ._tasks import GenerationTask, normalize_tag
+from ._trace import ExecutionTrace
+from ._worker import Worker, WorkerActor
+
+__all__ = ["AsyncScaffoldingLlm", "Prompt", "validate_prompt"]
+
+Prompt = str | Sequence[Mapping[str, str]]
+
+
+def validate_prompt(prompt: object) -> None:
+    """Raise :class:`InvalidTaskError` unless ``prompt`` is a non-empty string or a
+    non-empty list of ``{"role": str, "content": str}`` messages."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InvalidTaskError("prompt", "must be a non-empty string")
+        return
+    if isinstance(prompt, Sequence) and not isinstance(prompt, (bytes, bytearray)):
+        if not prompt:
+            raise InvalidTaskError("prompt", "chat messages must not be empty")
+        for i, m in enumerate(prompt):
+            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(
+                m.get("content"), str
+            ):
+                raise InvalidTaskError(
+                    "prompt", f"message {i} must have str 'role' and 'content', got {m!r}"
+                )
+        return
+    raise InvalidTaskError(
+        "prompt", f"must be a string or a list of chat messages, got {type(prompt).__name__}"
+    )
+
+
+def _is_single_prompt(prompts: object) -> bool:
+    if isinstance(prompts, str):
+        return True
+    return isinstance(prompts, Sequence) and bool(prompts) and all(
+        isinstance(p, Mapping) for p in prompts
+    )
+
+
+def _check_controller(controller: object) -> None:
+    has_gen = callable(getattr(controller, "process", None)) and callable(
+        getattr(controller, "generate", None)
+    )
+    if not (has_gen or callable(getattr(controller, "run", None)) or callable(controller)):
+        raise TypeError(
+            "controller must be a generator controller (process/generate), an object "
+            f"with an async run(ctx, task) method, or an async function; got {controller!r}"
+        )
+
+
+class AsyncScaffoldingLlm:
+    """Run an inference-time method (``controller``) over ``workers``, async API.
+
+    Use it as ``async with AsyncScaffoldingLlm(controller, workers) as llm:`` from
+    trio or asyncio (it is built on anyio).  ``workers`` maps worker tags (strings
+    or enum members, which match their value) to :class:`Worker` objects.
+
+    At most ``max_in_flight`` requests run at once; :meth:`generate_async` blocks
+    while the cap is reached, or raises :class:`TooManyRequestsError` when called
+    with ``block=False``.  With ``trace=True`` every request records an
+    :class:`ExecutionTrace`.  ``cancel_grace`` bounds how long a cancelled task may
+    take to unwind.
+
+    Generator controllers (with ``clone()``) are cloned per request, as in
+    TensorRT-LLM; native controllers are shared.
+    """
+
+    def __init__(
+        self,
+        controller: Any,
+        workers: Mapping[Any, Worker],
+        *,
+        max_in_flight: int = 64,
+        trace: bool = False,
+        cancel_grace: float = 5.0,
+    ) -> None:
+        _check_controller(controller)
+        if not isinstance(workers, Mapping) or not workers:
+            raise TypeError("workers must be a non-empty mapping of worker tag -> Worker")
+        actors: dict[object, WorkerActor] = {}
+        for tag, worker in workers.items():
+            if not isinstance(worker, Worker):
+                raise TypeError(f"workers[{tag!r}] must be a Worker, got {type(worker).__name__}")
+            key = normalize_tag(tag)
+            if key in actors:
+                raise ValueError(f"worker tag {key!r} is given twice")
+            actors[key] = WorkerActor(key, worker, cancel_grace=cancel_grace)
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        self.controller = controller
+        self.workers = dict(workers)
+        self.max_in_flight = max_in_flight
+        self.trace = trace
+        self._actors = actors
+        self._slots = anyio.Semaphore(max_in_flight)
+        self._ids = itertools.count()
+        self._in_flight: set[ScaffoldingResult] = set()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closing = False
+        self.completed = 0
+
+    # -- lifecycle -----------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise RuntimeError("AsyncScaffoldingLlm is already started")
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            started: set[int] = set()
+            for actor in self._actors.values():
+                if id(actor.worker) not in started:  # one worker may serve several tags
+                    started.add(id(actor.worker))
+                    await stack.enter_async_context(actor.worker.lifespan())
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            for actor in self._actors.values():
+                self._tg.start_soon(actor.serve)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._begin_shutdown()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
+
+    def _begin_shutdown(self) -> None:
+        self._closing = True
+        for result in list(self._in_flight):
+            result._cancel_now()
+        for actor in self._actors.values():
+            actor.close()
+
+    async def shutdown(self) -> None:
+        """Stop taking requests, cancel those in flight and wait until they unwound.
+
+        Workers and engines stop when the ``async with`` block exits.
+        """
+        self._begin_shutdown()
+        await self._idle.wait()
+
+    # -- requests ------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._tg is None or self._closing:
+            raise RuntimeClosedError("the runtime is shut down or not started")
+
+    def _precheck(self, prompt: Prompt) -> None:
+        actor = self._actors.get("generation")
+        if actor is None:
+            return
+        probe = GenerationTask.create_from_prompt(prompt)
+        probe.max_tokens = 1
+        actor.worker.check_task(probe)
+
+    async def generate_async(
+        self, prompt: Prompt, *, block: bool = True, **kwargs: Any
+    ) -> ScaffoldingResult:
+        """Submit one request and return its :class:`ScaffoldingResult` at once.
+
+        Bad input raises here (:class:`InvalidTaskError` naming the field) and
+        nothing is submitted.  Blocks while ``max_in_flight`` requests run, unless
+        ``block=False``.  ``kwargs`` are passed to the controller.
+        """
+        self._check_open()
+        validate_prompt(prompt)
+        self._precheck(prompt)
+        if block:
+            await self._slots.acquire()
+        else:
+            try:
+                self._slots.acquire_nowait()
+            except anyio.WouldBlock:
+                raise TooManyRequestsError(
+                    f"{self.max_in_flight} requests are in flight (max_in_flight)"
+                ) from None
+        try:
+            self._check_open()
+        except BaseException:
+            self._slots.release()
+            raise
+        controller = self.controller
+        clone = getattr(controller, "clone", None)
+        if callable(clone) and callable(getattr(controller, "process", None)):
+            controller = clone()
+        result = ScaffoldingResult(next(self._ids), prompt)
+        self._in_flight.add(result)
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        assert self._tg is not None
+        self._tg.start_soon(self._run_request, result, controller, prompt, kwargs)
+        return result
+
+    async def _run_request(
+        self, result: ScaffoldingResult, controller: Any, prompt: Prompt, kwargs: Mapping[str, Any]
+    ) -> None:
+        ctx = RequestContext(
+            result.request_id,
+            self._actors,
+            result=result,
+            trace=ExecutionTrace() if self.trace else None,
+        )
+        result.usage = ctx.usage
+        result.trace = ctx.trace
+        try:
+            with anyio.CancelScope() as scope:
+                result._scope = scope
+                if result.cancelled:
+                    scope.cancel()
+                output = await run_controller(controller, ctx, prompt, kwargs)
+            if scope.cancel_called:
+                result._finish(cancelled=True)
+            else:
+                collections = getattr(controller, "task_collections", None)
+                if collections:
+                    result.task_collections = collections
+                result._finish(output)
+        except Exception as exc:
+            result._finish(exception=exc)
+        finally:
+            result._finish(cancelled=True)  # no-op unless torn down by a BaseException
+            self._in_flight.discard(result)
+            self._slots.release()
+            self.completed += 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def generate(self, prompts: Prompt | Sequence[Prompt], **kwargs: Any) -> Any:
+        """Run one prompt (returns its result) or a list (returns a list of results).
+
+        Waits for every request; if any failed, raises the first failure (in
+        submission order) after all have finished.
+        """
+        single = _is_single_prompt(prompts)
+        batch: list[Prompt] = [prompts] if single else list(prompts)  # type: ignore[list-item]
+        for p in batch:
+            validate_prompt(p)
+        results = [await self.generate_async(p, **kwargs) for p in batch]
+        for r in results:
+            await r._done.wait()
+        for r in results:
+            r._outcome()
+        return results[0] if single else results
+
+    # -- introspection ---------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Live counts, for leak checks: requests, tasks and engine requests alive."""
+        engines = {id(a.worker): getattr(a.worker, "engine", None) for a in self._actors.values()}
+        return {
+            "requests_in_flight": len(self._in_flight),
+            "tasks_running": sum(a.running for a in self._actors.values()),
+            "tasks_queued": sum(a.queued for a in self._actors.values()),
+            "engine_requests": sum(e.num_active for e in engines.values() if e is not None),
+            "requests_completed": self.completed,
+        }
+
+    def healthy(self) -> dict[str, bool]:
+        return {str(tag): a.worker.healthy for tag, a in self._actors.items()}

@@ -1,0 +1,349 @@
+"""Tasks: the units of work a controller asks workers for.
+
+Tasks are mutable attrs classes: a controller fills the inputs, a worker fills the
+outputs.  Field values are validated whenever they are set, and
+:meth:`Task.validate` checks the whole task when it is submitted, so bad input is
+rejected with a message naming the field before anything runs.
+
+Tasks deliberately keep a ``__dict__`` (no slots): controllers ported from
+TensorRT-LLM attach ad-hoc attributes to tasks, and that must keep working.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+
+from engine_bridge import EngineRequest, InvalidRequestError, SamplingParams
+from engine_bridge._types import validate_sampling
+
+from ._errors import InvalidTaskError
+
+__all__ = [
+    "GenerationTask",
+    "RewardTask",
+    "ScaffoldingOutput",
+    "StreamGenerationTask",
+    "Task",
+    "TaskStatus",
+    "ToolCallTask",
+    "normalize_tag",
+]
+
+
+class TaskStatus(enum.Enum):
+    """What a handler reports (TensorRT-LLM compatible names).
+
+    Handlers may also return ``None`` for success; any failure should preferably be
+    raised as an exception, which reaches the request unchanged.
+    """
+
+    SUCCESS = "success"
+    WORKER_NOT_SUPPORTED = "worker_not_supported"
+    WORKER_EXECEPTION = "worker_exception"  # (sic) the TensorRT-LLM spelling
+
+
+def normalize_tag(tag: object) -> object:
+    """Worker tags may be strings or enum members; ``Enum.X`` and its value match."""
+    if isinstance(tag, enum.Enum):
+        return tag.value
+    return tag
+
+
+@attrs.frozen(slots=True)
+class ScaffoldingOutput:
+    """The user-facing output of a request (or a partial snapshot while streaming).
+
+    ``details`` carries method-specific information (votes, scores, ...).
+    """
+
+    output_str: str | None
+    output_tokens: Sequence[int] | None = None
+    finish_reason: str | None = None
+    finished: bool = True
+    details: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.output_str or ""
+
+
+def _field_check(check: Callable[..., None], **kw: Any) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def validator(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        try:
+            check(**{attribute.name: value}, **kw)
+        except InvalidRequestError as e:
+            raise InvalidTaskError(f"{type(inst).__name__}.{e.field}", str(e).split(": ", 1)[1]) from None
+
+    return validator
+
+
+_sampling_validator = _field_check(validate_sampling)
+
+
+def _stop_converter(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+@attrs.define(slots=False, eq=False)
+class Task:
+    """Base of all tasks.  ``worker_tag`` names the worker role that runs it."""
+
+    worker_tag: Any = None
+    custom_input_params: dict[str, Any] | None = None
+    custom_output_params: dict[str, Any] | None = None
+
+    #: input / output attribute names, used by traces and replay
+    input_fields: ClassVar[tuple[str, ...]] = ("custom_input_params",)
+    output_fields: ClassVar[tuple[str, ...]] = ("custom_output_params",)
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidTaskError` naming the field if the task cannot run."""
+        if self.worker_tag is None:
+            raise InvalidTaskError(f"{type(self).__name__}.worker_tag", "is not set")
+
+    def inputs(self) -> dict[str, Any]:
+        return {f: _plain(getattr(self, f)) for f in self.input_fields}
+
+    def outputs(self) -> dict[str, Any]:
+        return {f: _plain(getattr(self, f)) for f in self.output_fields}
+
+    def set_outputs(self, values: Mapping[str, Any]) -> None:
+        for k, v in values.items():
+            if k not in self.output_fields:
+                raise KeyError(f"{k!r} is not an output field of {type(self).__name__}")
+            setattr(self, k, v)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+@attrs.define(slots=False, eq=False)
+class GenerationTask(Task):
+    """Generate one completion.
+
+    Inputs: exactly one of ``input_str`` (prompt text), ``input_tokens`` (token ids)
+    or ``messages`` (chat messages ``{"role", "content"}``, rendered with the
+    engine's chat template); sampling parameters (``None`` means the worker's
+    default).  Outputs, filled by the worker: ``output_str``, ``output_tokens``,
+    ``logprobs`` (one per output token, when ``num_logprobs`` is set),
+    ``finish_reason``, ``prompt_tokens_num``, ``completion_tokens_num``.
+    """
+
+    worker_tag: Any = "generation"
+    input_str: str | None = None
+    input_tokens: list[int] | None = None
+    messages: list[dict[str, str]] | None = None
+    max_tokens: int | None = attrs.field(default=None, validator=_sampling_validator)
+    temperature: float | None = attrs.field(default=None, validator=_sampling_validator)
+    top_p: float | None = attrs.field(default=None, validator=_sampling_validator)
+    top_k: int | None = attrs.field(default=None, validator=_sampling_validator)
+    stop: list[str] = attrs.field(factory=list, converter=_stop_converter)
+    seed: int | None = attrs.field(default=None, validator=_sampling_validator)
+    num_logprobs: int | None = attrs.field(default=None, validator=_sampling_validator)
+    n: int = attrs.field(default=1, validator=_sampling_validator)
+    skip_tokenizer: bool = False
+    skip_detokenizer: bool = False
+
+    output_str: str | None = None
+    output_tokens: list[int] | None = None
+    logprobs: list[float] | None = None
+    finish_reason: str | None = None
+    prompt_tokens_num: int = 0
+    completion_tokens_num: int = 0
+    customized_result_fields: dict[str, Any] = attrs.field(factory=dict)
+
+    input_fields: ClassVar[tuple[str, ...]] = (
+        "input_str",
+        "input_tokens",
+        "messages",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop",
+        "seed",
+        "num_logprobs",
+    )
+    output_fields: ClassVar[tuple[str, ...]] = (
+        "output_str",
+        "output_tokens",
+        "logprobs",
+        "finish_reason",
+        "prompt_tokens_num",
+        "completion_tokens_num",
+    )
+
+    @classmethod
+    def create_from_prompt(cls, prompt: str | Sequence[Mapping[str, str]]) -> GenerationTask:
+        """A task for ``prompt`` (text, or a list of chat messages)."""
+        if isinstance(prompt, str):
+            return cls(input_str=prompt)
+        return cls(messages=[dict(m) for m in prompt])
+
+    def create_scaffolding_output(self) -> ScaffoldingOutput:
+        return ScaffoldingOutput(
+            self.output_str,
+            self.output_tokens,
+            finish_reason=self.finish_reason,
+            details=dict(self.customized_result_fields),
+        )
+
+    @property
+    def prompt(self) -> str | list[dict[str, str]] | list[int] | None:
+        if self.input_str is not None:
+            return self.input_str
+        if self.messages is not None:
+            return self.messages
+        return self.input_tokens
+
+    def validate(self) -> None:
+        super().validate()
+        name = type(self).__name__
+        given = [
+            f for f in ("input_str", "input_tokens", "messages") if getattr(self, f) is not None
+        ]
+        if len(given) != 1:
+            raise InvalidTaskError(
+                f"{name}.input_str",
+                "exactly one of input_str, input_tokens or messages must be set, "
+                f"got {given or 'none'}",
+            )
+        if self.input_str is not None and (not isinstance(self.input_str, str) or not self.input_str.strip()):
+            raise InvalidTaskError(f"{name}.input_str", "prompt must be a non-empty string")
+        if self.input_tokens is not None and not self.input_tokens:
+            raise InvalidTaskError(f"{name}.input_tokens", "must not be empty")
+        if self.messages is not None:
+            _check_messages(f"{name}.messages", self.messages)
+        _sampling_validator(self, attrs.fields(GenerationTask).max_tokens, self.max_tokens)
+        if self.n != 1:
+            raise InvalidTaskError(
+                f"{name}.n", f"must be 1 (submit one task per sample), got {self.n!r}"
+            )
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise InvalidTaskError(f"{name}.stop", f"stop strings must be non-empty str, got {s!r}")
+
+    def sampling_params(self, defaults: SamplingParams) -> SamplingParams:
+        """These sampling parameters, with ``None`` fields taken from ``defaults``."""
+        return SamplingParams(
+            max_tokens=self.max_tokens if self.max_tokens is not None else defaults.max_tokens,
+            temperature=self.temperature if self.temperature is not None else defaults.temperature,
+            top_p=self.top_p if self.top_p is not None else defaults.top_p,
+            top_k=self.top_k if self.top_k is not None else defaults.top_k,
+            stop=tuple(self.stop) if self.stop else defaults.stop,
+            seed=self.seed if self.seed is not None else defaults.seed,
+            num_logprobs=self.num_logprobs if self.num_logprobs is not None else defaults.num_logprobs,
+        )
+
+    def engine_request(self, defaults: SamplingParams, *, stream: bool) -> EngineRequest:
+        try:
+            return EngineRequest(
+                self.sampling_params(defaults),
+                prompt=self.input_str,
+                prompt_token_ids=tuple(self.input_tokens) if self.input_tokens is not None else None,
+                messages=self.messages,  # type: ignore[arg-type]
+                stream=stream,
+            )
+        except InvalidRequestError as e:
+            if isinstance(e, InvalidTaskError):
+                raise
+            raise InvalidTaskError(f"{type(self).__name__}.{e.field}", str(e).split(": ", 1)[1]) from None
+
+
+def _check_messages(field: str, messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidTaskError(field, "must be a non-empty list of {'role', 'content'} dicts")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(
+            m.get("content"), str
+        ):
+            raise InvalidTaskError(field, f"message {i} must have str 'role' and 'content', got {m!r}")
+
+
+@attrs.define(slots=False, eq=False)
+class StreamGenerationTask(GenerationTask):
+    """A generation task delivered to its controller in pieces.
+
+    Native controllers consume it with ``ctx.stream(task)``.  Generator
+    (TensorRT-LLM style) controllers yield it repeatedly: each yield returns once
+    at least ``streaming_step`` new tokens arrived (``0``: whatever is ready), with
+    ``output_str`` holding everything so far; ``end_flag`` is set when generation
+    finished.  Setting ``cancel_flag`` and yielding again aborts it in the engine.
+    """
+
+    streaming_step: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    cancel_flag: bool = False
+    end_flag: bool = False
+    request_handle: Any = None
+
+    @classmethod
+    def create_from_generation_task(
+        cls, task: GenerationTask, streaming_step: int = 1
+    ) -> StreamGenerationTask:
+        values = {a.name: getattr(task, a.name) for a in attrs.fields(GenerationTask) if a.init}
+        return cls(**values, streaming_step=streaming_step)
+
+
+@attrs.define(slots=False, eq=False)
+class RewardTask(Task):
+    """Score candidate responses to ``input_str`` with a reward model.
+
+    Outputs: ``scores`` (one per candidate) and, for process reward models asked
+    to split on ``step_separator``, ``step_scores`` (one list per candidate).
+    """
+
+    worker_tag: Any = "reward"
+    input_str: str | None = None
+    candidates: list[str] = attrs.field(factory=list)
+    step_separator: str | None = None
+    scores: list[float] | None = None
+    step_scores: list[list[float]] | None = None
+
+    input_fields: ClassVar[tuple[str, ...]] = ("input_str", "candidates", "step_separator")
+    output_fields: ClassVar[tuple[str, ...]] = ("scores", "step_scores")
+
+    def validate(self) -> None:
+        super().validate()
+        name = type(self).__name__
+        if not isinstance(self.input_str, str) or not self.input_str.strip():
+            raise InvalidTaskError(f"{name}.input_str", "must be a non-empty string")
+        if not self.candidates or not all(isinstance(c, str) for c in self.candidates):
+            raise InvalidTaskError(f"{name}.candidates", "must be a non-empty list of strings")
+
+
+@attrs.define(slots=False, eq=False)
+class ToolCallTask(Task):
+    """Call the tool ``tool_name`` with ``arguments``.
+
+    Outputs: ``result_str`` and ``is_error`` (the tool ran but reported a failure,
+    which an agent normally shows to the model rather than failing the request).
+    """
+
+    worker_tag: Any = "tool"
+    tool_name: str | None = None
+    arguments: dict[str, Any] = attrs.field(factory=dict)
+    result_str: str | None = None
+    is_error: bool = False
+
+    input_fields: ClassVar[tuple[str, ...]] = ("tool_name", "arguments")
+    output_fields: ClassVar[tuple[str, ...]] = ("result_str", "is_error")
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.tool_name, str) or not self.tool_name:
+            raise InvalidTaskError(f"{type(self).__name__}.tool_name", "must be a non-empty string")
+        if not isinstance(self.arguments, dict):
+            raise InvalidTaskError(f"{type(self).__name__}.arguments", "must be a dict")

@@ -1,0 +1,228 @@
+"""Workers: actors that own a backend for one role and run tasks for it.
+
+A :class:`Worker` holds task handlers (``async def handler(worker, task)``) keyed by
+task type.  The runtime wraps each worker in an actor (:class:`WorkerActor`) with a
+bounded inbox and a concurrency limit; every task runs in its own cancel scope, and
+a failing handler fails only the task that ran it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+
+import anyio
+import anyio.abc
+
+from ._errors import TaskFailedError, TaskNotSupportedError
+from ._tasks import Task, TaskStatus
+
+__all__ = ["Handler", "Worker", "WorkerActor"]
+
+Handler = Callable[[Any, Any], Awaitable["TaskStatus | None"]]
+
+
+class Worker:
+    """Base class of workers (TensorRT-LLM compatible).
+
+    Subclasses declare handlers in a class-level ``task_handlers`` mapping from task
+    type to ``async def handler(self, task) -> TaskStatus | None``, or register them
+    per instance with :meth:`register_task_handler`.  A handler signals failure by
+    raising; the exception reaches the request that submitted the task unchanged.
+    Returning ``TaskStatus.WORKER_NOT_SUPPORTED`` / ``WORKER_EXECEPTION`` (the
+    TensorRT-LLM convention) is turned into :class:`TaskNotSupportedError` /
+    :class:`TaskFailedError`, so no failure is ever silent.
+
+    Class attributes tune the actor the runtime builds around the worker:
+    ``max_concurrency`` tasks run at once, ``inbox_size`` more may wait, and a
+    task that runs longer than ``task_timeout`` seconds fails with
+    :class:`TimeoutError`.
+    """
+
+    task_handlers: ClassVar[dict[type[Task], Handler]] = {}
+    max_concurrency: int = 256
+    inbox_size: int = 256
+    task_timeout: float | None = None
+
+    def register_task_handler(self, task_cls: type[Task], handler: Handler) -> None:
+        """Add or replace the handler for ``task_cls`` on this worker only.
+
+        (TensorRT-LLM mutates a dict shared by every worker class; here other
+        workers are unaffected.)  ``handler`` is called as ``handler(self, task)``.
+        """
+        if not (isinstance(task_cls, type) and issubclass(task_cls, Task)):
+            raise TypeError(f"task_cls must be a Task subclass, got {task_cls!r}")
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {handler!r}")
+        own = self.__dict__.setdefault("_instance_handlers", {})
+        own[task_cls] = handler
+
+    def find_handler(self, task_cls: type[Task]) -> Handler | None:
+        """The handler for ``task_cls``: exact type first, then its base classes;
+        per-instance registrations win over class-level ones."""
+        own: dict[type[Task], Handler] = self.__dict__.get("_instance_handlers", {})
+        for klass in task_cls.__mro__:
+            handler = own.get(klass)
+            if handler is not None:
+                return handler
+            for worker_cls in type(self).__mro__:
+                table = worker_cls.__dict__.get("task_handlers")
+                if table and klass in table:
+                    return table[klass]  # type: ignore[no-any-return]
+        return None
+
+    def check_task(self, task: Task) -> None:
+        """Reject a task this worker can never run (called at submission).
+
+        The default checks that a handler exists; engine workers also check
+        engine limits such as the context length.
+        """
+        if self.find_handler(type(task)) is None:
+            raise TaskNotSupportedError(
+                f"{type(self).__name__} has no handler for {type(task).__name__}"
+            )
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Entered by the runtime before the first task and exited at shutdown.
+
+        Engine workers start and stop their engine here.
+        """
+        yield
+
+    async def run_task(self, task: Task) -> TaskStatus:
+        """Run ``task`` directly, without an actor (TensorRT-LLM compatible)."""
+        handler = self.find_handler(type(task))
+        if handler is None:
+            return TaskStatus.WORKER_NOT_SUPPORTED
+        status = await handler(self, task)
+        return TaskStatus.SUCCESS if status is None else status
+
+    def shutdown(self) -> None:
+        """Release resources that outlive the runtime (TensorRT-LLM compatible)."""
+
+    async def async_shutdown(self) -> None:
+        self.shutdown()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+
+class _Job:
+    __slots__ = ("cancelled", "done", "error", "scope", "started", "task")
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+        self.scope: anyio.CancelScope | None = None
+        self.cancelled = False
+        self.started = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class WorkerActor:
+    """The actor around one worker (internal to the runtime).
+
+    ``serve()`` runs in the runtime's task group.  :meth:`execute` is called by a
+    request: it blocks while the inbox is full (backpressure), then until the task
+    has finished.  If the caller is cancelled, the task is cancelled too and
+    ``execute`` waits (shielded, at most ``cancel_grace`` seconds) until the handler
+    has unwound, so an engine request under it has been aborted when the
+    cancellation returns.
+    """
+
+    def __init__(self, tag: object, worker: Worker, *, cancel_grace: float = 5.0) -> None:
+        if worker.max_concurrency < 1 or worker.inbox_size < 0:
+            raise ValueError("max_concurrency must be >= 1 and inbox_size >= 0")
+        self.tag = tag
+        self.worker = worker
+        self.cancel_grace = cancel_grace
+        self._send, self._recv = anyio.create_memory_object_stream[_Job](worker.inbox_size)
+        self._slots = anyio.Semaphore(worker.max_concurrency)
+        self.running = 0
+        self.completed = 0
+
+    @property
+    def queued(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    async def serve(self) -> None:
+        async with anyio.create_task_group() as tg, self._recv:
+            async for job in self._recv:
+                if job.cancelled:
+                    job.done.set()
+                    continue
+                await self._slots.acquire()
+                self.running += 1
+                tg.start_soon(self._run, job)
+
+    def close(self) -> None:
+        """Stop taking tasks; ``serve`` returns once running tasks finish."""
+        self._send.close()
+
+    async def _run(self, job: _Job) -> None:
+        task = job.task
+        worker = self.worker
+        try:
+            with anyio.CancelScope() as job.scope:
+                job.started = True
+                if job.cancelled:
+                    job.scope.cancel()
+                handler = worker.find_handler(type(task))
+                if handler is None:
+                    raise TaskNotSupportedError(
+                        f"{type(worker).__name__} has no handler for {type(task).__name__}"
+                    )
+                timeout = worker.task_timeout
+                if timeout is None:
+                    status = await handler(worker, task)
+                else:
+                    with anyio.fail_after(timeout):
+                        status = await handler(worker, task)
+                if status is not None and status is not TaskStatus.SUCCESS:
+                    if status is TaskStatus.WORKER_NOT_SUPPORTED:
+                        raise TaskNotSupportedError(
+                            f"{type(worker).__name__} does not support this {type(task).__name__}"
+                        )
+                    raise TaskFailedError(
+                        f"{type(worker).__name__} handler returned {status!r} for "
+                        f"{type(task).__name__}",
+                        status,
+                    )
+        except Exception as exc:  # handed to the requester, never swallowed
+            job.error = exc
+        finally:
+            self.running -= 1
+            self.completed += 1
+            self._slots.release()
+            job.done.set()
+
+    async def execute(self, task: Task) -> None:
+        job = _Job(task)
+        finished = False
+        try:
+            await self._send.send(job)
+            await job.done.wait()
+            finished = True
+        finally:
+            if not finished:
+                job.cancel()
+                if job.started and not job.done.is_set():
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_grace):
+                        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+

@@ -1,0 +1,89 @@
+"""TensorRT-LLM Scaffolding compatible API.
+
+Controllers and workers written for ``tensorrt_llm.scaffolding`` run here by
+changing only the import::
+
+    from scaffold_actors.compat import (Controller, NativeGenerationController,
+                                        MajorityVoteController, ScaffoldingLlm, ...)
+
+:class:`ScaffoldingLlm` here runs its loop on asyncio by default, so worker
+handlers written for asyncio (``asyncio.sleep``, ``asyncio.gather``,
+``openai.AsyncOpenAI``) keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from .._result import ScaffoldingResult
+from .._sync import ScaffoldingLlm as _SyncScaffoldingLlm
+from .._tasks import (
+    GenerationTask,
+    RewardTask,
+    ScaffoldingOutput,
+    StreamGenerationTask,
+    Task,
+    TaskStatus,
+    ToolCallTask,
+)
+from .._worker import Worker
+from ._controllers import (
+    BestOfNController,
+    Controller,
+    MajorityVoteController,
+    NativeGenerationController,
+    NativeRewardController,
+    ParallelProcess,
+)
+from ._math import extract_answer_from_boxed, extract_answer_with_regex, get_digit_majority_vote_result
+from ._task_collection import GenerationTokenCounter, TaskCollection, TaskTimer, with_task_collection
+
+__all__ = [
+    "BestOfNController",
+    "Controller",
+    "GenerationTask",
+    "GenerationTokenCounter",
+    "MajorityVoteController",
+    "NativeGenerationController",
+    "NativeRewardController",
+    "ParallelProcess",
+    "RewardTask",
+    "ScaffoldingLlm",
+    "ScaffoldingOutput",
+    "ScaffoldingResult",
+    "StreamGenerationTask",
+    "Task",
+    "TaskCollection",
+    "TaskStatus",
+    "TaskTimer",
+    "ToolCallTask",
+    "Worker",
+    "extract_answer_from_boxed",
+    "extract_answer_with_regex",
+    "get_digit_majority_vote_result",
+    "with_task_collection",
+]
+
+
+class ScaffoldingLlm(_SyncScaffoldingLlm):
+    """:class:`scaffold_actors.ScaffoldingLlm` with an asyncio loop by default."""
+
+    def __init__(
+        self,
+        prototype_controller: Any,
+        workers: Mapping[Any, Worker],
+        *,
+        max_in_flight: int = 64,
+        trace: bool = False,
+        cancel_grace: float = 5.0,
+        backend: Literal["trio", "asyncio"] = "asyncio",
+    ) -> None:
+        super().__init__(
+            prototype_controller,
+            workers,
+            max_in_flight=max_in_flight,
+            trace=trace,
+            cancel_grace=cancel_grace,
+            backend=backend,
+        )

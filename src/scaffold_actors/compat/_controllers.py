@@ -1,0 +1,242 @@
+"""TensorRT-LLM Scaffolding style generator controllers, on the trio/anyio runtime."""
+
+from __future__ import annotations
+
+import copy
+import enum
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any
+
+from .._context import RequestContext
+from .._controller import drive_generator
+from .._errors import InvalidTaskError
+from .._tasks import GenerationTask, RewardTask, ScaffoldingOutput, Task
+
+from ._math import get_digit_majority_vote_result
+
+__all__ = [
+    "BestOfNController",
+    "Controller",
+    "MajorityVoteController",
+    "NativeGenerationController",
+    "NativeRewardController",
+    "ParallelProcess",
+]
+
+TaskGen = Generator[Any, Any, Any]
+
+
+class Controller:
+    """Base of generator controllers.
+
+    ``process(tasks, **kwargs)`` is a generator that yields lists of tasks (run
+    concurrently by the runtime) or a :class:`ParallelProcess`; when the yield
+    returns, the tasks' outputs are filled.  ``generate(prompt)`` wraps it for one
+    prompt.  The runtime clones the prototype controller for every request.
+
+    A generator controller can also be used inside a native controller:
+    ``await controller.run(ctx, task)``.
+    """
+
+    def __init__(self) -> None:
+        self.task_collections: dict[str, Any] = {}
+
+    def clone(self) -> Controller:
+        return copy.deepcopy(self)
+
+    def generate(self, prompt: Any, **kwargs: Any) -> Generator[Any, Any, ScaffoldingOutput]:
+        task = GenerationTask.create_from_prompt(prompt)
+        yield from self.process([task], **kwargs)
+        return task.create_scaffolding_output()
+
+    def process(self, tasks: list[Task], **kwargs: Any) -> TaskGen:
+        raise NotImplementedError(f"{type(self).__name__}.process is not implemented")
+
+    async def run(self, ctx: RequestContext, task: GenerationTask, /, **kwargs: Any) -> GenerationTask:
+        await drive_generator(ctx, self.clone().process([task], **kwargs))
+        return task
+
+
+class ParallelProcess:
+    """Run sub-controllers concurrently: ``controllers[i].process(tasks_list[i],
+    **kwargs_list[i])`` for every ``i``."""
+
+    def __init__(
+        self,
+        controllers: Sequence[Controller],
+        tasks_list: Sequence[list[Task]],
+        kwargs_list: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        if kwargs_list is None:
+            kwargs_list = [{} for _ in controllers]
+        if not (len(controllers) == len(tasks_list) == len(kwargs_list)):
+            raise ValueError(
+                "ParallelProcess needs as many task lists and kwargs as controllers, got "
+                f"{len(controllers)}, {len(tasks_list)} and {len(kwargs_list)}"
+            )
+        self.sub_gens: list[TaskGen] = [
+            c.process(t, **k) for c, t, k in zip(controllers, tasks_list, kwargs_list, strict=True)
+        ]
+
+
+_SAMPLING_KEYS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "seed",
+    "num_logprobs",
+)
+
+
+class NativeGenerationController(Controller):
+    """Send each task to the generation worker, filling unset sampling parameters
+    from ``sampling_params``.
+
+    Unknown or invalid sampling parameters raise :class:`InvalidTaskError` here
+    (TensorRT-LLM only logs a warning and drops them).
+    """
+
+    class WorkerTag(enum.Enum):
+        GENERATION = "generation"
+
+    def __init__(
+        self,
+        sampling_params: Mapping[str, Any] | None = None,
+        custom_sampling_params: Mapping[str, Any] | None = None,
+        streaming: bool = False,
+    ) -> None:
+        super().__init__()
+        params = dict(sampling_params or {})
+        params.update(custom_sampling_params or {})
+        probe = GenerationTask(input_str="x")
+        for key, value in params.items():
+            if key not in _SAMPLING_KEYS:
+                raise InvalidTaskError(
+                    f"sampling_params.{key}", f"unknown sampling parameter; known: {list(_SAMPLING_KEYS)}"
+                )
+            setattr(probe, key, value)  # validates, naming the field
+        self.sampling_params = params
+        self.streaming = streaming
+
+    def process(self, tasks: list[Task], **kwargs: Any) -> TaskGen:
+        for task in tasks:
+            task.worker_tag = self.WorkerTag.GENERATION
+            for key, value in self.sampling_params.items():
+                if getattr(task, key, None) in (None, []):
+                    setattr(task, key, value)
+        yield tasks
+
+
+class NativeRewardController(Controller):
+    """Score generation tasks' outputs with the reward worker; scores land in
+    ``self.scores`` (one per task)."""
+
+    class WorkerTag(enum.Enum):
+        REWARD = "reward"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores: list[float] | None = None
+
+    def process(self, tasks: list[Task], **kwargs: Any) -> TaskGen:
+        gen_tasks = [t for t in tasks if isinstance(t, GenerationTask)]
+        if not gen_tasks:
+            raise ValueError("NativeRewardController needs generation tasks to score")
+        first = gen_tasks[0]
+        prompt = first.input_str
+        if prompt is None and first.messages:
+            prompt = first.messages[-1]["content"]
+        reward = RewardTask(
+            worker_tag=self.WorkerTag.REWARD,
+            input_str=prompt,
+            candidates=[t.output_str or "" for t in gen_tasks],
+        )
+        yield [reward]
+        self.scores = reward.scores
+
+
+class MajorityVoteController(Controller):
+    """Sample ``sample_num`` times with ``generation_controller`` and keep the
+    majority answer."""
+
+    def __init__(self, generation_controller: Controller, default_sample_num: int = 1) -> None:
+        super().__init__()
+        self.generation_controller = generation_controller
+        self.default_sample_num = default_sample_num
+
+    def clone(self) -> MajorityVoteController:
+        return MajorityVoteController(self.generation_controller.clone(), self.default_sample_num)
+
+    def process(
+        self,
+        tasks: list[Task],
+        sample_num: int = 1,
+        generation_kwargs: Mapping[str, Any] | None = None,
+        majority_vote_kwargs: Mapping[str, Any] | None = None,
+    ) -> TaskGen:
+        sample_num = max(sample_num, self.default_sample_num)
+        controllers = [self.generation_controller.clone() for _ in range(sample_num)]
+        tasks_list = [copy.deepcopy(tasks) for _ in range(sample_num)]
+        kwargs_list = [dict(generation_kwargs or {}) for _ in range(sample_num)]
+        yield ParallelProcess(controllers, tasks_list, kwargs_list)
+        candidates = [ts[0].output_str or "" for ts in tasks_list]
+        result = self.majority_vote(candidates, **(majority_vote_kwargs or {}))
+        tasks[0].output_str = result  # type: ignore[attr-defined]
+
+    def majority_vote(self, candidates: list[str], **kwargs: Any) -> str:
+        return get_digit_majority_vote_result(candidates)
+
+
+class BestOfNController(Controller):
+    """Sample ``sample_num`` candidates and keep the one the reward model scores
+    highest."""
+
+    def __init__(
+        self,
+        generation_controller: Controller,
+        reward_controller: Controller,
+        default_sample_num: int = 4,
+    ) -> None:
+        super().__init__()
+        self.generation_controller = generation_controller
+        self.reward_controller = reward_controller
+        self.default_sample_num = default_sample_num
+
+    def clone(self) -> BestOfNController:
+        return BestOfNController(
+            self.generation_controller.clone(), self.reward_controller.clone(), self.default_sample_num
+        )
+
+    def process(
+        self,
+        tasks: list[Task],
+        sample_num: int = 4,
+        generation_kwargs: Mapping[str, Any] | None = None,
+        reward_kwargs: Mapping[str, Any] | None = None,
+        select_best_kwargs: Mapping[str, Any] | None = None,
+    ) -> TaskGen:
+        if len(tasks) != 1:
+            raise ValueError("BestOfNController handles exactly one task")
+        task = tasks[0]
+        sample_num = max(sample_num, self.default_sample_num)
+        gen_tasks = [copy.deepcopy(task) for _ in range(sample_num)]
+        yield ParallelProcess(
+            [self.generation_controller.clone() for _ in range(sample_num)],
+            [[t] for t in gen_tasks],
+            [dict(generation_kwargs or {}) for _ in range(sample_num)],
+        )
+        yield from self.reward_controller.process(gen_tasks, **(reward_kwargs or {}))
+        scores = getattr(self.reward_controller, "scores", None)
+        if scores is None or len(scores) != len(gen_tasks):
+            raise RuntimeError("the reward controller produced no score for each candidate")
+        best, _ = self.select_best(gen_tasks, scores, **(select_best_kwargs or {}))
+        task.output_str = best.output_str  # type: ignore[attr-defined]
+
+    def select_best(self, tasks: list[Task], reward_values: Sequence[float], **kwargs: Any) -> tuple[Task, int]:
+        index = max(range(len(reward_values)), key=lambda i: reward_values[i])
+        return tasks[index], index
+
+
+

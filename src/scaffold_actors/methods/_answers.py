@@ -1,0 +1,60 @@
+"""Extracting a final answer from a completion, for voting."""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+__all__ = ["extract_answer", "extract_boxed", "normalize_number"]
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_HASHES = re.compile(r"####\s*([^\n]+)")
+
+
+def extract_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` in ``text`` (nested braces allowed)."""
+    start = text.rfind("\\boxed")
+    if start == -1:
+        return None
+    i = text.find("{", start)
+    if i == -1:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        c = text[j]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j].strip()
+    return None
+
+
+def normalize_number(text: str) -> str | None:
+    """``"1,000"`` -> ``"1000"``, ``"0.50"`` -> ``"1/2"``, ``"4/2"`` -> ``"2"``; else None."""
+    s = text.strip().rstrip(".").replace(",", "").replace("$", "")
+    try:
+        value = Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return str(value)
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The final answer of a completion: ``\\boxed{}``, then ``#### x``, then the
+    last number.  Numbers are normalised so ``"1,000"`` and ``"1000.0"`` agree."""
+    if not text:
+        return None
+    candidate = extract_boxed(text)
+    if candidate is None:
+        m = _HASHES.findall(text)
+        if m:
+            candidate = m[-1].strip()
+    if candidate is None:
+        nums = _NUMBER.findall(text)
+        if not nums:
+            return None
+        candidate = nums[-1]
+    number = normalize_number(candidate)
+    return number if number is not None else candidate.strip()

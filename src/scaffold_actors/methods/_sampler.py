@@ -1,0 +1,78 @@
+"""Chain-of-thought sampling: the sampler every other method can wrap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .._context import RequestContext
+from .._tasks import GenerationTask, StreamGenerationTask, ScaffoldingOutput
+
+__all__ = ["Sampler", "fresh_task"]
+
+COT_INSTRUCTION = "Think step by step, then give the final answer as \\boxed{answer}."
+
+
+def fresh_task(task: GenerationTask, cls: type[GenerationTask] = GenerationTask) -> GenerationTask:
+    """A new task with ``task``'s inputs and sampling parameters, outputs empty."""
+    fields = {f: getattr(task, f) for f in GenerationTask.input_fields}
+    fields["stop"] = list(task.stop)
+    if fields["messages"] is not None:
+        fields["messages"] = [dict(m) for m in fields["messages"]]
+    fields["worker_tag"] = task.worker_tag
+    return cls(**fields)
+
+
+@attrs.frozen
+class Sampler:
+    """Chain-of-thought generation: one sample of the model's reasoning.
+
+    Parameters override the task's sampling parameters only where the task leaves
+    them unset.  ``instruction`` (if set) is appended to a text prompt or added as
+    a system message to a chat prompt.  With ``stream=True`` the sample is
+    generated as a stream and each step is published as a partial output of the
+    request.
+
+    Paper: Wei et al., "Chain-of-Thought Prompting Elicits Reasoning in Large
+    Language Models" (2022); Kojima et al., "Large Language Models are Zero-Shot
+    Reasoners" (2022).
+    """
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    num_logprobs: int | None = None
+    instruction: str | None = None
+    stream: bool = False
+    streaming_step: int = 8
+    worker_tag: Any = "generation"
+
+    def __attrs_post_init__(self) -> None:
+        probe = GenerationTask(input_str="x")  # validates the values, naming the field
+        for name in ("max_tokens", "temperature", "top_p", "top_k", "num_logprobs"):
+            setattr(probe, name, getattr(self, name))
+
+    def prepare(self, task: GenerationTask) -> GenerationTask:
+        t = fresh_task(task, StreamGenerationTask if self.stream else GenerationTask)
+        t.worker_tag = self.worker_tag
+        for name in ("max_tokens", "temperature", "top_p", "top_k", "num_logprobs"):
+            if getattr(t, name) is None and getattr(self, name) is not None:
+                setattr(t, name, getattr(self, name))
+        if self.instruction:
+            if t.input_str is not None:
+                t.input_str = f"{t.input_str}\n{self.instruction}"
+            elif t.messages is not None:
+                t.messages = [{"role": "system", "content": self.instruction}, *t.messages]
+        return t
+
+    async def run(self, ctx: RequestContext, task: GenerationTask, /, **kwargs: Any) -> GenerationTask:
+        t = self.prepare(task)
+        if isinstance(t, StreamGenerationTask):
+            t.streaming_step = self.streaming_step
+            async with ctx.stream(t) as updates:
+                async for partial in updates:
+                    ctx.emit(ScaffoldingOutput(partial.output_str, list(partial.output_tokens or ()), finished=False))
+            return t
+        return await ctx.run(t)

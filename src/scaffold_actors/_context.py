@@ -43,7 +43,9 @@ def raise_single(group: BaseExceptionGroup[BaseException]) -> None:
             leaves.append(e)
 
     walk(group)
-    real = [e for e in leaves if not isinstance(e, cancelled)]
+    # The same error can appear twice: raised by a child and re-raised by the body
+    # that read the child's result.
+    real = list({id(e): e for e in leaves if not isinstance(e, cancelled)}.values())
     if len(real) == 1:
         raise real[0] from None
     raise group

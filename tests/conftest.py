@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+import trio.testing
+
+
+@pytest.fixture(params=["trio", "asyncio"])
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """Public-API tests run on both backends; trio gets an autojumping mock clock."""
+    if request.param == "trio":
+        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+    return "asyncio"
+
+
+@pytest.fixture
+def deterministic_scheduling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make trio's run-queue order reproducible.
+
+    Trio shuffles ready tasks on purpose to flush out ordering bugs; its test hook
+    ``_ALLOW_DETERMINISTIC_SCHEDULING`` with a seeded RNG fixes that order, which a
+    whole-run reproducibility test needs.
+    """
+    import random
+
+    from trio._core import _run
+
+    monkeypatch.setattr(_run, "_ALLOW_DETERMINISTIC_SCHEDULING", True)
+    monkeypatch.setattr(_run, "_r", random.Random(0))
+
+
+def reseed_trio(seed: int = 0) -> None:
+    import random
+
+    from trio._core import _run
+
+    _run._r.seed(seed) if isinstance(_run._r, random.Random) else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every ``async def`` test runs under trio unless it asks for anyio (both backends)."""
+    import inspect
+
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is None or not inspect.iscoroutinefunction(fn):
+            continue
+        if item.get_closest_marker("anyio") is None and item.get_closest_marker("trio") is None:
+            item.add_marker(pytest.mark.trio)

@@ -1,0 +1,53 @@
+"""Shared test helpers (workers and controllers used across tests)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import anyio
+
+from scaffold_actors import GenerationTask, RequestContext, Task, Worker
+from scaffold_actors._worker import Handler
+
+
+class EchoWorker(Worker):
+    """Answers ``echo: <prompt>``; prompts containing 'boom' raise ValueError; 'slow'
+    sleeps an hour (virtual)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.finished = 0
+        self.cancelled = 0
+
+    async def handle(self, task: GenerationTask) -> None:
+        self.started += 1
+        try:
+            prompt = task.input_str or ""
+            if "boom" in prompt:
+                raise ValueError(f"boom in {prompt!r}")
+            if "slow" in prompt:
+                await anyio.sleep(3600)
+            await anyio.sleep(0.01)
+            task.output_str = f"echo: {prompt}"
+            task.output_tokens = [1, 2, 3]
+            task.completion_tokens_num = 3
+            task.prompt_tokens_num = 1
+            self.finished += 1
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
+
+    task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
+
+
+async def one_shot(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+    """The simplest native controller: one generation."""
+    return await ctx.run(task)
+
+
+def answers(*texts: str) -> list[str]:
+    return [f"Let me think. The answer is \\boxed{{{t}}}." for t in texts]
+
+
+def kwargs_of(**kw: Any) -> dict[str, Any]:
+    return kw

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import pytest
+
+from engine_bridge import InvalidRequestError, SamplingParams
+from scaffold_actors import GenerationTask, InvalidTaskError, RewardTask, StreamGenerationTask, ToolCallTask
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_tokens", -5, "must be >= 1"),
+        ("max_tokens", 0, "must be >= 1"),
+        ("max_tokens", 2.5, "must be an integer"),
+        ("temperature", -0.1, "must be >= 0"),
+        ("temperature", float("nan"), "must be finite"),
+        ("top_p", 0.0, "must be > 0"),
+        ("top_p", 1.5, "must be <= 1"),
+        ("top_k", -1, "must be >= 0"),
+        ("seed", -3, "must be >= 0"),
+        ("num_logprobs", -1, "must be >= 0"),
+        ("temperature", "hot", "must be a number"),
+    ],
+)
+def test_bad_sampling_value_names_the_field(field: str, value: object, message: str) -> None:
+    task = GenerationTask(input_str="hi")
+    with pytest.raises(InvalidTaskError, match=message) as info:
+        setattr(task, field, value)
+    assert info.value.field == f"GenerationTask.{field}"
+    with pytest.raises(InvalidTaskError):
+        GenerationTask(input_str="hi", **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({}, "GenerationTask.input_str"),
+        ({"input_str": "   "}, "GenerationTask.input_str"),
+        ({"input_str": "a", "messages": [{"role": "user", "content": "b"}]}, "GenerationTask.input_str"),
+        ({"messages": []}, "GenerationTask.messages"),
+        ({"messages": [{"role": "user"}]}, "GenerationTask.messages"),
+        ({"input_tokens": []}, "GenerationTask.input_tokens"),
+        ({"input_str": "a", "n": 2}, "GenerationTask.n"),
+        ({"input_str": "a", "stop": [""]}, "GenerationTask.stop"),
+        ({"input_str": "a", "worker_tag": None}, "GenerationTask.worker_tag"),
+    ],
+)
+def test_validate_rejects_bad_tasks(kwargs: dict[str, object], field: str) -> None:
+    task = GenerationTask(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidTaskError) as info:
+        task.validate()
+    assert info.value.field == field
+    assert field.split(".")[1] in str(info.value)
+
+
+def test_valid_tasks_pass() -> None:
+    GenerationTask(input_str="2+2?", max_tokens=4, temperature=0.0, top_p=0.9, stop="\n").validate()
+    GenerationTask.create_from_prompt([{"role": "user", "content": "hi"}]).validate()
+    RewardTask(input_str="q", candidates=["a", "b"]).validate()
+    ToolCallTask(tool_name="python", arguments={"code": "1"}).validate()
+
+
+def test_stop_accepts_a_string() -> None:
+    assert GenerationTask(input_str="x", stop="END").stop == ["END"]
+
+
+def test_reward_and_tool_tasks_validate() -> None:
+    with pytest.raises(InvalidTaskError, match="candidates"):
+        RewardTask(input_str="q").validate()
+    with pytest.raises(InvalidTaskError, match="input_str"):
+        RewardTask(candidates=["a"]).validate()
+    with pytest.raises(InvalidTaskError, match="tool_name"):
+        ToolCallTask().validate()
+    with pytest.raises(InvalidTaskError, match="arguments"):
+        ToolCallTask(tool_name="t", arguments="x").validate()  # type: ignore[arg-type]
+
+
+def test_stream_task_copies_a_generation_task() -> None:
+    base = GenerationTask(input_str="q", max_tokens=7, temperature=0.5, stop=["x"])
+    s = StreamGenerationTask.create_from_generation_task(base, streaming_step=4)
+    assert (s.input_str, s.max_tokens, s.temperature, s.stop, s.streaming_step) == ("q", 7, 0.5, ["x"], 4)
+    with pytest.raises(ValueError):
+        StreamGenerationTask(input_str="q", streaming_step=-1)
+
+
+def test_sampling_params_defaults_and_errors() -> None:
+    task = GenerationTask(input_str="q", temperature=0.0)
+    p = task.sampling_params(SamplingParams(max_tokens=9, temperature=0.7, top_p=0.5))
+    assert (p.max_tokens, p.temperature, p.top_p) == (9, 0.0, 0.5)
+    with pytest.raises(InvalidRequestError, match="max_tokens"):
+        SamplingParams(max_tokens=0)
+
+
+def test_inputs_and_outputs_round_trip() -> None:
+    t = GenerationTask(input_str="q", max_tokens=3)
+    assert t.inputs()["input_str"] == "q" and t.inputs()["max_tokens"] == 3
+    t.set_outputs({"output_str": "a", "finish_reason": "stop"})
+    assert t.outputs()["output_str"] == "a"
+    with pytest.raises(KeyError):
+        t.set_outputs({"input_str": "no"})
+
+
+def test_tasks_accept_ad_hoc_attributes() -> None:
+    """Ported TensorRT-LLM code tags tasks with attributes of its own."""
+    t = GenerationTask(input_str="q")
+    t._profiling_in_progress = True  # type: ignore[attr-defined]
+    assert t._profiling_in_progress  # type: ignore[attr-defined]

@@ -212,7 +212,7 @@ class SimulatedEngine:
         self._waiting: deque[_SimRequest] = deque()
         self._running: dict[int, _SimRequest] = {}
         self._kv_used = 0
-        self._wakeup = anyio.Event()
+        self._wakeup: anyio.Event | None = None  # made in __aenter__, in its loop
         self._index = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
@@ -264,6 +264,7 @@ class SimulatedEngine:
     async def __aenter__(self) -> Self:
         if self._tg is not None:
             raise RuntimeError("SimulatedEngine already started")
+        self._wakeup = anyio.Event()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._loop)
@@ -290,6 +291,7 @@ class SimulatedEngine:
         self.check(request)
         r = self._new_request(request)
         self._waiting.append(r)
+        assert self._wakeup is not None
         self._wakeup.set()
         try:
             yield _Stream(r)
@@ -339,7 +341,7 @@ class SimulatedEngine:
             self.aborted += 1
         r.done = True
         r.pending.clear()
-        if self._waiting:
+        if self._waiting and self._wakeup is not None:
             self._wakeup.set()
 
     def _fail_all(self, err: BaseException) -> None:

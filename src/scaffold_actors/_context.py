@@ -32,7 +32,10 @@ def raise_single(group: BaseExceptionGroup[BaseException]) -> None:
     outside.  This keeps "errors reach the caller unchanged" true across task
     groups.
     """
-    cancelled = anyio.get_cancelled_exc_class()
+    try:
+        cancelled: type[BaseException] | tuple[()] = anyio.get_cancelled_exc_class()
+    except Exception:  # outside any event loop (the sync facade's constructor)
+        cancelled = ()
     leaves: list[BaseException] = []
 
     def walk(e: BaseException) -> None:

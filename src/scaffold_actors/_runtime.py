@@ -110,11 +110,12 @@ class AsyncScaffoldingLlm:
         self.max_in_flight = max_in_flight
         self.trace = trace
         self._actors = actors
-        self._slots = anyio.Semaphore(max_in_flight)
+        # anyio primitives bind to the event loop they are created in, so they are
+        # made in __aenter__ (the sync facade constructs this on another thread).
+        self._slots: anyio.Semaphore | None = None
+        self._idle: anyio.Event | None = None
         self._ids = itertools.count()
         self._in_flight: set[ScaffoldingResult] = set()
-        self._idle = anyio.Event()
-        self._idle.set()
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
@@ -124,6 +125,11 @@ class AsyncScaffoldingLlm:
     async def __aenter__(self) -> Self:
         if self._stack is not None:
             raise RuntimeError("AsyncScaffoldingLlm is already started")
+        self._slots = anyio.Semaphore(self.max_in_flight)
+        self._idle = anyio.Event()
+        self._idle.set()
+        for actor in self._actors.values():
+            actor.open()
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -165,7 +171,8 @@ class AsyncScaffoldingLlm:
         Workers and engines stop when the ``async with`` block exits.
         """
         self._begin_shutdown()
-        await self._idle.wait()
+        if self._idle is not None:
+            await self._idle.wait()
 
     # -- requests ------------------------------------------------------------
     def _check_open(self) -> None:
@@ -192,6 +199,7 @@ class AsyncScaffoldingLlm:
         self._check_open()
         validate_prompt(prompt)
         self._precheck(prompt)
+        assert self._slots is not None and self._idle is not None
         if block:
             await self._slots.acquire()
         else:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from ._context import raise_single
 from ._result import ScaffoldingResult
 from ._runtime import AsyncScaffoldingLlm, Prompt, _is_single_prompt, validate_prompt
 from ._worker import Worker
@@ -32,6 +33,8 @@ class _LoopThread:
         kind, value = self._ready.get()
         if kind == "error":
             self.thread.join()
+            if isinstance(value, BaseExceptionGroup):
+                raise_single(value)
             raise value
         self.portal: BlockingPortal = value
 

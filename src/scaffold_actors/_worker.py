@@ -150,10 +150,13 @@ class WorkerActor:
         self.tag = tag
         self.worker = worker
         self.cancel_grace = cancel_grace
-        self._send, self._recv = anyio.create_memory_object_stream[_Job](worker.inbox_size)
-        self._slots = anyio.Semaphore(worker.max_concurrency)
         self.running = 0
         self.completed = 0
+
+    def open(self) -> None:
+        """Create the inbox and limiter (in the event loop that will serve them)."""
+        self._send, self._recv = anyio.create_memory_object_stream[_Job](self.worker.inbox_size)
+        self._slots = anyio.Semaphore(self.worker.max_concurrency)
 
     @property
     def queued(self) -> int:

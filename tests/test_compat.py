@@ -1,0 +1,261 @@
+"""TensorRT-LLM style controllers and workers, run by changing only the import."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+import trio
+
+from engine_bridge import SimulatedEngine
+from helpers import answers
+from scaffold_actors import AsyncScaffoldingLlm, EngineWorker, RequestContext
+from scaffold_actors.compat import (
+    BestOfNController,
+    Controller,
+    GenerationTask,
+    GenerationTokenCounter,
+    MajorityVoteController,
+    NativeGenerationController,
+    NativeRewardController,
+    ParallelProcess,
+    RewardTask,
+    ScaffoldingLlm,
+    StreamGenerationTask,
+    Task,
+    TaskStatus,
+    TaskTimer,
+    Worker,
+    extract_answer_from_boxed,
+    get_digit_majority_vote_result,
+    with_task_collection,
+)
+from scaffold_actors.methods import MajorityVote
+
+# --- code as a TensorRT-LLM user wrote it (only the import changed) ---------------
+
+
+class AsyncioWorker(Worker):
+    """A worker whose handlers use asyncio, like OpenaiWorker with AsyncOpenAI."""
+
+    def __init__(self, replies: list[str]) -> None:
+        self.replies = replies
+        self.calls = 0
+
+    async def generation_handler(self, task: GenerationTask) -> TaskStatus:
+        await asyncio.sleep(0.001)
+        i = self.calls
+        self.calls += 1
+        parts = await asyncio.gather(asyncio.sleep(0, "x"), asyncio.sleep(0, "y"))
+        assert parts == ["x", "y"]
+        task.output_str = self.replies[i % len(self.replies)]
+        task.output_tokens = [0] * 5
+        return TaskStatus.SUCCESS
+
+    async def reward_handler(self, task: RewardTask) -> TaskStatus:
+        await asyncio.sleep(0)
+        task.scores = [float(len(c)) for c in task.candidates]  # longest wins
+        return TaskStatus.SUCCESS
+
+    task_handlers = {GenerationTask: generation_handler, RewardTask: reward_handler}
+
+
+@with_task_collection("token_counter", GenerationTokenCounter)
+class TokenBudgetMajorityVoteController(Controller):
+    def __init__(self, generation_controller: Controller, token_budget: int, sample_num_per_turn: int):
+        super().__init__()
+        self.generation_controller = generation_controller
+        self.token_budget = token_budget
+        self.sample_num_per_turn = sample_num_per_turn
+
+    def clone(self) -> TokenBudgetMajorityVoteController:
+        return TokenBudgetMajorityVoteController(
+            self.generation_controller.clone(), self.token_budget, self.sample_num_per_turn
+        )
+
+    def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+        candidates = []
+        while self.task_collections["token_counter"].generation_token_count < self.token_budget:
+            n = self.sample_num_per_turn
+            tasks_list = [copy.deepcopy(tasks) for _ in range(n)]
+            yield ParallelProcess(
+                [self.generation_controller.clone() for _ in range(n)], tasks_list, [copy.deepcopy(kwargs) for _ in range(n)]
+            )
+            candidates.extend(t[0].output_str for t in tasks_list)
+        tasks[0].output_str = get_digit_majority_vote_result(candidates)
+        tasks[0].customized_result_fields["n"] = len(candidates)
+
+
+def test_ported_majority_vote_with_asyncio_handlers() -> None:
+    worker = AsyncioWorker(answers("12", "12", "13", "12", "14"))
+    gen = NativeGenerationController(sampling_params={"temperature": 0.9, "max_tokens": 64})
+    llm = ScaffoldingLlm(
+        MajorityVoteController(gen, default_sample_num=5),
+        {NativeGenerationController.WorkerTag.GENERATION: worker},
+    )
+    results = llm.generate(["q1", "q2"])
+    llm.shutdown(shutdown_workers=True)
+    assert [extract_answer_from_boxed(r.output.output_str) for r in results] == ["12", "12"]
+    assert worker.calls == 10
+
+
+def test_ported_token_budget_controller_counts_tokens() -> None:
+    worker = AsyncioWorker(answers("5"))
+    controller = TokenBudgetMajorityVoteController(
+        NativeGenerationController(custom_sampling_params={"max_tokens": 16}), token_budget=32, sample_num_per_turn=3
+    )
+    with ScaffoldingLlm(controller, {"generation": worker}) as llm:
+        result = llm.generate("q")
+    # 5 tokens per sample, 3 samples a turn: 15, 30, 45 >= 32 after three turns
+    assert result.output.details["n"] == 9
+    counter = result.task_collections["token_counter"]
+    assert counter.generation_token_count == 45
+
+
+def test_ported_best_of_n_uses_the_reward_worker() -> None:
+    worker = AsyncioWorker(["short", "the longest answer", "medium one"])
+    controller = BestOfNController(NativeGenerationController(), NativeRewardController(), default_sample_num=3)
+    with ScaffoldingLlm(controller, {"generation": worker, "reward": worker}) as llm:
+        result = llm.generate("q")
+    assert result.output.output_str == "the longest answer"
+
+
+def test_asyncio_handlers_on_the_simulated_engine_too() -> None:
+    controller = MajorityVoteController(NativeGenerationController({"max_tokens": 32}), default_sample_num=3)
+    with ScaffoldingLlm(controller, {"generation": EngineWorker(SimulatedEngine(answers("9")))}) as llm:
+        assert "\\boxed{9}" in llm.generate("q").output.output_str
+
+
+def test_unknown_sampling_parameter_is_rejected() -> None:
+    with pytest.raises(ValueError, match="sampling_params.temprature: unknown sampling parameter"):
+        NativeGenerationController(sampling_params={"temprature": 0.5})
+    with pytest.raises(ValueError, match="max_tokens: must be >= 1"):
+        NativeGenerationController(sampling_params={"max_tokens": -2})
+
+
+def test_parallel_process_checks_lengths() -> None:
+    with pytest.raises(ValueError, match="as many task lists"):
+        ParallelProcess([NativeGenerationController()], [[], []], [{}])
+
+
+# --- on the trio runtime directly --------------------------------------------------
+
+
+class StreamingController(Controller):
+    """The TensorRT-LLM AsyncGeneration example: stop a stream after a budget."""
+
+    def __init__(self, budget: int, step: int) -> None:
+        super().__init__()
+        self.budget = budget
+        self.step = step
+        self.snapshots: list[int] = []
+
+    def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+        stream = StreamGenerationTask.create_from_generation_task(tasks[0], self.step)  # type: ignore[arg-type]
+        stream.worker_tag = "generation"
+        stream.max_tokens = 500
+        while not stream.end_flag:
+            yield [stream]
+            self.snapshots.append(len(stream.output_tokens or ()))
+            if len(stream.output_tokens or ()) >= self.budget:
+                stream.cancel_flag = True
+                yield [stream]
+        tasks[0].output_str = stream.output_str
+        tasks[0].customized_result_fields["snapshots"] = list(self.snapshots)
+
+
+async def test_stream_generation_task_cancelled_by_flag(autojump_clock: object) -> None:
+    engine = SimulatedEngine(" ".join(f"t{i}" for i in range(400)))
+    async with AsyncScaffoldingLlm(StreamingController(budget=12, step=4), {"generation": EngineWorker(engine)}) as llm:
+        r = await llm.generate("q")
+    assert r.output.details["snapshots"] == [4, 8, 12]
+    assert r.output.output_str.startswith("t0 t1 t2") and engine.aborted == 1 and engine.num_active == 0
+
+
+async def test_stream_generation_task_to_the_end(autojump_clock: object) -> None:
+    engine = SimulatedEngine("a b c d e")
+    async with AsyncScaffoldingLlm(StreamingController(budget=100, step=2), {"generation": EngineWorker(engine)}) as llm:
+        r = await llm.generate("q")
+    assert r.output.details["snapshots"] == [2, 4, 5]
+    assert r.output.output_str == "a b c d e"
+
+
+async def test_task_errors_are_thrown_into_the_generator(autojump_clock: object) -> None:
+    class Recovering(Controller):
+        def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+            bad = GenerationTask(input_str="q", worker_tag="nowhere")
+            try:
+                yield [bad]
+            except ValueError as e:
+                tasks[0].worker_tag = "generation"
+                tasks[0].customized_result_fields["recovered"] = type(e).__name__
+                yield tasks
+
+    async with AsyncScaffoldingLlm(Recovering(), {"generation": EngineWorker(SimulatedEngine("ok"))}) as llm:
+        r = await llm.generate("q")
+    assert r.output.output_str == "ok" and r.output.details["recovered"] == "UnknownWorkerTagError"
+
+
+async def test_generators_are_closed_on_cancel(autojump_clock: object) -> None:
+    closed: list[str] = []
+
+    class Slow(Controller):
+        def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+            try:
+                for t in tasks:
+                    t.worker_tag = "generation"
+                    t.max_tokens = 500
+                yield tasks
+            finally:
+                closed.append("closed")
+
+    engine = SimulatedEngine(" ".join(["w"] * 500))
+    async with AsyncScaffoldingLlm(Slow(), {"generation": EngineWorker(engine)}) as llm:
+        r = await llm.generate_async("q")
+        await trio.sleep(0.1)
+        await r.acancel()
+    assert closed == ["closed"] and engine.num_active == 0
+
+
+async def test_yielding_something_else_fails_clearly(autojump_clock: object) -> None:
+    class Wrong(Controller):
+        def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+            yield "not tasks"
+
+    async with AsyncScaffoldingLlm(Wrong(), {"generation": EngineWorker(SimulatedEngine())}) as llm:
+        with pytest.raises(TypeError, match="must yield a list of Task objects or a ParallelProcess, got str"):
+            await llm.generate("q")
+
+
+async def test_generator_controller_composes_inside_a_native_one(autojump_clock: object) -> None:
+    """Native majority vote over the compat NativeGenerationController sampler."""
+    engine = SimulatedEngine(answers("4", "4", "5"))
+    mv = MajorityVote(sampler=NativeGenerationController({"max_tokens": 16}), samples=3, early_stop=False)
+    async with AsyncScaffoldingLlm(mv, {"generation": EngineWorker(engine)}) as llm:
+        r = await llm.generate("q")
+    assert r.output.details["votes"] == {"4": 2, "5": 1}
+
+
+async def test_task_timer_collects_durations(autojump_clock: object) -> None:
+    @with_task_collection("timer", TaskTimer)
+    class Timed(NativeGenerationController):
+        pass
+
+    async with AsyncScaffoldingLlm(Timed(), {"generation": EngineWorker(SimulatedEngine("a b"))}) as llm:
+        r = await llm.generate("q")
+    assert list(r.task_collections["timer"].durations) == ["GenerationTask"]
+
+
+def test_with_task_collection_only_decorates_controllers() -> None:
+    with pytest.raises(TypeError):
+        with_task_collection("x", TaskTimer)(int)  # type: ignore[arg-type]
+
+
+def test_compat_and_native_share_task_types() -> None:
+    import scaffold_actors
+
+    assert GenerationTask is scaffold_actors.GenerationTask
+    assert isinstance(RequestContext, type)

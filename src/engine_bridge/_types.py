@@ -76,6 +76,18 @@ def _normalise_stop(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return out
 
 
+#: one check per sampling field, so a setter validates only its own field
+FIELD_CHECKS: dict[str, Any] = {
+    "max_tokens": lambda v: _check_optional_int("max_tokens", v, low=1),
+    "temperature": lambda v: _check_optional_number("temperature", v, low=0.0, high=100.0),
+    "top_p": lambda v: _check_optional_number("top_p", v, low=0.0, high=1.0, low_open=True),
+    "top_k": lambda v: _check_optional_int("top_k", v, low=0),
+    "seed": lambda v: _check_optional_int("seed", v, low=0),
+    "num_logprobs": lambda v: _check_optional_int("num_logprobs", v, low=0),
+    "n": lambda v: _check_optional_int("n", v, low=1),
+}
+
+
 def validate_sampling(
     *,
     max_tokens: Any = None,

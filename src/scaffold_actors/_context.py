@@ -26,11 +26,12 @@ TaskT = TypeVar("TaskT", bound=Task)
 
 
 def raise_single(group: BaseExceptionGroup[BaseException]) -> None:
-    """Re-raise the one real error inside ``group`` unwrapped, else the group.
+    """Re-raise the first real error inside ``group`` unwrapped.
 
-    Cancellation exceptions are not counted as errors; they belong to a scope
-    outside.  This keeps "errors reach the caller unchanged" true across task
-    groups.
+    Cancellation exceptions are not errors (they belong to a scope outside); if
+    only those are left the group is re-raised as is.  When several tasks failed
+    at once, the first error is raised and the others are listed in its notes, so
+    callers can still ``except`` the original exception type.
     """
     try:
         cancelled: type[BaseException] | tuple[()] = anyio.get_cancelled_exc_class()
@@ -49,9 +50,14 @@ def raise_single(group: BaseExceptionGroup[BaseException]) -> None:
     # The same error can appear twice: raised by a child and re-raised by the body
     # that read the child's result.
     real = list({id(e): e for e in leaves if not isinstance(e, cancelled)}.values())
-    if len(real) == 1:
-        raise real[0] from None
-    raise group
+    if not real:
+        raise group
+    first = real[0]
+    if len(real) > 1:
+        others = "; ".join(f"{type(e).__name__}: {e}" for e in real[1:4])
+        more = f" (+{len(real) - 4} more)" if len(real) > 4 else ""
+        first.add_note(f"{len(real) - 1} concurrent error(s) in the same request: {others}{more}")
+    raise first from None
 
 
 class Handle(Generic[T]):

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import attrs
 
 from engine_bridge import EngineRequest, InvalidRequestError, SamplingParams
-from engine_bridge._types import validate_sampling
+from engine_bridge._types import FIELD_CHECKS
 
 from ._errors import InvalidTaskError
 
@@ -71,17 +71,14 @@ class ScaffoldingOutput:
         return self.output_str or ""
 
 
-def _field_check(check: Callable[..., None], **kw: Any) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    def validator(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        try:
-            check(**{attribute.name: value}, **kw)
-        except InvalidRequestError as e:
-            raise InvalidTaskError(f"{type(inst).__name__}.{e.field}", str(e).split(": ", 1)[1]) from None
-
-    return validator
-
-
-_sampling_validator = _field_check(validate_sampling)
+def _sampling_validator(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """attrs validator: check one sampling field, naming it in the error."""
+    if value is None:
+        return
+    try:
+        FIELD_CHECKS[attribute.name](value)
+    except InvalidRequestError as e:
+        raise InvalidTaskError(f"{type(inst).__name__}.{e.field}", str(e).split(": ", 1)[1]) from None
 
 
 def _stop_converter(value: str | Sequence[str] | None) -> list[str]:
@@ -227,7 +224,8 @@ class GenerationTask(Task):
             raise InvalidTaskError(f"{name}.input_tokens", "must not be empty")
         if self.messages is not None:
             _check_messages(f"{name}.messages", self.messages)
-        _sampling_validator(self, attrs.fields(GenerationTask).max_tokens, self.max_tokens)
+        for a in _SAMPLING_ATTRS:
+            _sampling_validator(self, a, getattr(self, a.name))
         if self.n != 1:
             raise InvalidTaskError(
                 f"{name}.n", f"must be 1 (submit one task per sample), got {self.n!r}"
@@ -261,6 +259,9 @@ class GenerationTask(Task):
             if isinstance(e, InvalidTaskError):
                 raise
             raise InvalidTaskError(f"{type(self).__name__}.{e.field}", str(e).split(": ", 1)[1]) from None
+
+
+_SAMPLING_ATTRS = tuple(a for a in attrs.fields(GenerationTask) if a.name in FIELD_CHECKS)
 
 
 def _check_messages(field: str, messages: Any) -> None:

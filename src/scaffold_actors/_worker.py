@@ -57,10 +57,20 @@ class Worker:
             raise TypeError(f"handler must be callable, got {handler!r}")
         own = self.__dict__.setdefault("_instance_handlers", {})
         own[task_cls] = handler
+        self.__dict__.pop("_handler_cache", None)
 
     def find_handler(self, task_cls: type[Task]) -> Handler | None:
         """The handler for ``task_cls``: exact type first, then its base classes;
         per-instance registrations win over class-level ones."""
+        cache: dict[type[Task], Handler | None] = self.__dict__.setdefault("_handler_cache", {})
+        try:
+            return cache[task_cls]
+        except KeyError:
+            pass
+        handler = cache[task_cls] = self._lookup_handler(task_cls)
+        return handler
+
+    def _lookup_handler(self, task_cls: type[Task]) -> Handler | None:
         own: dict[type[Task], Handler] = self.__dict__.get("_instance_handlers", {})
         for klass in task_cls.__mro__:
             handler = own.get(klass)
@@ -163,14 +173,25 @@ class WorkerActor:
         return self._send.statistics().current_buffer_used
 
     async def serve(self) -> None:
-        async with anyio.create_task_group() as tg, self._recv:
-            async for job in self._recv:
-                if job.cancelled:
-                    job.done.set()
-                    continue
-                await self._slots.acquire()
-                self.running += 1
-                tg.start_soon(self._run, job)
+        recv, slots = self._recv, self._slots
+        async with anyio.create_task_group() as tg, recv:
+            async for job in recv:
+                # Drain what is already queued without a checkpoint per message;
+                # block only when the inbox is empty or every slot is busy.
+                while True:
+                    if job.cancelled:
+                        job.done.set()
+                    else:
+                        try:
+                            slots.acquire_nowait()
+                        except anyio.WouldBlock:
+                            await slots.acquire()
+                        self.running += 1
+                        tg.start_soon(self._run, job)
+                    try:
+                        job = recv.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
 
     def close(self) -> None:
         """Stop taking tasks; ``serve`` returns once running tasks finish."""
@@ -217,7 +238,10 @@ class WorkerActor:
         job = _Job(task)
         finished = False
         try:
-            await self._send.send(job)
+            try:
+                self._send.send_nowait(job)
+            except anyio.WouldBlock:
+                await self._send.send(job)  # inbox full: wait (backpressure)
             await job.done.wait()
             finished = True
         finally:

@@ -1,0 +1,123 @@
+"""Runtime overhead: majority vote of 8 samples over N prompts on an instant engine.
+
+Three runs on the same simulated engine (which answers at once, so every second
+measured is framework time):
+
+* ``direct``: the same requests driven straight into the engine (8 concurrent
+  streams per prompt, at most ``--in-flight`` prompts at a time) — the floor;
+* ``native``: the native ``MajorityVote`` controller through the whole runtime;
+* ``compat``: TensorRT-LLM style ``MajorityVoteController(NativeGenerationController)``.
+
+Prints one JSON object: tasks/second for each, and per-task overhead in
+microseconds ((runtime time - direct time) / tasks), measured in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from typing import Any
+
+import anyio
+
+from engine_bridge import CostModel, EngineRequest, SamplingParams, SimulatedEngine
+from scaffold_actors import AsyncScaffoldingLlm, EngineWorker
+from scaffold_actors.compat import MajorityVoteController, NativeGenerationController
+from scaffold_actors.methods import MajorityVote, Sampler
+
+ANSWER = "The answer is \\boxed{4}."
+
+
+def make_engine() -> SimulatedEngine:
+    return SimulatedEngine(ANSWER, cost=CostModel.instant(), max_batch_size=4096)
+
+
+async def run_direct(prompts: list[str], samples: int, in_flight: int) -> float:
+    engine = make_engine()
+    params = SamplingParams(max_tokens=64)
+    limiter = anyio.CapacityLimiter(in_flight)
+
+    async def one_sample(prompt: str) -> None:
+        async with engine.open_stream(EngineRequest(params, prompt=prompt, stream=False)) as s:
+            async for _ in s:
+                pass
+
+    async def one_prompt(prompt: str) -> None:
+        async with limiter:
+            async with anyio.create_task_group() as tg:
+                for _ in range(samples):
+                    tg.start_soon(one_sample, prompt)
+
+    async with engine:
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for p in prompts:
+                tg.start_soon(one_prompt, p)
+        return time.perf_counter() - start
+
+
+async def run_runtime(controller: Any, prompts: list[str], in_flight: int, **kwargs: Any) -> float:
+    engine = make_engine()
+    worker = EngineWorker(engine, max_concurrency=4096, inbox_size=4096)
+    async with AsyncScaffoldingLlm(controller, {"generation": worker}, max_in_flight=in_flight) as llm:
+        start = time.perf_counter()
+        results = await llm.generate(prompts, **kwargs)
+        elapsed = time.perf_counter() - start
+    assert all("\\boxed{4}" in (r.output.output_str or "") for r in results)
+    assert engine.completed == len(prompts) * kwargs.get("sample_num", kwargs.get("samples", 8))
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=2000)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--in-flight", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3, help="best of N runs for each mode")
+    ap.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
+    args = ap.parse_args()
+
+    prompts = [f"Question {i}: what is 2 + 2?" for i in range(args.prompts)]
+    n_tasks = args.prompts * args.samples
+    native = MajorityVote(Sampler(max_tokens=64), samples=args.samples, early_stop=False)
+    compat = MajorityVoteController(NativeGenerationController({"max_tokens": 64}), default_sample_num=args.samples)
+
+    async def bench() -> dict[str, float]:
+        best: dict[str, float] = {}
+        for _ in range(args.repeats):
+            for name, coro in (
+                ("direct", lambda: run_direct(prompts, args.samples, args.in_flight)),
+                ("native", lambda: run_runtime(native, prompts, args.in_flight, samples=args.samples)),
+                ("compat", lambda: run_runtime(compat, prompts, args.in_flight, sample_num=args.samples)),
+            ):
+                gc.collect()
+                t = await coro()
+                best[name] = min(best.get(name, float("inf")), t)
+        return best
+
+    best = anyio.run(bench, backend=args.backend)
+    out: dict[str, Any] = {
+        "benchmark": "overhead",
+        "backend": args.backend,
+        "prompts": args.prompts,
+        "samples_per_prompt": args.samples,
+        "tasks": n_tasks,
+        "max_in_flight": args.in_flight,
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "seconds": {k: round(v, 4) for k, v in best.items()},
+        "tasks_per_second": {k: round(n_tasks / v) for k, v in best.items()},
+        "per_task_overhead_us": {
+            k: round((best[k] - best["direct"]) / n_tasks * 1e6, 2) for k in ("native", "compat")
+        },
+        "per_task_total_us": {k: round(v / n_tasks * 1e6, 2) for k, v in best.items()},
+    }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from ._hf import HFEngine, embedded_model_path
+
 from ._protocol import Engine
 from ._simulated import CostModel, SimulatedCall, SimulatedEngine, SimulatedOutput
 from ._types import (
@@ -30,14 +33,20 @@ __all__ = [
     "EngineDelta",
     "EngineError",
     "EngineRequest",
+    "HFEngine",
     "InvalidRequestError",
     "SamplingParams",
     "SimulatedCall",
     "SimulatedEngine",
     "SimulatedOutput",
+    "embedded_model_path",
 ]
 
-_LAZY: dict[str, str] = {}
+# name -> private module, imported on first access (keeps torch/transformers optional)
+_LAZY: dict[str, str] = {
+    "HFEngine": "._hf",
+    "embedded_model_path": "._hf",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -56,5 +56,8 @@ def extract_answer(text: str | None) -> str | None:
         if not nums:
             return None
         candidate = nums[-1]
+    candidate = candidate.strip()
+    if not candidate:
+        return None
     number = normalize_number(candidate)
-    return number if number is not None else candidate.strip()
+    return number if number is not None else candidate

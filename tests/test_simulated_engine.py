@@ -15,7 +15,10 @@ from engine_bridge import (
     SimulatedOutput,
 )
 
-async def collect(engine: SimulatedEngine, request: EngineRequest) -> tuple[str, list[int], str | None, list[float]]:
+
+async def collect(
+    engine: SimulatedEngine, request: EngineRequest
+) -> tuple[str, list[int], str | None, list[float]]:
     text, ids, lps, finish = "", [], [], None
     async with engine.open_stream(request) as stream:
         async for d in stream:
@@ -24,7 +27,6 @@ async def collect(engine: SimulatedEngine, request: EngineRequest) -> tuple[str,
             lps += d.logprobs or ()
             finish = d.finish_reason
     return text, ids, finish, lps
-
 
 
 async def test_stream_reassembles_the_output(autojump_clock: object) -> None:
@@ -36,37 +38,43 @@ async def test_stream_reassembles_the_output(autojump_clock: object) -> None:
         assert engine.num_active == 0
 
 
-
 async def test_max_tokens_and_stop_strings(autojump_clock: object) -> None:
     async with SimulatedEngine("a b c d e f") as engine:
-        text, ids, finish, _ = await collect(engine, EngineRequest(SamplingParams(max_tokens=2), prompt="p"))
+        text, ids, finish, _ = await collect(
+            engine, EngineRequest(SamplingParams(max_tokens=2), prompt="p")
+        )
         assert (text, finish, len(ids)) == ("a b", "length", 2)
-        text, _, finish, _ = await collect(engine, EngineRequest(SamplingParams(stop=(" d",)), prompt="p"))
+        text, _, finish, _ = await collect(
+            engine, EngineRequest(SamplingParams(stop=(" d",)), prompt="p")
+        )
         assert (text, finish) == ("a b c", "stop")
-
 
 
 async def test_non_streaming_request_gets_one_delta(autojump_clock: object) -> None:
     async with SimulatedEngine("x y z") as engine:
         deltas = []
-        async with engine.open_stream(EngineRequest(SamplingParams(), prompt="p", stream=False)) as s:
+        async with engine.open_stream(
+            EngineRequest(SamplingParams(), prompt="p", stream=False)
+        ) as s:
             async for d in s:
                 deltas.append(d)
         assert len(deltas) == 1 and deltas[0].text == "x y z" and len(deltas[0].token_ids) == 3
 
 
-
 async def test_logprobs_one_per_token(autojump_clock: object) -> None:
     out = SimulatedOutput("a b c", logprobs=[-0.1, -0.2, -0.3])
     async with SimulatedEngine(lambda call: out) as engine:
-        _, ids, _, lps = await collect(engine, EngineRequest(SamplingParams(num_logprobs=0), prompt="p"))
+        _, ids, _, lps = await collect(
+            engine, EngineRequest(SamplingParams(num_logprobs=0), prompt="p")
+        )
         assert lps == [-0.1, -0.2, -0.3] and len(ids) == 3
     async with SimulatedEngine("a b c") as engine:
-        _, _, _, lps = await collect(engine, EngineRequest(SamplingParams(num_logprobs=1), prompt="p"))
+        _, _, _, lps = await collect(
+            engine, EngineRequest(SamplingParams(num_logprobs=1), prompt="p")
+        )
         assert len(lps) == 3 and all(-2.0 <= x <= 0.0 for x in lps)
         _, _, _, lps = await collect(engine, EngineRequest(SamplingParams(), prompt="p"))
         assert lps == []
-
 
 
 async def test_virtual_time_follows_the_cost_model(autojump_clock: object) -> None:
@@ -79,12 +87,13 @@ async def test_virtual_time_follows_the_cost_model(autojump_clock: object) -> No
         start = trio.current_time()
         async with trio.open_nursery() as n:
             for _ in range(8):
-                n.start_soon(collect, engine, EngineRequest(SamplingParams(), prompt="one two three"))
+                n.start_soon(
+                    collect, engine, EngineRequest(SamplingParams(), prompt="one two three")
+                )
         eight = trio.current_time() - start
         # batched: far less than 8 sequential runs, but each step is slower
         assert one < eight < 2 * one
         assert engine.peak_batch == 8
-
 
 
 async def test_kv_capacity_limits_admission(autojump_clock: object) -> None:
@@ -92,9 +101,10 @@ async def test_kv_capacity_limits_admission(autojump_clock: object) -> None:
     async with SimulatedEngine("w " * 10, kv_capacity=33) as engine:
         async with trio.open_nursery() as n:
             for _ in range(7):
-                n.start_soon(collect, engine, EngineRequest(SamplingParams(max_tokens=10), prompt="p"))
+                n.start_soon(
+                    collect, engine, EngineRequest(SamplingParams(max_tokens=10), prompt="p")
+                )
         assert engine.peak_batch == 3 and engine.completed == 7
-
 
 
 async def test_check_rejects_prompt_longer_than_context() -> None:
@@ -105,18 +115,18 @@ async def test_check_rejects_prompt_longer_than_context() -> None:
     engine.check(EngineRequest(SamplingParams(max_tokens=3), prompt="a b c d e"))
 
 
-
 async def test_leaving_the_block_aborts_and_frees_the_slot(autojump_clock: object) -> None:
     async with SimulatedEngine("w " * 100) as engine:
-        async with engine.open_stream(EngineRequest(SamplingParams(max_tokens=100), prompt="p")) as s:
-            async for d in s:
+        async with engine.open_stream(
+            EngineRequest(SamplingParams(max_tokens=100), prompt="p")
+        ) as s:
+            async for _ in s:
                 assert engine.num_active == 1
                 break
         assert engine.num_active == 0 and engine.aborted == 1
         with trio.move_on_after(0.05):
             await collect(engine, EngineRequest(SamplingParams(max_tokens=100), prompt="p"))
         assert engine.num_active == 0 and engine.aborted == 2
-
 
 
 async def test_injected_failure_fails_live_requests_and_refuses_new(autojump_clock: object) -> None:
@@ -138,7 +148,6 @@ async def test_injected_failure_fails_live_requests_and_refuses_new(autojump_clo
         with pytest.raises(EngineError, match="unhealthy"):
             await collect(engine, EngineRequest(SamplingParams(), prompt="p"))
         assert engine.num_active == 0
-
 
 
 async def test_requires_start() -> None:

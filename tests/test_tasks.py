@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 
 from engine_bridge import InvalidRequestError, SamplingParams
-from scaffold_actors import GenerationTask, InvalidTaskError, RewardTask, StreamGenerationTask, ToolCallTask
+from scaffold_actors import (
+    GenerationTask,
+    InvalidTaskError,
+    RewardTask,
+    StreamGenerationTask,
+    ToolCallTask,
+)
 
 
 @pytest.mark.parametrize(
@@ -36,7 +42,10 @@ def test_bad_sampling_value_names_the_field(field: str, value: object, message: 
     [
         ({}, "GenerationTask.input_str"),
         ({"input_str": "   "}, "GenerationTask.input_str"),
-        ({"input_str": "a", "messages": [{"role": "user", "content": "b"}]}, "GenerationTask.input_str"),
+        (
+            {"input_str": "a", "messages": [{"role": "user", "content": "b"}]},
+            "GenerationTask.input_str",
+        ),
         ({"messages": []}, "GenerationTask.messages"),
         ({"messages": [{"role": "user"}]}, "GenerationTask.messages"),
         ({"input_tokens": []}, "GenerationTask.input_tokens"),
@@ -78,7 +87,13 @@ def test_reward_and_tool_tasks_validate() -> None:
 def test_stream_task_copies_a_generation_task() -> None:
     base = GenerationTask(input_str="q", max_tokens=7, temperature=0.5, stop=["x"])
     s = StreamGenerationTask.create_from_generation_task(base, streaming_step=4)
-    assert (s.input_str, s.max_tokens, s.temperature, s.stop, s.streaming_step) == ("q", 7, 0.5, ["x"], 4)
+    assert (s.input_str, s.max_tokens, s.temperature, s.stop, s.streaming_step) == (
+        "q",
+        7,
+        0.5,
+        ["x"],
+        4,
+    )
     with pytest.raises(ValueError):
         StreamGenerationTask(input_str="q", streaming_step=-1)
 

@@ -71,7 +71,9 @@ def _load(path: str, gguf_file: str | None, device: str, dtype: str, attn: str) 
     kw: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(path, **kw)
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn, **kw)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch_dtype, attn_implementation=attn, **kw
+    )
     model.to(device)
     model.eval()
     return model, tokenizer
@@ -157,7 +159,9 @@ class HFEngine:
         self.aborted = 0
 
     def __repr__(self) -> str:
-        return f"HFEngine({self.model_path!r}, gguf_file={self.gguf_file!r}, device={self.device!r})"
+        return (
+            f"HFEngine({self.model_path!r}, gguf_file={self.gguf_file!r}, device={self.device!r})"
+        )
 
     # -- Engine protocol -------------------------------------------------
     @property
@@ -200,7 +204,9 @@ class HFEngine:
         if cached is not None:
             return cached
         tok = self.tokenizer
-        if request.messages is not None or (self.chat_template and getattr(tok, "chat_template", None)):
+        if request.messages is not None or (
+            self.chat_template and getattr(tok, "chat_template", None)
+        ):
             messages = (
                 [m.to_dict() for m in request.messages]
                 if request.messages is not None
@@ -266,12 +272,16 @@ class HFEngine:
         thread = self._thread
         with anyio.CancelScope(shield=True):
             if manager is not None:
-                await anyio.to_thread.run_sync(functools.partial(manager.stop, block=True, timeout=30))
+                await anyio.to_thread.run_sync(
+                    functools.partial(manager.stop, block=True, timeout=30)
+                )
             if thread is not None:
                 await anyio.to_thread.run_sync(thread.join, 30)
 
     @asynccontextmanager
-    async def open_stream(self, request: EngineRequest) -> AsyncIterator[AsyncIterator[EngineDelta]]:
+    async def open_stream(
+        self, request: EngineRequest
+    ) -> AsyncIterator[AsyncIterator[EngineDelta]]:
         if self._failure is not None:
             raise EngineError(f"engine is unhealthy: {self._failure}") from self._failure
         if self._manager is None or self._closed or self._slots is None:
@@ -304,7 +314,7 @@ class HFEngine:
     def _start_manager(self) -> Any:
         import torch
         from transformers import GenerationConfig
-        from transformers.generation import ContinuousBatchingConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         if self.seed is not None:
             torch.manual_seed(self.seed)
@@ -358,7 +368,9 @@ class HFEngine:
                 if not caller.call_soon(self._on_output, out):
                     return
         except BaseException as exc:  # the engine is dead: fail everything, clearly
-            err = exc if isinstance(exc, EngineError) else EngineError(f"engine thread died: {exc!r}")
+            err = (
+                exc if isinstance(exc, EngineError) else EngineError(f"engine thread died: {exc!r}")
+            )
             if not self._stop.is_set():
                 caller.call_soon(self._on_failure, err)
 

@@ -283,7 +283,9 @@ class SimulatedEngine:
         await self._tg.__aexit__(exc_type, exc, tb)
 
     @asynccontextmanager
-    async def open_stream(self, request: EngineRequest) -> AsyncIterator[AsyncIterator[EngineDelta]]:
+    async def open_stream(
+        self, request: EngineRequest
+    ) -> AsyncIterator[AsyncIterator[EngineDelta]]:
         if self._failure is not None:
             raise EngineError(f"engine is unhealthy: {self._failure}") from self._failure
         if self._tg is None or self._closed:

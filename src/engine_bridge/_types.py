@@ -145,7 +145,9 @@ class ChatMessage:
         return {"role": self.role, "content": self.content}
 
 
-def _freeze_messages(value: Sequence[Mapping[str, Any] | ChatMessage] | None) -> tuple[ChatMessage, ...] | None:
+def _freeze_messages(
+    value: Sequence[Mapping[str, Any] | ChatMessage] | None,
+) -> tuple[ChatMessage, ...] | None:
     if value is None:
         return None
     out = []
@@ -153,8 +155,10 @@ def _freeze_messages(value: Sequence[Mapping[str, Any] | ChatMessage] | None) ->
         if isinstance(m, ChatMessage):
             out.append(m)
             continue
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(
-            m.get("content"), str
+        if (
+            not isinstance(m, Mapping)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
         ):
             raise InvalidRequestError(
                 "messages", f"message {i} must have str 'role' and 'content', got {m!r}"

@@ -48,7 +48,13 @@ def main() -> None:
 @main.command()
 @click.argument("question")
 @click.option("--method", type=click.Choice(METHODS), default="majority-vote", show_default=True)
-@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="samples to vote over")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="samples to vote over",
+)
 @click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True)
 @click.option(
@@ -58,7 +64,9 @@ def main() -> None:
     show_default=True,
     help="hf: transformers on the CPU/GPU; simulated: no model at all",
 )
-@click.option("--model", type=click.Path(), default=None, help="model folder (default: embedded SmolLM2-135M)")
+@click.option(
+    "--model", type=click.Path(), default=None, help="model folder (default: embedded SmolLM2-135M)"
+)
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable result")
 def run(
     question: str,
@@ -73,7 +81,9 @@ def run(
     """Answer QUESTION with an inference-time compute method."""
     try:
         controller = _build_method(method, samples, max_tokens, temperature)
-        worker = EngineWorker(_build_engine(engine, model), default_params=SamplingParams(max_tokens=max_tokens))
+        worker = EngineWorker(
+            _build_engine(engine, model), default_params=SamplingParams(max_tokens=max_tokens)
+        )
         start = time.perf_counter()
         if not as_json:
             click.echo(f"loading {engine} engine...", err=True)

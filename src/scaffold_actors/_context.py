@@ -146,7 +146,9 @@ class Parallel:
         self._tg.start_soon(self._child, handle, fn, args)
         return handle
 
-    async def _child(self, handle: Handle[T], fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> None:
+    async def _child(
+        self, handle: Handle[T], fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
+    ) -> None:
         try:
             with handle._scope:
                 handle._value = await fn(*args)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
@@ -24,11 +24,9 @@ class NativeController(Protocol):
     local variables; one controller object serves every request.
     """
 
-    async def run(self, ctx: RequestContext, task: GenerationTask, /, **kwargs: Any) -> GenerationTask: ...
-
-
-class _ParallelLike(Protocol):
-    sub_gens: Sequence[Generator[Any, Any, Any]]
+    async def run(
+        self, ctx: RequestContext, task: GenerationTask, /, **kwargs: Any
+    ) -> GenerationTask: ...
 
 
 def _is_parallel(obj: object) -> bool:
@@ -102,7 +100,9 @@ class _GeneratorDriver:
                 "a generator controller must yield a list of Task objects or a "
                 f"ParallelProcess, got {type(obj).__name__}"
             )
-        streams = [t for t in obj if isinstance(t, StreamGenerationTask) and self._streams_in_background(t)]
+        streams = [
+            t for t in obj if isinstance(t, StreamGenerationTask) and self._streams_in_background(t)
+        ]
         plain = [t for t in obj if not any(t is s for s in streams)]
         if not streams:
             await self.ctx.run_all(plain)
@@ -214,4 +214,3 @@ async def run_controller(
             f"controller {controller!r} returned {type(result).__name__}, expected a GenerationTask"
         )
     return result.create_scaffolding_output()
-

@@ -124,8 +124,8 @@ class EngineWorker(Worker):
     stream_generation_handler.scaffold_streams = True  # type: ignore[attr-defined]
 
     task_handlers: ClassVar[dict[type[Task], Handler]] = {
-        GenerationTask: generation_handler,  # type: ignore[dict-item]
-        StreamGenerationTask: stream_generation_handler,  # type: ignore[dict-item]
+        GenerationTask: generation_handler,
+        StreamGenerationTask: stream_generation_handler,
     }
 
     def __repr__(self) -> str:

@@ -77,8 +77,13 @@ class ScaffoldingResult:
 
     def __repr__(self) -> str:
         state = (
-            "cancelled" if self._cancelled else "failed" if self._exception else
-            "done" if self.done else "running"
+            "cancelled"
+            if self._cancelled
+            else "failed"
+            if self._exception
+            else "done"
+            if self.done
+            else "running"
         )
         return f"<ScaffoldingResult #{self.request_id} {state}>"
 
@@ -114,8 +119,7 @@ class ScaffoldingResult:
     def _foreign_portal(self) -> BlockingPortal:
         if self._portal is None:
             raise RuntimeError(
-                "this result belongs to another thread's event loop; "
-                "use it from that loop"
+                "this result belongs to another thread's event loop; use it from that loop"
             )
         return self._portal
 
@@ -228,7 +232,9 @@ class _AsyncOutputs:
             self._seen, item = await r._next_output(self._seen)
         else:
             portal = r._foreign_portal()
-            self._seen, item = await anyio.to_thread.run_sync(portal.call, r._next_output, self._seen)
+            self._seen, item = await anyio.to_thread.run_sync(
+                portal.call, r._next_output, self._seen
+            )
         if item is _END:
             if r._cancelled:
                 raise RequestCancelledError(f"request {r.request_id} was cancelled")

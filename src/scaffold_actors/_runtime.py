@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import anyio
 import anyio.abc
@@ -35,8 +35,10 @@ def validate_prompt(prompt: object) -> None:
         if not prompt:
             raise InvalidTaskError("prompt", "chat messages must not be empty")
         for i, m in enumerate(prompt):
-            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(
-                m.get("content"), str
+            if (
+                not isinstance(m, Mapping)
+                or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content"), str)
             ):
                 raise InvalidTaskError(
                     "prompt", f"message {i} must have str 'role' and 'content', got {m!r}"
@@ -50,8 +52,10 @@ def validate_prompt(prompt: object) -> None:
 def _is_single_prompt(prompts: object) -> bool:
     if isinstance(prompts, str):
         return True
-    return isinstance(prompts, Sequence) and bool(prompts) and all(
-        isinstance(p, Mapping) for p in prompts
+    return (
+        isinstance(prompts, Sequence)
+        and bool(prompts)
+        and all(isinstance(p, Mapping) for p in prompts)
     )
 
 
@@ -252,6 +256,7 @@ class AsyncScaffoldingLlm:
         except Exception as exc:
             result._finish(exception=exc)
         finally:
+            assert self._slots is not None and self._idle is not None
             result._finish(cancelled=True)  # no-op unless torn down by a BaseException
             self._in_flight.discard(result)
             self._slots.release()
@@ -266,7 +271,7 @@ class AsyncScaffoldingLlm:
         submission order) after all have finished.
         """
         single = _is_single_prompt(prompts)
-        batch: list[Prompt] = [prompts] if single else list(prompts)  # type: ignore[list-item]
+        batch = cast("list[Prompt]", [prompts] if single else list(prompts))
         for p in batch:
             validate_prompt(p)
         results = [await self.generate_async(p, **kwargs) for p in batch]

@@ -6,7 +6,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Self, cast
 
 import anyio
 from anyio.from_thread import BlockingPortal
@@ -100,13 +100,15 @@ class ScaffoldingLlm:
         self._closed = False
         self._finalizer = weakref.finalize(self, _LoopThread.stop, self._loop)
 
-    def __enter__(self) -> ScaffoldingLlm:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
 
-    def generate_async(self, prompt: Prompt, *, block: bool = True, **kwargs: Any) -> ScaffoldingResult:
+    def generate_async(
+        self, prompt: Prompt, *, block: bool = True, **kwargs: Any
+    ) -> ScaffoldingResult:
         """Submit one request; returns its result handle without waiting for it.
 
         Raises :class:`InvalidTaskError` for bad input before submitting anything;
@@ -132,7 +134,7 @@ class ScaffoldingLlm:
         Raises the first failed request's exception after all have finished.
         """
         single = _is_single_prompt(prompts)
-        batch: list[Prompt] = [prompts] if single else list(prompts)  # type: ignore[list-item]
+        batch = cast("list[Prompt]", [prompts] if single else list(prompts))
         for p in batch:
             validate_prompt(p)
         results = [self.generate_async(p, **kwargs) for p in batch]

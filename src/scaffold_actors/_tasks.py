@@ -12,7 +12,7 @@ TensorRT-LLM attach ad-hoc attributes to tasks, and that must keep working.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -78,7 +78,9 @@ def _sampling_validator(inst: Any, attribute: attrs.Attribute[Any], value: Any) 
     try:
         FIELD_CHECKS[attribute.name](value)
     except InvalidRequestError as e:
-        raise InvalidTaskError(f"{type(inst).__name__}.{e.field}", str(e).split(": ", 1)[1]) from None
+        raise InvalidTaskError(
+            f"{type(inst).__name__}.{e.field}", str(e).split(": ", 1)[1]
+        ) from None
 
 
 def _stop_converter(value: str | Sequence[str] | None) -> list[str]:
@@ -218,7 +220,9 @@ class GenerationTask(Task):
                 "exactly one of input_str, input_tokens or messages must be set, "
                 f"got {given or 'none'}",
             )
-        if self.input_str is not None and (not isinstance(self.input_str, str) or not self.input_str.strip()):
+        if self.input_str is not None and (
+            not isinstance(self.input_str, str) or not self.input_str.strip()
+        ):
             raise InvalidTaskError(f"{name}.input_str", "prompt must be a non-empty string")
         if self.input_tokens is not None and not self.input_tokens:
             raise InvalidTaskError(f"{name}.input_tokens", "must not be empty")
@@ -232,7 +236,9 @@ class GenerationTask(Task):
             )
         for s in self.stop:
             if not isinstance(s, str) or not s:
-                raise InvalidTaskError(f"{name}.stop", f"stop strings must be non-empty str, got {s!r}")
+                raise InvalidTaskError(
+                    f"{name}.stop", f"stop strings must be non-empty str, got {s!r}"
+                )
 
     def sampling_params(self, defaults: SamplingParams) -> SamplingParams:
         """These sampling parameters, with ``None`` fields taken from ``defaults``."""
@@ -243,7 +249,9 @@ class GenerationTask(Task):
             top_k=self.top_k if self.top_k is not None else defaults.top_k,
             stop=tuple(self.stop) if self.stop else defaults.stop,
             seed=self.seed if self.seed is not None else defaults.seed,
-            num_logprobs=self.num_logprobs if self.num_logprobs is not None else defaults.num_logprobs,
+            num_logprobs=self.num_logprobs
+            if self.num_logprobs is not None
+            else defaults.num_logprobs,
         )
 
     def engine_request(self, defaults: SamplingParams, *, stream: bool) -> EngineRequest:
@@ -251,14 +259,16 @@ class GenerationTask(Task):
             return EngineRequest(
                 self.sampling_params(defaults),
                 prompt=self.input_str,
-                prompt_token_ids=tuple(self.input_tokens) if self.input_tokens is not None else None,
-                messages=self.messages,  # type: ignore[arg-type]
+                prompt_token_ids=self.input_tokens,  # type: ignore[arg-type]
+                messages=self.messages,
                 stream=stream,
             )
         except InvalidRequestError as e:
             if isinstance(e, InvalidTaskError):
                 raise
-            raise InvalidTaskError(f"{type(self).__name__}.{e.field}", str(e).split(": ", 1)[1]) from None
+            raise InvalidTaskError(
+                f"{type(self).__name__}.{e.field}", str(e).split(": ", 1)[1]
+            ) from None
 
 
 _SAMPLING_ATTRS = tuple(a for a in attrs.fields(GenerationTask) if a.name in FIELD_CHECKS)
@@ -268,10 +278,14 @@ def _check_messages(field: str, messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
         raise InvalidTaskError(field, "must be a non-empty list of {'role', 'content'} dicts")
     for i, m in enumerate(messages):
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(
-            m.get("content"), str
+        if (
+            not isinstance(m, Mapping)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
         ):
-            raise InvalidTaskError(field, f"message {i} must have str 'role' and 'content', got {m!r}")
+            raise InvalidTaskError(
+                field, f"message {i} must have str 'role' and 'content', got {m!r}"
+            )
 
 
 @attrs.define(slots=False, eq=False)

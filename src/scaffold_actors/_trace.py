@@ -10,14 +10,20 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ._tasks import GenerationTask, RewardTask, StreamGenerationTask, Task, ToolCallTask, normalize_tag
+from ._tasks import (
+    GenerationTask,
+    RewardTask,
+    StreamGenerationTask,
+    Task,
+    ToolCallTask,
+    normalize_tag,
+)
 from ._worker import Handler, Worker
 
 __all__ = ["ExecutionTrace", "ReplayMismatchError", "ReplayWorker", "TaskRecord", "TokenUsage"]
 
 TASK_TYPES: dict[str, type[Task]] = {
-    cls.__name__: cls
-    for cls in (GenerationTask, StreamGenerationTask, RewardTask, ToolCallTask)
+    cls.__name__: cls for cls in (GenerationTask, StreamGenerationTask, RewardTask, ToolCallTask)
 }
 
 
@@ -136,4 +142,4 @@ class ReplayWorker(Worker):
         if isinstance(task, StreamGenerationTask):
             task.end_flag = True
 
-    task_handlers: ClassVar[dict[type[Task], Handler]] = {Task: replay_handler}  # type: ignore[dict-item]
+    task_handlers: ClassVar[dict[type[Task], Handler]] = {Task: replay_handler}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import anyio
 import anyio.abc
@@ -119,7 +119,7 @@ class Worker:
     async def async_shutdown(self) -> None:
         self.shutdown()
 
-    def __enter__(self) -> Worker:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -252,4 +252,3 @@ class WorkerActor:
                         await job.done.wait()
         if job.error is not None:
             raise job.error
-

@@ -36,8 +36,17 @@ from ._controllers import (
     NativeRewardController,
     ParallelProcess,
 )
-from ._math import extract_answer_from_boxed, extract_answer_with_regex, get_digit_majority_vote_result
-from ._task_collection import GenerationTokenCounter, TaskCollection, TaskTimer, with_task_collection
+from ._math import (
+    extract_answer_from_boxed,
+    extract_answer_with_regex,
+    get_digit_majority_vote_result,
+)
+from ._task_collection import (
+    GenerationTokenCounter,
+    TaskCollection,
+    TaskTimer,
+    with_task_collection,
+)
 
 __all__ = [
     "BestOfNController",

@@ -11,7 +11,6 @@ from .._context import RequestContext
 from .._controller import drive_generator
 from .._errors import InvalidTaskError
 from .._tasks import GenerationTask, RewardTask, ScaffoldingOutput, Task
-
 from ._math import get_digit_majority_vote_result
 
 __all__ = [
@@ -52,7 +51,9 @@ class Controller:
     def process(self, tasks: list[Task], **kwargs: Any) -> TaskGen:
         raise NotImplementedError(f"{type(self).__name__}.process is not implemented")
 
-    async def run(self, ctx: RequestContext, task: GenerationTask, /, **kwargs: Any) -> GenerationTask:
+    async def run(
+        self, ctx: RequestContext, task: GenerationTask, /, **kwargs: Any
+    ) -> GenerationTask:
         await drive_generator(ctx, self.clone().process([task], **kwargs))
         return task
 
@@ -114,7 +115,8 @@ class NativeGenerationController(Controller):
         for key, value in params.items():
             if key not in _SAMPLING_KEYS:
                 raise InvalidTaskError(
-                    f"sampling_params.{key}", f"unknown sampling parameter; known: {list(_SAMPLING_KEYS)}"
+                    f"sampling_params.{key}",
+                    f"unknown sampling parameter; known: {list(_SAMPLING_KEYS)}",
                 )
             setattr(probe, key, value)  # validates, naming the field
         self.sampling_params = params
@@ -175,15 +177,16 @@ class MajorityVoteController(Controller):
         sample_num: int = 1,
         generation_kwargs: Mapping[str, Any] | None = None,
         majority_vote_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> TaskGen:
         sample_num = max(sample_num, self.default_sample_num)
         controllers = [self.generation_controller.clone() for _ in range(sample_num)]
         tasks_list = [copy.deepcopy(tasks) for _ in range(sample_num)]
         kwargs_list = [dict(generation_kwargs or {}) for _ in range(sample_num)]
         yield ParallelProcess(controllers, tasks_list, kwargs_list)
-        candidates = [ts[0].output_str or "" for ts in tasks_list]
+        candidates = [getattr(ts[0], "output_str", None) or "" for ts in tasks_list]
         result = self.majority_vote(candidates, **(majority_vote_kwargs or {}))
-        tasks[0].output_str = result  # type: ignore[attr-defined]
+        setattr(tasks[0], "output_str", result)  # noqa: B010 - any task with output_str
 
     def majority_vote(self, candidates: list[str], **kwargs: Any) -> str:
         return get_digit_majority_vote_result(candidates)
@@ -206,7 +209,9 @@ class BestOfNController(Controller):
 
     def clone(self) -> BestOfNController:
         return BestOfNController(
-            self.generation_controller.clone(), self.reward_controller.clone(), self.default_sample_num
+            self.generation_controller.clone(),
+            self.reward_controller.clone(),
+            self.default_sample_num,
         )
 
     def process(
@@ -216,6 +221,7 @@ class BestOfNController(Controller):
         generation_kwargs: Mapping[str, Any] | None = None,
         reward_kwargs: Mapping[str, Any] | None = None,
         select_best_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> TaskGen:
         if len(tasks) != 1:
             raise ValueError("BestOfNController handles exactly one task")
@@ -232,11 +238,10 @@ class BestOfNController(Controller):
         if scores is None or len(scores) != len(gen_tasks):
             raise RuntimeError("the reward controller produced no score for each candidate")
         best, _ = self.select_best(gen_tasks, scores, **(select_best_kwargs or {}))
-        task.output_str = best.output_str  # type: ignore[attr-defined]
+        setattr(task, "output_str", getattr(best, "output_str", None))  # noqa: B010
 
-    def select_best(self, tasks: list[Task], reward_values: Sequence[float], **kwargs: Any) -> tuple[Task, int]:
+    def select_best(
+        self, tasks: list[Task], reward_values: Sequence[float], **kwargs: Any
+    ) -> tuple[Task, int]:
         index = max(range(len(reward_values)), key=lambda i: reward_values[i])
         return tasks[index], index
-
-
-

@@ -7,7 +7,11 @@ from collections import Counter
 
 from ..methods._answers import extract_answer, extract_boxed
 
-__all__ = ["extract_answer_from_boxed", "extract_answer_with_regex", "get_digit_majority_vote_result"]
+__all__ = [
+    "extract_answer_from_boxed",
+    "extract_answer_with_regex",
+    "get_digit_majority_vote_result",
+]
 
 
 def extract_answer_from_boxed(text: str) -> str | None:

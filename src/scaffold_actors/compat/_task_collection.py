@@ -79,8 +79,8 @@ def with_task_collection(
         def process(self: Any, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, Any]:
             return _observe(self.task_collections[name], original_process(self, tasks, **kwargs))
 
-        controller_cls.__init__ = __init__  # type: ignore[misc]
-        controller_cls.process = process  # type: ignore[attr-defined]
+        setattr(controller_cls, "__init__", __init__)  # noqa: B010
+        setattr(controller_cls, "process", process)  # noqa: B010
         return controller_cls
 
     return decorator

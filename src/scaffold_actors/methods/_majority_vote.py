@@ -48,7 +48,12 @@ class MajorityVote:
     early_stop: bool = True
 
     async def run(
-        self, ctx: RequestContext, task: GenerationTask, /, samples: int | None = None, **kwargs: Any
+        self,
+        ctx: RequestContext,
+        task: GenerationTask,
+        /,
+        samples: int | None = None,
+        **kwargs: Any,
     ) -> GenerationTask:
         n = self.samples if samples is None else samples
         if n < 1:

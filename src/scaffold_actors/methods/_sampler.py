@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from .._context import RequestContext
-from .._tasks import GenerationTask, StreamGenerationTask, ScaffoldingOutput
+from .._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask
 
 __all__ = ["Sampler", "fresh_task"]
 
@@ -67,12 +67,18 @@ class Sampler:
                 t.messages = [{"role": "system", "content": self.instruction}, *t.messages]
         return t
 
-    async def run(self, ctx: RequestContext, task: GenerationTask, /, **kwargs: Any) -> GenerationTask:
+    async def run(
+        self, ctx: RequestContext, task: GenerationTask, /, **kwargs: Any
+    ) -> GenerationTask:
         t = self.prepare(task)
         if isinstance(t, StreamGenerationTask):
             t.streaming_step = self.streaming_step
             async with ctx.stream(t) as updates:
                 async for partial in updates:
-                    ctx.emit(ScaffoldingOutput(partial.output_str, list(partial.output_tokens or ()), finished=False))
+                    ctx.emit(
+                        ScaffoldingOutput(
+                            partial.output_str, list(partial.output_tokens or ()), finished=False
+                        )
+                    )
             return t
         return await ctx.run(t)

@@ -1,0 +1,94 @@
+"""The examples run as a user would run them (on the simulated engine: no model)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_native_controller_example() -> None:
+    p = run("examples/native_controller.py", "What is 3 * 4?", "--simulated")
+    assert p.returncode == 0, p.stderr
+    assert "\\boxed{" in p.stdout and "'answer':" in p.stdout
+
+
+def test_ported_trtllm_controller_example() -> None:
+    p = run("examples/ported_trtllm_controller.py", "--simulated", "--budget", "40")
+    assert p.returncode == 0, p.stderr
+    tokens = int(p.stdout.strip().splitlines()[-1].split()[-1])
+    assert tokens >= 40  # kept sampling until the budget was spent
+
+
+def test_overhead_benchmark_prints_json() -> None:
+    p = run("benchmarks/overhead.py", "--prompts", "40", "--repeats", "1")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["tasks"] == 320
+    assert set(data["tasks_per_second"]) == {"direct", "native", "compat"}
+    assert all(v > 0 for v in data["tasks_per_second"].values())
+
+
+@pytest.mark.parametrize("args", [["--method", "nope"], ["--samples", "0"]])
+def test_cli_rejects_bad_options(args: list[str]) -> None:
+    p = run("-m", "scaffold_actors._cli", "run", "q", *args)
+    assert p.returncode == 2 and "Invalid value" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_missing_model_is_one_line() -> None:
+    p = run("-m", "scaffold_actors._cli", "run", "q", "--model", "/no/such/dir")
+    assert (
+        p.returncode == 1 and p.stderr.strip() == "Error: model path '/no/such/dir' does not exist"
+    )
+
+
+def test_cli_simulated_json() -> None:
+    p = run(
+        "-m",
+        "scaffold_actors._cli",
+        "run",
+        "What is 1+1?",
+        "--engine",
+        "simulated",
+        "--json",
+        "--samples",
+        "3",
+    )
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["method"] == "majority-vote" and data["usage"]["tasks"] == 3
+    assert data["answer"] == data["details"]["answer"]
+
+
+@pytest.mark.slow_model
+def test_cli_runs_the_embedded_model() -> None:
+    """The README's first command, shortened: a method on the embedded model, on the CPU."""
+    pytest.importorskip("transformers")
+    p = run(
+        "-m",
+        "scaffold_actors._cli",
+        "run",
+        "What is 2 + 2?",
+        "--method",
+        "majority-vote",
+        "--samples",
+        "2",
+        "--max-tokens",
+        "4",
+        "--json",
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    data = json.loads(p.stdout)
+    assert data["usage"]["tasks"] == 2 and 0 < data["usage"]["completion_tokens"] <= 8
+    assert isinstance(data["output"], str)

@@ -89,6 +89,10 @@ async def test_bad_requests_are_rejected_before_the_engine() -> None:
             engine.check(EngineRequest(SamplingParams(max_tokens=60), prompt="word " * 40))
         with pytest.raises(InvalidRequestError, match="seed"):
             engine.check(EngineRequest(SamplingParams(seed=3), prompt="hi"))
+        with pytest.raises(InvalidRequestError, match="cache holds 32"):
+            HFEngine(kv_cache_tokens=32).check(
+                EngineRequest(SamplingParams(max_tokens=40), prompt="hi")
+            )
         with pytest.raises(InvalidRequestError, match="num_logprobs"):
             engine.check(EngineRequest(SamplingParams(num_logprobs=5), prompt="hi"))
         assert engine.num_active == 0

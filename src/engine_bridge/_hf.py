@@ -108,7 +108,12 @@ class HFEngine:
         chat_template: render text prompts as a user chat message when the
             tokenizer has a chat template (right for instruct models).
         seed: seeds the manager's sampling RNG.
+        kv_cache_tokens: size of the paged KV cache in tokens (rounded up to
+            256-token blocks).  ``None`` lets transformers size it from free memory,
+            which on a CPU machine can take most of the RAM.
         batching: extra :class:`transformers.ContinuousBatchingConfig` fields.
+        preloaded: ``(model, tokenizer)`` already in memory (e.g. a model built
+            from a config); ``model`` is then only a label.
     """
 
     def __init__(
@@ -123,13 +128,17 @@ class HFEngine:
         max_context: int | None = None,
         chat_template: bool = True,
         seed: int | None = 0,
+        kv_cache_tokens: int | None = 32768,
         batching: dict[str, Any] | None = None,
+        preloaded: tuple[Any, Any] | None = None,
     ) -> None:
-        if model is None:
+        if preloaded is not None:
+            model = model or "<preloaded>"
+        elif model is None:
             model = embedded_model_path()
             gguf_file = gguf_file or EMBEDDED_GGUF
         path = os.fspath(model)
-        if not os.path.exists(path):
+        if preloaded is None and not os.path.exists(path):
             raise FileNotFoundError(f"model path {path!r} does not exist")
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be >= 1")
@@ -141,10 +150,13 @@ class HFEngine:
         self.max_concurrent = max_concurrent
         self.chat_template = chat_template
         self.seed = seed
+        if kv_cache_tokens is not None and kv_cache_tokens < 1:
+            raise ValueError("kv_cache_tokens must be >= 1 or None")
+        self.kv_cache_tokens = kv_cache_tokens
         self.batching = dict(batching or {})
         self._max_context = max_context
-        self.model: Any = None
-        self.tokenizer: Any = None
+        self.model: Any = preloaded[0] if preloaded is not None else None
+        self.tokenizer: Any = preloaded[1] if preloaded is not None else None
         self._manager: Any = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -246,6 +258,12 @@ class HFEngine:
                 f"prompt is {n} tokens and max_tokens is {p.max_tokens}: {need} exceeds the "
                 f"context length {self.max_context}",
             )
+        if self.kv_cache_tokens is not None and need > self.kv_cache_tokens:
+            raise InvalidRequestError(
+                "max_tokens",
+                f"request needs {need} KV tokens, the engine's cache holds {self.kv_cache_tokens} "
+                "(raise HFEngine(kv_cache_tokens=...))",
+            )
 
     async def __aenter__(self) -> Self:
         if self._manager is not None:
@@ -299,7 +317,9 @@ class HFEngine:
                     ids,
                     request_id=rid,
                     max_new_tokens=request.params.max_tokens,
-                    streaming=True,
+                    # only the final output is needed unless the caller streams or
+                    # stop strings must be watched token by token
+                    streaming=request.stream or bool(request.params.stop),
                     **self._sampling_kwargs(request),
                 )
                 yield state.stream
@@ -334,6 +354,7 @@ class HFEngine:
             "per_request_processors": True,
             "max_requests_per_batch": self.max_concurrent,
             "seed": self.seed,
+            **({"num_blocks": -(-self.kv_cache_tokens // 256)} if self.kv_cache_tokens else {}),
             **self.batching,
         }
         manager = self.model.init_continuous_batching(

@@ -53,7 +53,8 @@ class EngineWorker(Worker):
     """Runs :class:`GenerationTask` and :class:`StreamGenerationTask` on ``engine``.
 
     The engine is started when the runtime starts the worker and closed at
-    shutdown.  Sampling parameters a task leaves as ``None`` come from
+    shutdown, unless ``manage_engine=False`` (the caller runs ``async with
+    engine:`` itself, e.g. to share one engine between runtimes).  Sampling parameters a task leaves as ``None`` come from
     ``default_params``.  A task's engine request is aborted as soon as the task is
     cancelled (the engine frees its slot before the cancellation completes).
     """
@@ -66,8 +67,10 @@ class EngineWorker(Worker):
         max_concurrency: int | None = None,
         inbox_size: int | None = None,
         task_timeout: float | None = None,
+        manage_engine: bool = True,
     ) -> None:
         self.engine = engine
+        self.manage_engine = manage_engine
         self.default_params = default_params if default_params is not None else SamplingParams()
         if max_concurrency is not None:
             self.max_concurrency = max_concurrency
@@ -82,6 +85,9 @@ class EngineWorker(Worker):
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
+        if not self.manage_engine:
+            yield
+            return
         async with self.engine:
             yield
 

@@ -49,7 +49,11 @@ QUESTIONS = [
 def build_engine(args: argparse.Namespace) -> Any:
     from engine_bridge import HFEngine
 
-    common: dict[str, Any] = {"device": args.device, "max_concurrent": args.max_concurrent}
+    common: dict[str, Any] = {
+        "device": args.device,
+        "max_concurrent": args.max_concurrent,
+        "kv_cache_tokens": args.kv_cache_tokens or None,
+    }
     if args.model == "embedded":
         return HFEngine(**common)
     if args.model == "random-qwen2-0.5b":
@@ -126,6 +130,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--max-concurrent", type=int, default=64, help="engine admission limit")
+    ap.add_argument(
+        "--kv-cache-tokens", type=int, default=32768, help="KV cache size; 0 = size it from free memory"
+    )
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
@@ -169,6 +176,7 @@ def main() -> None:
         "requests": args.prompts * args.samples,
         "max_tokens": args.max_tokens,
         "max_concurrent": args.max_concurrent,
+        "kv_cache_tokens": args.kv_cache_tokens or "auto",
         "machine": platform.machine(),
         **info,
         "tokens_per_second": {k: [round(x, 1) for x in v] for k, v in tps.items()},

@@ -131,7 +131,10 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--max-concurrent", type=int, default=64, help="engine admission limit")
     ap.add_argument(
-        "--kv-cache-tokens", type=int, default=32768, help="KV cache size; 0 = size it from free memory"
+        "--kv-cache-tokens",
+        type=int,
+        default=32768,
+        help="KV cache size; 0 = size it from free memory",
     )
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()

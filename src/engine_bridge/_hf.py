@@ -330,6 +330,14 @@ class HFEngine:
                     if manager is not None:
                         manager.cancel_request(rid)
 
+    # -- fault injection -------------------------------------------------------
+    def inject_failure(self) -> None:
+        """Simulate the generation thread dying (stops the transformers manager);
+        live requests then fail with :class:`EngineError` via the bridge thread."""
+        manager = self._manager
+        if manager is not None:
+            manager.stop(block=True)
+
     # -- internals -------------------------------------------------------------
     def _start_manager(self) -> Any:
         import torch

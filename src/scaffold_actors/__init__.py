@@ -22,6 +22,7 @@ from ._errors import (
     UnknownWorkerTagError,
 )
 from ._result import ScaffoldingResult
+from ._reward_worker import RewardWorker
 from ._runtime import AsyncScaffoldingLlm
 from ._sync import ScaffoldingLlm
 from ._tasks import (
@@ -53,6 +54,7 @@ __all__ = [
     "RequestCancelledError",
     "RequestContext",
     "RewardTask",
+    "RewardWorker",
     "RuntimeClosedError",
     "ScaffoldError",
     "ScaffoldingLlm",

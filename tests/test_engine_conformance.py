@@ -1,0 +1,151 @@
+"""One conformance suite, run against every engine available here.
+
+Each engine must: generate (text that decodes its token ids), stream (deltas that
+add up to the same output), abort on leaving ``open_stream`` early, return one
+logprob per token, honour stop strings, reject bad requests before admitting them,
+and turn its own death into :class:`EngineError` for live and later requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from engine_bridge import (
+    EngineClosedError,
+    EngineError,
+    EngineRequest,
+    InvalidRequestError,
+    SamplingParams,
+    SimulatedEngine,
+)
+
+FRUITS = "Apples, bananas, cherries, dates, figs, grapes, kiwis, lemons, mangoes and plums."
+PROMPT = "List some fruits."
+
+
+def simulated() -> Any:
+    return SimulatedEngine(FRUITS, max_context=256)
+
+
+def hf() -> Any:
+    pytest.importorskip("transformers")
+    from engine_bridge import HFEngine
+
+    return HFEngine(max_context=512, kv_cache_tokens=4096)
+
+
+ENGINES: dict[str, Callable[[], Any]] = {"simulated": simulated, "hf": hf}
+
+
+@pytest.fixture(params=list(ENGINES), ids=list(ENGINES))
+def make_engine(request: pytest.FixtureRequest) -> Callable[[], Any]:
+    if request.param == "hf":
+        request.applymarker(pytest.mark.slow_model)
+    return ENGINES[request.param]
+
+
+def greedy(max_tokens: int = 8, **kw: Any) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, **kw)
+
+
+async def collect(
+    engine: Any, request: EngineRequest
+) -> tuple[str, list[int], list[float], str | None, int]:
+    text, ids, lps, finish, deltas = "", [], [], None, 0
+    async with engine.open_stream(request) as stream:
+        async for d in stream:
+            deltas += 1
+            text += d.text
+            ids += d.token_ids
+            lps += d.logprobs or ()
+            assert finish is None, "no delta after the final one"
+            finish = d.finish_reason
+    return text, ids, lps, finish, deltas
+
+
+async def test_generate_and_stream_agree(make_engine: Callable[[], Any]) -> None:
+    async with make_engine() as engine:
+        whole, ids, _, finish, n = await collect(
+            engine, EngineRequest(greedy(), prompt=PROMPT, stream=False)
+        )
+        assert n == 1 and finish in ("stop", "length") and 1 <= len(ids) <= 8 and whole
+        streamed, sids, _, sfinish, sn = await collect(
+            engine, EngineRequest(greedy(), prompt=PROMPT)
+        )
+        assert (streamed, sids, sfinish) == (whole, ids, finish)
+        assert sn > 1  # really streamed
+        assert engine.num_active == 0
+
+
+async def test_chat_messages(make_engine: Callable[[], Any]) -> None:
+    async with make_engine() as engine:
+        text, ids, *_ = await collect(
+            engine, EngineRequest(greedy(4), messages=[{"role": "user", "content": PROMPT}])
+        )
+        assert text and 1 <= len(ids) <= 4
+
+
+async def test_leaving_early_aborts(make_engine: Callable[[], Any]) -> None:
+    async with make_engine() as engine:
+        async with engine.open_stream(EngineRequest(greedy(64), prompt=PROMPT)) as stream:
+            async for _ in stream:
+                assert engine.num_active == 1
+                break
+        assert engine.num_active == 0 and engine.aborted == 1
+        text, *_ = await collect(engine, EngineRequest(greedy(3), prompt=PROMPT))
+        assert text  # still serving
+
+
+async def test_logprobs_one_per_token(make_engine: Callable[[], Any]) -> None:
+    async with make_engine() as engine:
+        _, ids, lps, *_ = await collect(
+            engine, EngineRequest(greedy(num_logprobs=0), prompt=PROMPT)
+        )
+        assert len(lps) == len(ids) > 0 and all(x <= 0.0 for x in lps)
+        _, _, none, *_ = await collect(engine, EngineRequest(greedy(), prompt=PROMPT))
+        assert none == []
+
+
+async def test_stop_strings(make_engine: Callable[[], Any]) -> None:
+    async with make_engine() as engine:
+        base, *_ = await collect(engine, EngineRequest(greedy(12), prompt=PROMPT))
+        words = base.split()
+        assert len(words) >= 3, base
+        stop = " " + words[2]
+        text, _, _, finish, _ = await collect(
+            engine, EngineRequest(greedy(12, stop=(stop,)), prompt=PROMPT)
+        )
+        assert finish == "stop" and stop not in text and base.startswith(text) and text
+
+
+async def test_bad_requests_rejected_before_admission(make_engine: Callable[[], Any]) -> None:
+    async with make_engine() as engine:
+        too_long = EngineRequest(SamplingParams(max_tokens=8), prompt="word " * 600)
+        with pytest.raises(InvalidRequestError) as info:
+            engine.check(too_long)
+        assert info.value.field == "prompt" and "context length" in str(info.value)
+        with pytest.raises(InvalidRequestError):
+            async with engine.open_stream(too_long):
+                pass
+        assert engine.num_active == 0
+    with pytest.raises(InvalidRequestError, match="max_tokens"):
+        SamplingParams(max_tokens=-1)
+
+
+async def test_requires_start(make_engine: Callable[[], Any]) -> None:
+    with pytest.raises(EngineClosedError):
+        await collect(make_engine(), EngineRequest(greedy(), prompt=PROMPT))
+
+
+async def test_engine_death_surfaces_as_engine_error(make_engine: Callable[[], Any]) -> None:
+    async with make_engine() as engine:
+        with pytest.raises(EngineError):
+            async with engine.open_stream(EngineRequest(greedy(200), prompt=PROMPT)) as stream:
+                async for _ in stream:
+                    engine.inject_failure()
+        assert not engine.healthy and engine.num_active == 0
+        with pytest.raises(EngineError):
+            await collect(engine, EngineRequest(greedy(), prompt=PROMPT))

@@ -8,7 +8,11 @@ and turn its own death into :class:`EngineError` for live and later requests.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,7 +41,26 @@ def hf() -> Any:
     return HFEngine(max_context=512, kv_cache_tokens=4096)
 
 
-ENGINES: dict[str, Callable[[], Any]] = {"simulated": simulated, "hf": hf}
+STANDINS = Path(__file__).parent / "standins"
+
+
+def trtllm() -> Any:
+    """The real tensorrt_llm with SCAFFOLD_TRTLLM_MODEL, else the API stand-in."""
+    from engine_bridge import TRTLLMEngine
+
+    if importlib.util.find_spec("tensorrt_llm") is not None and str(STANDINS) not in sys.path:
+        model = os.environ.get("SCAFFOLD_TRTLLM_MODEL")
+        if not model:
+            pytest.skip(
+                "tensorrt_llm is installed: set SCAFFOLD_TRTLLM_MODEL to a model to test it"
+            )
+        return TRTLLMEngine(model, max_context=512)
+    if str(STANDINS) not in sys.path:
+        sys.path.insert(0, str(STANDINS))
+    return TRTLLMEngine("standin-model", llm_kwargs={"max_seq_len": 256})
+
+
+ENGINES: dict[str, Callable[[], Any]] = {"simulated": simulated, "hf": hf, "trtllm": trtllm}
 
 
 @pytest.fixture(params=list(ENGINES), ids=list(ENGINES))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._hf import HFEngine, embedded_model_path
+    from ._trtllm import TRTLLMEngine
 
 from ._protocol import Engine
 from ._simulated import CostModel, SimulatedCall, SimulatedEngine, SimulatedOutput
@@ -39,12 +40,14 @@ __all__ = [
     "SimulatedCall",
     "SimulatedEngine",
     "SimulatedOutput",
+    "TRTLLMEngine",
     "embedded_model_path",
 ]
 
 # name -> private module, imported on first access (keeps torch/transformers optional)
 _LAZY: dict[str, str] = {
     "HFEngine": "._hf",
+    "TRTLLMEngine": "._trtllm",
     "embedded_model_path": "._hf",
 }
 

@@ -48,7 +48,8 @@ def trtllm() -> Any:
     """The real tensorrt_llm with SCAFFOLD_TRTLLM_MODEL, else the API stand-in."""
     from engine_bridge import TRTLLMEngine
 
-    if importlib.util.find_spec("tensorrt_llm") is not None and str(STANDINS) not in sys.path:
+    spec = importlib.util.find_spec("tensorrt_llm")
+    if spec is not None and not str(spec.origin or "").startswith(str(STANDINS)):
         model = os.environ.get("SCAFFOLD_TRTLLM_MODEL")
         if not model:
             pytest.skip(

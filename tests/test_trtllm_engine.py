@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,18 @@ from scaffold_actors.methods import MajorityVote, Sampler
 STANDINS = str(Path(__file__).parent / "standins")
 
 
-@pytest.fixture(autouse=True)
-def standin(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(STANDINS)
+def _drop_tensorrt_llm_modules() -> None:
     for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
-        monkeypatch.delitem(sys.modules, name)
+        del sys.modules[name]
+
+
+@pytest.fixture(autouse=True)
+def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Import the stand-in as tensorrt_llm for one test, and forget it afterwards."""
+    _drop_tensorrt_llm_modules()
+    monkeypatch.syspath_prepend(STANDINS)
+    yield
+    _drop_tensorrt_llm_modules()
 
 
 def engine(**kw: object) -> TRTLLMEngine:

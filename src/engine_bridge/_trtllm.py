@@ -40,11 +40,10 @@ __all__ = ["TRTLLMEngine"]
 
 def _logprob_value(item: Any, token: int) -> float:
     if isinstance(item, dict):
-        lp = item.get(token)
+        lp: Any = item.get(token)
         if lp is None:  # the sampled token is always in TensorRT-LLM's dict; be safe
             lp = max(item.values(), key=lambda x: getattr(x, "logprob", x))
-        value: float = getattr(lp, "logprob", lp)
-        return float(value)
+        return float(getattr(lp, "logprob", lp))
     return float(item)
 
 

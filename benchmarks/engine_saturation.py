@@ -53,6 +53,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         "device": args.device,
         "max_concurrent": args.max_concurrent,
         "kv_cache_tokens": args.kv_cache_tokens or None,
+        "batching": json.loads(args.batching),
     }
     if args.model == "embedded":
         return HFEngine(**common)
@@ -136,6 +137,7 @@ def main() -> None:
         default=32768,
         help="KV cache size; 0 = size it from free memory",
     )
+    ap.add_argument("--batching", default="{}", help="JSON of ContinuousBatchingConfig fields")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
@@ -147,9 +149,12 @@ def main() -> None:
         runs: dict[str, list[tuple[float, int]]] = {"direct": [], "framework": []}
         async with engine:
             await run_direct(engine, prompts[:1], 2, params)  # warm-up
-            for _ in range(args.repeats):
-                runs["direct"].append(await run_direct(engine, prompts, args.samples, params))
-                runs["framework"].append(await run_framework(engine, prompts, args.samples, params))
+            for i in range(args.repeats):
+                # ABBA order, so slow drift of the engine weighs on both modes alike
+                order = ("direct", "framework") if i % 2 == 0 else ("framework", "direct")
+                for mode in order:
+                    run = run_direct if mode == "direct" else run_framework
+                    runs[mode].append(await run(engine, prompts, args.samples, params))
         return runs
 
     runs = anyio.run(bench)
@@ -180,11 +185,16 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "max_concurrent": args.max_concurrent,
         "kv_cache_tokens": args.kv_cache_tokens or "auto",
+        "batching": json.loads(args.batching),
         "machine": platform.machine(),
         **info,
         "tokens_per_second": {k: [round(x, 1) for x in v] for k, v in tps.items()},
         "median_tokens_per_second": {k: round(v, 1) for k, v in med.items()},
         "ratio_framework_over_direct": round(med["framework"] / med["direct"], 4),
+        "pair_ratios": [round(f / d, 4) for f, d in zip(tps["framework"], tps["direct"], strict=True)],
+        "median_pair_ratio": round(
+            statistics.median(f / d for f, d in zip(tps["framework"], tps["direct"], strict=True)), 4
+        ),
         "seconds": {k: [round(s, 3) for s, _ in v] for k, v in runs.items()},
     }
     print(json.dumps(out, indent=2))

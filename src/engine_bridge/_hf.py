@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import itertools
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -36,8 +35,14 @@ from typing import Any, Self
 import anyio
 import anyio.to_thread
 
-from ._bridge import LoopCaller, RequestStream
-from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest, InvalidRequestError
+from ._bridge import BridgedEngine, RequestStream
+from ._types import (
+    EngineDelta,
+    EngineError,
+    EngineRequest,
+    InvalidRequestError,
+    check_context,
+)
 
 __all__ = ["EMBEDDED_GGUF", "HFEngine", "embedded_model_path"]
 
@@ -92,7 +97,7 @@ class _HFRequest:
         self.emitted = 0
 
 
-class HFEngine:
+class HFEngine(BridgedEngine):
     """A transformers model served with continuous batching.
 
     Parameters:
@@ -140,14 +145,12 @@ class HFEngine:
         path = os.fspath(model)
         if preloaded is None and not os.path.exists(path):
             raise FileNotFoundError(f"model path {path!r} does not exist")
-        if max_concurrent < 1:
-            raise ValueError("max_concurrent must be >= 1")
+        super().__init__(max_concurrent)
         self.model_path = path
         self.gguf_file = gguf_file
         self.device = device
         self.dtype = dtype
         self.attn_implementation = attn_implementation
-        self.max_concurrent = max_concurrent
         self.chat_template = chat_template
         self.seed = seed
         if kv_cache_tokens is not None and kv_cache_tokens < 1:
@@ -158,17 +161,8 @@ class HFEngine:
         self.model: Any = preloaded[0] if preloaded is not None else None
         self.tokenizer: Any = preloaded[1] if preloaded is not None else None
         self._manager: Any = None
-        self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._caller: LoopCaller | None = None
-        self._slots: anyio.Semaphore | None = None
-        self._live: dict[str, _HFRequest] = {}
-        self._ids = itertools.count()
-        self._failure: BaseException | None = None
-        self._closed = False
         self._token_cache: dict[Any, tuple[int, ...]] = {}
-        self.completed = 0
-        self.aborted = 0
 
     def __repr__(self) -> str:
         return (
@@ -176,19 +170,11 @@ class HFEngine:
         )
 
     # -- Engine protocol -------------------------------------------------
-    @property
-    def num_active(self) -> int:
-        return len(self._live)
+    def _running(self) -> bool:
+        return self._manager is not None
 
-    @property
-    def healthy(self) -> bool:
-        return (
-            self._manager is not None
-            and not self._closed
-            and self._failure is None
-            and self._thread is not None
-            and self._thread.is_alive()
-        )
+    def _request_key(self, n: int) -> str:
+        return f"sa-{n}"  # the manager's request id
 
     @property
     def max_context(self) -> int:
@@ -251,13 +237,8 @@ class HFEngine:
                 "the transformers engine returns only the sampled token's logprob (num_logprobs=0)",
             )
         n = self.count_prompt_tokens(request)
+        check_context(n, p.max_tokens, self.max_context)
         need = n + p.max_tokens
-        if need > self.max_context:
-            raise InvalidRequestError(
-                "prompt",
-                f"prompt is {n} tokens and max_tokens is {p.max_tokens}: {need} exceeds the "
-                f"context length {self.max_context}",
-            )
         if self.kv_cache_tokens is not None and need > self.kv_cache_tokens:
             raise InvalidRequestError(
                 "max_tokens",
@@ -270,8 +251,7 @@ class HFEngine:
             raise RuntimeError("HFEngine already started")
         await anyio.to_thread.run_sync(self.load)
         self._manager = await anyio.to_thread.run_sync(self._start_manager)
-        self._caller = LoopCaller()
-        self._slots = anyio.Semaphore(self.max_concurrent)
+        self._start_bridge()
         self._stop.clear()
         self._thread = threading.Thread(target=self._pump, name="hf-engine-bridge", daemon=True)
         self._thread.start()
@@ -283,8 +263,7 @@ class HFEngine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._closed = True
-        self._fail_all(EngineClosedError("engine closed"))
+        self._close_bridge()
         self._stop.set()
         manager, self._manager = self._manager, None
         thread = self._thread
@@ -300,35 +279,26 @@ class HFEngine:
     async def open_stream(
         self, request: EngineRequest
     ) -> AsyncIterator[AsyncIterator[EngineDelta]]:
-        if self._failure is not None:
-            raise EngineError(f"engine is unhealthy: {self._failure}") from self._failure
-        if self._manager is None or self._closed or self._slots is None:
-            raise EngineClosedError("engine is not running (use `async with engine:`)")
+        self._ensure_usable()
         self.check(request)
         ids = list(self.encode(request))
-        async with self._slots:
-            if self._failure is not None:
-                raise EngineError(f"engine is unhealthy: {self._failure}") from self._failure
-            rid = f"sa-{next(self._ids)}"
-            state = _HFRequest(request, len(ids))
-            self._live[rid] = state
-            try:
-                self._manager.add_request(
-                    ids,
-                    request_id=rid,
-                    max_new_tokens=request.params.max_tokens,
-                    # only the final output is needed unless the caller streams or
-                    # stop strings must be watched token by token
-                    streaming=request.stream or bool(request.params.stop),
-                    **self._sampling_kwargs(request),
-                )
-                yield state.stream
-            finally:
-                if self._live.pop(rid, None) is not None and not state.stream.done:
-                    self.aborted += 1
-                    manager = self._manager
-                    if manager is not None:
-                        manager.cancel_request(rid)
+        state = _HFRequest(request, len(ids))
+        async with self._admit(state) as rid:
+            self._manager.add_request(
+                ids,
+                request_id=rid,
+                max_new_tokens=request.params.max_tokens,
+                # only the final output is needed unless the caller streams or
+                # stop strings must be watched token by token
+                streaming=request.stream or bool(request.params.stop),
+                **self._sampling_kwargs(request),
+            )
+            yield state.stream
+
+    def _abort(self, key: Any, state: Any) -> None:
+        manager = self._manager
+        if manager is not None:
+            manager.cancel_request(key)
 
     # -- fault injection -------------------------------------------------------
     def inject_failure(self) -> None:
@@ -336,7 +306,8 @@ class HFEngine:
         live requests then fail with :class:`EngineError` via the bridge thread."""
         manager = self._manager
         if manager is not None:
-            manager.stop(block=True)
+            # hard_stop: running requests are dropped, not finished first
+            manager.stop(block=True, hard_stop=True)
 
     # -- internals -------------------------------------------------------------
     def _start_manager(self) -> Any:
@@ -403,20 +374,17 @@ class HFEngine:
             if not self._stop.is_set():
                 caller.call_soon(self._on_failure, err)
 
-    def _on_failure(self, err: BaseException) -> None:
-        self._failure = err
-        self._fail_all(err)
-
-    def _fail_all(self, err: BaseException) -> None:
-        for state in list(self._live.values()):
-            state.stream.fail(err)
-
     def _on_output(self, out: Any) -> None:
         state = self._live.get(out.request_id)
         if state is None or state.stream.done:
             return  # cancelled: its late output is dropped
         if getattr(out, "error", None):
-            state.stream.fail(EngineError(f"generation failed: {out.error}"))
+            err = EngineError(f"generation failed: {out.error}")
+            manager = self._manager
+            if manager is not None and not manager.is_running():
+                self._on_failure(err)  # the engine itself died, not just this request
+            else:
+                state.stream.fail(err)
             return
         tokens = list(out.generated_tokens)
         new = tokens[state.n_tokens :]

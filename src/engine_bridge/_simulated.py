@@ -29,6 +29,7 @@ from ._types import (
     EngineError,
     EngineRequest,
     InvalidRequestError,
+    check_context,
 )
 from ._wordtok import WordTokenizer
 
@@ -249,13 +250,8 @@ class SimulatedEngine:
 
     def check(self, request: EngineRequest) -> None:
         n = self.count_prompt_tokens(request)
+        check_context(n, request.params.max_tokens, self.max_context)
         need = n + request.params.max_tokens
-        if need > self.max_context:
-            raise InvalidRequestError(
-                "prompt",
-                f"prompt is {n} tokens and max_tokens is {request.params.max_tokens}: "
-                f"{need} exceeds the context length {self.max_context}",
-            )
         if need > self.kv_capacity:
             raise InvalidRequestError(
                 "max_tokens", f"request needs {need} KV tokens, the engine has {self.kv_capacity}"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import itertools
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
@@ -32,8 +31,8 @@ from typing import Any, Self
 import anyio
 import anyio.to_thread
 
-from ._bridge import LoopCaller, RequestStream
-from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest, InvalidRequestError
+from ._bridge import BridgedEngine, RequestStream
+from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest, check_context
 
 __all__ = ["TRTLLMEngine"]
 
@@ -70,7 +69,7 @@ class _TRTRequest:
         self.n_logprobs = 0
 
 
-class TRTLLMEngine:
+class TRTLLMEngine(BridgedEngine):
     """A TensorRT-LLM model behind the :class:`~engine_bridge.Engine` protocol.
 
     Parameters:
@@ -98,12 +97,10 @@ class TRTLLMEngine:
         chat_template: bool = True,
         llm_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if max_concurrent < 1:
-            raise ValueError("max_concurrent must be >= 1")
+        super().__init__(max_concurrent)
         if not 0.0 < free_gpu_memory_fraction <= 1.0:
             raise ValueError("free_gpu_memory_fraction must be in (0, 1]")
         self.model = model
-        self.max_concurrent = max_concurrent
         self._max_context = max_context
         self.free_gpu_memory_fraction = free_gpu_memory_fraction
         self.enable_block_reuse = enable_block_reuse
@@ -113,34 +110,14 @@ class TRTLLMEngine:
         self._trt: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._caller: LoopCaller | None = None
-        self._slots: anyio.Semaphore | None = None
-        self._live: dict[int, _TRTRequest] = {}
-        self._ids = itertools.count()
-        self._failure: BaseException | None = None
         self._crash: BaseException | None = None
-        self._closed = False
-        self.completed = 0
-        self.aborted = 0
 
     def __repr__(self) -> str:
         return f"TRTLLMEngine({self.model!r})"
 
     # -- Engine protocol -------------------------------------------------
-    @property
-    def num_active(self) -> int:
-        return len(self._live)
-
-    @property
-    def healthy(self) -> bool:
-        return (
-            self.llm is not None
-            and not self._closed
-            and self._failure is None
-            and self._thread is not None
-            and self._thread.is_alive()
-        )
+    def _running(self) -> bool:
+        return self.llm is not None and self._loop is not None
 
     @property
     def max_context(self) -> int | None:
@@ -185,14 +162,7 @@ class TRTLLMEngine:
         limit = self.max_context
         if limit is None or self.llm is None:
             return
-        n = self.count_prompt_tokens(request)
-        need = n + p.max_tokens
-        if need > limit:
-            raise InvalidRequestError(
-                "prompt",
-                f"prompt is {n} tokens and max_tokens is {p.max_tokens}: {need} exceeds the "
-                f"context length {limit}",
-            )
+        check_context(self.count_prompt_tokens(request), p.max_tokens, limit)
 
     def sampling_params(self, request: EngineRequest) -> Any:
         """The ``tensorrt_llm.SamplingParams`` for ``request``."""
@@ -222,8 +192,7 @@ class TRTLLMEngine:
             raise EngineError(
                 "TRTLLMEngine needs tensorrt_llm (pip install 'scaffold-actors[trtllm]' on an NVIDIA GPU host)"
             ) from exc
-        self._caller = LoopCaller()
-        self._slots = anyio.Semaphore(self.max_concurrent)
+        self._start_bridge()
         ready: Future[None] = Future()
         self._thread = threading.Thread(
             target=self._thread_main, args=(ready,), name="trtllm-bridge", daemon=True
@@ -238,9 +207,7 @@ class TRTLLMEngine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._closed = True
-        for state in list(self._live.values()):
-            state.stream.fail(EngineClosedError("engine closed"))
+        self._close_bridge()
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
             try:
@@ -256,31 +223,20 @@ class TRTLLMEngine:
     async def open_stream(
         self, request: EngineRequest
     ) -> AsyncIterator[AsyncIterator[EngineDelta]]:
-        if self._failure is not None:
-            raise EngineError(f"engine is unhealthy: {self._failure}") from self._failure
-        if self.llm is None or self._closed or self._slots is None or self._loop is None:
-            raise EngineClosedError("engine is not running (use `async with engine:`)")
+        self._ensure_usable()
         self.check(request)
         prompt = self._prompt(request)
         params = self.sampling_params(request)
         prompt_tokens = (
             len(prompt) if isinstance(prompt, list) else self.count_prompt_tokens(request)
         )
-        async with self._slots:
-            if self._failure is not None:
-                raise EngineError(f"engine is unhealthy: {self._failure}") from self._failure
-            key = next(self._ids)
-            state = _TRTRequest(request, prompt_tokens)
-            self._live[key] = state
-            try:
-                state.future = asyncio.run_coroutine_threadsafe(
-                    self._serve(state, prompt, params), self._loop
-                )
-                yield state.stream
-            finally:
-                if self._live.pop(key, None) is not None and not state.stream.done:
-                    self.aborted += 1
-                    self._abort(state)
+        state = _TRTRequest(request, prompt_tokens)
+        async with self._admit(state):
+            assert self._loop is not None
+            state.future = asyncio.run_coroutine_threadsafe(
+                self._serve(state, prompt, params), self._loop
+            )
+            yield state.stream
 
     # -- fault injection -------------------------------------------------------
     def inject_failure(self) -> None:
@@ -290,7 +246,7 @@ class TRTLLMEngine:
             self._loop.call_soon_threadsafe(self._stop.set)
 
     # -- bridge thread -----------------------------------------------------------
-    def _abort(self, state: _TRTRequest) -> None:
+    def _abort(self, key: Any, state: Any) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -402,8 +358,3 @@ class TRTLLMEngine:
         if delta.finish_reason is not None:
             self.completed += 1
         state.stream.push(delta)
-
-    def _on_failure(self, err: BaseException) -> None:
-        self._failure = err
-        for state in list(self._live.values()):
-            state.stream.fail(err)

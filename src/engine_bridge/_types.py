@@ -88,6 +88,17 @@ FIELD_CHECKS: dict[str, Any] = {
 }
 
 
+def check_context(prompt_tokens: int, max_tokens: int, limit: int) -> None:
+    """Reject a request whose prompt + ``max_tokens`` exceeds the context ``limit``."""
+    need = prompt_tokens + max_tokens
+    if need > limit:
+        raise InvalidRequestError(
+            "prompt",
+            f"prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}: {need} exceeds "
+            f"the context length {limit}",
+        )
+
+
 def validate_sampling(
     *,
     max_tokens: Any = None,

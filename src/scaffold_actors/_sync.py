@@ -68,6 +68,7 @@ class ScaffoldingLlm:
     ``"asyncio"``; choose ``"asyncio"`` when worker handlers use asyncio APIs).
     Methods block the calling thread, never the loop.  Use it as a context manager
     or call :meth:`shutdown`; a forgotten instance is shut down when collected.
+    ``backend=None`` means the class's ``default_backend``.
 
     ``generate(prompt | list)`` waits for the results; ``generate_async(prompt)``
     returns a :class:`ScaffoldingResult` at once, which can be waited on
@@ -83,8 +84,9 @@ class ScaffoldingLlm:
         max_in_flight: int = 64,
         trace: bool = False,
         cancel_grace: float = 5.0,
-        backend: Literal["trio", "asyncio"] = "trio",
+        backend: Literal["trio", "asyncio"] | None = None,
     ) -> None:
+        backend = backend or self.default_backend
         if backend not in ("trio", "asyncio"):
             raise ValueError(f"backend must be 'trio' or 'asyncio', got {backend!r}")
         self._core = AsyncScaffoldingLlm(
@@ -99,6 +101,8 @@ class ScaffoldingLlm:
         self._loop = _LoopThread(self._core, backend)
         self._closed = False
         self._finalizer = weakref.finalize(self, _LoopThread.stop, self._loop)
+
+    default_backend: Literal["trio", "asyncio"] = "trio"
 
     def __enter__(self) -> Self:
         return self

@@ -13,9 +13,6 @@ handlers written for asyncio (``asyncio.sleep``, ``asyncio.gather``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
-
 from .._result import ScaffoldingResult
 from .._sync import ScaffoldingLlm as _SyncScaffoldingLlm
 from .._tasks import (
@@ -78,21 +75,4 @@ __all__ = [
 class ScaffoldingLlm(_SyncScaffoldingLlm):
     """:class:`scaffold_actors.ScaffoldingLlm` with an asyncio loop by default."""
 
-    def __init__(
-        self,
-        prototype_controller: Any,
-        workers: Mapping[Any, Worker],
-        *,
-        max_in_flight: int = 64,
-        trace: bool = False,
-        cancel_grace: float = 5.0,
-        backend: Literal["trio", "asyncio"] = "asyncio",
-    ) -> None:
-        super().__init__(
-            prototype_controller,
-            workers,
-            max_in_flight=max_in_flight,
-            trace=trace,
-            cancel_grace=cancel_grace,
-            backend=backend,
-        )
+    default_backend = "asyncio"

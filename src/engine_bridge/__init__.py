@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._hf import HFEngine, embedded_model_path
+    from ._openai import OpenAIEngine
     from ._trtllm import TRTLLMEngine
 
 from ._protocol import Engine
@@ -36,6 +37,7 @@ __all__ = [
     "EngineRequest",
     "HFEngine",
     "InvalidRequestError",
+    "OpenAIEngine",
     "SamplingParams",
     "SimulatedCall",
     "SimulatedEngine",
@@ -47,6 +49,7 @@ __all__ = [
 # name -> private module, imported on first access (keeps torch/transformers optional)
 _LAZY: dict[str, str] = {
     "HFEngine": "._hf",
+    "OpenAIEngine": "._openai",
     "TRTLLMEngine": "._trtllm",
     "embedded_model_path": "._hf",
 }

@@ -15,7 +15,42 @@ import sniffio
 
 from ._types import EngineClosedError, EngineDelta, EngineError
 
-__all__ = ["BridgedEngine", "LoopCaller", "RequestStream"]
+__all__ = ["BridgedEngine", "LoopCaller", "RequestStream", "raise_single"]
+
+
+def raise_single(group: BaseExceptionGroup[BaseException]) -> None:
+    """Re-raise the first real error inside ``group`` unwrapped.
+
+    Cancellation exceptions are not errors (they belong to a scope outside); if
+    only those are left the group is re-raised as is.  When several tasks failed
+    at once, the first error is raised and the others are listed in its notes, so
+    callers can still ``except`` the original exception type.
+    """
+    try:
+        cancelled: type[BaseException] | tuple[()] = anyio.get_cancelled_exc_class()
+    except Exception:  # outside any event loop (the sync facade's constructor)
+        cancelled = ()
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+        else:
+            leaves.append(e)
+
+    walk(group)
+    # The same error can appear twice: raised by a child and re-raised by the body
+    # that read the child's result.
+    real = list({id(e): e for e in leaves if not isinstance(e, cancelled)}.values())
+    if not real:
+        raise group
+    first = real[0]
+    if len(real) > 1:
+        others = "; ".join(f"{type(e).__name__}: {e}" for e in real[1:4])
+        more = f" (+{len(real) - 4} more)" if len(real) > 4 else ""
+        first.add_note(f"{len(real) - 1} concurrent error(s) in the same request: {others}{more}")
+    raise first from None
 
 
 class LoopCaller:

@@ -215,7 +215,9 @@ class EngineDelta:
 
     ``finish_reason`` is set on the last delta only: ``"stop"`` (end of sequence or
     a stop string), ``"length"`` (``max_tokens`` reached).  ``logprobs`` holds one
-    value per token in ``token_ids`` when they were asked for.
+    value per new token when they were asked for.  ``token_count`` is the number of
+    new tokens when an engine cannot report their ids (some remote servers);
+    otherwise it is ``len(token_ids)`` (see :attr:`num_tokens`).
     """
 
     text: str
@@ -223,7 +225,12 @@ class EngineDelta:
     logprobs: tuple[float, ...] | None = None
     finish_reason: str | None = None
     prompt_tokens: int = 0
+    token_count: int | None = None
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.token_count if self.token_count is not None else len(self.token_ids)

@@ -35,7 +35,7 @@ def _apply(task: GenerationTask, delta: EngineDelta) -> None:
         if task.logprobs is None:
             task.logprobs = []
         task.logprobs.extend(delta.logprobs)
-    task.completion_tokens_num = len(task.output_tokens)
+    task.completion_tokens_num += delta.num_tokens
     task.prompt_tokens_num = delta.prompt_tokens or task.prompt_tokens_num
     if delta.finish_reason is not None:
         task.finish_reason = delta.finish_reason

@@ -1,0 +1,87 @@
+"""OpenAIEngine and the OpenAI-compatible server, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import trio
+
+pytest.importorskip("starlette")
+
+from test_engine_conformance import FRUITS, LoopbackServer
+
+from engine_bridge import EngineError, EngineRequest, OpenAIEngine, SamplingParams
+from scaffold_actors import AsyncScaffoldingLlm, EngineWorker
+from scaffold_actors.methods import MajorityVote, Sampler
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    s = LoopbackServer()
+    yield s
+    s.kill()
+
+
+def test_the_official_openai_client_talks_to_the_server(server: LoopbackServer) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url, api_key="unused")
+    done = client.completions.create(
+        model="scaffold", prompt="List some fruits.", max_tokens=4, logprobs=0
+    )
+    assert done.choices[0].text == "Apples, bananas, cherries, dates,"
+    assert done.choices[0].finish_reason == "length" and done.usage.completion_tokens == 4
+    chunks = list(
+        client.chat.completions.create(
+            model="scaffold",
+            messages=[{"role": "user", "content": "fruits?"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == FRUITS and chunks[-1].usage.completion_tokens == len(FRUITS.split())
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model="scaffold", prompt="x", max_tokens=-1)
+
+
+async def test_leaving_early_aborts_on_the_server(server: LoopbackServer) -> None:
+    async with OpenAIEngine(server.url, "scaffold") as engine:
+        req = EngineRequest(SamplingParams(max_tokens=8), prompt="q")
+        async with engine.open_stream(req) as stream:
+            async for _ in stream:
+                break
+        assert engine.num_active == 0 and engine.aborted == 1
+    with trio.fail_after(5):
+        while httpx.get(f"http://127.0.0.1:{server.port}/health").json()["active"]:  # noqa: ASYNC110,ASYNC210
+            await trio.sleep(0.01)
+
+
+async def test_unreachable_server_is_retried_then_fails_clearly() -> None:
+    async with OpenAIEngine("http://127.0.0.1:9/v1", "m", max_retries=2, backoff=0.05) as engine:
+        start = time.monotonic()
+        with pytest.raises(EngineError, match=re.escape("cannot reach http://127.0.0.1:9/v1")):
+            async with engine.open_stream(EngineRequest(SamplingParams(), prompt="q")):
+                pass
+        assert time.monotonic() - start >= 0.05 + 0.1  # two backoffs
+        assert not engine.healthy and engine.num_active == 0
+
+
+async def test_http_errors_are_clear(server: LoopbackServer) -> None:
+    async with OpenAIEngine(f"http://127.0.0.1:{server.port}", "scaffold") as engine:  # no /v1
+        with pytest.raises(EngineError, match="HTTP 404"):
+            async with engine.open_stream(EngineRequest(SamplingParams(), prompt="q")):
+                pass
+
+
+async def test_majority_vote_over_http(server: LoopbackServer) -> None:
+    engine = OpenAIEngine(server.url, "scaffold")
+    mv = MajorityVote(
+        Sampler(max_tokens=16), samples=4, extract=lambda s: (s or "").split(",")[0] or None
+    )
+    async with AsyncScaffoldingLlm(mv, {"generation": EngineWorker(engine)}) as llm:
+        r = await llm.generate("fruits?")
+    assert r.output.details["answer"] == "Apples" and r.usage.completion_tokens > 0

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import anyio
 
+from engine_bridge import EngineRequest
 from scaffold_actors import GenerationTask, RequestContext, Task, Worker
 from scaffold_actors._worker import Handler
 
@@ -51,3 +52,26 @@ def answers(*texts: str) -> list[str]:
 
 def kwargs_of(**kw: Any) -> dict[str, Any]:
     return kw
+
+
+class Collected(NamedTuple):
+    text: str
+    ids: list[int]
+    logprobs: list[float]
+    finish: str | None
+    deltas: int
+
+
+async def collect(engine: Any, request: EngineRequest) -> Collected:
+    """Read one request's whole stream from any engine; checks that nothing follows
+    the final delta."""
+    text, ids, lps, finish, deltas = "", [], [], None, 0
+    async with engine.open_stream(request) as stream:
+        async for d in stream:
+            assert finish is None, "no delta after the final one"
+            deltas += 1
+            text += d.text
+            ids += d.token_ids
+            lps += d.logprobs or ()
+            finish = d.finish_reason
+    return Collected(text, ids, lps, finish, deltas)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import collect
 
 from engine_bridge import (
     EngineClosedError,
@@ -155,21 +156,6 @@ def make_engine(request: pytest.FixtureRequest) -> Callable[[], Any]:
 
 def greedy(max_tokens: int = 8, **kw: Any) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, **kw)
-
-
-async def collect(
-    engine: Any, request: EngineRequest
-) -> tuple[str, list[int], list[float], str | None, int]:
-    text, ids, lps, finish, deltas = "", [], [], None, 0
-    async with engine.open_stream(request) as stream:
-        async for d in stream:
-            deltas += 1
-            text += d.text
-            ids += d.token_ids
-            lps += d.logprobs or ()
-            assert finish is None, "no delta after the final one"
-            finish = d.finish_reason
-    return text, ids, lps, finish, deltas
 
 
 async def test_generate_and_stream_agree(make_engine: Callable[[], Any]) -> None:

@@ -8,6 +8,8 @@ import pytest
 
 pytest.importorskip("transformers")  # the [hf] extra; the embedded model itself must be there
 
+from helpers import collect
+
 from engine_bridge import EngineRequest, HFEngine, InvalidRequestError, SamplingParams
 from scaffold_actors import AsyncScaffoldingLlm, EngineWorker, InvalidTaskError
 from scaffold_actors.methods import MajorityVote, Sampler
@@ -16,25 +18,12 @@ pytestmark = pytest.mark.slow_model
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0)
 
 
-async def collect(
-    engine: HFEngine, request: EngineRequest
-) -> tuple[str, list[int], list[float], str | None]:
-    text, ids, lps, finish = "", [], [], None
-    async with engine.open_stream(request) as stream:
-        async for d in stream:
-            text += d.text
-            ids += d.token_ids
-            lps += d.logprobs or ()
-            finish = d.finish_reason
-    return text, ids, lps, finish
-
-
 async def test_generate_stream_logprobs_and_greedy_determinism() -> None:
     async with HFEngine() as engine:
         req = EngineRequest(
             SamplingParams(max_tokens=6, temperature=0.0, num_logprobs=0), prompt="Name a colour."
         )
-        text, ids, lps, finish = await collect(engine, req)
+        text, ids, lps, finish, _ = await collect(engine, req)
         assert finish in ("length", "stop") and 1 <= len(ids) <= 6
         assert len(lps) == len(ids) and all(x <= 0.0 for x in lps)
         assert text == engine.tokenizer.decode(ids, skip_special_tokens=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from helpers import collect
 
 from engine_bridge import (
     CostModel,
@@ -16,22 +17,11 @@ from engine_bridge import (
 )
 
 
-async def collect(
-    engine: SimulatedEngine, request: EngineRequest
-) -> tuple[str, list[int], str | None, list[float]]:
-    text, ids, lps, finish = "", [], [], None
-    async with engine.open_stream(request) as stream:
-        async for d in stream:
-            text += d.text
-            ids += d.token_ids
-            lps += d.logprobs or ()
-            finish = d.finish_reason
-    return text, ids, finish, lps
-
-
 async def test_stream_reassembles_the_output(autojump_clock: object) -> None:
     async with SimulatedEngine("one two three four") as engine:
-        text, ids, finish, _ = await collect(engine, EngineRequest(SamplingParams(), prompt="hi"))
+        text, ids, _, finish, _ = await collect(
+            engine, EngineRequest(SamplingParams(), prompt="hi")
+        )
         assert text == "one two three four"
         assert len(ids) == 4 and finish == "stop"
         assert engine.tokenizer.decode(ids) == text
@@ -40,11 +30,11 @@ async def test_stream_reassembles_the_output(autojump_clock: object) -> None:
 
 async def test_max_tokens_and_stop_strings(autojump_clock: object) -> None:
     async with SimulatedEngine("a b c d e f") as engine:
-        text, ids, finish, _ = await collect(
+        text, ids, _, finish, _ = await collect(
             engine, EngineRequest(SamplingParams(max_tokens=2), prompt="p")
         )
         assert (text, finish, len(ids)) == ("a b", "length", 2)
-        text, _, finish, _ = await collect(
+        text, _, _, finish, _ = await collect(
             engine, EngineRequest(SamplingParams(stop=(" d",)), prompt="p")
         )
         assert (text, finish) == ("a b c", "stop")
@@ -64,16 +54,16 @@ async def test_non_streaming_request_gets_one_delta(autojump_clock: object) -> N
 async def test_logprobs_one_per_token(autojump_clock: object) -> None:
     out = SimulatedOutput("a b c", logprobs=[-0.1, -0.2, -0.3])
     async with SimulatedEngine(lambda call: out) as engine:
-        _, ids, _, lps = await collect(
+        _, ids, lps, _, _ = await collect(
             engine, EngineRequest(SamplingParams(num_logprobs=0), prompt="p")
         )
         assert lps == [-0.1, -0.2, -0.3] and len(ids) == 3
     async with SimulatedEngine("a b c") as engine:
-        _, _, _, lps = await collect(
+        _, _, lps, _, _ = await collect(
             engine, EngineRequest(SamplingParams(num_logprobs=1), prompt="p")
         )
         assert len(lps) == 3 and all(-2.0 <= x <= 0.0 for x in lps)
-        _, _, _, lps = await collect(engine, EngineRequest(SamplingParams(), prompt="p"))
+        _, _, lps, _, _ = await collect(engine, EngineRequest(SamplingParams(), prompt="p"))
         assert lps == []
 
 

@@ -67,3 +67,37 @@ async def test_majority_vote_on_the_real_model() -> None:
 def test_missing_model_path_is_a_clear_error() -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         HFEngine("/no/such/model")
+
+
+def test_submissions_within_the_admission_window_reach_the_manager_together() -> None:
+    """Adds that trickle in are handed over in one burst; a cancel never overtakes its add."""
+    import threading
+    import time
+
+    calls: list[tuple[str, str, float]] = []
+
+    class RecordingManager:
+        def add_request(self, ids: list[int], request_id: str, **kw: object) -> None:
+            calls.append(("add", request_id, time.monotonic()))
+
+        def cancel_request(self, request_id: str) -> None:
+            calls.append(("cancel", request_id, time.monotonic()))
+
+    engine = HFEngine("label", preloaded=(object(), object()), admission_window=0.2)
+    engine._manager = RecordingManager()
+    worker = threading.Thread(target=engine._submit_loop)
+    worker.start()
+    for i in range(3):
+        engine._submit_q.put(("add", [1], {"request_id": f"r{i}"}))
+        time.sleep(0.01)
+    last_put = time.monotonic()
+    engine._submit_q.put(("cancel", "r1", None))
+    engine._submit_q.put(("stop", None, None))
+    worker.join(5)
+    assert [(op, rid) for op, rid, _ in calls] == [
+        ("add", "r0"),
+        ("add", "r1"),
+        ("add", "r2"),
+        ("cancel", "r1"),
+    ]
+    assert all(t >= last_put for _, _, t in calls)  # nothing went out before the burst was complete

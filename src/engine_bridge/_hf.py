@@ -26,7 +26,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -116,6 +118,10 @@ class HFEngine(BridgedEngine):
         kv_cache_tokens: size of the paged KV cache in tokens (rounded up to
             256-token blocks).  ``None`` lets transformers size it from free memory,
             which on a CPU machine can take most of the RAM.
+        admission_window: seconds a submission waits for others to join it, so
+            that a burst (the samples of a method) reaches the manager at once;
+            transformers' scheduler runs requests that trickle in about 2x slower
+            (measured on an H100: 2,800 vs 6,000 tokens/s for 256 requests).
         batching: extra :class:`transformers.ContinuousBatchingConfig` fields.
         preloaded: ``(model, tokenizer)`` already in memory (e.g. a model built
             from a config); ``model`` is then only a label.
@@ -134,6 +140,7 @@ class HFEngine(BridgedEngine):
         chat_template: bool = True,
         seed: int | None = 0,
         kv_cache_tokens: int | None = 32768,
+        admission_window: float = 0.005,
         batching: dict[str, Any] | None = None,
         preloaded: tuple[Any, Any] | None = None,
     ) -> None:
@@ -156,6 +163,11 @@ class HFEngine(BridgedEngine):
         if kv_cache_tokens is not None and kv_cache_tokens < 1:
             raise ValueError("kv_cache_tokens must be >= 1 or None")
         self.kv_cache_tokens = kv_cache_tokens
+        if admission_window < 0:
+            raise ValueError("admission_window must be >= 0")
+        self.admission_window = admission_window
+        self._submit_q: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
+        self._submitter: threading.Thread | None = None
         self.batching = dict(batching or {})
         self._max_context = max_context
         self.model: Any = preloaded[0] if preloaded is not None else None
@@ -255,6 +267,10 @@ class HFEngine(BridgedEngine):
         self._stop.clear()
         self._thread = threading.Thread(target=self._pump, name="hf-engine-bridge", daemon=True)
         self._thread.start()
+        self._submitter = threading.Thread(
+            target=self._submit_loop, name="hf-engine-submit", daemon=True
+        )
+        self._submitter.start()
         return self
 
     async def __aexit__(
@@ -267,7 +283,10 @@ class HFEngine(BridgedEngine):
         self._stop.set()
         manager, self._manager = self._manager, None
         thread = self._thread
+        self._submit_q.put(("stop", None, None))
         with anyio.CancelScope(shield=True):
+            if self._submitter is not None:
+                await anyio.to_thread.run_sync(self._submitter.join, 30)
             if manager is not None:
                 await anyio.to_thread.run_sync(
                     functools.partial(manager.stop, block=True, timeout=30)
@@ -284,21 +303,49 @@ class HFEngine(BridgedEngine):
         ids = list(self.encode(request))
         state = _HFRequest(request, len(ids))
         async with self._admit(state) as rid:
-            self._manager.add_request(
-                ids,
-                request_id=rid,
-                max_new_tokens=request.params.max_tokens,
-                # only the final output is needed unless the caller streams or
-                # stop strings must be watched token by token
-                streaming=request.stream or bool(request.params.stop),
+            kwargs = {
+                "request_id": rid,
+                "max_new_tokens": request.params.max_tokens,
+                # only the final output is needed unless the caller streams or stop
+                # strings must be watched token by token
+                "streaming": request.stream or bool(request.params.stop),
                 **self._sampling_kwargs(request),
-            )
+            }
+            self._submit_q.put(("add", ids, kwargs))
             yield state.stream
 
     def _abort(self, key: Any, state: Any) -> None:
-        manager = self._manager
-        if manager is not None:
-            manager.cancel_request(key)
+        # through the submit queue, so a cancel never overtakes its add
+        self._submit_q.put(("cancel", key, None))
+
+    def _submit_loop(self) -> None:
+        """Submitter thread: hand adds and cancels to the manager in order, letting
+        adds that arrive within ``admission_window`` gather into one burst."""
+        q = self._submit_q
+        while True:
+            batch = [q.get()]
+            deadline = time.monotonic() + self.admission_window
+            while batch[0][0] == "add":
+                remaining = deadline - time.monotonic()
+                try:
+                    batch.append(q.get(timeout=remaining) if remaining > 0 else q.get_nowait())
+                except queue.Empty:
+                    break
+            for op, a, b in batch:
+                manager = self._manager
+                if op == "stop" or manager is None:
+                    return
+                try:
+                    if op == "add":
+                        manager.add_request(a, **b)
+                    else:
+                        manager.cancel_request(a)
+                except Exception as exc:  # the manager is gone: fail everything clearly
+                    if self._caller is not None and not self._closed:
+                        self._caller.call_soon(
+                            self._on_failure, EngineError(f"cannot submit: {exc!r}")
+                        )
+                    return
 
     # -- fault injection -------------------------------------------------------
     def inject_failure(self) -> None:
@@ -418,7 +465,7 @@ class HFEngine(BridgedEngine):
         if finish is not None:
             self.completed += 1
             if not finished and self._manager is not None:
-                self._manager.cancel_request(out.request_id)  # stop string reached
+                self._submit_q.put(("cancel", out.request_id, None))  # stop string reached
         if state.request.stream or finish is not None:
             if not state.request.stream:
                 delta = EngineDelta(

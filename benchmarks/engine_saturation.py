@@ -54,6 +54,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         "max_concurrent": args.max_concurrent,
         "kv_cache_tokens": args.kv_cache_tokens or None,
         "batching": json.loads(args.batching),
+        "admission_window": args.admission_window,
     }
     if args.model == "embedded":
         return HFEngine(**common)
@@ -138,6 +139,7 @@ def main() -> None:
         help="KV cache size; 0 = size it from free memory",
     )
     ap.add_argument("--batching", default="{}", help="JSON of ContinuousBatchingConfig fields")
+    ap.add_argument("--admission-window", type=float, default=0.005, help="HFEngine admission window (s)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
@@ -186,6 +188,7 @@ def main() -> None:
         "max_concurrent": args.max_concurrent,
         "kv_cache_tokens": args.kv_cache_tokens or "auto",
         "batching": json.loads(args.batching),
+        "admission_window": args.admission_window,
         "machine": platform.machine(),
         **info,
         "tokens_per_second": {k: [round(x, 1) for x in v] for k, v in tps.items()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -85,3 +86,69 @@ async def test_majority_vote_over_http(server: LoopbackServer) -> None:
     async with AsyncScaffoldingLlm(mv, {"generation": EngineWorker(engine)}) as llm:
         r = await llm.generate("fruits?")
     assert r.output.details["answer"] == "Apples" and r.usage.completion_tokens > 0
+
+
+async def calls(port: int) -> int:
+    async with httpx.AsyncClient() as client:
+        return int((await client.get(f"http://127.0.0.1:{port}/health")).json()["calls"])
+
+
+@pytest.fixture
+def flaky() -> Iterator[Any]:
+    """Start tests/flaky_server.py with (failures, status) on a free loopback port."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(failures: int, status: int = 503) -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        script = Path(__file__).parent / "flaky_server.py"
+        procs.append(
+            subprocess.Popen([sys.executable, str(script), str(port), str(failures), str(status)])
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                return port
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("flaky server did not start")
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait(10)
+
+
+async def test_5xx_answers_are_retried_with_backoff(flaky: Any) -> None:
+    port = flaky(2)
+    async with OpenAIEngine(
+        f"http://127.0.0.1:{port}/v1", "m", max_retries=3, backoff=0.05
+    ) as engine:
+        start = time.monotonic()
+        text = ""
+        async with engine.open_stream(EngineRequest(SamplingParams(), prompt="q")) as stream:
+            async for d in stream:
+                text += d.text
+                last = d
+        assert text == "ok done" and last.finish_reason == "stop"
+        assert time.monotonic() - start >= 0.05 + 0.1  # backoff 0.05, then 0.1
+        assert engine.healthy
+    assert await calls(port) == 3
+
+
+async def test_persistent_5xx_fails_clearly_after_the_retries(flaky: Any) -> None:
+    port = flaky(100, 500)
+    async with OpenAIEngine(
+        f"http://127.0.0.1:{port}/v1", "m", max_retries=2, backoff=0.01
+    ) as engine:
+        with pytest.raises(EngineError, match=r"HTTP 500 .*busy \(3\)"):
+            async with engine.open_stream(EngineRequest(SamplingParams(), prompt="q")):
+                pass
+    assert await calls(port) == 3

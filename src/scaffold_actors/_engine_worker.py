@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from engine_bridge import Engine, EngineDelta, InvalidRequestError, SamplingParams
 
@@ -136,7 +136,3 @@ class EngineWorker(Worker):
 
     def __repr__(self) -> str:
         return f"EngineWorker({self.engine!r})"
-
-
-def _engine_of(worker: Any) -> Engine | None:
-    return getattr(worker, "engine", None)

@@ -92,3 +92,10 @@ def test_cli_runs_the_embedded_model() -> None:
     data = json.loads(p.stdout)
     assert data["usage"]["tasks"] == 2 and 0 < data["usage"]["completion_tokens"] <= 8
     assert isinstance(data["output"], str)
+
+
+def test_best_of_n_example() -> None:
+    p = run("examples/best_of_n.py", "What is 12 + 7?", "--simulated")
+    assert p.returncode == 0, p.stderr
+    scores = p.stdout.strip().splitlines()[-1]
+    assert scores.startswith("scores: [") and scores.count(",") == 3  # four samples scored

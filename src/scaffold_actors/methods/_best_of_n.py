@@ -1,0 +1,84 @@
+"""Best-of-N with an outcome reward model, generation and scoring overlapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .._context import RequestContext
+from .._tasks import GenerationTask, RewardTask
+from ._sampler import Sampler, fresh_task
+
+__all__ = ["BestOfN"]
+
+
+def _question(task: GenerationTask) -> str:
+    if task.input_str is not None:
+        return task.input_str
+    for m in reversed(task.messages or ()):
+        if m.get("role") == "user":
+            return m["content"]
+    raise ValueError("BestOfN needs a text prompt or a user message to score against")
+
+
+@attrs.frozen
+class BestOfN:
+    """Sample ``samples`` candidates with ``sampler`` and return the one the reward
+    worker (``reward_tag``) scores highest.
+
+    Each candidate is scored as soon as it is generated, so the reward model works
+    while the other samples are still being generated.  Ties go to the candidate
+    that finished first.  ``details`` holds ``scores`` (in finishing order),
+    ``best_score`` and ``samples_finished``.  A failing sample or score fails the
+    request (the other samples are cancelled).
+
+    Paper: Cobbe et al., "Training Verifiers to Solve Math Word Problems" (2021);
+    Lightman et al., "Let's Verify Step by Step" (2023) for the reward-model setting.
+    """
+
+    sampler: Any = attrs.field(factory=Sampler)
+    samples: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    reward_tag: Any = "reward"
+
+    async def run(
+        self,
+        ctx: RequestContext,
+        task: GenerationTask,
+        /,
+        samples: int | None = None,
+        **kwargs: Any,
+    ) -> GenerationTask:
+        n = self.samples if samples is None else samples
+        if n < 1:
+            raise ValueError(f"samples must be >= 1, got {n}")
+        question = _question(task)
+        scored: list[tuple[float, GenerationTask]] = []
+
+        async def sample_and_score() -> None:
+            out: GenerationTask = await self.sampler.run(ctx, fresh_task(task))
+            reward = await ctx.run(
+                RewardTask(
+                    worker_tag=self.reward_tag,
+                    input_str=question,
+                    candidates=[out.output_str or ""],
+                )
+            )
+            if not reward.scores:
+                raise ValueError("the reward worker returned no score")
+            scored.append((float(reward.scores[0]), out))
+
+        async with ctx.parallel() as par:
+            for _ in range(n):
+                par.start(sample_and_score)
+        best_score, best = max(scored, key=lambda pair: pair[0])  # first maximum wins
+        result = fresh_task(task)
+        result.output_str = best.output_str
+        result.output_tokens = best.output_tokens
+        result.finish_reason = best.finish_reason
+        result.customized_result_fields = {
+            "scores": [s for s, _ in scored],
+            "best_score": best_score,
+            "samples_finished": len(scored),
+        }
+        return result

@@ -581,3 +581,13 @@ async def test_engine_start_failure_propagates_from_enter() -> None:
     with pytest.raises(OSError, match="no GPU here"):
         async with AsyncScaffoldingLlm(one_shot, {"generation": BrokenWorker()}):
             pass
+
+
+async def test_majority_vote_without_any_answer(autojump_clock: object) -> None:
+    engine = sim("I am not sure.")
+    async with AsyncScaffoldingLlm(
+        MajorityVote(samples=3), {"generation": EngineWorker(engine)}
+    ) as llm:
+        r = await llm.generate("q")
+    assert r.output.output_str == "" and r.output.finish_reason == "no_answer"
+    assert r.output.details["answer"] is None and r.output.details["samples_finished"] == 3

@@ -8,7 +8,7 @@ import attrs
 
 from .._context import RequestContext
 from .._tasks import GenerationTask, RewardTask
-from ._sampler import Sampler, fresh_task
+from ._sampler import Sampler, fresh_task, result_from, sample_count
 
 __all__ = ["BestOfN"]
 
@@ -49,9 +49,7 @@ class BestOfN:
         samples: int | None = None,
         **kwargs: Any,
     ) -> GenerationTask:
-        n = self.samples if samples is None else samples
-        if n < 1:
-            raise ValueError(f"samples must be >= 1, got {n}")
+        n = sample_count(self.samples, samples)
         question = _question(task)
         scored: list[tuple[float, GenerationTask]] = []
 
@@ -72,13 +70,9 @@ class BestOfN:
             for _ in range(n):
                 par.start(sample_and_score)
         best_score, best = max(scored, key=lambda pair: pair[0])  # first maximum wins
-        result = fresh_task(task)
-        result.output_str = best.output_str
-        result.output_tokens = best.output_tokens
-        result.finish_reason = best.finish_reason
-        result.customized_result_fields = {
+        details = {
             "scores": [s for s, _ in scored],
             "best_score": best_score,
             "samples_finished": len(scored),
         }
-        return result
+        return result_from(task, best, details)

@@ -11,7 +11,7 @@ import attrs
 from .._context import RequestContext
 from .._tasks import GenerationTask
 from ._answers import extract_answer
-from ._sampler import Sampler, fresh_task
+from ._sampler import Sampler, fresh_task, result_from, sample_count
 
 __all__ = ["MajorityVote", "vote_is_decided"]
 
@@ -55,9 +55,7 @@ class MajorityVote:
         samples: int | None = None,
         **kwargs: Any,
     ) -> GenerationTask:
-        n = self.samples if samples is None else samples
-        if n < 1:
-            raise ValueError(f"samples must be >= 1, got {n}")
+        n = sample_count(self.samples, samples)
         votes: Counter[str] = Counter()
         first_output: dict[str, GenerationTask] = {}
         finished = 0
@@ -74,21 +72,11 @@ class MajorityVote:
                 if self.early_stop and vote_is_decided(votes, n - finished):
                     par.cancel_all()
                     break
-        result = fresh_task(task)
-        if votes:
-            answer, _ = votes.most_common(1)[0]
-            winner = first_output[answer]
-            result.output_str = winner.output_str
-            result.output_tokens = winner.output_tokens
-            result.finish_reason = winner.finish_reason
-        else:
-            answer = None
-            result.output_str = ""
-            result.finish_reason = "no_answer"
-        result.customized_result_fields = {
+        answer = votes.most_common(1)[0][0] if votes else None
+        details = {
             "answer": answer,
             "votes": dict(votes),
             "samples_finished": finished,
             "samples_requested": n,
         }
-        return result
+        return result_from(task, first_output.get(answer) if answer is not None else None, details)

@@ -9,7 +9,7 @@ import attrs
 from .._context import RequestContext
 from .._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask
 
-__all__ = ["Sampler", "fresh_task"]
+__all__ = ["Sampler", "fresh_task", "result_from", "sample_count"]
 
 COT_INSTRUCTION = "Think step by step, then give the final answer as \\boxed{answer}."
 
@@ -22,6 +22,31 @@ def fresh_task(task: GenerationTask, cls: type[GenerationTask] = GenerationTask)
         fields["messages"] = [dict(m) for m in fields["messages"]]
     fields["worker_tag"] = task.worker_tag
     return cls(**fields)
+
+
+def sample_count(default: int, override: int | None) -> int:
+    """The samples a request asked for (``override``) or the method's default."""
+    n = default if override is None else override
+    if n < 1:
+        raise ValueError(f"samples must be >= 1, got {n}")
+    return n
+
+
+def result_from(
+    task: GenerationTask, winner: GenerationTask | None, details: dict[str, Any]
+) -> GenerationTask:
+    """A method's answer: ``task``'s inputs with ``winner``'s outputs (or an empty
+    answer with finish reason ``"no_answer"``) and ``details``."""
+    result = fresh_task(task)
+    if winner is None:
+        result.output_str = ""
+        result.finish_reason = "no_answer"
+    else:
+        result.output_str = winner.output_str
+        result.output_tokens = winner.output_tokens
+        result.finish_reason = winner.finish_reason
+    result.customized_result_fields = details
+    return result
 
 
 @attrs.frozen

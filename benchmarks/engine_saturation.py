@@ -22,8 +22,10 @@ embedding size).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
+import random
 import statistics
 import time
 from typing import Any
@@ -55,6 +57,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         "kv_cache_tokens": args.kv_cache_tokens or None,
         "batching": json.loads(args.batching),
         "admission_window": args.admission_window,
+        "admission_window_max": args.admission_window_max,
     }
     if args.model == "embedded":
         return HFEngine(**common)
@@ -139,8 +142,17 @@ def main() -> None:
         help="KV cache size; 0 = size it from free memory",
     )
     ap.add_argument("--batching", default="{}", help="JSON of ContinuousBatchingConfig fields")
-    ap.add_argument("--admission-window", type=float, default=0.005, help="HFEngine admission window (s)")
+    ap.add_argument(
+        "--admission-window", type=float, default=0.005, help="quiet gap closing a burst (s)"
+    )
+    ap.add_argument("--admission-window-max", type=float, default=0.05, help="longest burst (s)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--gc",
+        choices=("on", "between-runs"),
+        default="on",
+        help="between-runs: collect and freeze before each timed run, no collection inside it",
+    )
     args = ap.parse_args()
 
     prompts = [QUESTIONS[i % len(QUESTIONS)] + f" (#{i})" for i in range(args.prompts)]
@@ -159,9 +171,19 @@ def main() -> None:
                 order = ("direct", "framework") if i % 2 == 0 else ("framework", "direct")
                 for mode in order:
                     run = run_direct if mode == "direct" else run_framework
+                    if args.gc == "between-runs":
+                        gc.enable()
+                        gc.collect()
+                        gc.freeze()
+                        gc.disable()
+                    engine._bursts.clear()
+                    t0 = time.monotonic()
                     runs[mode].append(await run(engine, prompts, args.samples, params))
+                    bursts[mode].append([(round(t - t0, 4), n) for t, n in engine._bursts][:6])
+            gc.enable()
         return runs
 
+    bursts: dict[str, list[Any]] = {"direct": [], "framework": []}
     runs = anyio.run(bench)
     tps = {k: [tok / sec for sec, tok in v] for k, v in runs.items()}
     med = {k: statistics.median(v) for k, v in tps.items()}
@@ -179,6 +201,9 @@ def main() -> None:
         info["transformers"] = transformers.__version__
     except Exception:  # pragma: no cover - informational only
         pass
+    pair = [f / d for f, d in zip(tps["framework"], tps["direct"], strict=True)]
+    rng = random.Random(0)
+    boot = sorted(statistics.median(rng.choices(pair, k=len(pair))) for _ in range(2000))
     out = {
         "benchmark": "engine_saturation",
         "model": args.model,
@@ -192,15 +217,27 @@ def main() -> None:
         "kv_cache_tokens": args.kv_cache_tokens or "auto",
         "batching": json.loads(args.batching),
         "admission_window": args.admission_window,
+        "admission_window_max": args.admission_window_max,
+        "gc": args.gc,
         "machine": platform.machine(),
         **info,
         "tokens_per_second": {k: [round(x, 1) for x in v] for k, v in tps.items()},
         "median_tokens_per_second": {k: round(v, 1) for k, v in med.items()},
         "ratio_framework_over_direct": round(med["framework"] / med["direct"], 4),
-        "pair_ratios": [round(f / d, 4) for f, d in zip(tps["framework"], tps["direct"], strict=True)],
+        "pair_ratios": [
+            round(f / d, 4) for f, d in zip(tps["framework"], tps["direct"], strict=True)
+        ],
         "median_pair_ratio": round(
-            statistics.median(f / d for f, d in zip(tps["framework"], tps["direct"], strict=True)), 4
+            statistics.median(f / d for f, d in zip(tps["framework"], tps["direct"], strict=True)),
+            4,
         ),
+        "median_pair_ratio_95ci": [round(boot[50], 4), round(boot[1949], 4)],
+        "ratio_of_total_throughput": round(
+            (sum(t for _, t in runs["framework"]) / sum(s for s, _ in runs["framework"]))
+            / (sum(t for _, t in runs["direct"]) / sum(s for s, _ in runs["direct"])),
+            4,
+        ),
+        "first_bursts_seconds_and_sizes": bursts,
         "seconds": {k: [round(s, 3) for s, _ in v] for k, v in runs.items()},
     }
     print(json.dumps(out, indent=2))

@@ -70,7 +70,8 @@ def test_missing_model_path_is_a_clear_error() -> None:
 
 
 def test_submissions_within_the_admission_window_reach_the_manager_together() -> None:
-    """Adds that trickle in are handed over in one burst; a cancel never overtakes its add."""
+    """Adds that trickle in (each within the quiet gap of the last, together longer
+    than one gap) are handed over in one burst; a cancel never overtakes its add."""
     import threading
     import time
 
@@ -83,13 +84,15 @@ def test_submissions_within_the_admission_window_reach_the_manager_together() ->
         def cancel_request(self, request_id: str) -> None:
             calls.append(("cancel", request_id, time.monotonic()))
 
-    engine = HFEngine("label", preloaded=(object(), object()), admission_window=0.2)
+    engine = HFEngine(
+        "label", preloaded=(object(), object()), admission_window=0.2, admission_window_max=5
+    )
     engine._manager = RecordingManager()
     worker = threading.Thread(target=engine._submit_loop)
     worker.start()
     for i in range(3):
         engine._submit_q.put(("add", [1], {"request_id": f"r{i}"}))
-        time.sleep(0.01)
+        time.sleep(0.1)
     last_put = time.monotonic()
     engine._submit_q.put(("cancel", "r1", None))
     engine._submit_q.put(("stop", None, None))
@@ -101,3 +104,36 @@ def test_submissions_within_the_admission_window_reach_the_manager_together() ->
         ("cancel", "r1"),
     ]
     assert all(t >= last_put for _, _, t in calls)  # nothing went out before the burst was complete
+
+
+def test_a_steady_trickle_is_released_after_admission_window_max() -> None:
+    import threading
+    import time
+
+    added: list[float] = []
+
+    class RecordingManager:
+        def add_request(self, ids: list[int], request_id: str, **kw: object) -> None:
+            added.append(time.monotonic())
+
+    engine = HFEngine(
+        "label", preloaded=(object(), object()), admission_window=0.15, admission_window_max=0.3
+    )
+    engine._manager = RecordingManager()
+    worker = threading.Thread(target=engine._submit_loop)
+    worker.start()
+    start = time.monotonic()
+    for i in range(8):  # one add every 0.1 s for 0.8 s: never a quiet gap of 0.15 s
+        engine._submit_q.put(("add", [1], {"request_id": f"r{i}"}))
+        time.sleep(0.1)
+    engine._submit_q.put(("stop", None, None))
+    worker.join(5)
+    assert len(added) >= 3  # the first burst went out, capped,
+    assert added[0] - start < 0.6  # long before the trickle ended
+
+
+def test_admission_window_max_below_the_window_is_rejected() -> None:
+    with pytest.raises(ValueError, match="admission_window_max"):
+        HFEngine(
+            "label", preloaded=(object(), object()), admission_window=0.1, admission_window_max=0.01
+        )

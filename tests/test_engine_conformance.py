@@ -243,3 +243,21 @@ async def test_engine_death_surfaces_as_engine_error(make_engine: Callable[[], A
         assert not engine.healthy and engine.num_active == 0
         with pytest.raises(EngineError):
             await collect(engine, EngineRequest(greedy(), prompt=PROMPT))
+
+
+async def test_continuation_is_continued(make_engine: Callable[[], Any]) -> None:
+    """A request whose ``continuation`` holds the start of the response gets the
+    rest of it: greedily, start + continued == one longer generation."""
+    chat = [{"role": "user", "content": PROMPT}]
+    async with make_engine() as engine:
+        start, *_ = await collect(engine, EngineRequest(greedy(3), messages=chat))
+        whole, *_ = await collect(engine, EngineRequest(greedy(6), messages=chat))
+        rest, ids, *_ = await collect(
+            engine, EngineRequest(greedy(3), messages=chat, continuation=start)
+        )
+        assert start and rest and 1 <= len(ids) <= 3
+        assert (start + rest).strip() == whole.strip()
+        if engine.count_prompt_tokens(EngineRequest(greedy(), messages=chat)):  # not HTTP
+            assert engine.count_prompt_tokens(
+                EngineRequest(greedy(), messages=chat, continuation=start)
+            ) > engine.count_prompt_tokens(EngineRequest(greedy(), messages=chat))

@@ -152,3 +152,20 @@ async def test_persistent_5xx_fails_clearly_after_the_retries(flaky: Any) -> Non
             async with engine.open_stream(EngineRequest(SamplingParams(), prompt="q")):
                 pass
     assert await calls(port) == 3
+
+
+def test_continuation_maps_to_the_servers_extension_or_the_prompt() -> None:
+    from engine_bridge import EngineRequest, InvalidRequestError, OpenAIEngine, SamplingParams
+
+    engine = OpenAIEngine("http://127.0.0.1:9", "m")
+    p = SamplingParams(max_tokens=4)
+    path, body = engine.body(
+        EngineRequest(p, messages=[{"role": "user", "content": "q"}], continuation="Step 1:")
+    )
+    assert path == "/chat/completions"
+    assert body["messages"][-1] == {"role": "assistant", "content": "Step 1:"}
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    path, body = engine.body(EngineRequest(p, prompt="Q: 2+2?\nA:", continuation=" It is"))
+    assert path == "/completions" and body["prompt"] == "Q: 2+2?\nA: It is"
+    with pytest.raises(InvalidRequestError, match="continuation"):
+        engine.check(EngineRequest(p, prompt_token_ids=[1, 2], continuation="x"))

@@ -214,12 +214,19 @@ class HFEngine(BridgedEngine):
             )
 
     def encode(self, request: EngineRequest) -> tuple[int, ...]:
-        """Prompt token ids for ``request`` (chat template applied where due)."""
-        if request.prompt_token_ids is not None:
-            return request.prompt_token_ids
-        if self.tokenizer is None:
+        """Prompt token ids for ``request`` (chat template applied where due, then
+        the ``continuation`` as the start of the assistant turn)."""
+        if self.tokenizer is None and (request.prompt_token_ids is None or request.continuation):
             self.load()
-        key = request.prompt if request.prompt is not None else request.messages
+        if request.prompt_token_ids is not None:
+            if not request.continuation:
+                return request.prompt_token_ids
+            extra = self.tokenizer.encode(request.continuation, add_special_tokens=False)
+            return request.prompt_token_ids + tuple(int(i) for i in extra)
+        key = (
+            request.prompt if request.prompt is not None else request.messages,
+            request.continuation,
+        )
         cached = self._token_cache.get(key)
         if cached is not None:
             return cached
@@ -232,10 +239,16 @@ class HFEngine(BridgedEngine):
                 if request.messages is not None
                 else [{"role": "user", "content": request.prompt}]
             )
-            out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            if request.continuation:
+                messages.append({"role": "assistant", "content": request.continuation})
+                out = tok.apply_chat_template(messages, continue_final_message=True, tokenize=True)
+            else:
+                out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             ids = out["input_ids"] if not isinstance(out, list) else out
         else:
             ids = tok.encode(request.prompt)
+            if request.continuation:
+                ids = list(ids) + list(tok.encode(request.continuation, add_special_tokens=False))
         result = tuple(int(i) for i in ids)
         if len(self._token_cache) > 4096:
             self._token_cache.clear()

@@ -80,7 +80,7 @@ class OpenAIEngine:
         return self._client is not None and self._unreachable is None
 
     def check(self, request: EngineRequest) -> None:
-        return None
+        self.body(request)  # raises for what the server could never accept
 
     def count_prompt_tokens(self, request: EngineRequest) -> int:
         return 0  # unknown without the server's tokenizer
@@ -131,14 +131,24 @@ class OpenAIEngine:
                 if request.messages is not None
                 else [{"role": "user", "content": request.prompt or ""}]
             )
+            if request.continuation:
+                # vLLM / SGLang / trtllm-serve extension: continue the assistant turn
+                messages = [*messages, {"role": "assistant", "content": request.continuation}]
+                body["continue_final_message"] = True
+                body["add_generation_prompt"] = False
             body["messages"] = messages
             if p.num_logprobs is not None:
                 body["logprobs"] = True
                 body["top_logprobs"] = p.num_logprobs
             return "/chat/completions", body
-        body["prompt"] = (
-            request.prompt if request.prompt is not None else list(request.prompt_token_ids or ())
-        )
+        if request.prompt is not None:
+            body["prompt"] = request.prompt + (request.continuation or "")
+        elif request.continuation:
+            raise InvalidRequestError(
+                "continuation", "needs a text prompt or messages on an HTTP completions server"
+            )
+        else:
+            body["prompt"] = list(request.prompt_token_ids or ())
         if p.num_logprobs is not None:
             body["logprobs"] = p.num_logprobs
         return "/completions", body

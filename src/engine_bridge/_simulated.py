@@ -105,6 +105,20 @@ def _make_responder(spec: str | Sequence[str] | Responder | None) -> Responder:
     return lambda call: items[call.index % len(items)]
 
 
+def _continued(pieces: Sequence[str], continuation: str | None) -> int:
+    """How many leading ``pieces`` spell ``continuation`` (0 if they do not)."""
+    if not continuation:
+        return 0
+    text = ""
+    for i, piece in enumerate(pieces):
+        text += piece
+        if text == continuation:
+            return i + 1
+        if not continuation.startswith(text):
+            return 0
+    return 0
+
+
 class _SimRequest:
     __slots__ = (
         "done",
@@ -179,7 +193,9 @@ class SimulatedEngine:
     """Continuous-batching engine simulator (see module docstring).
 
     Parameters:
-        responder: output source: a string, a list of strings cycled per request,
+        responder: output source (the whole response: when a request carries a
+            ``continuation`` that the output starts with, only the rest is
+            generated): a string, a list of strings cycled per request,
             or ``f(SimulatedCall) -> str | SimulatedOutput``.  Defaults to a short
             reasoning line ending in ``\\boxed{digit}`` drawn from the seeded RNG.
         cost: the virtual-time :class:`CostModel`.
@@ -235,13 +251,16 @@ class SimulatedEngine:
         return self._tg is not None and not self._closed and self._failure is None
 
     def render(self, request: EngineRequest) -> str:
-        """The prompt text the model would see (chat messages rendered simply)."""
+        """The prompt text the model would see (chat messages rendered simply,
+        then the request's ``continuation``)."""
         if request.prompt is not None:
-            return request.prompt
-        if request.prompt_token_ids is not None:
-            return self.tokenizer.decode(request.prompt_token_ids)
-        assert request.messages is not None
-        return "".join(f"<{m.role}>\n{m.content}\n" for m in request.messages) + "<assistant>\n"
+            base = request.prompt
+        elif request.prompt_token_ids is not None:
+            base = self.tokenizer.decode(request.prompt_token_ids)
+        else:
+            assert request.messages is not None
+            base = "".join(f"<{m.role}>\n{m.content}\n" for m in request.messages) + "<assistant>\n"
+        return base + (request.continuation or "")
 
     def count_prompt_tokens(self, request: EngineRequest) -> int:
         if request.prompt_token_ids is not None:
@@ -315,14 +334,16 @@ class SimulatedEngine:
         if isinstance(out, str):
             out = SimulatedOutput(out)
         pieces = self.tokenizer.split(out.text)
+        skip = _continued(pieces, request.continuation)
         logprobs: list[float] | None = None
         if request.params.num_logprobs is not None:
             if out.logprobs is not None:
                 if len(out.logprobs) < len(pieces):
                     raise EngineError("responder returned fewer logprobs than tokens")
-                logprobs = list(out.logprobs)
+                logprobs = list(out.logprobs)[skip:]
             else:
-                logprobs = [-rng.random() * 2.0 for _ in pieces]
+                logprobs = [-rng.random() * 2.0 for _ in pieces[skip:]]
+        pieces = pieces[skip:]
         n_prompt = self.count_prompt_tokens(request)
         return _SimRequest(request, n_prompt, pieces, logprobs)
 

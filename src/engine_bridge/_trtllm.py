@@ -134,8 +134,12 @@ class TRTLLMEngine(BridgedEngine):
         return tok
 
     def _prompt(self, request: EngineRequest) -> str | list[int]:
+        cont = request.continuation or ""
         if request.prompt_token_ids is not None:
-            return list(request.prompt_token_ids)
+            ids = list(request.prompt_token_ids)
+            if cont:
+                ids += list(self._tokenizer().encode(cont, add_special_tokens=False))
+            return ids
         tok = self._tokenizer()
         if request.messages is not None or (
             self.chat_template and getattr(tok, "chat_template", None)
@@ -145,11 +149,16 @@ class TRTLLMEngine(BridgedEngine):
                 if request.messages is not None
                 else [{"role": "user", "content": request.prompt}]
             )
+            if cont:
+                messages.append({"role": "assistant", "content": cont})
+                return str(
+                    tok.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+                )
             return str(
                 tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             )
         assert request.prompt is not None
-        return request.prompt
+        return request.prompt + cont
 
     def count_prompt_tokens(self, request: EngineRequest) -> int:
         prompt = self._prompt(request)

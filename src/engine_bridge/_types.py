@@ -185,6 +185,11 @@ class EngineRequest:
     Exactly one of ``prompt`` (text), ``prompt_token_ids`` or ``messages`` (chat,
     rendered with the engine's chat template) is set.  ``stream=False`` lets the
     engine deliver the whole output at once instead of a delta per step.
+
+    ``continuation`` (optional) is the start of the response: the model continues
+    it instead of starting a new reply (a partial reasoning trace being probed or
+    extended).  Engines render it as the beginning of the assistant turn; the
+    output does not repeat it.
     """
 
     params: SamplingParams
@@ -194,8 +199,11 @@ class EngineRequest:
     )
     messages: tuple[ChatMessage, ...] | None = attrs.field(default=None, converter=_freeze_messages)
     stream: bool = True
+    continuation: str | None = None
 
     def __attrs_post_init__(self) -> None:
+        if self.continuation is not None and not isinstance(self.continuation, str):
+            raise InvalidRequestError("continuation", "must be a string or None")
         given = [x is not None for x in (self.prompt, self.prompt_token_ids, self.messages)]
         if sum(given) != 1:
             raise InvalidRequestError(

@@ -67,7 +67,16 @@ def _request_from_body(body: Any, chat: bool) -> tuple[EngineRequest, bool, bool
     except TypeError as e:
         raise InvalidRequestError("body", str(e)) from None
     if chat:
-        request = EngineRequest(params, messages=body.get("messages"), stream=True)
+        messages = body.get("messages")
+        continuation = None
+        if body.get("continue_final_message") and isinstance(messages, list) and messages:
+            last = messages[-1]
+            if not isinstance(last, dict) or last.get("role") != "assistant":
+                raise InvalidRequestError(
+                    "continue_final_message", "the last message must be the assistant's"
+                )
+            messages, continuation = messages[:-1], last.get("content")
+        request = EngineRequest(params, messages=messages, stream=True, continuation=continuation)
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):

@@ -136,7 +136,8 @@ class GenerationTask(Task):
     Inputs: exactly one of ``input_str`` (prompt text), ``input_tokens`` (token ids)
     or ``messages`` (chat messages ``{"role", "content"}``, rendered with the
     engine's chat template); sampling parameters (``None`` means the worker's
-    default).  Outputs, filled by the worker: ``output_str``, ``output_tokens``,
+    default); ``continuation``: the start of the response, which the model
+    continues (output excludes it).  Outputs, filled by the worker: ``output_str``, ``output_tokens``,
     ``logprobs`` (one per output token, when ``num_logprobs`` is set),
     ``finish_reason``, ``prompt_tokens_num``, ``completion_tokens_num``.
     """
@@ -152,6 +153,7 @@ class GenerationTask(Task):
     stop: list[str] = attrs.field(factory=list, converter=_stop_converter)
     seed: int | None = attrs.field(default=None, validator=_sampling_validator)
     num_logprobs: int | None = attrs.field(default=None, validator=_sampling_validator)
+    continuation: str | None = None
     n: int = attrs.field(default=1, validator=_sampling_validator)
     skip_tokenizer: bool = False
     skip_detokenizer: bool = False
@@ -175,6 +177,7 @@ class GenerationTask(Task):
         "stop",
         "seed",
         "num_logprobs",
+        "continuation",
     )
     output_fields: ClassVar[tuple[str, ...]] = (
         "output_str",
@@ -262,6 +265,7 @@ class GenerationTask(Task):
                 prompt_token_ids=self.input_tokens,  # type: ignore[arg-type]
                 messages=self.messages,
                 stream=stream,
+                continuation=self.continuation or None,
             )
         except InvalidRequestError as e:
             if isinstance(e, InvalidTaskError):

@@ -76,10 +76,16 @@ class _Tokenizer:
         messages: list[dict[str, str]],
         tokenize: bool = False,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
     ) -> Any:
-        text = "".join(f"<{m['role']}> {m['content']}\n" for m in messages) + (
-            "<assistant>" if add_generation_prompt else ""
-        )
+        if continue_final_message:  # the last message stays open: the model continues it
+            *head, last = messages
+            text = "".join(f"<{m['role']}> {m['content']}\n" for m in head)
+            text += f"<{last['role']}> {last['content']}"
+        else:
+            text = "".join(f"<{m['role']}> {m['content']}\n" for m in messages) + (
+                "<assistant>" if add_generation_prompt else ""
+            )
         return self.encode(text) if tokenize else text
 
 
@@ -128,6 +134,15 @@ class RequestOutput:
     async def _generate(self) -> None:
         llm, p, out = self._llm, self.sampling_params, self.outputs[0]
         pieces = _TOKEN.findall(llm.reply)
+        # like a model, continue an assistant turn that already holds the reply's start
+        prompt = llm.tokenizer.decode(self.prompt_token_ids)
+        started = prompt.rsplit("<assistant> ", 1)[-1] if "<assistant> " in prompt else ""
+        done_text = ""
+        for i, piece in enumerate(pieces):
+            done_text += piece
+            if started and done_text == started:
+                pieces = pieces[i + 1 :]
+                break
         stops = [p.stop] if isinstance(p.stop, str) else list(p.stop or ())
         llm.live += 1
         try:

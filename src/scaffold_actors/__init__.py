@@ -7,6 +7,7 @@ a :class:`RequestContext`; TensorRT-LLM style generator controllers live in
 (blocking, with its own event-loop thread).
 """
 
+from ._budget import TokenBudget, TokenBudgetExhaustedError
 from ._context import Handle, Parallel, RequestContext
 from ._controller import NativeController
 from ._engine_worker import EngineWorker, notify_progress
@@ -66,6 +67,8 @@ __all__ = [
     "TaskNotSupportedError",
     "TaskRecord",
     "TaskStatus",
+    "TokenBudget",
+    "TokenBudgetExhaustedError",
     "TokenUsage",
     "TooManyRequestsError",
     "ToolCallTask",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ import anyio.abc
 
 from engine_bridge._bridge import raise_single
 
+from ._budget import TokenBudget, TokenBudgetExhaustedError
 from ._errors import RequestCancelledError, UnknownWorkerTagError
 from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task, normalize_tag
 from ._trace import ExecutionTrace, TaskRecord, TokenUsage
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 __all__ = ["Handle", "Parallel", "RequestContext", "raise_single"]
 
 T = TypeVar("T")
+# the token budgets enclosing the current task (children inherit them)
+_BUDGETS: contextvars.ContextVar[tuple[TokenBudget, ...]] = contextvars.ContextVar(
+    "scaffold_token_budgets", default=()
+)
 TaskT = TypeVar("TaskT", bound=Task)
 
 
@@ -212,6 +218,14 @@ class RequestContext:
         unchanged if it fails.
         """
         actor = self.resolve(task)
+        budgets = _BUDGETS.get() if isinstance(task, GenerationTask) else ()
+        if budgets:
+            await self._run_budgeted(actor, task, budgets)  # type: ignore[arg-type]
+        else:
+            await self._run_on(actor, task)
+        return task
+
+    async def _run_on(self, actor: WorkerActor, task: Task) -> None:
         clock = anyio.current_time
         start = clock()
         status = "cancelled"
@@ -224,7 +238,56 @@ class RequestContext:
             raise
         finally:
             self._account(task, start, clock(), status, error)
-        return task
+
+    async def _run_budgeted(
+        self, actor: WorkerActor, task: GenerationTask, budgets: tuple[TokenBudget, ...]
+    ) -> None:
+        remaining = min(b.remaining for b in budgets)
+        if remaining <= 0:
+            raise TokenBudgetExhaustedError(
+                f"token budget spent ({', '.join(repr(b) for b in budgets)})"
+            )
+        if task.max_tokens is None or task.max_tokens > remaining:
+            task.max_tokens = remaining
+
+        charged = 0
+
+        def on_tokens(n: int) -> None:
+            nonlocal charged
+            charged += n
+            for b in budgets:
+                b.charge(n)
+
+        task.__dict__["_on_tokens"] = on_tokens
+        scope = anyio.CancelScope()
+        for b in budgets:
+            b._live.add(scope)
+        try:
+            with scope:
+                await self._run_on(actor, task)
+            if task.completion_tokens_num > charged:  # a worker that does not stream
+                on_tokens(task.completion_tokens_num - charged)
+        finally:
+            for b in budgets:
+                b._live.discard(scope)
+            task.__dict__.pop("_on_tokens", None)
+        if scope.cancelled_caught:
+            raise TokenBudgetExhaustedError(
+                f"token budget spent while generating ({', '.join(repr(b) for b in budgets)})"
+            )
+
+    @asynccontextmanager
+    async def token_budget(self, limit: int) -> AsyncIterator[TokenBudget]:
+        """``async with ctx.token_budget(n) as budget:`` — generation tasks run
+        inside the block share ``n`` completion tokens (see :class:`TokenBudget`);
+        budgets nest (a task counts against every enclosing one) and apply to the
+        children started inside the block, not to their siblings outside it."""
+        budget = TokenBudget(limit)
+        token = _BUDGETS.set((*_BUDGETS.get(), budget))
+        try:
+            yield budget
+        finally:
+            _BUDGETS.reset(token)
 
     def _account(
         self, task: Task, start: float, end: float, status: str, error: BaseException | None

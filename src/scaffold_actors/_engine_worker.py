@@ -105,20 +105,27 @@ class EngineWorker(Worker):
                 ) from None
 
     async def generation_handler(self, task: GenerationTask) -> TaskStatus:
-        request = task.engine_request(self.default_params, stream=False)
+        # a task under a token budget streams, so the budget sees every step
+        on_tokens = task.__dict__.get("_on_tokens")
+        request = task.engine_request(self.default_params, stream=on_tokens is not None)
         _reset_outputs(task)
         async with self.engine.open_stream(request) as stream:
             async for delta in stream:
                 _apply(task, delta)
+                if on_tokens is not None:
+                    on_tokens(delta.num_tokens)
         return TaskStatus.SUCCESS
 
     async def stream_generation_handler(self, task: StreamGenerationTask) -> TaskStatus:
         request = task.engine_request(self.default_params, stream=True)
+        on_tokens = task.__dict__.get("_on_tokens")
         _reset_outputs(task)
         task.end_flag = False
         async with self.engine.open_stream(request) as stream:
             async for delta in stream:
                 _apply(task, delta)
+                if on_tokens is not None:
+                    on_tokens(delta.num_tokens)
                 if delta.finish_reason is not None:
                     task.end_flag = True
                 notify_progress(task)

@@ -187,6 +187,9 @@ class WorkerActor:
                         except anyio.WouldBlock:
                             await slots.acquire()
                         self.running += 1
+                        # started from now on: a requester cancelled before _run
+                        # begins still waits for it (it may reach the engine first)
+                        job.started = True
                         tg.start_soon(self._run, job)
                     try:
                         job = recv.receive_nowait()
@@ -202,7 +205,6 @@ class WorkerActor:
         worker = self.worker
         try:
             with anyio.CancelScope() as job.scope:
-                job.started = True
                 if job.cancelled:
                     job.scope.cancel()
                 handler = worker.find_handler(type(task))

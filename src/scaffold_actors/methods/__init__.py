@@ -1,17 +1,35 @@
 """Inference-time compute methods as native controllers."""
 
-from ._answers import extract_answer, extract_boxed, normalize_number
+from ._answers import extract_answer, extract_boxed, math_equivalent, normalize_number
 from ._best_of_n import BestOfN
+from ._dynasor import DynasorCoT
 from ._majority_vote import MajorityVote, vote_is_decided
-from ._sampler import Sampler, fresh_task
+from ._sampler import Sampler, fresh_task, sample_within_budget
+from ._voting import (
+    AdaptiveConsistency,
+    LeaderDecided,
+    StopRule,
+    VoteState,
+    WindowAgreement,
+    beta_majority_confidence,
+)
 
 __all__ = [
+    "AdaptiveConsistency",
     "BestOfN",
+    "DynasorCoT",
+    "LeaderDecided",
     "MajorityVote",
     "Sampler",
+    "StopRule",
+    "VoteState",
+    "WindowAgreement",
+    "beta_majority_confidence",
     "extract_answer",
     "extract_boxed",
     "fresh_task",
+    "math_equivalent",
     "normalize_number",
+    "sample_within_budget",
     "vote_is_decided",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from fractions import Fraction
 
-__all__ = ["extract_answer", "extract_boxed", "normalize_number"]
+__all__ = ["extract_answer", "extract_boxed", "math_equivalent", "normalize_number"]
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _HASHES = re.compile(r"####\s*([^\n]+)")
@@ -61,3 +63,36 @@ def extract_answer(text: str | None) -> str | None:
         return None
     number = normalize_number(candidate)
     return number if number is not None else candidate
+
+
+def math_equivalent(a: str, b: str) -> bool:
+    """Whether two final answers are mathematically equal: ``"1/2"``, ``"0.5"``,
+    ``"\\frac{1}{2}"`` and ``"\\dfrac12"`` agree; so do ``"x^2+2x"`` and ``"2x+x^2"``.
+
+    Uses Hugging Face's math-verify (LaTeX and expression parsing with sympy);
+    equal strings are equal without parsing.  Never raises: an answer that does
+    not parse is only equal to the same string.
+    """
+    if a == b:
+        return True
+    return _verify(a, b)
+
+
+@functools.lru_cache(maxsize=4096)
+def _verify(a: str, b: str) -> bool:
+    from math_verify import parse, verify
+
+    # math-verify warns on every call that its (signal-based) timeouts are off
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    try:
+        # timeouts off: they use signals, which only work in the main thread
+        pa = parse(_as_latex(a), parsing_timeout=None)
+        pb = parse(_as_latex(b), parsing_timeout=None)
+        return bool(pa and pb and verify(pa, pb, timeout_seconds=None))
+    except Exception:
+        return False
+
+
+def _as_latex(answer: str) -> str:
+    s = answer.strip()
+    return s if s.startswith("$") or "\\boxed" in s else f"${s}$"

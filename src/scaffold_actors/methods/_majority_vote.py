@@ -2,41 +2,62 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import attrs
 
 from .._context import RequestContext
 from .._tasks import GenerationTask
 from ._answers import extract_answer
-from ._sampler import Sampler, fresh_task, result_from, sample_count
+from ._sampler import Sampler, fresh_task, result_from, sample_count, sample_within_budget
+from ._voting import LeaderDecided, StopRule, VoteState, canonical
 
 __all__ = ["MajorityVote", "vote_is_decided"]
 
 
-def vote_is_decided(votes: Counter[str], remaining: int) -> bool:
+def vote_is_decided(votes: Any, remaining: int) -> bool:
     """True once the leading answer cannot be overtaken (nor tied) by the
-    ``remaining`` votes still to come."""
-    if not votes:
-        return False
-    top = votes.most_common(2)
-    second = top[1][1] if len(top) > 1 else 0
-    return top[0][1] > second + remaining
+    ``remaining`` votes still to come (``votes``: answer -> count)."""
+    return LeaderDecided()(VoteState(counts=dict(votes), weights=dict(votes), remaining=remaining))
+
+
+def _stop_rule(early_stop: bool | StopRule) -> StopRule | None:
+    if early_stop is True:
+        return LeaderDecided()
+    if early_stop is False:
+        return None
+    if not callable(early_stop):
+        raise TypeError(f"early_stop must be a bool or a stop rule, got {early_stop!r}")
+    return early_stop
 
 
 @attrs.frozen
 class MajorityVote:
-    """Sample ``samples`` answers with ``sampler`` concurrently and return the most
-    frequent final answer (self-consistency).
+    """Sample ``samples`` answers with ``sampler`` and return the most voted final
+    answer (self-consistency).
 
-    ``extract`` maps a completion to its answer (``None``: no answer, no vote).
-    With ``early_stop`` the remaining samples are cancelled (their engine requests
-    aborted) as soon as the leader cannot be overtaken.  Ties go to the answer
-    seen first.  The returned task's ``output_str`` is the first
-    completion that gave the winning answer; ``customized_result_fields`` holds
-    ``answer``, ``votes`` and ``samples_finished``.
+    Parameters:
+        sampler: any controller with ``run(ctx, task)`` (a :class:`Sampler`, a
+            :class:`DynasorCoT`, a tree search ...).
+        samples: how many samples at most.
+        extract: completion -> answer (``None``: no answer, no vote).
+        equivalent: ``(a, b) -> bool`` grouping different spellings of one answer
+            (:func:`math_equivalent` for math); ``None`` compares strings.
+        weight: completion -> vote weight (weighted voting, e.g. a confidence or
+            a reward); ``None`` gives every vote 1.
+        early_stop: ``True`` cancels the remaining samples once the leader cannot
+            be overtaken (:class:`LeaderDecided`); a stop rule
+            (:class:`AdaptiveConsistency`, :class:`WindowAgreement`, any
+            ``VoteState -> bool``) stops when it says so; ``False`` never stops.
+        concurrency: samples in flight at once (``None``: all).  Fewer in flight
+            lets early stopping save more of the work.
+
+    Ties go to the answer seen first.  Samples cut off by a token budget
+    (:meth:`RequestContext.token_budget`) do not vote.  ``output_str`` is the first
+    completion that gave the winning answer; ``details`` holds ``answer``,
+    ``votes``, ``weights``, ``samples_finished``, ``samples_requested``.
 
     Paper: Wang et al., "Self-Consistency Improves Chain of Thought Reasoning in
     Language Models" (ICLR 2023).
@@ -45,7 +66,15 @@ class MajorityVote:
     sampler: Any = attrs.field(factory=Sampler)
     samples: int = attrs.field(default=8, validator=attrs.validators.ge(1))
     extract: Callable[[str | None], str | None] = extract_answer
-    early_stop: bool = True
+    early_stop: bool | StopRule = True
+    equivalent: Callable[[str, str], bool] | None = None
+    weight: Callable[[GenerationTask], float] | None = None
+    concurrency: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
+
+    def __attrs_post_init__(self) -> None:
+        _stop_rule(self.early_stop)
 
     async def run(
         self,
@@ -56,26 +85,39 @@ class MajorityVote:
         **kwargs: Any,
     ) -> GenerationTask:
         n = sample_count(self.samples, samples)
-        votes: Counter[str] = Counter()
+        stop = _stop_rule(self.early_stop)
+        state = VoteState(remaining=n)
         first_output: dict[str, GenerationTask] = {}
+        seen: list[str] = []
         finished = 0
+        slots = anyio.Semaphore(self.concurrency or n)
+
+        async def one() -> GenerationTask | None:
+            async with slots:
+                return await sample_within_budget(self.sampler, ctx, fresh_task(task))
+
         async with ctx.parallel() as par:
             for _ in range(n):
-                par.start(self.sampler.run, ctx, fresh_task(task))
+                par.start(one)
             async for handle in par.as_completed():
-                out: GenerationTask = handle.result()
-                finished += 1
-                answer = self.extract(out.output_str)
+                out: GenerationTask | None = handle.result()
+                finished += out is not None
+                answer = self.extract(out.output_str) if out is not None else None
                 if answer is not None:
-                    votes[answer] += 1
-                    first_output.setdefault(answer, out)
-                if self.early_stop and vote_is_decided(votes, n - finished):
+                    answer = canonical(answer, seen, self.equivalent)
+                    if answer not in seen:
+                        seen.append(answer)
+                    first_output.setdefault(answer, out)  # type: ignore[arg-type]
+                w = self.weight(out) if (self.weight is not None and out is not None) else 1.0
+                state.add(answer, w)
+                if stop is not None and stop(state):
                     par.cancel_all()
                     break
-        answer = votes.most_common(1)[0][0] if votes else None
+        answer = state.leader()
         details = {
             "answer": answer,
-            "votes": dict(votes),
+            "votes": dict(state.counts),
+            "weights": dict(state.weights),
             "samples_finished": finished,
             "samples_requested": n,
         }

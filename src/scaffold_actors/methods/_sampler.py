@@ -6,10 +6,11 @@ from typing import Any
 
 import attrs
 
+from .._budget import TokenBudgetExhaustedError
 from .._context import RequestContext
 from .._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask
 
-__all__ = ["Sampler", "fresh_task", "result_from", "sample_count"]
+__all__ = ["Sampler", "fresh_task", "result_from", "sample_count", "sample_within_budget"]
 
 COT_INSTRUCTION = "Think step by step, then give the final answer as \\boxed{answer}."
 
@@ -22,6 +23,18 @@ def fresh_task(task: GenerationTask, cls: type[GenerationTask] = GenerationTask)
         fields["messages"] = [dict(m) for m in fields["messages"]]
     fields["worker_tag"] = task.worker_tag
     return cls(**fields)
+
+
+async def sample_within_budget(
+    sampler: Any, ctx: RequestContext, task: GenerationTask
+) -> GenerationTask | None:
+    """``await sampler.run(ctx, task)``, or ``None`` if the request's token budget
+    ran out before the sample finished."""
+    try:
+        out: GenerationTask = await sampler.run(ctx, task)
+    except TokenBudgetExhaustedError:
+        return None
+    return out
 
 
 def sample_count(default: int, override: int | None) -> int:

@@ -1,0 +1,156 @@
+"""Self-consistency variants: equivalence, weights, stop rules, concurrency, budgets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from engine_bridge import SimulatedCall, SimulatedEngine
+from scaffold_actors import AsyncScaffoldingLlm, EngineWorker, GenerationTask
+from scaffold_actors.methods import (
+    AdaptiveConsistency,
+    LeaderDecided,
+    MajorityVote,
+    Sampler,
+    VoteState,
+    WindowAgreement,
+    beta_majority_confidence,
+    math_equivalent,
+)
+
+
+def engine_of(replies: list[str]) -> SimulatedEngine:
+    return SimulatedEngine(replies)
+
+
+async def vote(method: MajorityVote, replies: list[str]) -> tuple[Any, SimulatedEngine]:
+    engine = engine_of(replies)
+    async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(engine)}) as llm:
+        r = await llm.generate("q")
+        assert llm.stats()["engine_requests"] == 0
+    return r, engine
+
+
+def test_math_equivalence() -> None:
+    assert math_equivalent("1/2", "0.5")
+    assert math_equivalent("\\frac{1}{2}", "0.5")
+    assert math_equivalent("\\dfrac12", "1/2")
+    assert math_equivalent("x^2+2x", "2x+x^2")
+    assert not math_equivalent("3", "4")
+    assert not math_equivalent("{", "}")  # unparsable: only equal to itself
+
+
+async def test_equivalent_spellings_vote_together() -> None:
+    replies = [
+        "so \\boxed{\\frac{1}{2}}",
+        "so \\boxed{0.75}",
+        "so \\boxed{0.5}",
+        "so \\boxed{3/4}",
+        "so \\boxed{\\dfrac12}",
+    ]
+    plain, _ = await vote(MajorityVote(Sampler(), samples=5, early_stop=False), replies)
+    # as strings: 1/2 (from "0.5" normalised) x1, 3/4 x2, ... the fraction strings differ
+    assert plain.output.details["answer"] == "3/4"
+    grouped, _ = await vote(
+        MajorityVote(Sampler(), samples=5, early_stop=False, equivalent=math_equivalent), replies
+    )
+    d = grouped.output.details
+    assert sorted(d["votes"].values()) == [2, 3]  # keyed by the first spelling to finish
+    assert math_equivalent(d["answer"], "1/2") and d["votes"][d["answer"]] == 3
+    assert grouped.output.output_str in (replies[0], replies[2], replies[4])
+
+
+async def test_weighted_vote_beats_the_count() -> None:
+    replies = ["\\boxed{1} low", "\\boxed{1} low", "\\boxed{2} high"]
+
+    def weight(out: GenerationTask) -> float:
+        return 5.0 if "high" in (out.output_str or "") else 1.0
+
+    r, _ = await vote(MajorityVote(Sampler(), samples=3, early_stop=False, weight=weight), replies)
+    assert r.output.details["votes"] == {"1": 2, "2": 1}
+    assert r.output.details["weights"] == {"1": 2.0, "2": 5.0}
+    assert r.output.details["answer"] == "2"
+
+
+def test_beta_confidence_is_exact() -> None:
+    assert beta_majority_confidence(0, 0) == 0.5
+    assert beta_majority_confidence(1, 0) == 0.75  # Beta(2,1): P(p > 1/2) = 3/4
+    assert beta_majority_confidence(3, 0) == pytest.approx(1 - 0.5**4)
+    assert beta_majority_confidence(2, 2) == pytest.approx(0.5)
+    assert beta_majority_confidence(6, 1) > 0.95 > beta_majority_confidence(5, 1)
+
+
+def test_stop_rules_decide_on_the_vote_state() -> None:
+    s = VoteState(remaining=6)
+    for a in ["7", "7", "7"]:
+        s.add(a, 1.0)
+    assert not LeaderDecided()(s)  # 3 votes, 3 to come: could still tie
+    assert not AdaptiveConsistency(0.95)(s)  # Beta(4, 1): P(p > 1/2) = 0.9375
+    s.add("7", 1.0)
+    assert LeaderDecided()(s)  # 4 votes, 2 to come
+    assert AdaptiveConsistency(0.95)(s)  # Beta(5, 1): 0.96875
+    w = VoteState(remaining=10)
+    for a in ["1", "2", "2", "2"]:
+        w.add(a, 1.0)
+    assert WindowAgreement(3)(w) and not WindowAgreement(4)(w)
+    w.add(None, 1.0)
+    assert not WindowAgreement(3)(w)
+
+
+async def test_adaptive_consistency_cancels_the_rest_with_limited_concurrency() -> None:
+    # every sample says 7: after 4 votes Beta(5, 1) gives 0.969 >= 0.95
+    method = MajorityVote(
+        Sampler(), samples=16, early_stop=AdaptiveConsistency(0.95), concurrency=2
+    )
+    r, engine = await vote(method, ["\\boxed{7}"])
+    d = r.output.details
+    assert d["answer"] == "7" and d["samples_finished"] == 4
+    # two at a time: at most the two after the 4th vote started, never the other ten
+    assert engine._index <= 6  # 16 requested
+
+
+async def test_window_agreement_stops_early() -> None:
+    replies = ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "\\boxed{3}", "\\boxed{3}"] + ["\\boxed{9}"] * 10
+    method = MajorityVote(Sampler(), samples=15, early_stop=WindowAgreement(3), concurrency=1)
+    r, _ = await vote(method, replies)
+    assert r.output.details["samples_finished"] == 5
+    assert r.output.details["answer"] == "3"
+
+
+def test_bad_stop_rule_is_rejected_at_construction() -> None:
+    with pytest.raises(TypeError, match="early_stop"):
+        MajorityVote(early_stop="soon")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        MajorityVote(concurrency=0)
+    with pytest.raises(ValueError):
+        AdaptiveConsistency(threshold=0.4)
+
+
+async def test_samples_cut_by_the_token_budget_do_not_vote() -> None:
+    """A request-wide budget: votes come from what finished within it; the rest
+    were cancelled in the engine."""
+
+    class Budgeted:
+        def __init__(self, inner: MajorityVote, limit: int) -> None:
+            self.inner, self.limit = inner, limit
+
+        async def run(self, ctx: Any, task: GenerationTask) -> GenerationTask:
+            async with ctx.token_budget(self.limit) as budget:
+                out = await self.inner.run(ctx, task)
+            out.customized_result_fields["spent"] = budget.spent
+            return out
+
+    def reply(call: SimulatedCall) -> str:
+        # short answers for the first two requests, long ones after
+        return "\\boxed{5}" if call.index < 2 else "word " * 50 + "\\boxed{6}"
+
+    engine = SimulatedEngine(reply)
+    method = Budgeted(MajorityVote(Sampler(), samples=4, early_stop=False, concurrency=2), 40)
+    async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(engine)}) as llm:
+        r = await llm.generate("q")
+        assert llm.stats()["engine_requests"] == 0
+    d = r.output.details
+    assert d["answer"] == "5" and d["votes"] == {"5": 2} and d["samples_finished"] == 2
+    assert 40 <= d["spent"] <= 42  # at most one step per running task past the limit
+    assert engine.aborted >= 1

@@ -111,7 +111,9 @@ async def test_adaptive_consistency_cancels_the_rest_with_limited_concurrency() 
 
 
 async def test_window_agreement_stops_early() -> None:
-    replies = ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "\\boxed{3}", "\\boxed{3}"] + ["\\boxed{9}"] * 10
+    replies = ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "\\boxed{3}", "\\boxed{3}"] + [
+        "\\boxed{9}"
+    ] * 10
     method = MajorityVote(Sampler(), samples=15, early_stop=WindowAgreement(3), concurrency=1)
     r, _ = await vote(method, replies)
     assert r.output.details["samples_finished"] == 5

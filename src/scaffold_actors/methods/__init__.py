@@ -2,6 +2,7 @@
 
 from ._answers import extract_answer, extract_boxed, math_equivalent, normalize_number
 from ._best_of_n import BestOfN
+from ._deepconf import DeepConf, group_confidences, trace_confidence
 from ._dynasor import DynasorCoT
 from ._majority_vote import MajorityVote, vote_is_decided
 from ._sampler import Sampler, fresh_task, sample_within_budget
@@ -17,6 +18,7 @@ from ._voting import (
 __all__ = [
     "AdaptiveConsistency",
     "BestOfN",
+    "DeepConf",
     "DynasorCoT",
     "LeaderDecided",
     "MajorityVote",
@@ -28,8 +30,10 @@ __all__ = [
     "extract_answer",
     "extract_boxed",
     "fresh_task",
+    "group_confidences",
     "math_equivalent",
     "normalize_number",
     "sample_within_budget",
+    "trace_confidence",
     "vote_is_decided",
 ]

@@ -6,6 +6,7 @@ from ._deepconf import DeepConf, group_confidences, trace_confidence
 from ._dynasor import DynasorCoT
 from ._majority_vote import MajorityVote, vote_is_decided
 from ._sampler import Sampler, fresh_task, sample_within_budget
+from ._tree_search import MCTS, BeamSearch, BestFirstSearch, DiverseVerifierTreeSearch, StepSearch
 from ._voting import (
     AdaptiveConsistency,
     LeaderDecided,
@@ -16,13 +17,18 @@ from ._voting import (
 )
 
 __all__ = [
+    "MCTS",
     "AdaptiveConsistency",
+    "BeamSearch",
+    "BestFirstSearch",
     "BestOfN",
     "DeepConf",
+    "DiverseVerifierTreeSearch",
     "DynasorCoT",
     "LeaderDecided",
     "MajorityVote",
     "Sampler",
+    "StepSearch",
     "StopRule",
     "VoteState",
     "WindowAgreement",

@@ -13,13 +13,14 @@ from ._sampler import Sampler, fresh_task, result_from, sample_count
 __all__ = ["BestOfN"]
 
 
-def _question(task: GenerationTask) -> str:
+def question_of(task: GenerationTask) -> str:
+    """The text a reward model scores against: the prompt or the last user message."""
     if task.input_str is not None:
         return task.input_str
     for m in reversed(task.messages or ()):
         if m.get("role") == "user":
             return m["content"]
-    raise ValueError("BestOfN needs a text prompt or a user message to score against")
+    raise ValueError("a reward model needs a text prompt or a user message to score against")
 
 
 @attrs.frozen
@@ -50,7 +51,7 @@ class BestOfN:
         **kwargs: Any,
     ) -> GenerationTask:
         n = sample_count(self.samples, samples)
-        question = _question(task)
+        question = question_of(task)
         scored: list[tuple[float, GenerationTask]] = []
 
         async def sample_and_score() -> None:

@@ -35,6 +35,7 @@ from ._tasks import (
     TaskStatus,
     ToolCallTask,
 )
+from ._tools import PythonTool, ToolWorker
 from ._trace import ExecutionTrace, ReplayMismatchError, ReplayWorker, TaskRecord, TokenUsage
 from ._worker import Worker
 
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidTaskError",
     "NativeController",
     "Parallel",
+    "PythonTool",
     "ReplayMismatchError",
     "ReplayWorker",
     "RequestCancelledError",
@@ -72,6 +74,7 @@ __all__ = [
     "TokenUsage",
     "TooManyRequestsError",
     "ToolCallTask",
+    "ToolWorker",
     "UnknownWorkerTagError",
     "Worker",
     "notify_progress",

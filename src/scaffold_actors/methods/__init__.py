@@ -1,11 +1,13 @@
 """Inference-time compute methods as native controllers."""
 
+from ._agent import ReActAgent
 from ._answers import extract_answer, extract_boxed, math_equivalent, normalize_number
 from ._best_of_n import BestOfN
 from ._deepconf import DeepConf, group_confidences, trace_confidence
 from ._dynasor import DynasorCoT
 from ._majority_vote import MajorityVote, vote_is_decided
 from ._sampler import Sampler, fresh_task, sample_within_budget
+from ._streaming import StreamUntil
 from ._tree_search import MCTS, BeamSearch, BestFirstSearch, DiverseVerifierTreeSearch, StepSearch
 from ._voting import (
     AdaptiveConsistency,
@@ -27,9 +29,11 @@ __all__ = [
     "DynasorCoT",
     "LeaderDecided",
     "MajorityVote",
+    "ReActAgent",
     "Sampler",
     "StepSearch",
     "StopRule",
+    "StreamUntil",
     "VoteState",
     "WindowAgreement",
     "beta_majority_confidence",

@@ -1,0 +1,146 @@
+"""ReAct agent and tools: a scripted model with a real sandboxed Python tool."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import trio
+
+from engine_bridge import SimulatedCall, SimulatedEngine
+from scaffold_actors import (
+    AsyncScaffoldingLlm,
+    EngineWorker,
+    InvalidTaskError,
+    PythonTool,
+    ToolCallTask,
+    ToolWorker,
+)
+from scaffold_actors.methods import ReActAgent
+
+
+def scripted(turns: list[str]) -> SimulatedEngine:
+    """Turn i of the transcript (counted by observations so far) says turns[i]."""
+
+    def reply(call: SimulatedCall) -> str:
+        return turns[min((call.request.continuation or "").count("Observation:"), len(turns) - 1)]
+
+    return SimulatedEngine(reply)
+
+
+def workers(engine: SimulatedEngine, tools: ToolWorker) -> dict[str, Any]:
+    return {"generation": EngineWorker(engine), "tool": tools}
+
+
+async def test_agent_runs_python_and_answers() -> None:
+    tools = ToolWorker({"python": PythonTool(timeout=20)})
+    engine = scripted(
+        [
+            'Thought: compute it.\nAction: python\nAction Input: {"code": "print(6 * 7)"}\nObservation: made up',
+            "Thought: the tool said 42.\nFinal Answer: 42",
+        ]
+    )
+    agent = ReActAgent(tools.specs())
+    async with AsyncScaffoldingLlm(agent, workers(engine, tools)) as llm:
+        r = await llm.generate("What is 6 times 7?")
+    d = r.output.details
+    assert r.output.output_str == "42" and d["finished"] and d["turns"] == 2
+    assert d["tool_calls"] == [
+        {
+            "name": "python",
+            "arguments": {"code": "print(6 * 7)"},
+            "result": "42\n",
+            "is_error": False,
+        }
+    ]
+    assert "Observation: 42" in d["transcript"] and "made up" not in d["transcript"]
+
+
+async def test_registered_async_function_and_model_mistakes() -> None:
+    tools = ToolWorker()
+
+    @tools.register
+    async def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    assert tools.specs() == {"add": "Add two integers. Arguments: a, b."}
+    engine = scripted(
+        [
+            "Action: multiply\nAction Input: {}",  # unknown tool
+            "Action: add\nAction Input: not json",  # bad arguments
+            'Action: add\nAction Input: {"a": 1}',  # missing argument
+            'Action: add\nAction Input: {"a": 2, "b": 40} and some chatter',
+            "Final Answer: 42",
+        ]
+    )
+    async with AsyncScaffoldingLlm(
+        ReActAgent(tools.specs(), max_turns=8), workers(engine, tools)
+    ) as llm:
+        r = await llm.generate("2 + 40?")
+    calls = r.output.details["tool_calls"]
+    assert [c["is_error"] for c in calls] == [True, True, True, False]
+    assert "unknown tool 'multiply'" in calls[0]["result"]
+    assert "not a JSON object" in calls[1]["result"]
+    assert "bad arguments" in calls[2]["result"]
+    assert calls[3]["result"] == "42" and r.output.output_str == "42"
+
+
+async def test_agent_stops_after_max_turns() -> None:
+    tools = ToolWorker({"python": PythonTool()})
+    engine = scripted(['Action: python\nAction Input: {"code": "print(1)"}'])
+    async with AsyncScaffoldingLlm(
+        ReActAgent(tools.specs(), max_turns=3), workers(engine, tools)
+    ) as llm:
+        r = await llm.generate("loop")
+    assert r.output.details["turns"] == 3 and not r.output.details["finished"]
+    assert r.output.finish_reason == "length"
+
+
+async def test_unknown_tool_task_is_rejected_at_submission() -> None:
+    tools = ToolWorker({"python": PythonTool()})
+
+    async def controller(ctx: Any, task: Any) -> Any:
+        return await ctx.run(ToolCallTask(tool_name="shell", arguments={}))
+
+    async with AsyncScaffoldingLlm(
+        controller, {"tool": tools, "generation": EngineWorker(SimulatedEngine())}
+    ) as llm:
+        with pytest.raises(InvalidTaskError, match="unknown tool 'shell'"):
+            await llm.generate("x")
+
+
+def test_tool_registration_errors() -> None:
+    tools = ToolWorker()
+    with pytest.raises(TypeError, match="async"):
+        tools.register(lambda: 1)  # type: ignore[arg-type,return-value]
+
+    async def f() -> None: ...
+
+    tools.register(f)
+    with pytest.raises(ValueError, match="twice"):
+        tools.register(f)
+    with pytest.raises(ValueError):
+        ReActAgent({})
+
+
+async def test_python_tool_limits() -> None:
+    tool = PythonTool(timeout=1.0, memory_mb=256)
+    assert await tool("import os; print(os.getcwd().startswith(os.environ['TMPDIR']))") == "True\n"
+    out = await tool("raise SystemExit(3)")
+    assert out.endswith("exit code 3")
+    assert "timed out after 1 s" in await tool("while True: pass")
+    assert "MemoryError" in await tool("x = bytearray(1024 * 1024 * 1024)")
+    assert "more characters" in await PythonTool(max_output=10)("print('x' * 100)")
+
+
+async def test_cancelling_the_tool_kills_its_process(tmp_path: Any) -> None:
+    pidfile = tmp_path / "pid"
+    tool = PythonTool(timeout=60)
+    code = f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)"
+    with trio.move_on_after(3):
+        await tool(code)
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -99,3 +99,24 @@ def test_best_of_n_example() -> None:
     assert p.returncode == 0, p.stderr
     scores = p.stdout.strip().splitlines()[-1]
     assert scores.startswith("scores: [") and scores.count(",") == 3  # four samples scored
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["examples/self_consistency.py"], "answer=42"),
+        (["examples/dynasor_cot.py"], "early_exit=True"),
+        (["examples/deepconf.py"], "answer=15"),
+        (["examples/deepconf.py", "--mode", "online"], "answer=15"),
+        (["examples/tree_search.py", "--search", "beam"], "answer=42"),
+        (["examples/tree_search.py", "--search", "dvts"], "answer=42"),
+        (["examples/tree_search.py", "--search", "best-first"], "search=best-first"),
+        (["examples/tree_search.py", "--search", "mcts"], "search=mcts"),
+        (["examples/streaming_budget.py"], "finish_reason=budget tokens=24"),
+        (["examples/react_agent.py"], "answer='1048575' turns=2 tool_calls=1 finished=True"),
+    ],
+)
+def test_method_examples(args: list[str], expect: str) -> None:
+    p = run(*args, "--simulated")
+    assert p.returncode == 0, p.stderr
+    assert expect in p.stdout.strip().splitlines()[-1]

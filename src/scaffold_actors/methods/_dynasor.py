@@ -51,8 +51,8 @@ class DynasorCoT:
     def _answer(self, probe_output: str) -> str | None:
         if self.parse_probe is not None:
             return self.parse_probe(probe_output)
-        text = "\\boxed{" + probe_output
-        answer = extract_boxed(text + ("}" if "}" not in probe_output else ""))
+        # the probe ends with "\\boxed{": the answer runs to "}" (or the probe's end)
+        answer = probe_output.split("}", 1)[0].split("\\]", 1)[0].strip().strip("$").strip()
         if not answer or any(h in probe_output.lower() for h in self.hedges):
             return None
         return answer

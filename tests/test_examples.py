@@ -40,10 +40,106 @@ def test_overhead_benchmark_prints_json() -> None:
     assert all(v > 0 for v in data["tasks_per_second"].values())
 
 
-@pytest.mark.parametrize("args", [["--method", "nope"], ["--samples", "0"]])
-def test_cli_rejects_bad_options(args: list[str]) -> None:
-    p = run("-m", "scaffold_actors._cli", "run", "q", *args)
+def test_cli_rejects_bad_options() -> None:
+    p = run("-m", "scaffold_actors._cli", "run", "q", "--samples", "0")
     assert p.returncode == 2 and "Invalid value" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "nope"], "Error: unknown method 'nope'; choose from: cot, majority-vote,"),
+        (
+            ["--method", "dynasor", "-p", "foo=1"],
+            "Error: dynasor: unknown parameter(s) foo; it takes: probe_interval, certainty_window",
+        ),
+        (
+            ["--method", "deepconf", "-p", "mode=sometimes"],
+            "Error: 'mode' must be in ('offline', 'online') (got 'sometimes')",
+        ),
+        (
+            ["--method", "dynasor", "-p", "probe_interval=soon"],
+            "Error: dynasor: parameter probe_interval must be int, got 'soon'",
+        ),
+        (
+            ["--method", "beam-search"],
+            "Error: method beam-search needs --reward-model PATH (a reward model folder)",
+        ),
+        (
+            ["--engine", "openai"],
+            "Error: --engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)",
+        ),
+        (["-p", "novalue"], "Invalid value for --param: expected KEY=VALUE, got 'novalue'"),
+    ],
+)
+def test_cli_errors_are_one_line(args: list[str], message: str) -> None:
+    p = run("-m", "scaffold_actors._cli", "run", "q", "--engine", "simulated", *args)
+    assert p.returncode in (1, 2) and "Traceback" not in p.stderr
+    assert message in p.stderr
+
+
+def test_cli_unreachable_server_is_one_line() -> None:
+    p = run(
+        "-m",
+        "scaffold_actors._cli",
+        "run",
+        "q",
+        "--engine",
+        "openai",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+    )
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("Error: cannot reach http://127.0.0.1:9/v1")
+        and "is the server running?" in last
+    )
+
+
+def test_cli_methods_lists_every_method() -> None:
+    p = run("-m", "scaffold_actors._cli", "methods", "--json")
+    assert p.returncode == 0, p.stderr
+    table = json.loads(p.stdout)
+    assert {
+        "cot",
+        "majority-vote",
+        "adaptive-consistency",
+        "best-of-n",
+        "dynasor",
+        "deepconf",
+        "beam-search",
+        "dvts",
+        "best-first",
+        "mcts",
+    } == set(table)
+    assert table["dynasor"]["params"]["probe_interval"] == {
+        "type": "int",
+        "default": 32,
+        "help": "tokens between probes",
+    }
+    text = run("-m", "scaffold_actors._cli", "methods").stdout
+    assert "-p probe_interval=32" in text
+
+
+@pytest.mark.parametrize(
+    "method", ["cot", "majority-vote", "adaptive-consistency", "dynasor", "deepconf"]
+)
+def test_cli_runs_each_method_on_the_simulated_engine(method: str) -> None:
+    p = run(
+        "-m",
+        "scaffold_actors._cli",
+        "run",
+        "What is 1+1?",
+        "--engine",
+        "simulated",
+        "--method",
+        method,
+        "--json",
+    )
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["method"] == method and data["usage"]["completion_tokens"] > 0 and data["output"]
 
 
 def test_cli_missing_model_is_one_line() -> None:

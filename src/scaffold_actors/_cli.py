@@ -12,31 +12,142 @@ import click
 from engine_bridge import EngineError, InvalidRequestError, SamplingParams
 
 from ._engine_worker import EngineWorker
+from ._errors import ScaffoldError
+from ._registry import METHODS, build_method
 from ._sync import ScaffoldingLlm
-from .methods import MajorityVote, Sampler
 
-METHODS = ("cot", "majority-vote")
+ENGINES = ("hf", "openai", "trtllm", "simulated")
+# errors a user can fix: one line, exit 1, no traceback
+USER_ERRORS = (
+    InvalidRequestError,
+    FileNotFoundError,
+    EngineError,
+    ValueError,
+    ScaffoldError,
+    OSError,
+)
 
 
-def _build_method(method: str, samples: int, max_tokens: int, temperature: float) -> Any:
-    sampler = Sampler(max_tokens=max_tokens, temperature=temperature)
-    if method == "cot":
-        return sampler
-    return MajorityVote(sampler, samples=samples)
-
-
-def _build_engine(engine: str, model: str | None) -> Any:
-    if engine == "simulated":
-        from engine_bridge import SimulatedEngine
-
-        return SimulatedEngine()
-    from transformers.utils import logging as hf_logging
-
-    from engine_bridge import HFEngine
-
+def _quiet_transformers() -> None:
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - the hf extra is not installed
+        return
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def build_engine(
+    engine: str, model: str | None, base_url: str | None, step_seconds: float | None = None
+) -> Any:
+    """The engine named on the command line (raises ValueError / FileNotFoundError)."""
+    if engine == "simulated":
+        from engine_bridge import CostModel, SimulatedEngine
+
+        if step_seconds is not None:  # a slow engine, for trying out timeouts and limits
+            return SimulatedEngine(cost=CostModel(0.0, step_seconds, 0.0))
+        return SimulatedEngine()
+    if engine == "openai":
+        from engine_bridge import OpenAIEngine
+
+        if not base_url:
+            raise ValueError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        return OpenAIEngine(base_url, model or "default", max_retries=2, connect_timeout=5.0)
+    if engine == "trtllm":
+        from engine_bridge import TRTLLMEngine
+
+        if not model:
+            raise ValueError("--engine trtllm needs --model (a checkpoint or engine folder)")
+        return TRTLLMEngine(model)
+    _quiet_transformers()
+    from engine_bridge import HFEngine
+
     return HFEngine(model)
+
+
+def build_workers(
+    engine: str,
+    model: str | None,
+    base_url: str | None,
+    reward_model: str | None,
+    method: str,
+    max_tokens: int,
+    step_seconds: float | None = None,
+) -> dict[str, Any]:
+    workers: dict[str, Any] = {
+        "generation": EngineWorker(
+            build_engine(engine, model, base_url, step_seconds),
+            default_params=SamplingParams(max_tokens=max_tokens),
+        )
+    }
+    if METHODS[method].needs_reward:
+        if not reward_model:
+            raise ValueError(f"method {method} needs --reward-model PATH (a reward model folder)")
+        from ._reward_worker import RewardWorker
+
+        workers["reward"] = RewardWorker(
+            reward_model, kind="outcome" if method == "best-of-n" else "process"
+        )
+    return workers
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--param")
+        params[key.strip().replace("-", "_")] = value.strip()
+    return params
+
+
+common_options = [
+    click.option(
+        "--method", default="majority-vote", show_default=True, help="see `scaffold methods`"
+    ),
+    click.option(
+        "--samples",
+        type=click.IntRange(min=1),
+        default=4,
+        show_default=True,
+        help="samples / width of the method",
+    ),
+    click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True),
+    click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True),
+    click.option(
+        "-p",
+        "--param",
+        "params",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="a method parameter (repeatable)",
+    ),
+    click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        default="hf",
+        show_default=True,
+        help="hf: transformers on the CPU/GPU; openai: an HTTP server; trtllm: TensorRT-LLM; simulated: no model",
+    ),
+    click.option(
+        "--model",
+        type=str,
+        default=None,
+        help="model folder (default: embedded SmolLM2-135M) or the server's model name",
+    ),
+    click.option("--base-url", default=None, help="OpenAI-compatible server for --engine openai"),
+    click.option(
+        "--reward-model",
+        default=None,
+        help="reward model folder for best-of-n and the tree searches",
+    ),
+]
+
+
+def with_common(fn: Any) -> Any:
+    for option in reversed(common_options):
+        fn = option(fn)
+    return fn
 
 
 @click.group()
@@ -46,27 +157,52 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable list")
+def methods(as_json: bool) -> None:
+    """List the methods and their parameters."""
+    table: dict[str, dict[str, Any]] = {
+        name: {
+            "summary": spec.summary,
+            "needs_reward_model": spec.needs_reward,
+            "params": {
+                k: {"type": t.__name__, "default": d, "help": h}
+                for k, (t, d, h) in spec.params.items()
+            },
+        }
+        for name, spec in METHODS.items()
+    }
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    for name, info in table.items():
+        click.echo(f"{name:22} {info['summary']}")
+        for key, p in info["params"].items():
+            click.echo(f"{'':22}   -p {key}={p['default']}  ({p['type']}) {p['help']}")
+    click.echo(
+        "\ncommon options: --samples N --max-tokens N --temperature T (see `scaffold run --help`)"
+    )
+
+
+def _live_line(partial: Any, usage: Any, started: float) -> str:
+    d = partial.details or {}
+    parts = []
+    if "samples_finished" in d:
+        parts.append(f"samples {d['samples_finished']}/{d.get('samples_requested', '?')}")
+    if d.get("votes"):
+        parts.append(
+            "votes "
+            + ", ".join(f"{a}: {v}" for a, v in sorted(d["votes"].items(), key=lambda kv: -kv[1]))
+        )
+    if d.get("scores"):
+        parts.append(f"best score {max(d['scores']):.3f}")
+    parts.append(f"{usage.completion_tokens} tokens")
+    parts.append(f"{time.perf_counter() - started:.1f} s")
+    return " · ".join(parts)
+
+
+@main.command()
 @click.argument("question")
-@click.option("--method", type=click.Choice(METHODS), default="majority-vote", show_default=True)
-@click.option(
-    "--samples",
-    type=click.IntRange(min=1),
-    default=4,
-    show_default=True,
-    help="samples to vote over",
-)
-@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True)
-@click.option(
-    "--engine",
-    type=click.Choice(["hf", "simulated"]),
-    default="hf",
-    show_default=True,
-    help="hf: transformers on the CPU/GPU; simulated: no model at all",
-)
-@click.option(
-    "--model", type=click.Path(), default=None, help="model folder (default: embedded SmolLM2-135M)"
-)
+@with_common
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable result")
 def run(
     question: str,
@@ -74,26 +210,46 @@ def run(
     samples: int,
     max_tokens: int,
     temperature: float,
+    params: tuple[str, ...],
     engine: str,
     model: str | None,
+    base_url: str | None,
+    reward_model: str | None,
     as_json: bool,
 ) -> None:
     """Answer QUESTION with an inference-time compute method."""
     try:
-        controller = _build_method(method, samples, max_tokens, temperature)
-        worker = EngineWorker(
-            _build_engine(engine, model), default_params=SamplingParams(max_tokens=max_tokens)
+        controller = build_method(
+            method,
+            samples=samples,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            params=parse_params(params),
         )
         start = time.perf_counter()
+        workers = build_workers(engine, model, base_url, reward_model, method, max_tokens)
         if not as_json:
-            click.echo(f"loading {engine} engine...", err=True)
-        with ScaffoldingLlm(controller, {"generation": worker}) as llm:
+            click.echo(f"starting the {engine} engine...", err=True)
+        with ScaffoldingLlm(controller, workers) as llm:
             loaded = time.perf_counter()
-            result = llm.generate(question)
+            pending = llm.generate_async(question)
+            if as_json or not sys.stderr.isatty():
+                result = pending.result()
+            else:
+                from rich.console import Console
+                from rich.live import Live
+
+                with Live(
+                    console=Console(stderr=True), transient=True, refresh_per_second=8
+                ) as live:
+                    for partial in pending:
+                        live.update(_live_line(partial, pending.usage, loaded))
+                result = pending.result()
         done = time.perf_counter()
-    except (InvalidRequestError, FileNotFoundError, EngineError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except USER_ERRORS as exc:
+        raise click.ClickException(_one_line(exc)) from None
     out = result.output
+    assert out is not None
     payload = {
         "question": question,
         "method": method,
@@ -108,16 +264,122 @@ def run(
         "seconds": {"load": round(loaded - start, 2), "generate": round(done - loaded, 2)},
     }
     if as_json:
-        click.echo(json.dumps(payload))
+        click.echo(json.dumps(payload, default=str))
         return
     click.echo(out.output_str)
+    summary = [f"answer: {payload['answer']}"]
     if "votes" in out.details:
-        click.echo(f"\nanswer: {payload['answer']}   votes: {out.details['votes']}")
+        summary.append(f"votes: {out.details['votes']}")
+    click.echo("\n" + "   ".join(summary))
     click.echo(
         f"tokens: {result.usage.completion_tokens} generated in {result.usage.tasks} task(s), "
-        f"{payload['seconds']['generate']} s (model load {payload['seconds']['load']} s)",
+        f"{payload['seconds']['generate']} s (engine start {payload['seconds']['load']} s)",
         err=True,
     )
+
+
+@main.command()
+@with_common
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="requests at once; more get 429",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0.1),
+    default=300.0,
+    show_default=True,
+    help="seconds before a request is cancelled (504)",
+)
+@click.option("--simulated-step-seconds", type=float, default=None, hidden=True)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=1_000_000,
+    show_default=True,
+    help="larger bodies get 413",
+)
+def serve(
+    method: str,
+    samples: int,
+    max_tokens: int,
+    temperature: float,
+    params: tuple[str, ...],
+    engine: str,
+    model: str | None,
+    base_url: str | None,
+    reward_model: str | None,
+    host: str,
+    port: int,
+    max_in_flight: int,
+    request_timeout: float,
+    max_body_bytes: int,
+    simulated_step_seconds: float | None,
+) -> None:
+    """Serve methods as models of an OpenAI-compatible API.
+
+    Every method that needs no reward model (all of them with --reward-model) is a
+    model; --method (with its -p parameters) is listed first.
+    """
+    try:
+        import uvicorn
+
+        from ._serve import create_app
+    except ImportError:
+        raise click.ClickException(
+            "scaffold serve needs the server extra: pip install 'scaffold-actors[server]'"
+        ) from None
+    try:
+        given = parse_params(params)
+        if method not in METHODS:
+            build_method(method, samples=samples, max_tokens=max_tokens, temperature=temperature)
+        names = [method] + [
+            m for m in METHODS if m != method and (reward_model or not METHODS[m].needs_reward)
+        ]
+        controllers = {
+            m: build_method(
+                m,
+                samples=samples,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                params=given if m == method else None,
+            )
+            for m in names
+        }
+        workers = build_workers(
+            engine, model, base_url, reward_model, method, max_tokens, simulated_step_seconds
+        )
+        if reward_model and "reward" not in workers:
+            from ._reward_worker import RewardWorker
+
+            workers["reward"] = RewardWorker(reward_model)
+        app = create_app(
+            controllers,
+            workers,
+            max_in_flight=max_in_flight,
+            request_timeout=request_timeout,
+            max_body_bytes=max_body_bytes,
+        )
+    except USER_ERRORS as exc:
+        raise click.ClickException(_one_line(exc)) from None
+    click.echo(
+        f"serving {', '.join(controllers)} on http://{host}:{port}/v1 ({engine} engine)", err=True
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _one_line(exc: BaseException) -> str:
+    # attrs validators raise ValueError(message, attribute, ...): keep the message
+    first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    text = first.strip() or type(exc).__name__
+    if isinstance(exc, EngineError) and "connect" in text.lower():
+        text += " (is the server running? check --base-url)"
+    return text.splitlines()[0]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from .._context import RequestContext
-from .._tasks import GenerationTask, RewardTask
+from .._tasks import GenerationTask, RewardTask, ScaffoldingOutput
 from ._sampler import Sampler, fresh_task, result_from, sample_count
 
 __all__ = ["BestOfN"]
@@ -66,6 +66,17 @@ class BestOfN:
             if not reward.scores:
                 raise ValueError("the reward worker returned no score")
             scored.append((float(reward.scores[0]), out))
+            ctx.emit(
+                ScaffoldingOutput(
+                    out.output_str or "",
+                    finished=False,
+                    details={
+                        "scores": [s for s, _ in scored],
+                        "samples_finished": len(scored),
+                        "samples_requested": n,
+                    },
+                )
+            )
 
         async with ctx.parallel() as par:
             for _ in range(n):

@@ -9,7 +9,7 @@ import anyio
 import attrs
 
 from .._context import RequestContext
-from .._tasks import GenerationTask
+from .._tasks import GenerationTask, ScaffoldingOutput
 from ._answers import extract_answer
 from ._sampler import Sampler, fresh_task, result_from, sample_count, sample_within_budget
 from ._voting import LeaderDecided, StopRule, VoteState, canonical
@@ -110,6 +110,17 @@ class MajorityVote:
                     first_output.setdefault(answer, out)  # type: ignore[arg-type]
                 w = self.weight(out) if (self.weight is not None and out is not None) else 1.0
                 state.add(answer, w)
+                ctx.emit(
+                    ScaffoldingOutput(
+                        out.output_str if out is not None else "",
+                        finished=False,
+                        details={
+                            "votes": dict(state.counts),
+                            "samples_finished": finished,
+                            "samples_requested": n,
+                        },
+                    )
+                )
                 if stop is not None and stop(state):
                     par.cancel_all()
                     break

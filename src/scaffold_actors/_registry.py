@@ -1,0 +1,185 @@
+"""The methods the command line and the server offer, by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from .methods import (
+    MCTS,
+    AdaptiveConsistency,
+    BeamSearch,
+    BestFirstSearch,
+    BestOfN,
+    DeepConf,
+    DiverseVerifierTreeSearch,
+    DynasorCoT,
+    MajorityVote,
+    Sampler,
+    StepSearch,
+    math_equivalent,
+)
+
+__all__ = ["METHODS", "MethodSpec", "build_method"]
+
+COT = "Think step by step, then give the final answer as \\boxed{answer}."
+
+
+@attrs.frozen
+class MethodSpec:
+    """A named method: how to build it from the common options and its own
+    parameters (name -> (type, default, help))."""
+
+    name: str
+    summary: str
+    build: Callable[[Sampler, int, dict[str, Any]], Any]
+    params: Mapping[str, tuple[type, Any, str]] = attrs.field(factory=dict)
+    needs_reward: bool = False
+
+
+def _vote(s: Sampler, n: int, p: dict[str, Any]) -> Any:
+    return MajorityVote(s, samples=n, equivalent=math_equivalent if p["math_equivalence"] else None)
+
+
+def _adaptive(s: Sampler, n: int, p: dict[str, Any]) -> Any:
+    return MajorityVote(
+        s, samples=n, early_stop=AdaptiveConsistency(p["threshold"]), concurrency=p["concurrency"]
+    )
+
+
+def _steps(s: Sampler, p: dict[str, Any]) -> StepSearch:
+    return StepSearch(attrs.evolve(s, max_tokens=p["step_tokens"]), max_steps=p["max_steps"])
+
+
+_TREE = {
+    "step_tokens": (int, 128, "tokens per step"),
+    "max_steps": (int, 6, "steps at most"),
+}
+
+METHODS: dict[str, MethodSpec] = {
+    m.name: m
+    for m in [
+        MethodSpec("cot", "one chain-of-thought sample", lambda s, n, p: s),
+        MethodSpec(
+            "majority-vote",
+            "self-consistency: the most voted answer of --samples samples; stops once decided",
+            _vote,
+            {"math_equivalence": (bool, True, "group equal answers with math-verify")},
+        ),
+        MethodSpec(
+            "adaptive-consistency",
+            "majority vote that stops when the Beta posterior of the leader reaches a threshold",
+            _adaptive,
+            {
+                "threshold": (float, 0.95, "confidence that stops sampling"),
+                "concurrency": (int, 4, "samples in flight at once"),
+            },
+        ),
+        MethodSpec(
+            "best-of-n",
+            "the candidate an outcome reward model scores highest (needs --reward-model)",
+            lambda s, n, p: BestOfN(s, samples=n),
+            needs_reward=True,
+        ),
+        MethodSpec(
+            "dynasor",
+            "Dynasor-CoT: probe the reasoning every k tokens, stop when probes agree",
+            lambda s, n, p: DynasorCoT(
+                s, probe_interval=p["probe_interval"], certainty_window=p["certainty_window"]
+            ),
+            {
+                "probe_interval": (int, 32, "tokens between probes"),
+                "certainty_window": (int, 2, "agreeing probes that stop the reasoning"),
+            },
+        ),
+        MethodSpec(
+            "deepconf",
+            "DeepConf: vote among the most confident traces (offline or online)",
+            lambda s, n, p: DeepConf(
+                s, samples=n, mode=p["mode"], keep_top=p["keep_top"], window=p["window"]
+            ),
+            {
+                "mode": (str, "offline", "offline | online"),
+                "keep_top": (float, 0.9, "fraction of traces kept"),
+                "window": (int, 64, "tokens per confidence window"),
+            },
+        ),
+        MethodSpec(
+            "beam-search",
+            "step-level beam search with a process reward model (needs --reward-model)",
+            lambda s, n, p: BeamSearch(_steps(s, p), beam_width=n, expansions=p["expansions"]),
+            {**_TREE, "expansions": (int, 2, "next steps sampled per beam")},
+            needs_reward=True,
+        ),
+        MethodSpec(
+            "dvts",
+            "diverse verifier tree search: --samples independent subtrees (needs --reward-model)",
+            lambda s, n, p: DiverseVerifierTreeSearch(
+                _steps(s, p), subtrees=n, expansions=p["expansions"]
+            ),
+            {**_TREE, "expansions": (int, 2, "next steps sampled per node")},
+            needs_reward=True,
+        ),
+        MethodSpec(
+            "best-first",
+            "best-first search over steps (needs --reward-model)",
+            lambda s, n, p: BestFirstSearch(
+                _steps(s, p), expansions=n, max_expansions=p["max_expansions"]
+            ),
+            {**_TREE, "max_expansions": (int, 12, "nodes expanded at most")},
+            needs_reward=True,
+        ),
+        MethodSpec(
+            "mcts",
+            "Monte Carlo tree search over steps (needs --reward-model)",
+            lambda s, n, p: MCTS(_steps(s, p), iterations=p["iterations"], expansions=n),
+            {**_TREE, "iterations": (int, 8, "MCTS iterations")},
+            needs_reward=True,
+        ),
+    ]
+}
+
+
+def _convert(method: str, key: str, kind: type, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return kind(raw)
+    if kind is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{method}: parameter {key} must be true or false, got {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(
+            f"{method}: parameter {key} must be {kind.__name__}, got {raw!r}"
+        ) from None
+
+
+def build_method(
+    name: str,
+    *,
+    samples: int,
+    max_tokens: int,
+    temperature: float,
+    params: Mapping[str, Any] | None = None,
+) -> Any:
+    """The controller for method ``name``.  Raises ``ValueError`` naming what is
+    wrong (unknown method, unknown or badly typed parameter, bad value)."""
+    spec = METHODS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
+    given = dict(params or {})
+    unknown = sorted(set(given) - set(spec.params))
+    if unknown:
+        allowed = ", ".join(spec.params) or "none"
+        raise ValueError(f"{name}: unknown parameter(s) {', '.join(unknown)}; it takes: {allowed}")
+    values = {
+        k: _convert(name, k, kind, given[k]) if k in given else default
+        for k, (kind, default, _) in spec.params.items()
+    }
+    sampler = Sampler(max_tokens=max_tokens, temperature=temperature, instruction=COT)
+    return spec.build(sampler, samples, values)

@@ -1,0 +1,157 @@
+"""``scaffold serve`` run as a user runs it, queried with the official openai client."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("starlette")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scaffold_actors._cli", "serve", "--engine", "simulated",
+             "--port", str(self.port), *args],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            f"server did not start: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        )
+
+    def health(self) -> dict[str, object]:
+        data: dict[str, object] = httpx.get(self.url + "/health", timeout=5).json()
+        return data
+
+    def client(self, **kw: object) -> object:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, **kw)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    s = Server("--max-in-flight", "4")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def slow_server() -> Iterator[Server]:
+    # 0.2 s per engine step: a request of ~10 tokens takes about 2 s
+    s = Server("--max-in-flight", "1", "--request-timeout", "1", "--simulated-step-seconds", "0.2")
+    yield s
+    s.stop()
+
+
+def test_models_are_methods(server: Server) -> None:
+    ids = [m.id for m in server.client().models.list()]
+    assert ids[0] == "majority-vote" and {"cot", "dynasor", "deepconf"} <= set(ids)
+    assert "best-of-n" not in ids  # needs --reward-model
+
+
+def test_chat_majority_vote(server: Server) -> None:
+    r = server.client().chat.completions.create(
+        model="majority-vote",
+        messages=[{"role": "user", "content": "What is 2 + 2?"}],
+        max_tokens=32,
+        extra_body={"samples": 5},
+    )
+    choice = r.choices[0]
+    assert "\\boxed{" in choice.message.content
+    details = choice.model_extra["scaffold"]
+    assert sum(details["votes"].values()) == details["samples_finished"] <= 5
+    assert details["samples_requested"] == 5 and r.usage.completion_tokens > 0
+
+
+def test_completions_and_streaming(server: Server) -> None:
+    client = server.client()
+    r = client.completions.create(model="cot", prompt="What is 3 + 4?", max_tokens=16)
+    assert r.choices[0].text
+    chunks = list(
+        client.chat.completions.create(
+            model="majority-vote",
+            messages=[{"role": "user", "content": "What is 5 + 1?"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "\\boxed{" in text and chunks[-1].usage.completion_tokens > 0
+
+
+def test_clear_errors(server: Server) -> None:
+    client = server.client()
+    with pytest.raises(openai.NotFoundError, match="unknown model"):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(
+            model="cot", messages=[{"role": "user", "content": "x"}], temperature=-1
+        )
+    with pytest.raises(openai.BadRequestError, match="samples"):
+        client.completions.create(model="cot", prompt="x", extra_body={"samples": 0})
+    r = httpx.post(
+        server.url + "/v1/completions", content=b"{" + b" " * 2_000_000 + b"}", timeout=10
+    )
+    assert r.status_code == 413
+    r = httpx.post(server.url + "/v1/completions", content=b"\xff\xfe", timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "body"
+    assert server.health()["status"] == "ok"
+
+
+def test_saturation_timeout_and_disconnect(slow_server: Server) -> None:
+    client = slow_server.client(timeout=30)
+    body = {"model": "cot", "prompt": "q", "max_tokens": 10}
+    # one request in flight: it times out after 1 s (504) and is cancelled
+    with httpx.Client(base_url=slow_server.url, timeout=30) as http:
+        import threading
+
+        statuses: list[int] = []
+        first = threading.Thread(
+            target=lambda: statuses.append(http.post("/v1/completions", json=body).status_code)
+        )
+        first.start()
+        time.sleep(0.3)
+        second = http.post("/v1/completions", json=body)  # saturated
+        assert second.status_code == 429 and second.json()["error"]["type"] == "rate_limit_error"
+        first.join()
+        assert statuses == [504]
+    h = slow_server.health()
+    assert h["requests_in_flight"] == 0 and h["engine_requests"] == 0
+    # a client that gives up: its request is cancelled on the server
+    with pytest.raises(openai.APITimeoutError):
+        slow_server.client(timeout=0.4).completions.create(model="cot", prompt="q", max_tokens=10)
+    deadline = time.monotonic() + 5
+    while slow_server.health()["requests_in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    h = slow_server.health()
+    assert h["requests_in_flight"] == 0 and h["engine_requests"] == 0
+    del client

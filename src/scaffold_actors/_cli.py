@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -13,7 +15,7 @@ from engine_bridge import EngineError, InvalidRequestError, SamplingParams
 
 from ._engine_worker import EngineWorker
 from ._errors import ScaffoldError
-from ._registry import METHODS, build_method
+from ._registry import COT, METHODS, build_method
 from ._sync import ScaffoldingLlm
 
 ENGINES = ("hf", "openai", "trtllm", "simulated")
@@ -115,6 +117,11 @@ common_options = [
     click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True),
     click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True),
     click.option(
+        "--instruction",
+        default=COT,
+        help="appended to every question (default: think step by step, answer in \\boxed{}; '' for none)",
+    ),
+    click.option(
         "-p",
         "--param",
         "params",
@@ -210,6 +217,7 @@ def run(
     samples: int,
     max_tokens: int,
     temperature: float,
+    instruction: str,
     params: tuple[str, ...],
     engine: str,
     model: str | None,
@@ -225,6 +233,7 @@ def run(
             max_tokens=max_tokens,
             temperature=temperature,
             params=parse_params(params),
+            instruction=instruction,
         )
         start = time.perf_counter()
         workers = build_workers(engine, model, base_url, reward_model, method, max_tokens)
@@ -309,6 +318,7 @@ def serve(
     samples: int,
     max_tokens: int,
     temperature: float,
+    instruction: str,
     params: tuple[str, ...],
     engine: str,
     model: str | None,
@@ -348,6 +358,7 @@ def serve(
                 max_tokens=max_tokens,
                 temperature=temperature,
                 params=given if m == method else None,
+                instruction=instruction,
             )
             for m in names
         }
@@ -371,6 +382,158 @@ def serve(
         f"serving {', '.join(controllers)} on http://{host}:{port}/v1 ({engine} engine)", err=True
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@main.command()
+@click.option("--dataset", required=True, help="a JSONL file, or the built-in set 'arithmetic'")
+@with_common
+@click.option(
+    "--compare", default=None, metavar="M1,M2,...", help="run several methods on the same problems"
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="problems in flight",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="first N problems only")
+@click.option("--question-field", default="question", show_default=True)
+@click.option("--answer-field", default="answer", show_default=True)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default="bench-results.jsonl",
+    show_default=True,
+    help="per-problem results (JSONL, appended as they finish)",
+)
+@click.option("--resume", is_flag=True, help="skip the problems already in --output")
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False),
+    default="bench-report",
+    show_default=True,
+    help="--compare: comparison.md and comparison.png",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def bench(
+    dataset: str,
+    method: str,
+    samples: int,
+    max_tokens: int,
+    temperature: float,
+    instruction: str,
+    params: tuple[str, ...],
+    engine: str,
+    model: str | None,
+    base_url: str | None,
+    reward_model: str | None,
+    compare: str | None,
+    concurrency: int,
+    limit: int | None,
+    question_field: str,
+    answer_field: str,
+    output: str,
+    resume: bool,
+    report_dir: str,
+    as_json: bool,
+) -> None:
+    """Run a method (or --compare several) over a JSONL dataset and summarise:
+    accuracy, tokens per problem, latency, throughput, engine utilisation."""
+    from pathlib import Path
+
+    from ._bench import load_dataset, run_bench, write_comparison
+
+    names = [m.strip() for m in compare.split(",") if m.strip()] if compare else [method]
+    try:
+        problems = load_dataset(dataset, question_field, answer_field, limit)
+        given = parse_params(params)
+        controllers = {
+            m: build_method(
+                m,
+                samples=samples,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                params=given if m == method else None,
+                instruction=instruction,
+            )
+            for m in names
+        }
+        # one engine for every method (started for each run, the model loaded once)
+        workers = build_workers(engine, model, base_url, reward_model, names[0], max_tokens)
+        for m in names[1:]:
+            if METHODS[m].needs_reward and "reward" not in workers:
+                workers.update(
+                    build_workers(engine, model, base_url, reward_model, m, max_tokens)
+                    | {"generation": workers["generation"]}
+                )
+        summaries = []
+        out_path = Path(output)
+        for m in names:
+            path = out_path if len(names) == 1 else out_path.with_suffix(f".{m}.jsonl")
+            with _progress(len(problems), m, quiet=as_json) as advance:
+                summary = run_bench(
+                    controllers[m],
+                    workers,
+                    problems,
+                    method=m,
+                    output=path,
+                    concurrency=concurrency,
+                    resume=resume,
+                    on_done=advance,
+                )
+            summary["results"] = str(path)
+            summaries.append(summary)
+        report = None
+        if len(names) > 1:
+            table, plot = write_comparison(summaries, Path(report_dir))
+            report = {"table": str(table), "plot": str(plot)}
+    except (*USER_ERRORS, FileExistsError, RuntimeError) as exc:
+        raise click.ClickException(_one_line(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"summaries": summaries, "report": report}, indent=2))
+        return
+    for s in summaries:
+        click.echo(
+            f"{s['method']}: accuracy {s['accuracy']:.3f} ({s['correct']}/{s['problems']}), "
+            f"tokens/problem mean {s['tokens_per_problem']['mean']} p50 {s['tokens_per_problem']['p50']} "
+            f"p90 {s['tokens_per_problem']['p90']}, latency p50 {s['latency_s']['p50']} s "
+            f"p90 {s['latency_s']['p90']} s, {s['this_run']['problems_per_s']} problems/s, "
+            f"{s['this_run']['tokens_per_s']} tokens/s, engine utilisation {s['engine']['utilisation']}"
+            f"  -> {s['results']}"
+        )
+    if report:
+        click.echo(f"comparison: {report['table']}, {report['plot']}")
+
+
+@contextmanager
+def _progress(total: int, label: str, quiet: bool) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A progress bar on stderr (rich); yields the per-problem callback."""
+    if quiet or not sys.stderr.isatty():
+        yield lambda record: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    correct = 0
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[acc]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task(label, total=total, acc="")
+        done = 0
+
+        def advance(record: dict[str, Any]) -> None:
+            nonlocal correct, done
+            done += 1
+            correct += bool(record.get("correct"))
+            bar.update(task, advance=1, acc=f"accuracy {correct / done:.2f}")
+
+        yield advance
 
 
 def _one_line(exc: BaseException) -> str:

@@ -166,8 +166,10 @@ def build_method(
     max_tokens: int,
     temperature: float,
     params: Mapping[str, Any] | None = None,
+    instruction: str | None = COT,
 ) -> Any:
-    """The controller for method ``name``.  Raises ``ValueError`` naming what is
+    """The controller for method ``name``; ``instruction`` is appended to every
+    prompt (``None`` or empty: none).  Raises ``ValueError`` naming what is
     wrong (unknown method, unknown or badly typed parameter, bad value)."""
     spec = METHODS.get(name)
     if spec is None:
@@ -181,5 +183,7 @@ def build_method(
         k: _convert(name, k, kind, given[k]) if k in given else default
         for k, (kind, default, _) in spec.params.items()
     }
-    sampler = Sampler(max_tokens=max_tokens, temperature=temperature, instruction=COT)
+    sampler = Sampler(
+        max_tokens=max_tokens, temperature=temperature, instruction=instruction or None
+    )
     return spec.build(sampler, samples, values)

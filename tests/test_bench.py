@@ -1,0 +1,122 @@
+"""``scaffold bench``: datasets, incremental results, resume, summaries, comparisons."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scaffold_actors._bench import load_dataset, percentile, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def scaffold(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scaffold_actors._cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def write(path: Path, records: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_gsm8k_math_and_aime_answers(tmp_path: Path) -> None:
+    data = write(
+        tmp_path / "mixed.jsonl",
+        [
+            {"question": "q1", "answer": "She has 3 + 4 = 7 apples.\n#### 7"},
+            {"question": "q2", "answer": "So the result is $\\boxed{\\frac{1}{2}}$."},
+            {"question": "q3", "answer": 204},
+        ],
+    )
+    assert [p.answer for p in load_dataset(str(data))] == ["7", "\\frac{1}{2}", "204"]
+    other = write(tmp_path / "math.jsonl", [{"problem": "p", "solution": "\\boxed{5}"}])
+    assert load_dataset(str(other), "problem", "solution")[0].answer == "5"
+    assert len(load_dataset("arithmetic")) >= 20  # the shipped set
+
+
+def test_bad_datasets_are_named_precisely(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset(str(tmp_path / "nope.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "a", "answer": "1"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
+        load_dataset(str(bad))
+    with pytest.raises(ValueError, match=r":1: no field 'problem' \(fields: question, answer\)"):
+        load_dataset(str(bad), question_field="problem")
+
+
+def test_summary_statistics() -> None:
+    records = [
+        {"correct": True, "completion_tokens": 10, "latency_s": 1.0},
+        {"correct": False, "completion_tokens": 30, "latency_s": 3.0},
+        {"correct": True, "completion_tokens": 20, "latency_s": 2.0, "error": "x"},
+    ]
+    s = summarize(records, method="m", wall=2.0, ran=3, engine_samples=[2, 4], capacity=6)
+    assert s["accuracy"] == pytest.approx(2 / 3, abs=1e-4) and s["errors"] == 1
+    assert s["tokens_per_problem"] == {"mean": 20.0, "p50": 20.0, "p90": 28.0}
+    assert s["latency_s"]["p50"] == 2.0 and s["this_run"]["problems_per_s"] == 1.5
+    assert s["engine"] == {"active_requests_mean": 3.0, "capacity": 6, "utilisation": 0.5}
+    assert percentile([1.0], 90) == 1.0
+
+
+def test_bench_writes_results_resumes_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    data = write(
+        tmp_path / "d.jsonl",
+        [{"question": f"What is {i} + 0?", "answer": str(i)} for i in range(6)],
+    )
+    common = ["bench", "--dataset", str(data), "--engine", "simulated", "--samples", "3", "--json"]
+    p = scaffold(*common, "--limit", "2", "--output", "out.jsonl", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    first = json.loads(p.stdout)["summaries"][0]
+    assert first["problems"] == 2 and first["this_run"]["problems"] == 2
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert [json.loads(x)["index"] for x in sorted(lines)] != [] and len(lines) == 2
+    # an interrupted run leaves a cut line: that problem runs again on resume
+    with (tmp_path / "out.jsonl").open("a") as f:
+        f.write('{"index": 2, "method": "majority-vote", "corr')
+    p = scaffold(*common, "--output", "out.jsonl", "--resume", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)["summaries"][0]
+    assert s["problems"] == 6 and s["this_run"]["problems"] == 4
+    record = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[-1])
+    assert {
+        "index",
+        "question",
+        "gold",
+        "predicted",
+        "correct",
+        "completion_tokens",
+        "latency_s",
+    } <= set(record)
+    assert s["engine"]["capacity"] == 256 and s["tokens_per_problem"]["mean"] > 0
+    p = scaffold(*common, "--output", "out.jsonl", cwd=tmp_path)
+    assert (
+        p.returncode == 1
+        and p.stderr.strip()
+        == "Error: out.jsonl exists: pass --resume to continue it, or remove it"
+    )
+
+
+def test_bench_compare_writes_a_table_and_a_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    p = scaffold(
+        "bench", "--dataset", "arithmetic", "--limit", "4", "--engine", "simulated",
+        "--compare", "cot,majority-vote", "--output", "r.jsonl", "--report-dir", "rep", cwd=tmp_path,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    table = (tmp_path / "rep" / "comparison.md").read_text().splitlines()
+    assert (
+        table[0].startswith("| method |")
+        and table[2].startswith("| cot | 4 |")
+        and table[3].startswith("| majority-vote | 4 |")
+    )
+    assert (tmp_path / "rep" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "r.cot.jsonl").exists() and (tmp_path / "r.majority-vote.jsonl").exists()
+    assert "cot: accuracy" in p.stdout and "comparison: rep/comparison.md" in p.stdout

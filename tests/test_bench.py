@@ -38,7 +38,7 @@ def test_gsm8k_math_and_aime_answers(tmp_path: Path) -> None:
     assert [p.answer for p in load_dataset(str(data))] == ["7", "\\frac{1}{2}", "204"]
     other = write(tmp_path / "math.jsonl", [{"problem": "p", "solution": "\\boxed{5}"}])
     assert load_dataset(str(other), "problem", "solution")[0].answer == "5"
-    assert len(load_dataset("arithmetic")) >= 20  # the shipped set
+    assert len(load_dataset("arithmetic")) == 17  # the shipped set
 
 
 def test_bad_datasets_are_named_precisely(tmp_path: Path) -> None:

@@ -261,3 +261,12 @@ async def test_continuation_is_continued(make_engine: Callable[[], Any]) -> None
             assert engine.count_prompt_tokens(
                 EngineRequest(greedy(), messages=chat, continuation=start)
             ) > engine.count_prompt_tokens(EngineRequest(greedy(), messages=chat))
+
+
+async def test_engine_can_be_started_again(make_engine: Callable[[], Any]) -> None:
+    engine = make_engine()
+    for _ in range(2):  # e.g. `scaffold bench --compare` runs one method after another
+        async with engine:
+            text, *_ = await collect(engine, EngineRequest(greedy(3), prompt=PROMPT))
+            assert text and engine.healthy
+        assert engine.num_active == 0

@@ -181,6 +181,9 @@ class BridgedEngine:
         )
 
     def _start_bridge(self) -> None:
+        # a closed engine can be started again (a fresh start clears an old failure)
+        self._closed = False
+        self._failure = None
         self._caller = LoopCaller()
         self._slots = anyio.Semaphore(self.max_concurrent)
 

@@ -280,6 +280,8 @@ class SimulatedEngine:
         if self._tg is not None:
             raise RuntimeError("SimulatedEngine already started")
         self._wakeup = anyio.Event()
+        self._closed = False  # a closed engine can be started again
+        self._failure = None
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._loop)
@@ -295,7 +297,8 @@ class SimulatedEngine:
         self._closed = True
         self._fail_all(EngineClosedError("engine closed"))
         self._tg.cancel_scope.cancel()
-        await self._tg.__aexit__(exc_type, exc, tb)
+        tg, self._tg = self._tg, None
+        await tg.__aexit__(exc_type, exc, tb)
 
     @asynccontextmanager
     async def open_stream(

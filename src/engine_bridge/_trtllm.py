@@ -227,6 +227,7 @@ class TRTLLMEngine(BridgedEngine):
         if thread is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(thread.join, 60)
+        self._thread = None  # it can be started again
 
     @asynccontextmanager
     async def open_stream(

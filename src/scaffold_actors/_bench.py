@@ -123,6 +123,8 @@ def run_bench(
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with output.open("a", encoding="utf-8") as sink:
+        if output.stat().st_size and not output.read_bytes().endswith(b"\n"):
+            sink.write("\n")  # end a line cut by an interruption; it is skipped on reading
         anyio.run(
             _run, controller, workers, todo, method, sink, concurrency, engine, samples, on_done
         )

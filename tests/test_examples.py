@@ -216,3 +216,16 @@ def test_method_examples(args: list[str], expect: str) -> None:
     p = run(*args, "--simulated")
     assert p.returncode == 0, p.stderr
     assert expect in p.stdout.strip().splitlines()[-1]
+
+
+def test_live_view_line() -> None:
+    from scaffold_actors import ScaffoldingOutput, TokenUsage
+    from scaffold_actors._cli import _live_line
+
+    partial = ScaffoldingOutput(
+        "x",
+        finished=False,
+        details={"votes": {"7": 1, "8": 2}, "samples_finished": 3, "samples_requested": 8},
+    )
+    line = _live_line(partial, TokenUsage(completion_tokens=120), started=0.0)
+    assert line.startswith("samples 3/8 · votes 8: 2, 7: 1 · 120 tokens · ")

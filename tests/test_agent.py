@@ -144,3 +144,26 @@ async def test_cancelling_the_tool_kills_its_process(tmp_path: Any) -> None:
     pid = int(pidfile.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_python_tool_cannot_reach_the_network() -> None:
+    from scaffold_actors._tools import network_isolation_available
+
+    if not network_isolation_available():
+        pytest.skip("this system does not allow unprivileged network namespaces")
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    code = (
+        "import socket\n"
+        "s = socket.socket(); s.settimeout(2)\n"
+        f"print('reached' if s.connect_ex(('127.0.0.1', {port})) == 0 else 'unreachable')"
+    )
+    try:
+        assert await PythonTool()(code) == "unreachable\n"
+        assert await PythonTool(isolate_network=False)(code) == "reached\n"  # the control
+    finally:
+        server.close()

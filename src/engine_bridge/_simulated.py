@@ -336,6 +336,8 @@ class SimulatedEngine:
         out = self._respond(SimulatedCall(prompt, request, index, rng))
         if isinstance(out, str):
             out = SimulatedOutput(out)
+        if not isinstance(out, SimulatedOutput) or not isinstance(out.text, str):
+            raise EngineError(f"malformed engine output: {type(out).__name__} instead of text")
         pieces = self.tokenizer.split(out.text)
         skip = _continued(pieces, request.continuation)
         logprobs: list[float] | None = None

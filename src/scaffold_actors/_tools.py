@@ -3,8 +3,10 @@ sandboxed Python-execution tool."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from ._errors import InvalidTaskError
 from ._tasks import Task, TaskStatus, ToolCallTask
 from ._worker import Handler, Worker
 
-__all__ = ["PythonTool", "ToolWorker"]
+__all__ = ["PythonTool", "ToolWorker", "network_isolation_available"]
 
 ToolFn = Callable[..., Awaitable[Any]]
 
@@ -121,12 +123,17 @@ class PythonTool:
     space, ``timeout`` seconds of wall time (then the whole group is killed) and
     of CPU time, ``max_file_mb`` per written file.  Output (stdout then stderr)
     is cut to ``max_output`` characters; a non-zero exit adds ``exit code N``.
-    Cancelling the call kills the process group.
+    Cancelling the call kills the process group.  With ``isolate_network`` (the
+    default) the code runs in a new network namespace with no interfaces up
+    (``unshare --user --map-root-user --net``) where the system allows it
+    (:func:`network_isolation_available`); it then cannot reach any host, the
+    loopback included.
     """
 
     name: ClassVar[str] = "python"
     description: ClassVar[str] = "Run Python code and return what it prints (use print())."
     timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    isolate_network: bool = True
     memory_mb: int = attrs.field(default=512, validator=attrs.validators.ge(0))
     max_file_mb: int = attrs.field(default=16, validator=attrs.validators.ge(0))
     max_output: int = attrs.field(default=4000, validator=attrs.validators.ge(1))
@@ -142,6 +149,8 @@ class PythonTool:
                 str(self.memory_mb * 2**20), str(int(self.timeout) + 1),
                 str(self.max_file_mb * 2**20), script,
             ]  # fmt: skip
+            if self.isolate_network and network_isolation_available():
+                cmd = [*_UNSHARE, *cmd]
             process = await anyio.open_process(
                 cmd,
                 cwd=workdir,
@@ -183,6 +192,22 @@ async def _communicate(process: Any) -> tuple[bytes, bytes]:
         tg.start_soon(read, process.stderr, "err")
     await process.wait()
     return b"".join(chunks["out"]), b"".join(chunks["err"])
+
+
+_UNSHARE = ["unshare", "--user", "--map-root-user", "--net"]
+
+
+@functools.cache
+def network_isolation_available() -> bool:
+    """Whether this system lets an unprivileged process enter a new network
+    namespace (``unshare`` present and user namespaces enabled)."""
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        done = subprocess.run([*_UNSHARE, "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
 
 
 def _kill_group(pid: int) -> None:

@@ -1,0 +1,166 @@
+"""Load: many concurrent requests (majority vote of 8) on the simulated engine.
+
+Checks and reports:
+
+* every request gets exactly one result, and the right one (each prompt's samples
+  answer with the prompt's own number): ``lost``, ``duplicated``, ``mixed_up``;
+* peak memory (tracemalloc) of runs with every request in flight, for several
+  in-flight caps, and the slope: bytes per in-flight request (a straight line
+  means memory grows linearly and is bounded by the cap);
+* the event loop's scheduling latency while loaded: a probe sleeps 1 ms over and
+  over and records how late it wakes (p50, p99, max).
+
+Prints one JSON object.  ``--requests 10000`` is the full setting (the stress test
+runs a smaller one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+from typing import Any
+
+import anyio
+
+from engine_bridge import CostModel, SimulatedCall, SimulatedEngine
+from scaffold_actors import AsyncScaffoldingLlm, EngineWorker
+from scaffold_actors.methods import MajorityVote, Sampler
+
+BACKEND = ["trio"]
+
+
+def reply(call: SimulatedCall) -> str:
+    number = call.prompt.rsplit("#", 1)[-1].split()[0]
+    # lengths vary (1-16 words of reasoning), so completions spread over engine steps
+    # as they do on a real engine
+    return "so " * (1 + (call.index * 7) % 16) + f"It is \\boxed{{{number}}}."
+
+
+def make_engine(step: float) -> SimulatedEngine:
+    return SimulatedEngine(
+        reply, cost=CostModel(0.0, step, 0.0), max_batch_size=1 << 20, kv_capacity=1 << 40
+    )
+
+
+async def run(
+    requests: int, in_flight: int, samples: int, step: float, probe: bool
+) -> dict[str, Any]:
+    engine = make_engine(step)
+    method = MajorityVote(Sampler(max_tokens=32), samples=samples, early_stop=False)
+    worker = EngineWorker(engine, max_concurrency=1 << 20, inbox_size=1 << 20)
+    seen: dict[int, int] = {}
+    mixed = 0
+    lateness: list[float] = []
+    async with AsyncScaffoldingLlm(method, {"generation": worker}, max_in_flight=in_flight) as llm:
+
+        async def one(i: int) -> None:
+            nonlocal mixed
+            result = await (await llm.generate_async(f"Question #{i} please"))
+            seen[i] = seen.get(i, 0) + 1
+            if result.output is None or result.output.details.get("answer") != str(i):
+                mixed += 1
+
+        async def probe_loop() -> None:
+            while True:
+                t0 = time.perf_counter()
+                await anyio.sleep(0.001)
+                lateness.append(time.perf_counter() - t0 - 0.001)
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as outer:
+            if probe:
+                outer.start_soon(probe_loop)
+            async with anyio.create_task_group() as tg:
+                for i in range(requests):
+                    tg.start_soon(one, i)
+            outer.cancel_scope.cancel()
+        wall = time.perf_counter() - start
+        stats = llm.stats()
+    out: dict[str, Any] = {
+        "requests": requests,
+        "tasks": requests * samples,
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(requests / wall, 1),
+        "lost": sum(1 for i in range(requests) if i not in seen),
+        "duplicated": sum(1 for c in seen.values() if c > 1),
+        "mixed_up": mixed,
+        "left_after": {
+            k: stats[k]
+            for k in ("requests_in_flight", "tasks_running", "tasks_queued", "engine_requests")
+        },
+    }
+    if lateness:
+        xs = sorted(lateness)
+        out["scheduling_latency_ms"] = {
+            "samples": len(xs),
+            "p50": round(xs[len(xs) // 2] * 1e3, 3),
+            "p99": round(xs[int(len(xs) * 0.99)] * 1e3, 3),
+            "max": round(xs[-1] * 1e3, 3),
+        }
+    return out
+
+
+def peak_bytes(in_flight: int, samples: int, step: float, requests: int | None = None) -> int:
+    gc.collect()
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    n = in_flight if requests is None else requests
+    anyio.run(run, n, in_flight, samples, step, False, backend=BACKEND[0])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak - base
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=10_000)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--step", type=float, default=0.002, help="simulated seconds per engine step")
+    ap.add_argument("--in-flight", type=int, default=1000, help="requests in flight at once")
+    ap.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
+    ap.add_argument(
+        "--memory-caps", default="250,500,1000,2000", help="in-flight caps for the memory runs"
+    )
+    args = ap.parse_args()
+    BACKEND[0] = args.backend
+    load = anyio.run(
+        run, args.requests, args.in_flight, args.samples, args.step, True, backend=args.backend
+    )
+    caps = [int(c) for c in args.memory_caps.split(",") if c]
+    peaks = [peak_bytes(c, args.samples, args.step) for c in caps]
+    # four times more requests than the cap: memory must stay near the cap's figure
+    over = peak_bytes(caps[-1], args.samples, args.step, requests=4 * caps[-1])
+    slope = statistics.linear_regression(caps, peaks).slope if len(caps) > 1 else peaks[0] / caps[0]
+    fit = statistics.correlation(caps, peaks) if len(caps) > 2 else None
+    print(
+        json.dumps(
+            {
+                "benchmark": "load",
+                "python": sys.version.split()[0],
+                "machine": platform.machine(),
+                "samples_per_request": args.samples,
+                "backend": args.backend,
+                "in_flight_cap": args.in_flight,
+                **load,
+                "memory": {
+                    "in_flight_caps": caps,
+                    "peak_bytes": peaks,
+                    "bytes_per_in_flight_request": round(slope),
+                    "linear_fit_r": None if fit is None else round(fit, 4),
+                    "peak_bytes_4x_requests_at_largest_cap": over,
+                },
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Load, as a user runs it: benchmarks/load.py at a CI-sized setting.
+
+``SCAFFOLD_STRESS_REQUESTS=10000`` runs the full setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUESTS = int(os.environ.get("SCAFFOLD_STRESS_REQUESTS", "1500"))
+
+
+def test_every_request_gets_exactly_its_own_result_and_memory_is_bounded() -> None:
+    p = subprocess.run(
+        [sys.executable, "benchmarks/load.py", "--requests", str(REQUESTS), "--in-flight", "300",
+         "--memory-caps", "50,100,200"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert (
+        d["requests"] == REQUESTS and d["lost"] == 0 and d["duplicated"] == 0 and d["mixed_up"] == 0
+    )
+    assert d["left_after"] == {
+        "requests_in_flight": 0,
+        "tasks_running": 0,
+        "tasks_queued": 0,
+        "engine_requests": 0,
+    }
+    m = d["memory"]
+    assert m["linear_fit_r"] > 0.99  # grows linearly with the in-flight cap
+    # four times the requests at the same cap: bounded by the cap, not by the requests
+    assert m["peak_bytes_4x_requests_at_largest_cap"] < 2 * m["peak_bytes"][-1]
+    assert d["scheduling_latency_ms"]["samples"] > 0

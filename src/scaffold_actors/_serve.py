@@ -75,7 +75,7 @@ def _parse(
     if not isinstance(body, Mapping):
         raise InvalidRequestError("body", "must be a JSON object")
     model = body.get("model")
-    if model not in methods:
+    if not isinstance(model, str) or model not in methods:
         raise InvalidRequestError(
             "model", f"unknown model {model!r}; the models are methods: {', '.join(methods)}"
         )
@@ -104,6 +104,8 @@ def _parse(
     if body.get("n", 1) != 1:
         raise InvalidRequestError("n", "only n=1 is served (the method samples internally)")
     options = body.get("stream_options") or {}
+    if not isinstance(options, Mapping):
+        raise InvalidRequestError("stream_options", "must be an object")
     return prompt, kwargs, bool(body.get("stream", False)), bool(options.get("include_usage"))
 
 

@@ -1,6 +1,10 @@
-"""A loopback OpenAI-style server that answers 503 a given number of times first.
+"""A loopback OpenAI-style server that misbehaves a given number of times first.
 
-python tests/flaky_server.py PORT FAILURES [STATUS]
+python tests/flaky_server.py PORT FAILURES [MODE]
+
+MODE is an HTTP status to answer with (default 503), or one of:
+``stall`` (send the headers, then nothing), ``stall-after-token`` (one chunk, then
+nothing), ``drop`` (one chunk, then the connection is cut mid-body).
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
+import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -15,7 +20,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 PORT, FAILURES = int(sys.argv[1]), int(sys.argv[2])
-STATUS = int(sys.argv[3]) if len(sys.argv) > 3 else 503
+MODE = sys.argv[3] if len(sys.argv) > 3 else "503"
 calls = {"n": 0}
 
 
@@ -25,14 +30,21 @@ async def health(request: Request) -> JSONResponse:
 
 async def completions(request: Request) -> object:
     calls["n"] += 1
-    if calls["n"] <= FAILURES:
+    failing = calls["n"] <= FAILURES
+    if failing and MODE.isdigit():
         return JSONResponse(
             {"error": {"message": f"busy ({calls['n']})", "type": "server_error"}},
-            status_code=STATUS,
+            status_code=int(MODE),
         )
 
     async def events():  # type: ignore[no-untyped-def]
+        if failing and MODE == "stall":
+            await anyio.sleep(3600)
         for word, finish in (("ok", None), (" done", "stop")):
+            if failing and word == " done":
+                if MODE == "stall-after-token":
+                    await anyio.sleep(3600)
+                raise ConnectionAbortedError("dropped mid-stream")  # uvicorn cuts the connection
             chunk = {"choices": [{"index": 0, "text": word, "finish_reason": finish}]}
             yield f"data: {json.dumps(chunk)}\n\n"
         yield f"data: {json.dumps({'choices': [], 'usage': {'prompt_tokens': 1, 'completion_tokens': 2}})}\n\n"

@@ -95,7 +95,7 @@ async def calls(port: int) -> int:
 
 @pytest.fixture
 def flaky() -> Iterator[Any]:
-    """Start tests/flaky_server.py with (failures, status) on a free loopback port."""
+    """Start tests/flaky_server.py with (failures, mode) on a free loopback port."""
     import socket
     import subprocess
     import sys
@@ -103,13 +103,13 @@ def flaky() -> Iterator[Any]:
 
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(failures: int, status: int = 503) -> int:
+    def start(failures: int, mode: int | str = 503) -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         script = Path(__file__).parent / "flaky_server.py"
         procs.append(
-            subprocess.Popen([sys.executable, str(script), str(port), str(failures), str(status)])
+            subprocess.Popen([sys.executable, str(script), str(port), str(failures), str(mode)])
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -151,6 +151,85 @@ async def test_persistent_5xx_fails_clearly_after_the_retries(flaky: Any) -> Non
         with pytest.raises(EngineError, match=r"HTTP 500 .*busy \(3\)"):
             async with engine.open_stream(EngineRequest(SamplingParams(), prompt="q")):
                 pass
+    assert await calls(port) == 3
+
+
+async def test_429_is_retried_with_backoff(flaky: Any) -> None:
+    port = flaky(2, 429)
+    async with OpenAIEngine(
+        f"http://127.0.0.1:{port}/v1", "m", max_retries=2, backoff=0.01
+    ) as engine:
+        async with engine.open_stream(
+            EngineRequest(SamplingParams(), prompt="q", stream=False)
+        ) as stream:
+            [delta] = [d async for d in stream]
+        assert delta.text == "ok done"
+    assert await calls(port) == 3
+
+
+async def read_all(engine: OpenAIEngine, *, stream: bool) -> str:
+    text = ""
+    async with engine.open_stream(
+        EngineRequest(SamplingParams(), prompt="q", stream=stream)
+    ) as deltas:
+        async for d in deltas:
+            text += d.text
+    return text
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_stalled_stream_is_opened_again(flaky: Any, stream: bool) -> None:
+    port = flaky(2, "stall")  # headers, then no token: nothing reached the consumer
+    async with OpenAIEngine(
+        f"http://127.0.0.1:{port}/v1", "m", timeout=0.3, max_retries=2, backoff=0.01
+    ) as engine:
+        start = time.monotonic()
+        assert await read_all(engine, stream=stream) == "ok done"
+        assert time.monotonic() - start >= 2 * 0.3  # two stalls waited out
+        assert engine.retried == 2 and engine.healthy and engine.num_active == 0
+    assert await calls(port) == 3
+
+
+async def test_a_stream_that_keeps_stalling_fails_after_the_retries(flaky: Any) -> None:
+    port = flaky(100, "stall")
+    async with OpenAIEngine(
+        f"http://127.0.0.1:{port}/v1", "m", timeout=0.2, max_retries=2, backoff=0.01
+    ) as engine:
+        with pytest.raises(EngineError, match=r"stalled for 0.2s \(3 attempts\)"):
+            await read_all(engine, stream=True)
+        assert engine.num_active == 0
+    assert await calls(port) == 3
+
+
+async def test_a_stall_after_output_was_delivered_fails_at_once(flaky: Any) -> None:
+    port = flaky(1, "stall-after-token")
+    async with OpenAIEngine(
+        f"http://127.0.0.1:{port}/v1", "m", timeout=0.2, max_retries=3, backoff=0.01
+    ) as engine:
+        seen = []
+        with pytest.raises(EngineError, match=r"stalled for 0.2s$"):
+            async with engine.open_stream(EngineRequest(SamplingParams(), prompt="q")) as deltas:
+                async for d in deltas:
+                    seen.append(d.text)
+        assert seen == ["ok"]  # the consumer has "ok": a replay would repeat it
+        assert engine.retried == 0
+        # a non-streaming request can be replayed: it is, and the engine serves again
+        assert await read_all(engine, stream=False) == "ok done"
+    assert await calls(port) == 2
+
+
+async def test_a_connection_dropped_mid_stream(flaky: Any) -> None:
+    port = flaky(2, "drop")  # one chunk, then the connection is cut
+    async with OpenAIEngine(
+        f"http://127.0.0.1:{port}/v1", "m", max_retries=3, backoff=0.01
+    ) as engine:
+        # streaming: "ok" already reached the consumer, so it fails clearly
+        with pytest.raises(EngineError, match="broke mid-stream"):
+            await read_all(engine, stream=True)
+        assert not engine.healthy
+        # not streaming: nothing was delivered, so it is opened again and succeeds
+        assert await read_all(engine, stream=False) == "ok done"
+        assert engine.retried == 1 and engine.healthy and engine.num_active == 0
     assert await calls(port) == 3
 
 

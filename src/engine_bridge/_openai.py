@@ -29,7 +29,9 @@ class OpenAIEngine:
     exponential backoff (``backoff`` seconds, doubling) before any output arrived;
     a 4xx answer raises :class:`InvalidRequestError` (400/422, naming the server's
     ``param``) or :class:`EngineError`, with the server's message.  ``timeout``
-    bounds each wait for data, so a stalled stream fails with :class:`EngineError`.
+    bounds each wait for data: a stream that stalls that long, or whose connection
+    breaks, is opened again (same retries and backoff) while none of its output has
+    reached the consumer, and otherwise fails with :class:`EngineError`.
 
     A remote engine cannot count prompt tokens without the model's tokenizer, so
     ``check`` accepts everything and the server's 400 is the rejection.
@@ -67,6 +69,7 @@ class OpenAIEngine:
         self._unreachable: BaseException | None = None
         self.completed = 0
         self.aborted = 0
+        self.retried = 0  # streams opened again after a stall or a broken connection
 
     def __repr__(self) -> str:
         return f"OpenAIEngine({self.base_url!r}, model={self.model!r})"
@@ -190,15 +193,15 @@ class OpenAIEngine:
         if self._client is None or self._slots is None:
             raise EngineClosedError("engine is not running (use `async with engine:`)")
         path, body = self.body(request)
-        chat = path == "/chat/completions"
         async with self._slots:
             self._active += 1
             stream = RequestStream()
             try:
+                # the first connection here, so a rejection raises from open_stream itself
                 response = await self._connect(path, body)
                 try:
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._pump, response, chat, request, stream)
+                        tg.start_soon(self._pump, response, path, body, request, stream)
                         try:
                             yield stream
                         finally:
@@ -214,83 +217,144 @@ class OpenAIEngine:
                 self._active -= 1
 
     async def _pump(
-        self, response: Any, chat: bool, request: EngineRequest, stream: RequestStream
+        self,
+        response: Any,
+        path: str,
+        body: dict[str, Any],
+        request: EngineRequest,
+        stream: RequestStream,
     ) -> None:
-        """Read the SSE stream into ``stream`` (a task under ``open_stream``)."""
+        """Read the SSE stream into ``stream`` (a task under ``open_stream``).
+
+        A stream that stalls (no data for ``timeout`` seconds) or whose connection
+        breaks is opened again, with the same backoff as ``_connect``, as long as
+        nothing has reached the consumer yet (a streaming request that already
+        delivered text cannot be replayed); after ``max_retries`` such attempts, or
+        once output was delivered, the request fails with :class:`EngineError`.
+        """
         import httpx
 
-        pending: EngineDelta | None = None  # the finishing chunk, held until usage arrives
-        counted = 0
-        whole: list[EngineDelta] = []  # for stream=False requests: one delta at the end
-
-        def push(delta: EngineDelta) -> None:
-            if request.stream:
-                stream.push(delta)
-            else:
-                whole.append(delta)
-
-        try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    message, _ = _error_message(json.dumps(chunk))
-                    raise EngineError(f"server error mid-stream: {message}")
-                usage = chunk.get("usage")
-                for choice in chunk.get("choices") or ():
-                    delta = _delta(choice, chat, request)
-                    counted += delta.num_tokens
-                    if pending is not None:
-                        push(pending)
-                        pending = None
-                    if delta.finish_reason is not None:
-                        pending = delta
-                    elif delta.text or delta.num_tokens:
-                        push(delta)
-                if usage and pending is not None:
-                    extra = int(usage.get("completion_tokens", counted)) - counted
-                    pending = EngineDelta(
-                        pending.text,
-                        pending.token_ids,
-                        pending.logprobs,
-                        pending.finish_reason,
-                        int(usage.get("prompt_tokens", 0)),
-                        pending.num_tokens + max(extra, 0) if not pending.token_ids else None,
-                    )
-        except httpx.ReadTimeout:
-            stream.fail(EngineError(f"the stream from {self.base_url} stalled for {self.timeout}s"))
-            return
-        except (httpx.HTTPError, json.JSONDecodeError, EngineError) as exc:
-            err = (
-                exc
-                if isinstance(exc, EngineError)
-                else EngineError(f"bad stream from {self.base_url}: {exc!r}")
-            )
-            if isinstance(exc, httpx.TransportError):
-                self._unreachable = (
-                    err  # the connection broke: unhealthy until a request gets through
+        attempt = 0
+        while True:
+            state = _StreamState(request, stream)
+            try:
+                try:
+                    await self._read(response, path == "/chat/completions", state)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+            except (httpx.ReadTimeout, httpx.TransportError) as exc:
+                stalled = isinstance(exc, httpx.ReadTimeout)
+                what = (
+                    f"the stream from {self.base_url} stalled for {self.timeout}s"
+                    if stalled
+                    else f"the connection to {self.base_url} broke mid-stream: {exc!r}"
                 )
-            stream.fail(err)
-            return
-        if pending is None:
+                if state.delivered or attempt >= self.max_retries:
+                    tries = f" ({attempt + 1} attempts)" if attempt else ""
+                    err = EngineError(what + tries)
+                    if not stalled:
+                        self._unreachable = err  # unhealthy until a request gets through
+                    stream.fail(err)
+                    return
+                self.retried += 1
+                await anyio.sleep(self.backoff * (2**attempt))
+                attempt += 1
+                try:
+                    response = await self._connect(path, body)
+                except (EngineError, InvalidRequestError) as err:
+                    stream.fail(err)
+                    return
+                continue
+            except (httpx.HTTPError, json.JSONDecodeError, EngineError) as exc:
+                stream.fail(
+                    exc
+                    if isinstance(exc, EngineError)
+                    else EngineError(f"bad stream from {self.base_url}: {exc!r}")
+                )
+                return
+            break
+        if state.finish():
+            self.completed += 1
+        else:
             stream.fail(
                 EngineError(f"the stream from {self.base_url} ended without a finish reason")
             )
+
+    async def _read(self, response: Any, chat: bool, state: _StreamState) -> None:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if "error" in chunk:
+                message, _ = _error_message(json.dumps(chunk))
+                raise EngineError(f"server error mid-stream: {message}")
+            for choice in chunk.get("choices") or ():
+                state.add(_delta(choice, chat, state.request))
+            usage = chunk.get("usage")
+            if usage:
+                state.usage(usage)
+
+
+class _StreamState:
+    """What one attempt at reading a response has gathered."""
+
+    def __init__(self, request: EngineRequest, stream: RequestStream) -> None:
+        self.request = request
+        self.stream = stream
+        self.pending: EngineDelta | None = None  # the finishing chunk, held until usage arrives
+        self.counted = 0
+        self.whole: list[EngineDelta] = []  # for stream=False requests: one delta at the end
+        self.delivered = False  # something reached the consumer
+
+    def push(self, delta: EngineDelta) -> None:
+        if self.request.stream:
+            self.delivered = True
+            self.stream.push(delta)
+        else:
+            self.whole.append(delta)
+
+    def add(self, delta: EngineDelta) -> None:
+        self.counted += delta.num_tokens
+        if self.pending is not None:
+            self.push(self.pending)
+            self.pending = None
+        if delta.finish_reason is not None:
+            self.pending = delta
+        elif delta.text or delta.num_tokens:
+            self.push(delta)
+
+    def usage(self, usage: dict[str, Any]) -> None:
+        pending = self.pending
+        if pending is None:
             return
-        self.completed += 1
-        if request.stream:
-            stream.push(pending)
-            return
-        parts = [*whole, pending]
+        extra = int(usage.get("completion_tokens", self.counted)) - self.counted
+        self.pending = EngineDelta(
+            pending.text,
+            pending.token_ids,
+            pending.logprobs,
+            pending.finish_reason,
+            int(usage.get("prompt_tokens", 0)),
+            pending.num_tokens + max(extra, 0) if not pending.token_ids else None,
+        )
+
+    def finish(self) -> bool:
+        """Hand over the final delta; False if the stream never finished."""
+        pending = self.pending
+        if pending is None:
+            return False
+        if self.request.stream:
+            self.stream.push(pending)
+            return True
+        parts = [*self.whole, pending]
         logprobs = None
-        if request.params.num_logprobs is not None:
+        if self.request.params.num_logprobs is not None:
             logprobs = tuple(x for d in parts for x in (d.logprobs or ()))
         ids = tuple(t for d in parts for t in d.token_ids)
-        stream.push(
+        self.stream.push(
             EngineDelta(
                 "".join(d.text for d in parts),
                 ids,
@@ -300,6 +364,7 @@ class OpenAIEngine:
                 None if ids else sum(d.num_tokens for d in parts),
             )
         )
+        return True
 
 
 def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> EngineDelta:

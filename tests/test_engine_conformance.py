@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from helpers import collect
 
 from engine_bridge import (
@@ -66,16 +68,18 @@ def trtllm() -> Any:
 class LoopbackServer:
     """``python -m engine_bridge.openai_server`` (simulated engine) on a free loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         import socket
         import subprocess
         import time
 
         import httpx
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.port = port
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -129,6 +133,9 @@ def openai() -> Any:
     class KillableOpenAIEngine(OpenAIEngine):
         def inject_failure(self) -> None:
             server.kill()  # the server dies mid-stream
+
+        def revive(self) -> None:
+            SERVERS.append(LoopbackServer(server.port))  # a new server, same address
 
     return KillableOpenAIEngine(server.url, "scaffold", backoff=0.01, max_retries=2)
 
@@ -235,7 +242,12 @@ async def test_requires_start(make_engine: Callable[[], Any]) -> None:
 
 
 async def test_engine_death_surfaces_as_engine_error(make_engine: Callable[[], Any]) -> None:
-    async with make_engine() as engine:
+    """The engine dies mid-batch: the live request fails with EngineError, later ones
+    too, no engine request or thread is left once it is closed, and it can be
+    started again and serves."""
+    before = set(threading.enumerate())
+    engine = make_engine()
+    async with engine:
         with pytest.raises(EngineError):
             async with engine.open_stream(EngineRequest(greedy(200), prompt=PROMPT)) as stream:
                 async for _ in stream:
@@ -243,6 +255,32 @@ async def test_engine_death_surfaces_as_engine_error(make_engine: Callable[[], A
         assert not engine.healthy and engine.num_active == 0
         with pytest.raises(EngineError):
             await collect(engine, EngineRequest(greedy(), prompt=PROMPT))
+    assert await threads_settle(before) == set()
+    if hasattr(engine, "revive"):
+        engine.revive()  # a remote server is restarted by its operator
+    async with engine:
+        text, *_ = await collect(engine, EngineRequest(greedy(3), prompt=PROMPT))
+        assert text and engine.healthy
+    assert await threads_settle(before) == set()
+
+
+async def threads_settle(before: set[threading.Thread]) -> set[threading.Thread]:
+    """The threads alive now that were not before (waiting up to 5 s for exits),
+    leaving out trio's cache of idle worker threads (reused, they expire on their own)
+    and tqdm's process-wide monitor thread (started by the first progress bar)."""
+    for _ in range(100):
+        extra = {
+            t
+            for t in threading.enumerate()
+            if t not in before
+            and t.is_alive()
+            and not t.name.startswith("Trio thread")
+            and type(t).__name__ != "TMonitor"
+        }
+        if not extra:
+            break
+        await trio.sleep(0.05)
+    return extra
 
 
 async def test_continuation_is_continued(make_engine: Callable[[], Any]) -> None:

@@ -137,7 +137,7 @@ async def test_python_tool_limits() -> None:
 
 async def test_cancelling_the_tool_kills_its_process(tmp_path: Any) -> None:
     pidfile = tmp_path / "pid"
-    tool = PythonTool(timeout=60)
+    tool = PythonTool(timeout=60, confine_writes=False)  # it reports its pid in a file
     code = f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)"
     with trio.move_on_after(3):
         await tool(code)
@@ -146,11 +146,108 @@ async def test_cancelling_the_tool_kills_its_process(tmp_path: Any) -> None:
         os.kill(pid, 0)
 
 
-async def test_python_tool_cannot_reach_the_network() -> None:
-    from scaffold_actors._tools import network_isolation_available
+WRITES_OUTSIDE = """
+import os, sys
+target = {target!r}
+results = []
+def attempt(name, fn):
+    try:
+        fn()
+        results.append(name + ":done")
+    except OSError as e:
+        results.append(name + ":" + type(e).__name__)
+attempt("create", lambda: open(os.path.join(target, "new.txt"), "w").write("x"))
+attempt("append", lambda: open(os.path.join(target, "existing.txt"), "a").write("x"))
+attempt("truncate", lambda: os.truncate(os.path.join(target, "existing.txt"), 0))
+attempt("remove", lambda: os.remove(os.path.join(target, "existing.txt")))
+attempt("rename", lambda: os.rename(os.path.join(target, "existing.txt"), "stolen.txt"))
+attempt("mkdir", lambda: os.mkdir(os.path.join(target, "d")))
+attempt("symlink", lambda: os.symlink("/etc/passwd", os.path.join(target, "l")))
+rc = __import__("subprocess").run(
+    ["/bin/sh", "-c", "echo x > " + os.path.join(target, "child.txt")], stderr=-3).returncode
+results.append("child:" + ("done" if rc == 0 else "denied"))
+attempt("inside", lambda: open("mine.txt", "w").write("x"))
+attempt("devnull", lambda: open(os.devnull, "w").write("x"))
+attempt("read", lambda: open(os.path.join(target, "existing.txt")).read())
+print(" ".join(results))
+"""
 
-    if not network_isolation_available():
+
+async def test_python_tool_cannot_write_outside_its_directory(tmp_path: Any) -> None:
+    from scaffold_actors._sandbox import landlock_abi
+
+    if landlock_abi() < 1:
+        pytest.skip("this kernel offers no Landlock")
+    (tmp_path / "existing.txt").write_text("keep")
+    code = WRITES_OUTSIDE.format(target=str(tmp_path))
+    out = await PythonTool()(code)
+    denied = "PermissionError"
+    assert out.split() == [
+        f"create:{denied}", f"append:{denied}", f"truncate:{denied}", f"remove:{denied}",
+        f"rename:{denied}", f"mkdir:{denied}", f"symlink:{denied}",
+        "child:denied",  # a child process inherits the confinement
+        "inside:done", "devnull:done", "read:done",
+    ]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.txt"]
+    assert (tmp_path / "existing.txt").read_text() == "keep"
+    # the control: without confinement the same code changes the directory
+    out = await PythonTool(confine_writes=False)(code)
+    assert "create:done" in out and "child:done" in out
+    assert (tmp_path / "new.txt").exists()
+
+
+async def test_a_protection_the_system_cannot_give_is_refused(monkeypatch: Any) -> None:
+    from scaffold_actors import _tools
+
+    monkeypatch.setattr(_tools, "landlock_abi", lambda: 0)
+    monkeypatch.setattr(_tools, "network_isolation_available", lambda: False)
+    with pytest.raises(OSError, match=r"cannot confine writes.*confine_writes=False"):
+        PythonTool()
+    with pytest.raises(OSError, match=r"cannot isolate the network.*isolate_network=False"):
+        PythonTool(confine_writes=False)
+    assert await PythonTool(confine_writes=False, isolate_network=False)("print(1)") == "1\n"
+
+
+async def test_python_tool_cannot_signal_outside_processes() -> None:
+    from scaffold_actors._sandbox import landlock_abi
+
+    if landlock_abi() < 6:
+        pytest.skip("this kernel's Landlock does not scope signals (ABI < 6)")
+    victim = await trio.lowlevel.open_process(["sleep", "30"])
+    code = f"import os, signal\nos.kill({victim.pid}, signal.SIGKILL)"
+    try:
+        assert "PermissionError" in await PythonTool()(code)
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        await victim.wait()
+
+
+async def test_landlock_alone_denies_tcp(monkeypatch: Any) -> None:
+    """Without a network namespace (e.g. where user namespaces are disabled), a
+    Landlock ABI >= 4 kernel still denies every TCP connect."""
+    from scaffold_actors import _tools
+    from scaffold_actors._sandbox import landlock_abi
+
+    if landlock_abi() < 4:
+        pytest.skip("this kernel's Landlock has no network rules (ABI < 4)")
+    monkeypatch.setattr(_tools, "network_isolation_available", lambda: False)
+    await check_network_denied(PythonTool())
+
+
+async def test_a_network_namespace_alone_cuts_the_network(monkeypatch: Any) -> None:
+    from scaffold_actors import _tools
+
+    if not _tools.network_isolation_available():
         pytest.skip("this system does not allow unprivileged network namespaces")
+    abi = min(_tools.landlock_abi(), 3)  # Landlock without network rules
+    monkeypatch.setattr(_tools, "landlock_abi", lambda: abi)
+    await check_network_denied(PythonTool())
+
+
+async def check_network_denied(tool: PythonTool) -> None:
+    """``tool`` cannot connect to a listening loopback socket; without network
+    isolation the same code can (the control)."""
     import socket
 
     server = socket.socket()
@@ -163,7 +260,7 @@ async def test_python_tool_cannot_reach_the_network() -> None:
         f"print('reached' if s.connect_ex(('127.0.0.1', {port})) == 0 else 'unreachable')"
     )
     try:
-        assert await PythonTool()(code) == "unreachable\n"
+        assert await tool(code) == "unreachable\n"
         assert await PythonTool(isolate_network=False)(code) == "reached\n"  # the control
     finally:
         server.close()

@@ -17,7 +17,9 @@ from typing import Any, ClassVar
 import anyio
 import attrs
 
+from . import _sandbox
 from ._errors import InvalidTaskError
+from ._sandbox import landlock_abi
 from ._tasks import Task, TaskStatus, ToolCallTask
 from ._worker import Handler, Worker
 
@@ -99,19 +101,6 @@ class ToolWorker(Worker):
     task_handlers: ClassVar[dict[type[Task], Handler]] = {ToolCallTask: call_tool}
 
 
-_LAUNCHER = """
-import resource, runpy, sys
-mem, cpu, fsize = (int(x) for x in sys.argv[1:4])
-if mem > 0:
-    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-resource.setrlimit(resource.RLIMIT_NPROC, (64, 64)) if hasattr(resource, "RLIMIT_NPROC") else None
-sys.argv = [sys.argv[4]]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
 @attrs.frozen
 class PythonTool:
     """Run Python code in a fresh subprocess and return what it printed.
@@ -123,20 +112,43 @@ class PythonTool:
     space, ``timeout`` seconds of wall time (then the whole group is killed) and
     of CPU time, ``max_file_mb`` per written file.  Output (stdout then stderr)
     is cut to ``max_output`` characters; a non-zero exit adds ``exit code N``.
-    Cancelling the call kills the process group.  With ``isolate_network`` (the
-    default) the code runs in a new network namespace with no interfaces up
-    (``unshare --user --map-root-user --net``) where the system allows it
-    (:func:`network_isolation_available`); it then cannot reach any host, the
-    loopback included.
+    Cancelling the call kills the process group.
+
+    With ``confine_writes`` (the default) a Landlock ruleset (Linux >= 5.13)
+    stops the code and its children from creating, writing, truncating, renaming
+    or removing anything outside its directory (``/dev/null`` excepted); reading
+    stays allowed.  With ``isolate_network`` (the default) the code runs in a new
+    network namespace with no interface up (``unshare --user --map-root-user
+    --net``, where :func:`network_isolation_available`) and, on kernels with
+    Landlock ABI >= 4, is also denied every TCP connect and bind.  Where Landlock
+    also scopes them (ABI >= 6) it cannot signal processes outside the sandbox
+    nor reach abstract Unix sockets.  A protection that this system cannot give
+    is refused when the tool is created (:class:`OSError`), never silently skipped:
+    pass ``confine_writes=False`` or ``isolate_network=False`` to run without it.
     """
 
     name: ClassVar[str] = "python"
     description: ClassVar[str] = "Run Python code and return what it prints (use print())."
     timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    confine_writes: bool = True
     isolate_network: bool = True
     memory_mb: int = attrs.field(default=512, validator=attrs.validators.ge(0))
     max_file_mb: int = attrs.field(default=16, validator=attrs.validators.ge(0))
     max_output: int = attrs.field(default=4000, validator=attrs.validators.ge(1))
+
+    def __attrs_post_init__(self) -> None:
+        if self.confine_writes and landlock_abi() < 1:
+            raise OSError(
+                "PythonTool cannot confine writes here: the kernel offers no Landlock "
+                "(Linux >= 5.13 with Landlock enabled); PythonTool(confine_writes=False) "
+                "runs without that protection"
+            )
+        if self.isolate_network and not (network_isolation_available() or landlock_abi() >= 4):
+            raise OSError(
+                "PythonTool cannot isolate the network here: neither unprivileged network "
+                "namespaces nor Landlock ABI >= 4 are available; "
+                "PythonTool(isolate_network=False) runs without that protection"
+            )
 
     async def __call__(self, code: str) -> str:
         if not isinstance(code, str):
@@ -145,9 +157,10 @@ class PythonTool:
             script = os.path.join(workdir, "main.py")
             await anyio.Path(script).write_text(code, encoding="utf-8")
             cmd = [
-                sys.executable, "-I", "-B", "-c", _LAUNCHER,
+                sys.executable, "-I", "-B", _sandbox.__file__,
                 str(self.memory_mb * 2**20), str(int(self.timeout) + 1),
-                str(self.max_file_mb * 2**20), script,
+                str(self.max_file_mb * 2**20), str(int(self.confine_writes)),
+                str(int(self.isolate_network and landlock_abi() >= 4)), script,
             ]  # fmt: skip
             if self.isolate_network and network_isolation_available():
                 cmd = [*_UNSHARE, *cmd]
@@ -200,7 +213,8 @@ _UNSHARE = ["unshare", "--user", "--map-root-user", "--net"]
 @functools.cache
 def network_isolation_available() -> bool:
     """Whether this system lets an unprivileged process enter a new network
-    namespace (``unshare`` present and user namespaces enabled)."""
+    namespace (``unshare`` present and user namespaces enabled); blocks for the
+    first call (a probe subprocess), then cached."""
     if shutil.which("unshare") is None:
         return False
     try:

@@ -8,7 +8,10 @@ Checks and reports:
   in-flight caps, and the slope: bytes per in-flight request (a straight line
   means memory grows linearly and is bounded by the cap);
 * the event loop's scheduling latency while loaded: a probe sleeps 1 ms over and
-  over and records how late it wakes (p50, p99, max).
+  over and records how late it wakes (p50, p99, max), twice: with every request
+  submitted at once (the loop saturated: latency is then the length of the run
+  queue), and with requests arriving at a steady ``--rate`` per second, as a
+  server sees them (``at_rate``).
 
 Prints one JSON object.  ``--requests 10000`` is the full setting (the stress test
 runs a smaller one).
@@ -33,6 +36,10 @@ from scaffold_actors import AsyncScaffoldingLlm, EngineWorker
 from scaffold_actors.methods import MajorityVote, Sampler
 
 BACKEND = ["trio"]
+RATE_KEYS = (
+    "requests", "wall_s", "requests_per_s", "lost", "duplicated", "mixed_up", "left_after",
+    "scheduling_latency_ms",
+)  # fmt: skip
 
 
 def reply(call: SimulatedCall) -> str:
@@ -49,7 +56,12 @@ def make_engine(step: float) -> SimulatedEngine:
 
 
 async def run(
-    requests: int, in_flight: int, samples: int, step: float, probe: bool
+    requests: int,
+    in_flight: int,
+    samples: int,
+    step: float,
+    probe: bool,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     engine = make_engine(step)
     method = MajorityVote(Sampler(max_tokens=32), samples=samples, early_stop=False)
@@ -73,12 +85,15 @@ async def run(
                 lateness.append(time.perf_counter() - t0 - 0.001)
 
         start = time.perf_counter()
+        t0 = anyio.current_time()
         async with anyio.create_task_group() as outer:
             if probe:
                 outer.start_soon(probe_loop)
             async with anyio.create_task_group() as tg:
                 for i in range(requests):
                     tg.start_soon(one, i)
+                    if rate:
+                        await anyio.sleep_until(t0 + (i + 1) / rate)
             outer.cancel_scope.cancel()
         wall = time.perf_counter() - start
         stats = llm.stats()
@@ -126,6 +141,12 @@ def main() -> None:
     ap.add_argument("--in-flight", type=int, default=1000, help="requests in flight at once")
     ap.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
     ap.add_argument(
+        "--rate", type=float, default=150.0, help="arrivals per second for the at-rate run"
+    )
+    ap.add_argument(
+        "--rate-requests", type=int, default=None, help="requests in the at-rate run (--requests)"
+    )
+    ap.add_argument(
         "--memory-caps", default="250,500,1000,2000", help="in-flight caps for the memory runs"
     )
     args = ap.parse_args()
@@ -133,6 +154,11 @@ def main() -> None:
     load = anyio.run(
         run, args.requests, args.in_flight, args.samples, args.step, True, backend=args.backend
     )
+    n_rate = args.rate_requests or args.requests
+    at_rate = anyio.run(
+        run, n_rate, args.in_flight, args.samples, args.step, True, args.rate,
+        backend=args.backend,
+    )  # fmt: skip
     caps = [int(c) for c in args.memory_caps.split(",") if c]
     peaks = [peak_bytes(c, args.samples, args.step) for c in caps]
     # four times more requests than the cap: memory must stay near the cap's figure
@@ -149,6 +175,10 @@ def main() -> None:
                 "backend": args.backend,
                 "in_flight_cap": args.in_flight,
                 **load,
+                "at_rate": {
+                    "arrivals_per_s": args.rate,
+                    **{k: at_rate[k] for k in RATE_KEYS},
+                },
                 "memory": {
                     "in_flight_caps": caps,
                     "peak_bytes": peaks,

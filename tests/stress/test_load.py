@@ -18,7 +18,7 @@ REQUESTS = int(os.environ.get("SCAFFOLD_STRESS_REQUESTS", "1500"))
 def test_every_request_gets_exactly_its_own_result_and_memory_is_bounded() -> None:
     p = subprocess.run(
         [sys.executable, "benchmarks/load.py", "--requests", str(REQUESTS), "--in-flight", "300",
-         "--memory-caps", "50,100,200"],
+         "--memory-caps", "50,100,200", "--rate", "150", "--rate-requests", "750"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
@@ -37,3 +37,7 @@ def test_every_request_gets_exactly_its_own_result_and_memory_is_bounded() -> No
     # four times the requests at the same cap: bounded by the cap, not by the requests
     assert m["peak_bytes_4x_requests_at_largest_cap"] < 2 * m["peak_bytes"][-1]
     assert d["scheduling_latency_ms"]["samples"] > 0
+    r = d["at_rate"]
+    assert r["requests"] == 750 and r["lost"] == r["duplicated"] == r["mixed_up"] == 0
+    assert r["left_after"] == d["left_after"]
+    assert r["scheduling_latency_ms"]["samples"] > 0

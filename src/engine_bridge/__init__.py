@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ._openai import OpenAIEngine
     from ._trtllm import TRTLLMEngine
 
+from ._pool import EnginePool, Replica, ReplicaState, prompt_key
 from ._protocol import Engine
 from ._simulated import CostModel, SimulatedCall, SimulatedEngine, SimulatedOutput
 from ._types import (
@@ -34,16 +35,20 @@ __all__ = [
     "EngineClosedError",
     "EngineDelta",
     "EngineError",
+    "EnginePool",
     "EngineRequest",
     "HFEngine",
     "InvalidRequestError",
     "OpenAIEngine",
+    "Replica",
+    "ReplicaState",
     "SamplingParams",
     "SimulatedCall",
     "SimulatedEngine",
     "SimulatedOutput",
     "TRTLLMEngine",
     "embedded_model_path",
+    "prompt_key",
 ]
 
 # name -> private module, imported on first access (keeps torch/transformers optional)

@@ -13,7 +13,7 @@ or a function of the request.
 from __future__ import annotations
 
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -121,6 +121,7 @@ def _continued(pieces: Sequence[str], continuation: str | None) -> int:
 
 class _SimRequest:
     __slots__ = (
+        "blocks",
         "done",
         "emitted",
         "error",
@@ -151,6 +152,7 @@ class _SimRequest:
         self.reserve = prompt_tokens + request.params.max_tokens
         self.pos = 0
         self.text_so_far = ""
+        self.blocks: list[int] = []
         self.emitted = 0  # characters of text already delivered
         self.pending: deque[EngineDelta] = deque()
         self.event: anyio.Event | None = None
@@ -203,6 +205,13 @@ class SimulatedEngine:
         kv_capacity: KV tokens available; a request reserves prompt + max_tokens.
         max_context: longest prompt + max_tokens accepted.
         seed: engine seed mixed into each request's RNG.
+        prefix_cache_blocks: KV blocks of ``block_size`` prompt tokens kept for
+            reuse (least recently used evicted; 0 = no prefix caching).  A request
+            whose prompt starts with cached full blocks is prefilled (and charged
+            prefill time) only for the rest, as vLLM/SGLang/TensorRT-LLM do with KV
+            reuse.  ``prefill_tokens`` counts the prompt tokens computed,
+            ``cached_prompt_tokens`` those reused.
+        block_size: prompt tokens per KV block.
     """
 
     def __init__(
@@ -214,7 +223,11 @@ class SimulatedEngine:
         kv_capacity: int = 1 << 20,
         max_context: int = 8192,
         seed: int = 0,
+        prefix_cache_blocks: int = 0,
+        block_size: int = 16,
     ) -> None:
+        if prefix_cache_blocks < 0 or block_size < 1:
+            raise ValueError("prefix_cache_blocks >= 0 and block_size >= 1 are required")
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         if kv_capacity < 1 or max_context < 1:
@@ -225,6 +238,9 @@ class SimulatedEngine:
         self.kv_capacity = kv_capacity
         self.max_context = max_context
         self.seed = seed
+        self.prefix_cache_blocks = prefix_cache_blocks
+        self.block_size = block_size
+        self._cache: OrderedDict[int, None] = OrderedDict()  # block hash chain -> LRU order
         self.tokenizer = WordTokenizer()
         self._waiting: deque[_SimRequest] = deque()
         self._running: dict[int, _SimRequest] = {}
@@ -240,6 +256,7 @@ class SimulatedEngine:
         self.aborted = 0
         self.peak_batch = 0
         self.prefill_tokens = 0
+        self.cached_prompt_tokens = 0
 
     # -- Engine protocol -------------------------------------------------
     @property
@@ -350,7 +367,38 @@ class SimulatedEngine:
                 logprobs = [-rng.random() * 2.0 for _ in pieces[skip:]]
         pieces = pieces[skip:]
         n_prompt = self.count_prompt_tokens(request)
-        return _SimRequest(request, n_prompt, pieces, logprobs)
+        r = _SimRequest(request, n_prompt, pieces, logprobs)
+        if self.prefix_cache_blocks:
+            ids = (
+                list(request.prompt_token_ids)
+                if request.prompt_token_ids is not None
+                else self.tokenizer.encode(prompt)
+            )
+            chain, h = [], 0
+            for start in range(0, len(ids) - self.block_size + 1, self.block_size):
+                h = hash((h, *ids[start : start + self.block_size]))
+                chain.append(h)
+            r.blocks = chain
+        return r
+
+    def _prefill(self, r: _SimRequest) -> int:
+        """Prompt tokens ``r`` must compute, after reusing its cached prefix blocks
+        (and caching its own)."""
+        if not r.blocks:
+            return r.prompt_tokens
+        cache = self._cache
+        reused = 0
+        for h in r.blocks:
+            if h not in cache:
+                break
+            cache.move_to_end(h)
+            reused += 1
+        for h in r.blocks[reused:]:
+            cache[h] = None
+        while len(cache) > self.prefix_cache_blocks:
+            cache.popitem(last=False)
+        self.cached_prompt_tokens += reused * self.block_size
+        return r.prompt_tokens - reused * self.block_size
 
     def _release(self, r: _SimRequest) -> None:
         if r.released:
@@ -398,7 +446,7 @@ class SimulatedEngine:
                 r = self._waiting.popleft()
                 self._running[id(r)] = r
                 self._kv_used += r.reserve
-                admitted += r.prompt_tokens
+                admitted += self._prefill(r)
             if admitted:
                 self.prefill_tokens += admitted
                 await self._sleep(self.cost.prefill_time(admitted))

@@ -250,6 +250,12 @@ def main(argv: list[str] | None = None) -> None:
         "--model", default=None, help="model folder for --engine hf (default: embedded)"
     )
     ap.add_argument("--model-name", default="scaffold")
+    ap.add_argument("--device", default="cpu", help="torch device for --engine hf (cuda:1, ...)")
+    ap.add_argument("--dtype", default="float32", help="torch dtype for --engine hf")
+    ap.add_argument("--max-concurrent", type=int, default=64, help="requests in the engine at once")
+    ap.add_argument(
+        "--kv-cache-tokens", type=int, default=32768, help="KV cache size (0: from free memory)"
+    )
     ap.add_argument("--simulated-reply", default=None, help="fixed reply of the simulated engine")
     ap.add_argument(
         "--max-context", type=int, default=512, help="context length of the simulated engine"
@@ -267,7 +273,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from ._hf import HFEngine
 
-        engine = HFEngine(args.model)
+        engine = HFEngine(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            max_concurrent=args.max_concurrent,
+            kv_cache_tokens=args.kv_cache_tokens or None,
+        )
     uvicorn.run(
         create_app(engine, args.model_name), host=args.host, port=args.port, log_level="warning"
     )

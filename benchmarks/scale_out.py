@@ -1,0 +1,323 @@
+"""Scale-out: majority-vote throughput with 1 vs N engine replicas (one per GPU),
+and the prefill tokens computed per request with prefix affinity on vs off.
+
+Every run is ``MajorityVote(Sampler(), samples=S, early_stop=False)`` over ``--prompts``
+prompts through ``AsyncScaffoldingLlm`` and one ``EngineWorker`` over an
+``EnginePool``; the same pool object is kept warm and runs alternate 1-replica and
+N-replica pools (ABAB...), so drift hits both.  Throughput is generated tokens per
+second; the figure is the ratio N-replica / 1-replica (target >= 1.9 for 2 GPUs).
+
+Replicas (``--replica-kind``):
+
+* ``thread``: an ``HFEngine`` per GPU in this process (one bridge thread each);
+* ``process``: an ``engine_bridge.openai_server`` process per GPU on loopback, reached
+  through ``OpenAIEngine`` (no shared interpreter lock between replicas).
+
+Prefill per request is measured in the engine: transformers' continuous-batching
+cache reports each prefix match (``search_prefix_match``), so prefill computed =
+prompt tokens - matched tokens.  With ``--engine simulated`` (CPU) the same figures
+come from the simulated engine's prefix cache.  Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+
+from engine_bridge import CostModel, EnginePool, SimulatedEngine
+from scaffold_actors import AsyncScaffoldingLlm, EngineWorker
+from scaffold_actors.methods import MajorityVote, Sampler
+
+SYSTEM = (
+    "You are a careful math tutor. Read the problem, reason step by step, check the "
+    "arithmetic twice, and end with the final answer in a box. "
+)
+TOPICS = [
+    "clips",
+    "babysitting",
+    "a wallet",
+    "letters",
+    "a robe",
+    "a book",
+    "pizzas",
+    "jelly beans",
+]
+
+PREFIX_MATCHED = [0]  # tokens transformers reused from its prefix cache (all engines in process)
+
+
+def prompts(n: int) -> list[str]:
+    # distinct from their first words, long enough for several KV blocks each
+    return [
+        f"Problem {i}: a question about {TOPICS[i % len(TOPICS)]}. " + SYSTEM * 3 for i in range(n)
+    ]
+
+
+def count_prefix_matches() -> None:
+    """Wrap transformers' prefix search to count the prompt tokens it reuses."""
+    try:
+        from transformers.generation.continuous_batching import cache
+    except ImportError:
+        return
+    cls = cache.PagedAttentionCache
+    original = getattr(cls, "search_prefix_match", None)
+    if original is None:
+        return
+
+    def counted(self: Any, request_id: str, prompt_ids: list[int]) -> int:
+        n = int(original(self, request_id, prompt_ids))
+        PREFIX_MATCHED[0] += n
+        return n
+
+    cls.search_prefix_match = counted
+
+
+def random_qwen2(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=896, intermediate_size=4864,
+        num_hidden_layers=30, num_attention_heads=14, num_key_value_heads=2,
+        max_position_embeddings=4096, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(
+        config, dtype=getattr(torch, args.dtype), attn_implementation="sdpa"
+    )
+    return model.to(device).eval(), tokenizer
+
+
+def hf_replica(args: argparse.Namespace, device: str) -> Any:
+    from engine_bridge import HFEngine
+
+    model, tokenizer = random_qwen2(args, device)
+    return HFEngine(
+        "random-qwen2-0.5b", preloaded=(model, tokenizer), device=device, dtype=args.dtype,
+        chat_template=False, max_concurrent=args.max_concurrent,
+        kv_cache_tokens=args.kv_cache_tokens or None,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def servers(args: argparse.Namespace, devices: list[str]) -> Iterator[list[str]]:
+    """One openai_server process per device, serving the random model saved once."""
+    import httpx
+
+    folder = "/tmp/scale-out-model"
+    if not os.path.exists(os.path.join(folder, "config.json")):
+        model, tokenizer = random_qwen2(args, "cpu")
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    procs, urls = [], []
+    try:
+        for device in devices:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "engine_bridge.openai_server",
+                        "--engine",
+                        "hf",
+                        "--model",
+                        folder,
+                        "--device",
+                        device,
+                        "--dtype",
+                        args.dtype,
+                        "--max-concurrent",
+                        str(args.max_concurrent),
+                        "--kv-cache-tokens",
+                        str(args.kv_cache_tokens),
+                        "--port",
+                        str(port),
+                    ],
+                )
+            )
+            urls.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 600
+        for url, proc in zip(urls, procs, strict=True):
+            while True:
+                try:
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server for {url} did not start")
+                time.sleep(0.5)
+        yield [u + "/v1" for u in urls]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+
+
+async def vote_run(
+    pool: EnginePool, qs: list[str], samples: int, max_tokens: int
+) -> dict[str, Any]:
+    method = MajorityVote(
+        Sampler(max_tokens=max_tokens, temperature=1.0), samples=samples, early_stop=False
+    )
+    worker = EngineWorker(pool, manage_engine=False, max_concurrency=100_000, inbox_size=100_000)
+    async with AsyncScaffoldingLlm(method, {"generation": worker}, max_in_flight=len(qs)) as llm:
+        start = time.perf_counter()
+        results = await llm.generate(qs)
+        wall = time.perf_counter() - start
+    tokens = sum(r.usage.completion_tokens for r in results)
+    return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall}
+
+
+async def simulated_prefill(args: argparse.Namespace) -> dict[str, Any]:
+    """Prefill per request, affinity on vs off, on simulated replicas (CPU)."""
+    out: dict[str, Any] = {}
+    qs = prompts(args.prompts)
+    for affinity in (True, False):
+        engines = [
+            SimulatedEngine(
+                cost=CostModel(2e-6, 0.001, 1e-5),
+                prefix_cache_blocks=1 << 16,
+                max_batch_size=1 << 16,
+                kv_capacity=1 << 40,
+            )
+            for _ in range(args.replicas)
+        ]
+        pool = EnginePool(engines, affinity=affinity, saturation=args.saturation)
+        async with pool:
+            await vote_run(pool, qs, args.samples, args.max_tokens)
+        requests = len(qs) * args.samples
+        computed = sum(e.prefill_tokens for e in engines)
+        reused = sum(e.cached_prompt_tokens for e in engines)
+        out["on" if affinity else "off"] = {
+            "prompt_tokens_per_request": round((computed + reused) / requests, 1),
+            "prefill_tokens_per_request": round(computed / requests, 1),
+            "affinity_hits": pool.affinity_hits,
+        }
+    return out
+
+
+async def gpu(args: argparse.Namespace) -> dict[str, Any]:
+    devices = args.devices.split(",")[: args.replicas]
+    qs = prompts(args.prompts)
+    count_prefix_matches()
+    stack = contextlib.ExitStack()
+    if args.replica_kind == "process":
+        from engine_bridge import OpenAIEngine
+
+        urls = stack.enter_context(servers(args, devices))
+
+        def make(i: int) -> Any:
+            return OpenAIEngine(urls[i], "scaffold", max_concurrent=args.max_concurrent * 4,
+                                timeout=600)  # fmt: skip
+
+        engines = [make(i) for i in range(len(devices))]
+    else:
+        engines = [hf_replica(args, d) for d in devices]
+    with stack:
+        n = str(len(engines))
+        runs: dict[str, list[dict[str, Any]]] = {"1": [], n: []}
+        sizes = {"1": engines[:1], n: engines}
+        for members in sizes.values():  # warm-up (compilation, allocator)
+            async with EnginePool(members, saturation=args.saturation) as pool:
+                await vote_run(pool, qs[: len(members)], 2, 8)
+        for _ in range(args.repeats):  # alternate: drift hits both sizes
+            for label, members in sizes.items():
+                async with EnginePool(members, saturation=args.saturation) as pool:
+                    runs[label].append(await vote_run(pool, qs, args.samples, args.max_tokens))
+        # prefill per request, affinity on vs off, measured in the real engines
+        prefill: dict[str, Any] = {}
+        if args.replica_kind == "thread":
+            for affinity in (True, False):
+                before = PREFIX_MATCHED[0]
+                async with EnginePool(
+                    engines, affinity=affinity, saturation=args.saturation
+                ) as pool:
+                    await vote_run(pool, qs, args.samples, args.max_tokens)
+                requests = len(qs) * args.samples
+                prompt_tokens = args.samples * sum(
+                    engines[0].count_prompt_tokens(_request(q)) for q in qs
+                )
+                matched = PREFIX_MATCHED[0] - before
+                prefill["on" if affinity else "off"] = {
+                    "prompt_tokens_per_request": round(prompt_tokens / requests, 1),
+                    "prefill_tokens_per_request": round((prompt_tokens - matched) / requests, 1),
+                    "affinity_hits": pool.affinity_hits,
+                }
+    tp = {k: [r["tokens_per_s"] for r in v] for k, v in runs.items()}
+    pairs = [b / a for a, b in zip(tp["1"], tp[n], strict=True)]
+    return {
+        "replicas": len(engines),
+        "replica_kind": args.replica_kind,
+        "devices": devices,
+        "tokens_per_s": {k: [round(x, 1) for x in v] for k, v in tp.items()},
+        "median_tokens_per_s": {k: round(statistics.median(v), 1) for k, v in tp.items()},
+        "ratio_of_medians": round(statistics.median(tp[n]) / statistics.median(tp["1"]), 3),
+        "pair_ratios": [round(x, 3) for x in pairs],
+        "ratio_of_totals": round(rate(runs[n]) / rate(runs["1"]), 3),
+        "prefill_real_engine": prefill or None,
+    }
+
+
+def rate(runs: list[dict[str, Any]]) -> float:
+    return sum(r["tokens"] for r in runs) / sum(r["wall_s"] for r in runs)
+
+
+def _request(prompt: str) -> Any:
+    from engine_bridge import EngineRequest, SamplingParams
+
+    return EngineRequest(SamplingParams(), prompt=prompt)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engine", choices=("hf", "simulated"), default="hf")
+    ap.add_argument("--replica-kind", choices=("thread", "process"), default="thread")
+    ap.add_argument("--devices", default="cuda:0,cuda:1")
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--tokenizer", default=".bench_assets/smollm2-tokenizer")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-concurrent", type=int, default=256)
+    ap.add_argument("--kv-cache-tokens", type=int, default=0)
+    ap.add_argument("--saturation", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=4)
+    args = ap.parse_args()
+    out: dict[str, Any] = {
+        "benchmark": "scale_out",
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "prompts": args.prompts,
+        "samples": args.samples,
+        "max_tokens": args.max_tokens,
+        "prefill_simulated": anyio.run(simulated_prefill, args, backend="trio"),
+    }
+    if args.engine == "hf":
+        import torch
+
+        out["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        out.update(anyio.run(gpu, args, backend="trio"))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -70,6 +70,8 @@ def test_cli_rejects_bad_options() -> None:
             "Error: --engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)",
         ),
         (["-p", "novalue"], "Invalid value for --param: expected KEY=VALUE, got 'novalue'"),
+        (["--devices", "cuda:0,cuda:1"], "Error: --devices is for --engine hf"),
+        (["--replicas", "0"], "Invalid value for '--replicas'"),
     ],
 )
 def test_cli_errors_are_one_line(args: list[str], message: str) -> None:

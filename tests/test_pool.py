@@ -263,3 +263,50 @@ def test_bad_configuration_is_rejected() -> None:
     for kw in ({"saturation": 0}, {"max_retries": -1}, {"affinity_entries": 0}):
         with pytest.raises(ValueError):
             EnginePool([], **kw)
+
+
+async def test_two_real_openai_servers_behind_a_pool() -> None:
+    """Two OpenAI-compatible servers on loopback: votes spread over both, one
+    server is killed mid-run, its undelivered requests finish on the other, and the
+    CLI pools comma-separated --base-url values the same way."""
+    pytest.importorskip("starlette")
+    import sys
+
+    from test_engine_conformance import FRUITS, LoopbackServer
+
+    from engine_bridge import OpenAIEngine
+
+    servers = [LoopbackServer(), LoopbackServer()]
+    try:
+        engines = [OpenAIEngine(s.url, "scaffold", backoff=0.01, max_retries=1) for s in servers]
+        async with EnginePool(engines) as pool:
+            results = await run_all(pool, [f"question {i}" for i in range(8)])
+            assert results == [FRUITS] * 8
+            assert sorted(served(pool)) == [4, 4]
+            texts: list[Any] = []
+
+            async def one(i: int) -> None:
+                try:
+                    texts.append((await collect(pool, req(f"again {i}", tokens=32))).text)
+                except EngineError as exc:
+                    texts.append(exc)
+
+            async with trio.open_nursery() as n:
+                for i in range(8):
+                    n.start_soon(one, i)
+                servers[0].kill()  # dies with requests in flight
+            assert texts.count(FRUITS) + sum(isinstance(t, EngineError) for t in texts) == 8
+            assert texts.count(FRUITS) >= 4  # the other server's, and the retried ones
+            assert [r.engine for r in pool.replicas] == [engines[1]]
+            assert (await collect(pool, req("after"))).text == FRUITS
+        cli = await trio.run_process(
+            [sys.executable, "-m", "scaffold_actors._cli", "run", "q", "--engine", "openai",
+             "--model", "scaffold", "--base-url", f"{servers[1].url},{servers[1].url}",
+             "--method", "cot", "--json"],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+        assert cli.returncode == 0, cli.stderr
+        assert FRUITS in cli.stdout.decode()
+    finally:
+        for s in servers:
+            s.kill()

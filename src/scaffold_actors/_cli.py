@@ -40,7 +40,11 @@ def _quiet_transformers() -> None:
 
 
 def build_engine(
-    engine: str, model: str | None, base_url: str | None, step_seconds: float | None = None
+    engine: str,
+    model: str | None,
+    base_url: str | None,
+    step_seconds: float | None = None,
+    device: str | None = None,
 ) -> Any:
     """The engine named on the command line (raises ValueError / FileNotFoundError)."""
     if engine == "simulated":
@@ -64,7 +68,37 @@ def build_engine(
     _quiet_transformers()
     from engine_bridge import HFEngine
 
-    return HFEngine(model)
+    return HFEngine(model, device=device or "cpu")
+
+
+def build_pool(
+    engine: str,
+    model: str | None,
+    base_url: str | None,
+    step_seconds: float | None,
+    replicas: int,
+    devices: str | None,
+) -> Any:
+    """One engine, or an :class:`EnginePool` of replicas: one per device in
+    ``devices`` (hf), one per URL in a comma-separated ``base_url`` (openai), or
+    ``replicas`` copies (``--replicas``; hf devices are cycled)."""
+    urls = [u.strip() for u in (base_url or "").split(",") if u.strip()]
+    device_list = [d.strip() for d in (devices or "").split(",") if d.strip()]
+    if device_list and engine != "hf":
+        raise ValueError("--devices is for --engine hf")
+    count = max(replicas, len(device_list), len(urls) if engine == "openai" else 1)
+    if count == 1:
+        return build_engine(
+            engine, model, base_url, step_seconds, device_list[0] if device_list else None
+        )
+    from engine_bridge import EnginePool
+
+    members = []
+    for i in range(count):
+        url = urls[i % len(urls)] if urls else None
+        device = device_list[i % len(device_list)] if device_list else None
+        members.append(build_engine(engine, model, url, step_seconds, device))
+    return EnginePool(members)
 
 
 def build_workers(
@@ -75,10 +109,13 @@ def build_workers(
     method: str,
     max_tokens: int,
     step_seconds: float | None = None,
+    *,
+    replicas: int = 1,
+    devices: str | None = None,
 ) -> dict[str, Any]:
     workers: dict[str, Any] = {
         "generation": EngineWorker(
-            build_engine(engine, model, base_url, step_seconds),
+            build_pool(engine, model, base_url, step_seconds, replicas, devices),
             default_params=SamplingParams(max_tokens=max_tokens),
         )
     }
@@ -142,7 +179,23 @@ common_options = [
         default=None,
         help="model folder (default: embedded SmolLM2-135M) or the server's model name",
     ),
-    click.option("--base-url", default=None, help="OpenAI-compatible server for --engine openai"),
+    click.option(
+        "--base-url",
+        default=None,
+        help="OpenAI-compatible server for --engine openai; several, comma-separated, are pooled",
+    ),
+    click.option(
+        "--replicas",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="engine replicas behind one pool (hf: spread over --devices)",
+    ),
+    click.option(
+        "--devices",
+        default=None,
+        help="comma-separated torch devices for --engine hf, one replica each (cuda:0,cuda:1)",
+    ),
     click.option(
         "--reward-model",
         default=None,
@@ -222,6 +275,8 @@ def run(
     engine: str,
     model: str | None,
     base_url: str | None,
+    replicas: int,
+    devices: str | None,
     reward_model: str | None,
     as_json: bool,
 ) -> None:
@@ -236,7 +291,10 @@ def run(
             instruction=instruction,
         )
         start = time.perf_counter()
-        workers = build_workers(engine, model, base_url, reward_model, method, max_tokens)
+        workers = build_workers(
+            engine, model, base_url, reward_model, method, max_tokens,
+            replicas=replicas, devices=devices,
+        )  # fmt: skip
         if not as_json:
             click.echo(f"starting the {engine} engine...", err=True)
         with ScaffoldingLlm(controller, workers) as llm:
@@ -323,6 +381,8 @@ def serve(
     engine: str,
     model: str | None,
     base_url: str | None,
+    replicas: int,
+    devices: str | None,
     reward_model: str | None,
     host: str,
     port: int,
@@ -363,7 +423,15 @@ def serve(
             for m in names
         }
         workers = build_workers(
-            engine, model, base_url, reward_model, method, max_tokens, simulated_step_seconds
+            engine,
+            model,
+            base_url,
+            reward_model,
+            method,
+            max_tokens,
+            simulated_step_seconds,
+            replicas=replicas,
+            devices=devices,
         )
         if reward_model and "reward" not in workers:
             from ._reward_worker import RewardWorker
@@ -427,6 +495,8 @@ def bench(
     engine: str,
     model: str | None,
     base_url: str | None,
+    replicas: int,
+    devices: str | None,
     reward_model: str | None,
     compare: str | None,
     concurrency: int,
@@ -460,11 +530,23 @@ def bench(
             for m in names
         }
         # one engine for every method (started for each run, the model loaded once)
-        workers = build_workers(engine, model, base_url, reward_model, names[0], max_tokens)
+        workers = build_workers(
+            engine, model, base_url, reward_model, names[0], max_tokens,
+            replicas=replicas, devices=devices,
+        )  # fmt: skip
         for m in names[1:]:
             if METHODS[m].needs_reward and "reward" not in workers:
                 workers.update(
-                    build_workers(engine, model, base_url, reward_model, m, max_tokens)
+                    build_workers(
+                        engine,
+                        model,
+                        base_url,
+                        reward_model,
+                        m,
+                        max_tokens,
+                        replicas=replicas,
+                        devices=devices,
+                    )
                     | {"generation": workers["generation"]}
                 )
         summaries = []

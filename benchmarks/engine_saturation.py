@@ -62,24 +62,9 @@ def build_engine(args: argparse.Namespace) -> Any:
     if args.model == "embedded":
         return HFEngine(**common)
     if args.model == "random-qwen2-0.5b":
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+        from _random_model import random_qwen2
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        config = Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=896,
-            intermediate_size=4864,
-            num_hidden_layers=30,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            tie_word_embeddings=True,
-        )
-        torch.manual_seed(0)
-        dtype = getattr(torch, args.dtype)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-        model.to(args.device).eval()
+        model, tokenizer = random_qwen2(args.tokenizer, args.dtype, args.device)
         return HFEngine(
             "random-qwen2-0.5b",
             preloaded=(model, tokenizer),

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+from _random_model import random_qwen2
 
 from engine_bridge import CostModel, EnginePool, SimulatedEngine
 from scaffold_actors import AsyncScaffoldingLlm, EngineWorker
@@ -86,27 +87,10 @@ def count_prefix_matches() -> None:
     PREFIX_HOOKED[0] = True
 
 
-def random_qwen2(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
-
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=896, intermediate_size=4864,
-        num_hidden_layers=30, num_attention_heads=14, num_key_value_heads=2,
-        max_position_embeddings=4096, tie_word_embeddings=True,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(
-        config, dtype=getattr(torch, args.dtype), attn_implementation="sdpa"
-    )
-    return model.to(device).eval(), tokenizer
-
-
 def hf_replica(args: argparse.Namespace, device: str) -> Any:
     from engine_bridge import HFEngine
 
-    model, tokenizer = random_qwen2(args, device)
+    model, tokenizer = random_qwen2(args.tokenizer, args.dtype, device)
     return HFEngine(
         "random-qwen2-0.5b", preloaded=(model, tokenizer), device=device, dtype=args.dtype,
         chat_template=False, max_concurrent=args.max_concurrent,
@@ -121,7 +105,7 @@ def servers(args: argparse.Namespace, devices: list[str]) -> Iterator[list[str]]
 
     folder = "/tmp/scale-out-model"
     if not os.path.exists(os.path.join(folder, "config.json")):
-        model, tokenizer = random_qwen2(args, "cpu")
+        model, tokenizer = random_qwen2(args.tokenizer, args.dtype, "cpu")
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     procs, urls = [], []

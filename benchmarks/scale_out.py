@@ -11,7 +11,8 @@ Replicas (``--replica-kind``):
 
 * ``thread``: an ``HFEngine`` per GPU in this process (one bridge thread each);
 * ``process``: an ``engine_bridge.openai_server`` process per GPU on loopback, reached
-  through ``OpenAIEngine`` (no shared interpreter lock between replicas).
+  through ``OpenAIEngine`` (no shared interpreter lock between replicas); each sample
+  is answered in one JSON body, or, with ``--stream-all``, streamed token by token.
 
 Prefill per request is measured in the engine: transformers' continuous-batching
 cache reports each prefix match (``search_prefix_match``), so prefill computed =
@@ -158,10 +159,13 @@ def servers(args: argparse.Namespace, devices: list[str]) -> Iterator[list[str]]
 
 
 async def vote_run(
-    pool: EnginePool, qs: list[str], samples: int, max_tokens: int
+    pool: EnginePool, qs: list[str], samples: int, max_tokens: int, concurrency: int | None = None
 ) -> dict[str, Any]:
     method = MajorityVote(
-        Sampler(max_tokens=max_tokens, temperature=1.0), samples=samples, early_stop=False
+        Sampler(max_tokens=max_tokens, temperature=1.0),
+        samples=samples,
+        early_stop=False,
+        concurrency=concurrency,
     )
     worker = EngineWorker(pool, manage_engine=False, max_concurrency=100_000, inbox_size=100_000)
     async with AsyncScaffoldingLlm(method, {"generation": worker}, max_in_flight=len(qs)) as llm:
@@ -212,7 +216,7 @@ async def gpu(args: argparse.Namespace) -> dict[str, Any]:
 
         def make(i: int) -> Any:
             return OpenAIEngine(urls[i], "scaffold", max_concurrent=args.max_concurrent * 4,
-                                timeout=600)  # fmt: skip
+                                timeout=600, stream_all=args.stream_all)  # fmt: skip
 
         engines = [make(i) for i in range(len(devices))]
     else:
@@ -255,6 +259,7 @@ async def gpu(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "replicas": len(engines),
         "replica_kind": args.replica_kind,
+        "wire": None if args.replica_kind == "thread" else ("sse" if args.stream_all else "body"),
         "devices": devices,
         "tokens_per_s": {k: [round(x, 1) for x in v] for k, v in tp.items()},
         "median_tokens_per_s": {k: round(statistics.median(v), 1) for k, v in tp.items()},
@@ -279,6 +284,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", choices=("hf", "simulated"), default="hf")
     ap.add_argument("--replica-kind", choices=("thread", "process"), default="thread")
+    ap.add_argument(
+        "--stream-all",
+        action="store_true",
+        help="process replicas: stream every request over SSE (default: one JSON body each)",
+    )
     ap.add_argument("--devices", default="cuda:0,cuda:1")
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--tokenizer", default=".bench_assets/smollm2-tokenizer")

@@ -4,7 +4,9 @@ python tests/flaky_server.py PORT FAILURES [MODE]
 
 MODE is an HTTP status to answer with (default 503), or one of:
 ``stall`` (send the headers, then nothing), ``stall-after-token`` (one chunk, then
-nothing), ``drop`` (one chunk, then the connection is cut mid-body).
+nothing), ``drop`` (one chunk, then the connection is cut mid-body).  A request with
+``"stream": false`` gets one JSON body; ``stall`` then sends nothing at all, and
+``stall-after-token`` / ``drop`` send the first half of the body.
 """
 
 from __future__ import annotations
@@ -36,6 +38,26 @@ async def completions(request: Request) -> object:
             {"error": {"message": f"busy ({calls['n']})", "type": "server_error"}},
             status_code=int(MODE),
         )
+
+    if not (await request.json()).get("stream"):
+        answer = json.dumps(
+            {
+                "choices": [{"index": 0, "text": "ok done", "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2},
+            }
+        )
+        if not failing:
+            return JSONResponse(json.loads(answer))
+        if MODE == "stall":
+            await anyio.sleep(3600)
+
+        async def half():  # type: ignore[no-untyped-def]
+            yield answer[: len(answer) // 2]
+            if MODE == "stall-after-token":
+                await anyio.sleep(3600)
+            raise ConnectionAbortedError("dropped mid-body")
+
+        return StreamingResponse(half(), media_type="application/json")
 
     async def events():  # type: ignore[no-untyped-def]
         if failing and MODE == "stall":

@@ -68,7 +68,9 @@ def trtllm() -> Any:
 class LoopbackServer:
     """``python -m engine_bridge.openai_server`` (simulated engine) on a free loopback port."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, reply: str = FRUITS, max_context: int = 512
+    ) -> None:
         import socket
         import subprocess
         import time
@@ -88,11 +90,11 @@ class LoopbackServer:
                 "--engine",
                 "simulated",
                 "--simulated-reply",
-                FRUITS,
+                reply,
                 "--port",
                 str(self.port),
                 "--max-context",
-                "512",
+                str(max_context),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

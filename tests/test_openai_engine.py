@@ -61,14 +61,77 @@ async def test_leaving_early_aborts_on_the_server(server: LoopbackServer) -> Non
             await trio.sleep(0.01)
 
 
+async def active(port: int) -> int:
+    async with httpx.AsyncClient() as client:
+        return int((await client.get(f"http://127.0.0.1:{port}/health")).json()["active"])
+
+
+async def test_a_one_body_request_left_early_is_aborted_on_the_server() -> None:
+    server = LoopbackServer(reply="word " * 400, max_context=1024)  # 400 steps of 10 ms
+    try:
+        async with OpenAIEngine(server.url, "scaffold") as engine:
+            req = EngineRequest(SamplingParams(max_tokens=400), prompt="q", stream=False)
+            with trio.move_on_after(10) as scope:
+                async with engine.open_stream(req) as stream:
+                    while not await active(server.port):  # noqa: ASYNC110 (polls another process)
+                        await trio.sleep(0.01)
+                    scope.cancel()  # the server is generating; leave before the answer
+                    async for _ in stream:
+                        pass
+            assert scope.cancelled_caught and engine.aborted == 1 and engine.num_active == 0
+            with trio.fail_after(2):  # well before the 4 s generation would end
+                while await active(server.port):  # noqa: ASYNC110 (polls another process)
+                    await trio.sleep(0.01)
+    finally:
+        server.kill()
+
+
+async def test_a_one_body_answer_carries_text_ids_logprobs_and_usage(
+    server: LoopbackServer,
+) -> None:
+    from engine_bridge import ChatMessage
+
+    for kw in ({"prompt": "q"}, {"messages": (ChatMessage("user", "fruits?"),)}):
+        params = SamplingParams(max_tokens=4, num_logprobs=0, seed=7)
+        whole = OpenAIEngine(server.url, "scaffold")
+        streamed = OpenAIEngine(server.url, "scaffold", stream_all=True)
+        got = []
+        for engine in (whole, streamed):
+            async with engine:
+                req = EngineRequest(params, stream=False, **kw)
+                assert engine.body(req)[1]["stream"] is engine.stream_all
+                async with engine.open_stream(req) as stream:
+                    [delta] = [d async for d in stream]
+            got.append(delta)
+        assert got[0] == got[1]
+        assert got[0].text == "Apples, bananas, cherries, dates,"
+        assert got[0].finish_reason == "length" and got[0].num_tokens == 4
+        assert got[0].logprobs is not None and len(got[0].logprobs) == 4
+        assert got[0].prompt_tokens > 0
+
+
+def test_the_server_asks_the_engine_for_the_final_output_only() -> None:
+    from engine_bridge.openai_server import _request_from_body
+
+    assert _request_from_body({"prompt": "x"}, chat=False)[0].stream is False
+    assert _request_from_body({"prompt": "x", "stream": True}, chat=False)[0].stream is True
+    chat = {"messages": [{"role": "user", "content": "x"}], "stream": False}
+    assert _request_from_body(chat, chat=True)[0].stream is False
+
+
+def test_response_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="response_timeout"):
+        OpenAIEngine("http://127.0.0.1:9", "m", response_timeout=0)
+
+
 async def test_unreachable_server_is_retried_then_fails_clearly() -> None:
     async with OpenAIEngine("http://127.0.0.1:9/v1", "m", max_retries=2, backoff=0.05) as engine:
-        start = time.monotonic()
-        with pytest.raises(EngineError, match=re.escape("cannot reach http://127.0.0.1:9/v1")):
-            async with engine.open_stream(EngineRequest(SamplingParams(), prompt="q")):
-                pass
-        assert time.monotonic() - start >= 0.05 + 0.1  # two backoffs
-        assert not engine.healthy and engine.num_active == 0
+        for stream in (True, False):
+            start = time.monotonic()
+            with pytest.raises(EngineError, match=re.escape("cannot reach http://127.0.0.1:9/v1")):
+                await read_all(engine, stream=stream)
+            assert time.monotonic() - start >= 0.05 + 0.1  # two backoffs
+            assert not engine.healthy and engine.num_active == 0
 
 
 async def test_http_errors_are_clear(server: LoopbackServer) -> None:
@@ -181,7 +244,12 @@ async def read_all(engine: OpenAIEngine, *, stream: bool) -> str:
 async def test_a_stalled_stream_is_opened_again(flaky: Any, stream: bool) -> None:
     port = flaky(2, "stall")  # headers, then no token: nothing reached the consumer
     async with OpenAIEngine(
-        f"http://127.0.0.1:{port}/v1", "m", timeout=0.3, max_retries=2, backoff=0.01
+        f"http://127.0.0.1:{port}/v1",
+        "m",
+        timeout=0.3,
+        response_timeout=0.3,  # the one-body answer (stream=False)
+        max_retries=2,
+        backoff=0.01,
     ) as engine:
         start = time.monotonic()
         assert await read_all(engine, stream=stream) == "ok done"
@@ -199,6 +267,17 @@ async def test_a_stream_that_keeps_stalling_fails_after_the_retries(flaky: Any) 
             await read_all(engine, stream=True)
         assert engine.num_active == 0
     assert await calls(port) == 3
+
+
+async def test_a_one_body_answer_that_never_comes_fails_after_the_retries(flaky: Any) -> None:
+    port = flaky(100, "stall")
+    async with OpenAIEngine(
+        f"http://127.0.0.1:{port}/v1", "m", response_timeout=0.2, max_retries=1, backoff=0.01
+    ) as engine:
+        with pytest.raises(EngineError, match=r"no answer from .* within 0.2s \(2 attempts\)"):
+            await read_all(engine, stream=False)
+        assert engine.num_active == 0 and engine.healthy  # slow, not unreachable
+    assert await calls(port) == 2
 
 
 async def test_a_stall_after_output_was_delivered_fails_at_once(flaky: Any) -> None:

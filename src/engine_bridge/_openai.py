@@ -22,16 +22,25 @@ class OpenAIEngine:
     """Completions and chat completions from an OpenAI-compatible server
     (trtllm-serve, vLLM, SGLang, llama.cpp, ``python -m engine_bridge.openai_server``).
 
-    Every request streams (server-sent events), so leaving ``open_stream`` early
-    closes the HTTP stream and the server aborts the generation.  Requests with
-    ``messages`` (or all requests with ``chat=True``) use ``/chat/completions``.
+    A streaming request (``request.stream``) streams over server-sent events; a
+    request with ``stream=False`` is sent with ``"stream": false`` and answered in
+    one JSON body, so neither the server nor this process handles a message per
+    token (``stream_all=True`` streams every request instead).  Either way, leaving
+    ``open_stream`` early closes the connection and the server aborts the
+    generation (this package's server, vLLM and trtllm-serve watch for it).
+    Requests with ``messages`` (or all requests with ``chat=True``) use
+    ``/chat/completions``.
+
     Connection errors, 429 and 5xx answers are retried ``max_retries`` times with
     exponential backoff (``backoff`` seconds, doubling) before any output arrived;
     a 4xx answer raises :class:`InvalidRequestError` (400/422, naming the server's
     ``param``) or :class:`EngineError`, with the server's message.  ``timeout``
-    bounds each wait for data: a stream that stalls that long, or whose connection
-    breaks, is opened again (same retries and backoff) while none of its output has
-    reached the consumer, and otherwise fails with :class:`EngineError`.
+    bounds each wait for data of a stream: a stream that stalls that long, or whose
+    connection breaks, is opened again (same retries and backoff) while none of its
+    output has reached the consumer, and otherwise fails with :class:`EngineError`.
+    A one-body answer has no data until the generation ends, so its wait is bounded
+    by ``response_timeout`` instead (``None``: no bound), and a connection broken or
+    timed out before the answer is retried the same way.
 
     A remote engine cannot count prompt tokens without the model's tokenizer, so
     ``check`` accepts everything and the server's 400 is the rejection.
@@ -49,11 +58,15 @@ class OpenAIEngine:
         connect_timeout: float = 5.0,
         max_retries: int = 3,
         backoff: float = 0.5,
+        stream_all: bool = False,
+        response_timeout: float | None = 600.0,
     ) -> None:
         if max_concurrent < 1 or max_retries < 0 or backoff < 0 or timeout <= 0:
             raise ValueError(
                 "max_concurrent >= 1, max_retries >= 0, backoff >= 0 and timeout > 0 are required"
             )
+        if response_timeout is not None and response_timeout <= 0:
+            raise ValueError("response_timeout must be > 0 or None")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key = api_key
@@ -63,6 +76,8 @@ class OpenAIEngine:
         self.connect_timeout = connect_timeout
         self.max_retries = max_retries
         self.backoff = backoff
+        self.stream_all = stream_all
+        self.response_timeout = response_timeout
         self._client: Any = None
         self._slots: anyio.Semaphore | None = None
         self._active = 0
@@ -119,9 +134,12 @@ class OpenAIEngine:
             "max_tokens": p.max_tokens,
             "temperature": p.temperature,
             "top_p": p.top_p,
-            "stream": True,
-            "stream_options": {"include_usage": True},
         }
+        if request.stream or self.stream_all:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        else:
+            body["stream"] = False
         if p.top_k:
             body["top_k"] = p.top_k
         if p.stop:
@@ -170,21 +188,23 @@ class OpenAIEngine:
                     self._unreachable = exc
                     raise EngineError(f"cannot reach {self.base_url}: {exc!r}") from exc
             else:
-                status = response.status_code
-                if status < 400:
+                if response.status_code < 400:
                     self._unreachable = None
                     return response
                 text = (await response.aread()).decode("utf-8", "replace")
                 await response.aclose()
-                if status not in _RETRY_STATUS or attempt >= self.max_retries:
-                    message, param = _error_message(text)
-                    if status in (400, 422):
-                        raise InvalidRequestError(
-                            param or "request", f"server rejected the request: {message}"
-                        )
-                    raise EngineError(f"HTTP {status} from {self.base_url}{path}: {message}")
+                self._raise_for_status(response.status_code, text, path, attempt)
             await anyio.sleep(self.backoff * (2**attempt))
             attempt += 1
+
+    def _raise_for_status(self, status: int, text: str, path: str, attempt: int) -> None:
+        """Raise for an error answer unless it is to be retried (attempt left)."""
+        if status in _RETRY_STATUS and attempt < self.max_retries:
+            return
+        message, param = _error_message(text)
+        if status in (400, 422):
+            raise InvalidRequestError(param or "request", f"server rejected the request: {message}")
+        raise EngineError(f"HTTP {status} from {self.base_url}{path}: {message}")
 
     @asynccontextmanager
     async def open_stream(
@@ -196,25 +216,85 @@ class OpenAIEngine:
         async with self._slots:
             self._active += 1
             stream = RequestStream()
+            response = None
             try:
-                # the first connection here, so a rejection raises from open_stream itself
-                response = await self._connect(path, body)
+                if body["stream"]:
+                    # the first connection here, so a rejection raises from open_stream itself
+                    response = await self._connect(path, body)
                 try:
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._pump, response, path, body, request, stream)
+                        if response is None:
+                            tg.start_soon(self._fetch, path, body, request, stream)
+                        else:
+                            tg.start_soon(self._pump, response, path, body, request, stream)
                         try:
                             yield stream
                         finally:
                             if not stream.done:
                                 self.aborted += 1
-                            tg.cancel_scope.cancel()  # closing the HTTP stream aborts it server-side
+                            tg.cancel_scope.cancel()  # closing the connection aborts it server-side
                 except BaseExceptionGroup as group:
                     raise_single(group)
                 finally:
-                    with anyio.CancelScope(shield=True):
-                        await response.aclose()
+                    if response is not None:
+                        with anyio.CancelScope(shield=True):
+                            await response.aclose()
             finally:
                 self._active -= 1
+
+    async def _fetch(
+        self, path: str, body: dict[str, Any], request: EngineRequest, stream: RequestStream
+    ) -> None:
+        """Ask for a one-body answer and push it as one delta (a task under
+        ``open_stream``); connection errors, a timeout before the answer, 429 and
+        5xx are retried with backoff, up to ``max_retries`` times."""
+        import httpx
+
+        timeout = httpx.Timeout(self.response_timeout, connect=self.connect_timeout)
+        attempt = 0
+        while True:
+            try:
+                response = await self._client.post(path, json=body, timeout=timeout)
+            except httpx.TransportError as exc:
+                timed_out = isinstance(exc, httpx.ReadTimeout)
+                what = (
+                    f"no answer from {self.base_url} within {self.response_timeout}s"
+                    if timed_out
+                    else f"cannot reach {self.base_url}: {exc!r}"
+                )
+                if attempt >= self.max_retries:
+                    tries = f" ({attempt + 1} attempts)" if attempt else ""
+                    err = EngineError(what + tries)
+                    if not timed_out:
+                        self._unreachable = err  # unhealthy until a request gets through
+                    stream.fail(err)
+                    return
+                self.retried += 1
+            else:
+                if response.status_code < 400:
+                    break
+                try:
+                    self._raise_for_status(response.status_code, response.text, path, attempt)
+                except (EngineError, InvalidRequestError) as err:
+                    stream.fail(err)
+                    return
+            await anyio.sleep(self.backoff * (2**attempt))
+            attempt += 1
+        self._unreachable = None
+        try:
+            answer = response.json()
+            [choice] = answer["choices"]
+            delta = _delta(choice, path == "/chat/completions", request)
+            if delta.finish_reason is None:
+                raise ValueError("no finish_reason")
+        except (ValueError, KeyError, TypeError) as exc:
+            stream.fail(EngineError(f"bad answer from {self.base_url}: {exc!r}"))
+            return
+        state = _StreamState(request, stream)
+        state.add(delta)
+        state.usage(answer.get("usage") or {})
+        state.finish()
+        self.completed += 1
 
     async def _pump(
         self,
@@ -369,7 +449,7 @@ class _StreamState:
 
 def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> EngineDelta:
     if chat:
-        text = (choice.get("delta") or {}).get("content") or ""
+        text = (choice.get("delta") or choice.get("message") or {}).get("content") or ""
         lp_block = choice.get("logprobs") or {}
         lps = [c.get("logprob", 0.0) for c in lp_block.get("content") or ()]
     else:

@@ -8,8 +8,9 @@ Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions`` and
 ``stream_options.include_usage``, ``logprobs``/``top_logprobs``, ``stop``, ``seed``,
 ``top_k`` as an extension).  Each choice also carries ``token_ids`` (an extension, as
 vLLM offers).  Bad requests get a 400 with ``{"error": {"message", "type", "param"}}``;
-an unhealthy engine a 503.  When a client disconnects mid-stream the engine
-request is aborted.  Needs the ``server`` extra (starlette, uvicorn).
+an unhealthy engine a 503.  A request with ``stream: false`` asks the engine for
+the final output only (no message per token).  When a client disconnects, mid-stream
+or while it waits for a one-body answer, the engine request is aborted.  Needs the ``server`` extra (starlette, uvicorn).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+
+import anyio
 
 from ._protocol import Engine
 from ._types import EngineDelta, EngineError, EngineRequest, InvalidRequestError, SamplingParams
@@ -76,16 +79,17 @@ def _request_from_body(body: Any, chat: bool) -> tuple[EngineRequest, bool, bool
                     "continue_final_message", "the last message must be the assistant's"
                 )
             messages, continuation = messages[:-1], last.get("content")
-        request = EngineRequest(params, messages=messages, stream=True, continuation=continuation)
+    stream = bool(body.get("stream", False))
+    if chat:
+        request = EngineRequest(params, messages=messages, stream=stream, continuation=continuation)
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            request = EngineRequest(params, prompt_token_ids=tuple(prompt), stream=True)
+            request = EngineRequest(params, prompt_token_ids=tuple(prompt), stream=stream)
         elif isinstance(prompt, str):
-            request = EngineRequest(params, prompt=prompt, stream=True)
+            request = EngineRequest(params, prompt=prompt, stream=stream)
         else:
             raise InvalidRequestError("prompt", "must be a string or a list of token ids")
-    stream = bool(body.get("stream", False))
     options = body.get("stream_options") or {}
     return request, stream, bool(isinstance(options, Mapping) and options.get("include_usage"))
 
@@ -94,7 +98,7 @@ def create_app(engine: Engine, model_name: str = "scaffold") -> Any:
     """A Starlette app serving ``engine`` (started and stopped with the app)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     @asynccontextmanager
@@ -190,19 +194,34 @@ def create_app(engine: Engine, model_name: str = "scaffold") -> Any:
         text, finish, prompt_tokens, count = "", None, 0, 0
         ids: list[int] = []
         lps: list[float] = []
-        try:
-            async with engine.open_stream(ereq) as deltas:
-                async for d in deltas:
-                    text += d.text
-                    ids += d.token_ids
-                    lps += d.logprobs or ()
-                    finish = d.finish_reason or finish
-                    prompt_tokens = d.prompt_tokens or prompt_tokens
-                    count += d.num_tokens
-        except InvalidRequestError as e:
-            return _error(400, str(e), e.field)
-        except EngineError as e:
-            return _error(503, str(e), kind="server_error")
+        failed: Any = None
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                # the body is read, so the next message is the client leaving
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()  # aborts the engine request
+
+            tg.start_soon(watch)
+            try:
+                async with engine.open_stream(ereq) as deltas:
+                    async for d in deltas:
+                        text += d.text
+                        ids += d.token_ids
+                        lps += d.logprobs or ()
+                        finish = d.finish_reason or finish
+                        prompt_tokens = d.prompt_tokens or prompt_tokens
+                        count += d.num_tokens
+            except InvalidRequestError as e:
+                failed = _error(400, str(e), e.field)
+            except EngineError as e:
+                failed = _error(503, str(e), kind="server_error")
+            tg.cancel_scope.cancel()
+        if failed is not None:
+            return failed
+        if finish is None:  # the client left; nobody reads this
+            return Response(status_code=499)
         final = EngineDelta(
             text, tuple(ids), tuple(lps) if ereq.params.num_logprobs is not None else None, finish
         )

@@ -61,10 +61,11 @@ PREFIX_MATCHED = [0]  # tokens transformers reused from its prefix cache (all en
 PREFIX_HOOKED = [False]
 
 
-def prompts(n: int) -> list[str]:
-    # distinct from their first words, long enough for several KV blocks each
+def prompts(n: int, repeats: int = 3, start: int = 0) -> list[str]:
+    # distinct from their first words; ``repeats`` sets the length (about 33 tokens each)
     return [
-        f"Problem {i}: a question about {TOPICS[i % len(TOPICS)]}. " + SYSTEM * 3 for i in range(n)
+        f"Problem {i}: a question about {TOPICS[i % len(TOPICS)]}. " + SYSTEM * repeats
+        for i in range(start, start + n)
     ]
 
 
@@ -225,53 +226,66 @@ async def gpu(args: argparse.Namespace) -> dict[str, Any]:
         n = str(len(engines))
         runs: dict[str, list[dict[str, Any]]] = {"1": [], n: []}
         sizes = {"1": engines[:1], n: engines}
-        for members in sizes.values():  # warm-up (compilation, allocator)
+        for members in sizes.values() if args.repeats else ():  # warm-up, not counted
             async with EnginePool(members, saturation=args.saturation) as pool:
-                await vote_run(pool, qs[: len(members)], 2, 8)
+                await vote_run(pool, qs, args.samples, args.max_tokens)
         for _ in range(args.repeats):  # alternate: drift hits both sizes
             for label, members in sizes.items():
                 async with EnginePool(members, saturation=args.saturation) as pool:
                     runs[label].append(await vote_run(pool, qs, args.samples, args.max_tokens))
-        # prefill per request, affinity on vs off, measured in the real engines; the
-        # vote keeps a quarter of its samples in flight (as an early-stopping vote
-        # does), so later samples arrive when the prompt's blocks are computed
-        # (samples of one burst are prefilled together and share nothing)
+        # prefill per request, affinity on vs off, measured in the real engines.  Each
+        # vote keeps only a few samples in flight (as an early-stopping vote does), so
+        # later samples arrive when the prompt's blocks are computed (samples of one
+        # burst are prefilled together and share nothing).  The prompts are longer
+        # here, since transformers shares whole KV blocks of 256 tokens, and new for
+        # each arm, since the engines keep the blocks of the prompts they saw.
         prefill: dict[str, Any] = {}
         if args.replica_kind == "thread" and PREFIX_HOOKED[0]:
-            for affinity in (True, False):
-                before = PREFIX_MATCHED[0]
-                async with EnginePool(
-                    engines, affinity=affinity, saturation=args.saturation
-                ) as pool:
-                    await vote_run(pool, qs, args.samples, args.max_tokens, args.samples // 4)
-                requests = len(qs) * args.samples
-                prompt_tokens = args.samples * sum(
-                    engines[0].count_prompt_tokens(_request(q)) for q in qs
-                )
-                matched = PREFIX_MATCHED[0] - before
-                prefill["on" if affinity else "off"] = {
-                    "prompt_tokens_per_request": round(prompt_tokens / requests, 1),
-                    "prefill_tokens_per_request": round((prompt_tokens - matched) / requests, 1),
-                    "affinity_hits": pool.affinity_hits,
-                }
-    tp = {k: [r["tokens_per_s"] for r in v] for k, v in runs.items()}
-    pairs = [b / a for a, b in zip(tp["1"], tp[n], strict=True)]
-    return {
+            arm = 0
+            for in_flight in (int(x) for x in args.prefill_in_flight.split(",")):
+                for affinity in (True, False):
+                    arm += 1
+                    long_qs = prompts(args.prompts, args.prefill_repeats, arm * 10_000)
+                    before = PREFIX_MATCHED[0]
+                    async with EnginePool(
+                        engines, affinity=affinity, saturation=args.saturation
+                    ) as pool:
+                        await vote_run(pool, long_qs, args.samples, args.max_tokens, in_flight)
+                    requests = len(long_qs) * args.samples
+                    prompt_tokens = args.samples * sum(
+                        engines[0].count_prompt_tokens(_request(q)) for q in long_qs
+                    )
+                    matched = PREFIX_MATCHED[0] - before
+                    arms = prefill.setdefault(f"samples_in_flight_per_vote_{in_flight}", {})
+                    arms["on" if affinity else "off"] = {
+                        "prompt_tokens_per_request": round(prompt_tokens / requests, 1),
+                        "prefill_tokens_per_request": round(
+                            (prompt_tokens - matched) / requests, 1
+                        ),
+                        "affinity_hits": pool.affinity_hits,
+                    }
+    out: dict[str, Any] = {
         "replicas": len(engines),
         "replica_kind": args.replica_kind,
         "wire": None if args.replica_kind == "thread" else ("sse" if args.stream_all else "body"),
         "devices": devices,
-        "tokens_per_s": {k: [round(x, 1) for x in v] for k, v in tp.items()},
-        "median_tokens_per_s": {k: round(statistics.median(v), 1) for k, v in tp.items()},
-        "ratio_of_medians": round(statistics.median(tp[n]) / statistics.median(tp["1"]), 3),
-        "pair_ratios": [round(x, 3) for x in pairs],
-        "ratio_of_totals": round(rate(runs[n]) / rate(runs["1"]), 3),
         "prefill_real_engine": prefill or None,
     }
+    if args.repeats:
+        tp = {k: [r["tokens_per_s"] for r in v] for k, v in runs.items()}
+        pairs = [b / a for a, b in zip(tp["1"], tp[n], strict=True)]
+        out |= {
+            "tokens_per_s": {k: [round(x, 1) for x in v] for k, v in tp.items()},
+            "median_tokens_per_s": {k: round(statistics.median(v), 1) for k, v in tp.items()},
+            "ratio_of_medians": round(statistics.median(tp[n]) / statistics.median(tp["1"]), 3),
+            "pair_ratios": [round(x, 3) for x in pairs],
+            "ratio_of_totals": round(rate(runs[n]) / rate(runs["1"]), 3),
+        }
+    return out
 
 
 def rate(runs: list[dict[str, Any]]) -> float:
-    return sum(r["tokens"] for r in runs) / sum(r["wall_s"] for r in runs)
+    return float(sum(r["tokens"] for r in runs) / sum(r["wall_s"] for r in runs))
 
 
 def _request(prompt: str) -> Any:
@@ -296,10 +310,18 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument(
+        "--prefill-repeats", type=int, default=18, help="prompt length for prefill_real_engine"
+    )
     ap.add_argument("--max-concurrent", type=int, default=256)
     ap.add_argument("--kv-cache-tokens", type=int, default=0)
     ap.add_argument("--saturation", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=4, help="pairs of runs (0: prefill only)")
+    ap.add_argument(
+        "--prefill-in-flight",
+        default="1,4",
+        help="samples in flight per vote for prefill_real_engine (comma-separated)",
+    )
     args = ap.parse_args()
     out: dict[str, Any] = {
         "benchmark": "scale_out",

@@ -142,11 +142,29 @@ def openai() -> Any:
     return KillableOpenAIEngine(server.url, "scaffold", backoff=0.01, max_retries=2)
 
 
+def process() -> Any:
+    pytest.importorskip("starlette")
+    import os
+    import signal
+
+    from engine_bridge import ProcessEngine
+
+    class KillableProcessEngine(ProcessEngine):
+        def inject_failure(self) -> None:
+            assert self.pid is not None
+            os.kill(self.pid, signal.SIGKILL)  # the child dies mid-stream
+
+    return KillableProcessEngine(
+        "simulated", extra_args=["--simulated-reply", FRUITS, "--max-context", "512"]
+    )
+
+
 ENGINES: dict[str, Callable[[], Any]] = {
     "simulated": simulated,
     "hf": hf,
     "trtllm": trtllm,
     "openai": openai,
+    "process": process,
 }
 
 
@@ -225,7 +243,7 @@ async def test_stop_strings(make_engine: Callable[[], Any]) -> None:
 async def test_bad_requests_rejected_before_admission(make_engine: Callable[[], Any]) -> None:
     async with make_engine() as engine:
         too_long = EngineRequest(SamplingParams(max_tokens=8), prompt="word " * 600)
-        if not isinstance(engine, OpenAIEngine):  # a remote engine cannot count tokens
+        if engine.count_prompt_tokens(too_long):  # an engine over HTTP cannot count tokens
             with pytest.raises(InvalidRequestError) as info:
                 engine.check(too_long)
             assert info.value.field == "prompt" and "context length" in str(info.value)

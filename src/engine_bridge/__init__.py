@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._hf import HFEngine, embedded_model_path
     from ._openai import OpenAIEngine
+    from ._process import ProcessEngine
     from ._trtllm import TRTLLMEngine
 
 from ._pool import EnginePool, Replica, ReplicaState, prompt_key
@@ -40,6 +41,7 @@ __all__ = [
     "HFEngine",
     "InvalidRequestError",
     "OpenAIEngine",
+    "ProcessEngine",
     "Replica",
     "ReplicaState",
     "SamplingParams",
@@ -55,6 +57,7 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "HFEngine": "._hf",
     "OpenAIEngine": "._openai",
+    "ProcessEngine": "._process",
     "TRTLLMEngine": "._trtllm",
     "embedded_model_path": "._hf",
 }

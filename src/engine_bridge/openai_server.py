@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -29,6 +31,8 @@ from ._protocol import Engine
 from ._types import EngineDelta, EngineError, EngineRequest, InvalidRequestError, SamplingParams
 
 __all__ = ["create_app", "main"]
+
+LISTENING = "engine_bridge.openai_server listening on"  # the first line on stdout
 
 
 def _error(
@@ -279,8 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--max-context", type=int, default=512, help="context length of the simulated engine"
     )
+    ap.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--port", type=int, default=8000, help="0: a free port (printed on stdout)")
     args = ap.parse_args(argv)
     import uvicorn
 
@@ -299,9 +304,32 @@ def main(argv: list[str] | None = None) -> None:
             max_concurrent=args.max_concurrent,
             kv_cache_tokens=args.kv_cache_tokens or None,
         )
-    uvicorn.run(
-        create_app(engine, args.model_name), host=args.host, port=args.port, log_level="warning"
-    )
+    if args.parent_pid is not None:
+        _exit_with_parent(args.parent_pid)
+    # bind first, so ``--port 0`` takes a free port and says which (ProcessEngine reads it)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    host, port = sock.getsockname()[:2]
+    print(f"{LISTENING} http://{host}:{port}", flush=True)
+    if args.port == 0:  # started by a program that read the line: the rest goes to stderr
+        os.dup2(2, 1)
+    config = uvicorn.Config(create_app(engine, args.model_name), log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _exit_with_parent(pid: int) -> None:
+    """Stop this server (SIGTERM to itself) once process ``pid`` is no longer its
+    parent: a parent killed outright must not leave a server holding a GPU."""
+    import signal
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == pid:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ second; the figure is the ratio N-replica / 1-replica (target >= 1.9 for 2 GPUs)
 Replicas (``--replica-kind``):
 
 * ``thread``: an ``HFEngine`` per GPU in this process (one bridge thread each);
-* ``process``: an ``engine_bridge.openai_server`` process per GPU on loopback, reached
-  through ``OpenAIEngine`` (no shared interpreter lock between replicas); each sample
-  is answered in one JSON body, or, with ``--stream-all``, streamed token by token.
+* ``process``: a ``ProcessEngine`` per GPU (an ``engine_bridge.openai_server`` child
+  on loopback; no shared interpreter lock between replicas); each sample is answered
+  in one JSON body, or, with ``--stream-all``, streamed token by token.
 
 Prefill per request is measured in the engine: transformers' continuous-batching
 cache reports each prefix match (``search_prefix_match``), so prefill computed =
@@ -23,17 +23,13 @@ come from the simulated engine's prefix cache.  Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 import anyio
 from _random_model import random_qwen2
@@ -100,63 +96,35 @@ def hf_replica(args: argparse.Namespace, device: str) -> Any:
     )  # fmt: skip
 
 
-@contextlib.contextmanager
-def servers(args: argparse.Namespace, devices: list[str]) -> Iterator[list[str]]:
-    """One openai_server process per device, serving the random model saved once."""
-    import httpx
+def process_replica(args: argparse.Namespace, device: str) -> Any:
+    """A ProcessEngine (an openai_server child) serving the random model saved once."""
+    from engine_bridge import ProcessEngine
 
     folder = "/tmp/scale-out-model"
     if not os.path.exists(os.path.join(folder, "config.json")):
         model, tokenizer = random_qwen2(args.tokenizer, args.dtype, "cpu")
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-    procs, urls = [], []
-    try:
-        for device in devices:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "engine_bridge.openai_server",
-                        "--engine",
-                        "hf",
-                        "--model",
-                        folder,
-                        "--device",
-                        device,
-                        "--dtype",
-                        args.dtype,
-                        "--max-concurrent",
-                        str(args.max_concurrent),
-                        "--kv-cache-tokens",
-                        str(args.kv_cache_tokens),
-                        "--port",
-                        str(port),
-                    ],
-                )
-            )
-            urls.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 600
-        for url, proc in zip(urls, procs, strict=True):
-            while True:
-                try:
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server for {url} did not start")
-                time.sleep(0.5)
-        yield [u + "/v1" for u in urls]
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
+    return ProcessEngine(
+        "hf", model=folder, device=device, dtype=args.dtype, max_concurrent=args.max_concurrent,
+        kv_cache_tokens=args.kv_cache_tokens or None, stream_all=args.stream_all,
+    )  # fmt: skip
+
+
+class Borrowed:
+    """An engine started elsewhere: a pool's start and close leave it running."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 async def vote_run(
@@ -209,20 +177,12 @@ async def gpu(args: argparse.Namespace) -> dict[str, Any]:
     devices = args.devices.split(",")[: args.replicas]
     qs = prompts(args.prompts)
     count_prefix_matches()
-    stack = contextlib.ExitStack()
     if args.replica_kind == "process":
-        from engine_bridge import OpenAIEngine
-
-        urls = stack.enter_context(servers(args, devices))
-
-        def make(i: int) -> Any:
-            return OpenAIEngine(urls[i], "scaffold", max_concurrent=args.max_concurrent * 4,
-                                timeout=600, stream_all=args.stream_all)  # fmt: skip
-
-        engines = [make(i) for i in range(len(devices))]
+        engines = [process_replica(args, d) for d in devices]
     else:
         engines = [hf_replica(args, d) for d in devices]
-    with stack:
+    async with EnginePool(engines):  # starts them all at once; kept warm for the runs
+        engines = [Borrowed(e) for e in engines]
         n = str(len(engines))
         runs: dict[str, list[dict[str, Any]]] = {"1": [], n: []}
         sizes = {"1": engines[:1], n: engines}

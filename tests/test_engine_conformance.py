@@ -25,7 +25,6 @@ from engine_bridge import (
     EngineError,
     EngineRequest,
     InvalidRequestError,
-    OpenAIEngine,
     SamplingParams,
     SimulatedEngine,
 )

@@ -72,6 +72,14 @@ def test_cli_rejects_bad_options() -> None:
         (["-p", "novalue"], "Invalid value for --param: expected KEY=VALUE, got 'novalue'"),
         (["--devices", "cuda:0,cuda:1"], "Error: --devices is for --engine hf"),
         (["--replicas", "0"], "Invalid value for '--replicas'"),
+        (
+            ["--engine", "openai", "--base-url", "http://127.0.0.1:9/v1", "--replica-processes"],
+            "Error: --replica-processes is for --engine hf or simulated",
+        ),
+        (
+            ["--engine", "hf", "--model", "/no/such/model", "--replica-processes"],
+            "Error: model path '/no/such/model' does not exist",
+        ),
     ],
 )
 def test_cli_errors_are_one_line(args: list[str], message: str) -> None:

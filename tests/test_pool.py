@@ -3,7 +3,7 @@ and two real OpenAI-compatible servers on loopback)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import trio
@@ -257,6 +257,40 @@ async def test_majority_vote_through_a_pool(autojump_clock: object) -> None:
     assert sum(e.completed for e in engines) == 48 and all(e.completed % 8 == 0 for e in engines)
     assert all(e.completed for e in engines)
     assert pool.affinity_hits == 6 * 7  # every sample after the first follows its prompt
+
+
+class SlowStart(SimulatedEngine):
+    """Takes ``delay`` seconds to start (a model load), or fails after it."""
+
+    def __init__(self, delay: float, fail: bool = False) -> None:
+        super().__init__(reply)
+        self.delay, self.fail, self.closed = delay, fail, False
+
+    async def __aenter__(self) -> Self:
+        await trio.sleep(self.delay)
+        if self.fail:
+            raise OSError("no such device")
+        return await super().__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> None:  # noqa: PYI036
+        self.closed = True
+        await super().__aexit__(*exc)
+
+
+async def test_replicas_start_together_and_a_failed_start_fails_the_pool(
+    autojump_clock: object,
+) -> None:
+    engines = [SlowStart(10), SlowStart(10), SlowStart(5)]
+    start = trio.current_time()
+    async with EnginePool(engines) as pool:
+        assert trio.current_time() - start == 10  # not 25: the loads overlap
+        assert [r.name for r in pool.replicas] == ["replica-1", "replica-2", "replica-3"]
+        assert [r.engine for r in pool.replicas] == engines
+    good, bad = SlowStart(1), SlowStart(5, fail=True)
+    with pytest.raises(OSError, match="no such device"):
+        async with EnginePool([good, bad]):
+            pytest.fail("started")  # pragma: no cover
+    assert good.closed  # the replica that did start is closed again
 
 
 def test_bad_configuration_is_rejected() -> None:

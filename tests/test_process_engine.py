@@ -42,9 +42,10 @@ def sleeper(tmp_path: Path) -> tuple[str, Path]:
 
 
 async def wait_for(pid_file: Path) -> int:
-    while not pid_file.exists() or not pid_file.read_text().strip():  # noqa: ASYNC110
+    path = trio.Path(pid_file)
+    while not await path.exists() or not (await path.read_text()).strip():  # noqa: ASYNC110
         await trio.sleep(0.01)
-    return int(pid_file.read_text())
+    return int(await path.read_text())
 
 
 async def test_serves_and_the_child_is_gone_after_close() -> None:
@@ -81,7 +82,7 @@ async def test_a_child_that_never_comes_up_is_killed_after_the_startup_timeout(
         async with engine:
             pass
     assert time.monotonic() - start < 5
-    assert not alive(int(pid_file.read_text()))
+    assert not alive(await wait_for(pid_file))
 
 
 async def test_cancelling_the_start_stops_the_child(tmp_path: Path) -> None:
@@ -145,3 +146,16 @@ def test_a_killed_parent_leaves_no_child(tmp_path: Path) -> None:
     while alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(child)
+
+
+async def test_the_cli_runs_replicas_in_child_processes() -> None:
+    cli = await trio.run_process(
+        [sys.executable, "-m", "scaffold_actors._cli", "run", "q", "--engine", "simulated",
+         "--replicas", "2", "--replica-processes", "--samples", "4", "--json"],
+        capture_stdout=True, capture_stderr=True, check=False,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    import json
+
+    out = json.loads(cli.stdout)
+    assert out["usage"]["tasks"] == 4 and out["usage"]["completion_tokens"] > 0

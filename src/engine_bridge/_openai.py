@@ -183,7 +183,7 @@ class OpenAIEngine:
                 response = await self._client.send(
                     self._client.build_request("POST", path, json=body), stream=True
                 )
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+            except httpx.TransportError as exc:  # refused, reset, timed out, cut
                 if attempt >= self.max_retries:
                     self._unreachable = exc
                     raise EngineError(f"cannot reach {self.base_url}: {exc!r}") from exc

@@ -153,12 +153,21 @@ class EnginePool:
         await tg.__aenter__()
         self._tg = tg
         try:
-            for engine in self._initial:
-                await self.add(engine)
+            try:
+                # together: model loads (and child processes) overlap
+                replicas = [self._register(engine, None) for engine in self._initial]
+                async with anyio.create_task_group() as starting:
+                    for replica in replicas:  # in order, named in order
+                        starting.start_soon(self._start, replica)
+            except BaseExceptionGroup as group:
+                raise_single(group)
         except BaseException as exc:
             self._tg = None
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            tg.cancel_scope.cancel()  # the replicas that did start are closed
+            try:
+                await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseExceptionGroup as group:
+                raise_single(group)
             raise
         return self
 
@@ -183,9 +192,16 @@ class EnginePool:
         what its start raises, and the pool goes on without it."""
         if self._tg is None:
             raise EngineClosedError("pool is not running (use `async with pool:`)")
+        return await self._start(self._register(engine, name))
+
+    def _register(self, engine: Engine, name: str | None) -> Replica:
         self._count += 1
         replica = Replica(engine, name or f"replica-{self._count}")
         self._replicas.append(replica)
+        return replica
+
+    async def _start(self, replica: Replica) -> Replica:
+        assert self._tg is not None
         try:
             await self._tg.start(self._run_replica, replica)
         except BaseException:

@@ -30,7 +30,9 @@ class ProcessEngine:
     :class:`HFEngine` replicas in one process share the interpreter lock, while one
     child per GPU does not (``EnginePool([ProcessEngine(device="cuda:0"),
     ProcessEngine(device="cuda:1")])``; docs/scale-out.md has the figures).
-    Requests with ``stream=False`` travel as one JSON body each.
+    Requests with ``stream=False`` travel as one JSON body each (``stream_all=True``:
+    every request streams, as :class:`OpenAIEngine` explains; ``timeout`` and
+    ``response_timeout`` are its too).
 
     Starting blocks (cancellably) until the child's ``/health`` answers, at most
     ``startup_timeout`` seconds; a child that exits or does not come up in time
@@ -62,11 +64,14 @@ class ProcessEngine:
         stop_timeout: float = 30.0,
         timeout: float = 60.0,
         response_timeout: float | None = 600.0,
+        stream_all: bool = False,
     ) -> None:
         if engine not in ("hf", "simulated"):
             raise ValueError(f"engine must be 'hf' or 'simulated', not {engine!r}")
         if max_concurrent < 1 or startup_timeout <= 0 or stop_timeout <= 0:
             raise ValueError("max_concurrent >= 1, startup_timeout > 0, stop_timeout > 0 required")
+        if model is not None and engine == "hf" and not os.path.exists(model):
+            raise FileNotFoundError(f"model path {model!r} does not exist")
         self.command = [
             python, "-m", "engine_bridge.openai_server", "--engine", engine,
             "--device", device, "--dtype", dtype, "--max-concurrent", str(max_concurrent),
@@ -83,6 +88,7 @@ class ProcessEngine:
             "max_concurrent": max_concurrent * 16,
             "timeout": timeout,
             "response_timeout": response_timeout,
+            "stream_all": stream_all,
         }
         self.url: str | None = None  # http://127.0.0.1:PORT/v1 once started
         self._process: anyio.abc.Process | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -9,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import attrs
 import click
 
 from engine_bridge import EngineError, InvalidRequestError, SamplingParams
@@ -39,26 +41,43 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def build_engine(
-    engine: str,
-    model: str | None,
-    base_url: str | None,
-    step_seconds: float | None = None,
-    device: str | None = None,
-) -> Any:
-    """The engine named on the command line (raises ValueError / FileNotFoundError)."""
+@attrs.frozen
+class EngineOptions:
+    """The engine options of ``run``, ``serve`` and ``bench``, gathered by
+    :func:`with_engine_options`."""
+
+    engine: str = "hf"
+    model: str | None = None
+    base_url: str | None = None
+    replicas: int = 1
+    devices: str | None = None
+    replica_processes: bool = False
+    reward_model: str | None = None
+    step_seconds: float | None = None  # a slow simulated engine (serve's hidden option)
+
+
+def build_engine(options: EngineOptions, url: str | None = None, device: str | None = None) -> Any:
+    """One engine as the options name it (raises ValueError / FileNotFoundError)."""
+    engine, model = options.engine, options.model
+    if options.replica_processes:
+        from engine_bridge import ProcessEngine
+
+        if engine not in ("hf", "simulated"):
+            raise ValueError("--replica-processes is for --engine hf or simulated")
+        return ProcessEngine(engine, model=model, device=device or "cpu", dtype=_dtype(device))
     if engine == "simulated":
         from engine_bridge import CostModel, SimulatedEngine
 
-        if step_seconds is not None:  # a slow engine, for trying out timeouts and limits
-            return SimulatedEngine(cost=CostModel(0.0, step_seconds, 0.0))
+        if options.step_seconds is not None:  # a slow engine, for timeouts and limits
+            return SimulatedEngine(cost=CostModel(0.0, options.step_seconds, 0.0))
         return SimulatedEngine()
     if engine == "openai":
         from engine_bridge import OpenAIEngine
 
-        if not base_url:
+        url = url or options.base_url
+        if not url:
             raise ValueError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        return OpenAIEngine(base_url, model or "default", max_retries=2, connect_timeout=5.0)
+        return OpenAIEngine(url, model or "default", max_retries=2, connect_timeout=5.0)
     if engine == "trtllm":
         from engine_bridge import TRTLLMEngine
 
@@ -68,66 +87,57 @@ def build_engine(
     _quiet_transformers()
     from engine_bridge import HFEngine
 
-    return HFEngine(model, device=device or "cpu")
+    return HFEngine(model, device=device or "cpu", dtype=_dtype(device))
 
 
-def build_pool(
-    engine: str,
-    model: str | None,
-    base_url: str | None,
-    step_seconds: float | None,
-    replicas: int,
-    devices: str | None,
-) -> Any:
+def _dtype(device: str | None) -> str:
+    return "bfloat16" if device and device.startswith("cuda") else "float32"
+
+
+def build_pool(options: EngineOptions) -> Any:
     """One engine, or an :class:`EnginePool` of replicas: one per device in
     ``devices`` (hf), one per URL in a comma-separated ``base_url`` (openai), or
-    ``replicas`` copies (``--replicas``; hf devices are cycled)."""
-    urls = [u.strip() for u in (base_url or "").split(",") if u.strip()]
-    device_list = [d.strip() for d in (devices or "").split(",") if d.strip()]
-    if device_list and engine != "hf":
+    ``replicas`` copies (hf devices are cycled); each in a child process of its own
+    with ``replica_processes``."""
+    urls = [u.strip() for u in (options.base_url or "").split(",") if u.strip()]
+    devices = [d.strip() for d in (options.devices or "").split(",") if d.strip()]
+    if devices and options.engine != "hf":
         raise ValueError("--devices is for --engine hf")
-    count = max(replicas, len(device_list), len(urls) if engine == "openai" else 1)
-    if count == 1:
-        return build_engine(
-            engine, model, base_url, step_seconds, device_list[0] if device_list else None
+    count = max(options.replicas, len(devices), len(urls) if options.engine == "openai" else 1)
+    members = [
+        build_engine(
+            options,
+            urls[i % len(urls)] if urls else None,
+            devices[i % len(devices)] if devices else None,
         )
+        for i in range(count)
+    ]
+    if count == 1:
+        return members[0]
     from engine_bridge import EnginePool
 
-    members = []
-    for i in range(count):
-        url = urls[i % len(urls)] if urls else None
-        device = device_list[i % len(device_list)] if device_list else None
-        members.append(build_engine(engine, model, url, step_seconds, device))
     return EnginePool(members)
 
 
-def build_workers(
-    engine: str,
-    model: str | None,
-    base_url: str | None,
-    reward_model: str | None,
-    method: str,
-    max_tokens: int,
-    step_seconds: float | None = None,
-    *,
-    replicas: int = 1,
-    devices: str | None = None,
-) -> dict[str, Any]:
+def build_workers(options: EngineOptions, method: str, max_tokens: int) -> dict[str, Any]:
     workers: dict[str, Any] = {
         "generation": EngineWorker(
-            build_pool(engine, model, base_url, step_seconds, replicas, devices),
-            default_params=SamplingParams(max_tokens=max_tokens),
+            build_pool(options), default_params=SamplingParams(max_tokens=max_tokens)
         )
     }
     if METHODS[method].needs_reward:
-        if not reward_model:
-            raise ValueError(f"method {method} needs --reward-model PATH (a reward model folder)")
-        from ._reward_worker import RewardWorker
-
-        workers["reward"] = RewardWorker(
-            reward_model, kind="outcome" if method == "best-of-n" else "process"
-        )
+        workers["reward"] = _reward_worker(options, method)
     return workers
+
+
+def _reward_worker(options: EngineOptions, method: str) -> Any:
+    if not options.reward_model:
+        raise ValueError(f"method {method} needs --reward-model PATH (a reward model folder)")
+    from ._reward_worker import RewardWorker
+
+    return RewardWorker(
+        options.reward_model, kind="outcome" if method == "best-of-n" else "process"
+    )
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -166,6 +176,9 @@ common_options = [
         metavar="KEY=VALUE",
         help="a method parameter (repeatable)",
     ),
+]
+
+engine_options = [
     click.option(
         "--engine",
         type=click.Choice(ENGINES),
@@ -197,6 +210,11 @@ common_options = [
         help="comma-separated torch devices for --engine hf, one replica each (cuda:0,cuda:1)",
     ),
     click.option(
+        "--replica-processes",
+        is_flag=True,
+        help="run each hf/simulated replica in a child process of its own (one per GPU scales best)",
+    ),
+    click.option(
         "--reward-model",
         default=None,
         help="reward model folder for best-of-n and the tree searches",
@@ -204,7 +222,23 @@ common_options = [
 ]
 
 
+def with_engine_options(fn: Any) -> Any:
+    """Add the engine options; the command receives them as one ``options:
+    EngineOptions`` argument."""
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        fields = {f.name for f in attrs.fields(EngineOptions)}
+        options = EngineOptions(**{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
+        return fn(*args, options=options, **kwargs)
+
+    for option in reversed(engine_options):
+        command = option(command)
+    return command
+
+
 def with_common(fn: Any) -> Any:
+    fn = with_engine_options(fn)
     for option in reversed(common_options):
         fn = option(fn)
     return fn
@@ -272,12 +306,7 @@ def run(
     temperature: float,
     instruction: str,
     params: tuple[str, ...],
-    engine: str,
-    model: str | None,
-    base_url: str | None,
-    replicas: int,
-    devices: str | None,
-    reward_model: str | None,
+    options: EngineOptions,
     as_json: bool,
 ) -> None:
     """Answer QUESTION with an inference-time compute method."""
@@ -291,12 +320,9 @@ def run(
             instruction=instruction,
         )
         start = time.perf_counter()
-        workers = build_workers(
-            engine, model, base_url, reward_model, method, max_tokens,
-            replicas=replicas, devices=devices,
-        )  # fmt: skip
+        workers = build_workers(options, method, max_tokens)
         if not as_json:
-            click.echo(f"starting the {engine} engine...", err=True)
+            click.echo(f"starting the {options.engine} engine...", err=True)
         with ScaffoldingLlm(controller, workers) as llm:
             loaded = time.perf_counter()
             pending = llm.generate_async(question)
@@ -378,12 +404,7 @@ def serve(
     temperature: float,
     instruction: str,
     params: tuple[str, ...],
-    engine: str,
-    model: str | None,
-    base_url: str | None,
-    replicas: int,
-    devices: str | None,
-    reward_model: str | None,
+    options: EngineOptions,
     host: str,
     port: int,
     max_in_flight: int,
@@ -409,7 +430,9 @@ def serve(
         if method not in METHODS:
             build_method(method, samples=samples, max_tokens=max_tokens, temperature=temperature)
         names = [method] + [
-            m for m in METHODS if m != method and (reward_model or not METHODS[m].needs_reward)
+            m
+            for m in METHODS
+            if m != method and (options.reward_model or not METHODS[m].needs_reward)
         ]
         controllers = {
             m: build_method(
@@ -422,21 +445,12 @@ def serve(
             )
             for m in names
         }
-        workers = build_workers(
-            engine,
-            model,
-            base_url,
-            reward_model,
-            method,
-            max_tokens,
-            simulated_step_seconds,
-            replicas=replicas,
-            devices=devices,
-        )
-        if reward_model and "reward" not in workers:
+        options = attrs.evolve(options, step_seconds=simulated_step_seconds)
+        workers = build_workers(options, method, max_tokens)
+        if options.reward_model and "reward" not in workers:
             from ._reward_worker import RewardWorker
 
-            workers["reward"] = RewardWorker(reward_model)
+            workers["reward"] = RewardWorker(options.reward_model)
         app = create_app(
             controllers,
             workers,
@@ -447,7 +461,8 @@ def serve(
     except USER_ERRORS as exc:
         raise click.ClickException(_one_line(exc)) from None
     click.echo(
-        f"serving {', '.join(controllers)} on http://{host}:{port}/v1 ({engine} engine)", err=True
+        f"serving {', '.join(controllers)} on http://{host}:{port}/v1 ({options.engine} engine)",
+        err=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
@@ -492,12 +507,7 @@ def bench(
     temperature: float,
     instruction: str,
     params: tuple[str, ...],
-    engine: str,
-    model: str | None,
-    base_url: str | None,
-    replicas: int,
-    devices: str | None,
-    reward_model: str | None,
+    options: EngineOptions,
     compare: str | None,
     concurrency: int,
     limit: int | None,
@@ -530,25 +540,10 @@ def bench(
             for m in names
         }
         # one engine for every method (started for each run, the model loaded once)
-        workers = build_workers(
-            engine, model, base_url, reward_model, names[0], max_tokens,
-            replicas=replicas, devices=devices,
-        )  # fmt: skip
+        workers = build_workers(options, names[0], max_tokens)
         for m in names[1:]:
             if METHODS[m].needs_reward and "reward" not in workers:
-                workers.update(
-                    build_workers(
-                        engine,
-                        model,
-                        base_url,
-                        reward_model,
-                        m,
-                        max_tokens,
-                        replicas=replicas,
-                        devices=devices,
-                    )
-                    | {"generation": workers["generation"]}
-                )
+                workers["reward"] = _reward_worker(options, m)
         summaries = []
         out_path = Path(output)
         for m in names:

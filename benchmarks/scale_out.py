@@ -108,6 +108,8 @@ def process_replica(args: argparse.Namespace, device: str) -> Any:
     return ProcessEngine(
         "hf", model=folder, device=device, dtype=args.dtype, max_concurrent=args.max_concurrent,
         kv_cache_tokens=args.kv_cache_tokens or None, stream_all=args.stream_all,
+        extra_args=["--admission-window", str(args.admission_window),
+                    "--admission-window-max", str(args.admission_window_max)],
     )  # fmt: skip
 
 
@@ -264,6 +266,8 @@ def main() -> None:
         help="process replicas: stream every request over SSE (default: one JSON body each)",
     )
     ap.add_argument("--devices", default="cuda:0,cuda:1")
+    ap.add_argument("--admission-window", type=float, default=0.005, help="process replicas")
+    ap.add_argument("--admission-window-max", type=float, default=0.05, help="process replicas")
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--tokenizer", default=".bench_assets/smollm2-tokenizer")
     ap.add_argument("--dtype", default="bfloat16")
@@ -279,7 +283,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=4, help="pairs of runs (0: prefill only)")
     ap.add_argument(
         "--prefill-in-flight",
-        default="1,4",
+        default="4",
         help="samples in flight per vote for prefill_real_engine (comma-separated)",
     )
     args = ap.parse_args()

@@ -279,6 +279,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--kv-cache-tokens", type=int, default=32768, help="KV cache size (0: from free memory)"
     )
+    ap.add_argument(
+        "--admission-window",
+        type=float,
+        default=0.005,
+        help="--engine hf: quiet gap (s) that closes a burst of arriving requests",
+    )
+    ap.add_argument(
+        "--admission-window-max",
+        type=float,
+        default=0.05,
+        help="--engine hf: the longest (s) a burst gathers",
+    )
     ap.add_argument("--simulated-reply", default=None, help="fixed reply of the simulated engine")
     ap.add_argument(
         "--max-context", type=int, default=512, help="context length of the simulated engine"
@@ -303,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
             dtype=args.dtype,
             max_concurrent=args.max_concurrent,
             kv_cache_tokens=args.kv_cache_tokens or None,
+            admission_window=args.admission_window,
+            admission_window_max=args.admission_window_max,
         )
     if args.parent_pid is not None:
         _exit_with_parent(args.parent_pid)

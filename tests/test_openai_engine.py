@@ -312,6 +312,46 @@ async def test_a_connection_dropped_mid_stream(flaky: Any) -> None:
     assert await calls(port) == 3
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_connection_reset_before_the_answer_is_retried(stream: bool) -> None:
+    """A server that resets the connection (RST) after reading the request, twice:
+    the request is sent again and completes; it never escapes as an httpx error."""
+    import json
+    import socket
+    import struct
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    seen = []
+
+    async def handle(conn: trio.SocketStream) -> None:
+        seen.append(await conn.receive_some(65536))
+        if len(seen) <= 2:
+            conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await conn.aclose()  # linger 0: a reset, not a clean close
+            return
+        if stream:
+            chunk = {"choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}
+            body, kind = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n", "text/event-stream"
+        else:
+            chunk = {"choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}
+            body, kind = json.dumps(chunk), "application/json"
+        data = body.encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {len(data)}\r\n"
+        await conn.send_all(head.encode() + b"Connection: close\r\n\r\n" + data)
+        await conn.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handle, listeners)
+        async with OpenAIEngine(
+            f"http://127.0.0.1:{port}/v1", "m", max_retries=2, backoff=0.01
+        ) as engine:
+            assert await read_all(engine, stream=stream) == "ok"
+            assert engine.healthy and engine.num_active == 0
+        nursery.cancel_scope.cancel()
+    assert len(seen) == 3
+
+
 def test_continuation_maps_to_the_servers_extension_or_the_prompt() -> None:
     from engine_bridge import EngineRequest, InvalidRequestError, OpenAIEngine, SamplingParams
 

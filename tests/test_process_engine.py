@@ -51,7 +51,10 @@ async def wait_for(pid_file: Path) -> int:
 async def test_serves_and_the_child_is_gone_after_close() -> None:
     engine = ProcessEngine("simulated", extra_args=SIMULATED)
     mv = MajorityVote(
-        Sampler(max_tokens=16), samples=4, extract=lambda s: (s or "").split(",")[0] or None
+        Sampler(max_tokens=16),
+        samples=4,
+        early_stop=False,  # all four finish (the same answer would stop it at three)
+        extract=lambda s: (s or "").split(",")[0] or None,
     )
     async with AsyncScaffoldingLlm(mv, {"generation": EngineWorker(engine)}) as llm:
         pid = engine.pid

@@ -84,7 +84,7 @@ class OpenAIEngine:
         self._unreachable: BaseException | None = None
         self.completed = 0
         self.aborted = 0
-        self.retried = 0  # streams opened again after a stall or a broken connection
+        self.retried = 0  # requests sent again after a stall, a timeout or a transport error
 
     def __repr__(self) -> str:
         return f"OpenAIEngine({self.base_url!r}, model={self.model!r})"
@@ -174,37 +174,52 @@ class OpenAIEngine:
             body["logprobs"] = p.num_logprobs
         return "/completions", body
 
-    async def _connect(self, path: str, body: dict[str, Any]) -> Any:
+    async def _connect(self, path: str, body: dict[str, Any], *, whole: bool = False) -> Any:
+        """POST ``body`` and return the response once its status is not an error:
+        with its headers read (a stream), or its whole body (``whole``: a one-body
+        answer, waited for at most ``response_timeout``).
+
+        Transport errors (refused, reset, timed out, cut), 429 and 5xx are retried
+        with backoff, ``max_retries`` times; then :class:`EngineError` (the engine
+        is unhealthy until a request gets through, unless a one-body answer only
+        took too long).  Other 4xx raise at once."""
         import httpx
 
+        extra = {}
+        if whole:
+            extra["timeout"] = httpx.Timeout(self.response_timeout, connect=self.connect_timeout)
         attempt = 0
         while True:
             try:
                 response = await self._client.send(
-                    self._client.build_request("POST", path, json=body), stream=True
+                    self._client.build_request("POST", path, json=body, **extra), stream=not whole
                 )
-            except httpx.TransportError as exc:  # refused, reset, timed out, cut
+            except httpx.TransportError as exc:
                 if attempt >= self.max_retries:
+                    tries = f" ({attempt + 1} attempts)" if attempt else ""
+                    if whole and isinstance(exc, httpx.ReadTimeout):
+                        raise EngineError(
+                            f"no answer from {self.base_url} within {self.response_timeout}s{tries}"
+                        ) from exc
                     self._unreachable = exc
-                    raise EngineError(f"cannot reach {self.base_url}: {exc!r}") from exc
+                    raise EngineError(f"cannot reach {self.base_url}: {exc!r}{tries}") from exc
+                self.retried += 1
             else:
-                if response.status_code < 400:
+                status = response.status_code
+                if status < 400:
                     self._unreachable = None
                     return response
                 text = (await response.aread()).decode("utf-8", "replace")
                 await response.aclose()
-                self._raise_for_status(response.status_code, text, path, attempt)
+                if status not in _RETRY_STATUS or attempt >= self.max_retries:
+                    message, param = _error_message(text)
+                    if status in (400, 422):
+                        raise InvalidRequestError(
+                            param or "request", f"server rejected the request: {message}"
+                        )
+                    raise EngineError(f"HTTP {status} from {self.base_url}{path}: {message}")
             await anyio.sleep(self.backoff * (2**attempt))
             attempt += 1
-
-    def _raise_for_status(self, status: int, text: str, path: str, attempt: int) -> None:
-        """Raise for an error answer unless it is to be retried (attempt left)."""
-        if status in _RETRY_STATUS and attempt < self.max_retries:
-            return
-        message, param = _error_message(text)
-        if status in (400, 422):
-            raise InvalidRequestError(param or "request", f"server rejected the request: {message}")
-        raise EngineError(f"HTTP {status} from {self.base_url}{path}: {message}")
 
     @asynccontextmanager
     async def open_stream(
@@ -245,48 +260,18 @@ class OpenAIEngine:
     async def _fetch(
         self, path: str, body: dict[str, Any], request: EngineRequest, stream: RequestStream
     ) -> None:
-        """Ask for a one-body answer and push it as one delta (a task under
-        ``open_stream``); connection errors, a timeout before the answer, 429 and
-        5xx are retried with backoff, up to ``max_retries`` times."""
-        import httpx
-
-        timeout = httpx.Timeout(self.response_timeout, connect=self.connect_timeout)
-        attempt = 0
-        while True:
-            try:
-                response = await self._client.post(path, json=body, timeout=timeout)
-            except httpx.TransportError as exc:
-                timed_out = isinstance(exc, httpx.ReadTimeout)
-                what = (
-                    f"no answer from {self.base_url} within {self.response_timeout}s"
-                    if timed_out
-                    else f"cannot reach {self.base_url}: {exc!r}"
-                )
-                if attempt >= self.max_retries:
-                    tries = f" ({attempt + 1} attempts)" if attempt else ""
-                    err = EngineError(what + tries)
-                    if not timed_out:
-                        self._unreachable = err  # unhealthy until a request gets through
-                    stream.fail(err)
-                    return
-                self.retried += 1
-            else:
-                if response.status_code < 400:
-                    break
-                try:
-                    self._raise_for_status(response.status_code, response.text, path, attempt)
-                except (EngineError, InvalidRequestError) as err:
-                    stream.fail(err)
-                    return
-            await anyio.sleep(self.backoff * (2**attempt))
-            attempt += 1
-        self._unreachable = None
+        """Ask for a one-body answer (retried as ``_connect`` says) and push it as
+        one delta (a task under ``open_stream``)."""
         try:
+            response = await self._connect(path, body, whole=True)
             answer = response.json()
             [choice] = answer["choices"]
             delta = _delta(choice, path == "/chat/completions", request)
             if delta.finish_reason is None:
                 raise ValueError("no finish_reason")
+        except (EngineError, InvalidRequestError) as err:
+            stream.fail(err)
+            return
         except (ValueError, KeyError, TypeError) as exc:
             stream.fail(EngineError(f"bad answer from {self.base_url}: {exc!r}"))
             return

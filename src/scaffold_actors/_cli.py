@@ -140,6 +140,30 @@ def _reward_worker(options: EngineOptions, method: str) -> Any:
     )
 
 
+def build_controllers(
+    names: list[str],
+    method: str,
+    given: dict[str, str],
+    samples: int,
+    max_tokens: int,
+    temperature: float,
+    instruction: str,
+) -> dict[str, Any]:
+    """A controller per method name; the ``-p`` parameters ``given`` go to
+    ``method`` (the one the command line chose) only."""
+    return {
+        m: build_method(
+            m,
+            samples=samples,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            params=given if m == method else None,
+            instruction=instruction,
+        )
+        for m in names
+    }
+
+
 def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
     params = {}
     for pair in pairs:
@@ -434,17 +458,9 @@ def serve(
             for m in METHODS
             if m != method and (options.reward_model or not METHODS[m].needs_reward)
         ]
-        controllers = {
-            m: build_method(
-                m,
-                samples=samples,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                params=given if m == method else None,
-                instruction=instruction,
-            )
-            for m in names
-        }
+        controllers = build_controllers(
+            names, method, given, samples, max_tokens, temperature, instruction
+        )
         options = attrs.evolve(options, step_seconds=simulated_step_seconds)
         workers = build_workers(options, method, max_tokens)
         if options.reward_model and "reward" not in workers:
@@ -528,17 +544,9 @@ def bench(
     try:
         problems = load_dataset(dataset, question_field, answer_field, limit)
         given = parse_params(params)
-        controllers = {
-            m: build_method(
-                m,
-                samples=samples,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                params=given if m == method else None,
-                instruction=instruction,
-            )
-            for m in names
-        }
+        controllers = build_controllers(
+            names, method, given, samples, max_tokens, temperature, instruction
+        )
         # one engine for every method (started for each run, the model loaded once)
         workers = build_workers(options, names[0], max_tokens)
         for m in names[1:]:

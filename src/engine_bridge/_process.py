@@ -13,6 +13,7 @@ from typing import IO, Any, Self
 
 import anyio
 import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ._openai import OpenAIEngine
 from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest
@@ -93,7 +94,6 @@ class ProcessEngine:
         self.url: str | None = None  # http://127.0.0.1:PORT/v1 once started
         self._process: anyio.abc.Process | None = None
         self._stderr: IO[bytes] | None = None
-        self._last_stderr = ""
         self._client: OpenAIEngine | None = None
         self._last_client: OpenAIEngine | None = None
         self._checker = OpenAIEngine("http://127.0.0.1", "scaffold")  # never started
@@ -161,11 +161,12 @@ class ProcessEngine:
             await client.__aenter__()
             self._client = self._last_client = client
         except BaseException as exc:
+            tail = self._tail()
             with anyio.CancelScope(shield=True):  # a cancelled start stops the child too
                 await self._stop()
             if isinstance(exc, TimeoutError):
                 raise EngineError(
-                    f"the engine process did not start within {self.startup_timeout}s{self._tail()}"
+                    f"the engine process did not start within {self.startup_timeout}s{tail}"
                 ) from None
             raise
         return self
@@ -187,14 +188,15 @@ class ProcessEngine:
         from .openai_server import LISTENING
 
         assert self._process is not None and self._process.stdout is not None
-        buffer = b""
-        async for chunk in self._process.stdout:
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
+        lines = BufferedByteReceiveStream(self._process.stdout)
+        try:
+            while True:
+                line = await lines.receive_until(b"\n", 1 << 16)
                 text = line.decode("utf-8", "replace").strip()
                 if text.startswith(LISTENING):
                     return text[len(LISTENING) :].strip()
+        except (anyio.IncompleteRead, anyio.DelimiterNotFound):
+            pass  # stdout closed (the child exited) or no line at all
         await self._process.wait()
         raise EngineError(
             f"the engine process exited with status {self._process.returncode} before "
@@ -231,7 +233,6 @@ class ProcessEngine:
                     process.kill()
                     await process.wait()
             await process.aclose()
-        self._last_stderr = self._tail()
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
@@ -239,8 +240,8 @@ class ProcessEngine:
     def _tail(self, limit: int = 2000) -> str:
         """The end of the child's stderr, as a suffix for an error message."""
         f = self._stderr
-        if f is None or f.closed:
-            return self._last_stderr
+        if f is None:
+            return ""
         f.flush()
         f.seek(0, 2)
         size = f.tell()

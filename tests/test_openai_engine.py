@@ -367,3 +367,47 @@ def test_continuation_maps_to_the_servers_extension_or_the_prompt() -> None:
     assert path == "/completions" and body["prompt"] == "Q: 2+2?\nA: It is"
     with pytest.raises(InvalidRequestError, match="continuation"):
         engine.check(EngineRequest(p, prompt_token_ids=[1, 2], continuation="x"))
+
+
+async def test_max_concurrent_requests_are_all_on_the_wire_at_once() -> None:
+    """``max_concurrent`` above httpx's default pool (100 connections) still puts
+    every request on the wire: the server answers only once all 150 are open.
+    (The pool used to hold 50 back, so a batching server saw requests trickle in.)"""
+    import json
+
+    n = 150
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    arrived = 0
+    all_open = trio.Event()
+
+    async def handle(conn: trio.SocketStream) -> None:
+        nonlocal arrived
+        await conn.receive_some(65536)
+        arrived += 1
+        if arrived == n:
+            all_open.set()
+        await all_open.wait()
+        data = json.dumps({"choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]})
+        head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        await conn.send_all(
+            f"{head}Content-Length: {len(data)}\r\nConnection: close\r\n\r\n{data}".encode()
+        )
+        await conn.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handle, listeners)
+        async with OpenAIEngine(
+            f"http://127.0.0.1:{port}/v1", "m", max_concurrent=n, max_retries=0
+        ) as engine:
+            texts: list[str] = []
+
+            async def one() -> None:
+                texts.append(await read_all(engine, stream=False))
+
+            with trio.fail_after(10):
+                async with trio.open_nursery() as requests:
+                    for _ in range(n):
+                        requests.start_soon(one)
+            assert texts == ["ok"] * n and engine.retried == 0
+        nursery.cancel_scope.cancel()

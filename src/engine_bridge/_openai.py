@@ -42,6 +42,9 @@ class OpenAIEngine:
     by ``response_timeout`` instead (``None``: no bound), and a connection broken or
     timed out before the answer is retried the same way.
 
+    At most ``max_concurrent`` requests are open at once, each on a connection of
+    its own; more block (cancellably) in ``open_stream`` until one ends.
+
     A remote engine cannot count prompt tokens without the model's tokenizer, so
     ``check`` accepts everything and the server's 400 is the rejection.
     """
@@ -110,7 +113,14 @@ class OpenAIEngine:
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
-            timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+            # ``max_concurrent`` (the semaphore) is the bound: httpx's default pool of
+            # 100 connections would hold the rest back, and a batching server would
+            # then see requests trickle in one by one as others finish
+            timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout, pool=None),
+            limits=httpx.Limits(
+                max_connections=self.max_concurrent,
+                max_keepalive_connections=self.max_concurrent,
+            ),
         )
         self._slots = anyio.Semaphore(self.max_concurrent)
         return self

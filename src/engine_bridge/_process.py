@@ -85,8 +85,10 @@ class ProcessEngine:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self._client_options: dict[str, Any] = {
-            # the child queues past its own limit; the client lets everything through
-            "max_concurrent": max_concurrent * 16,
+            # twice the child's batch on the wire: a batch is full and the next
+            # requests already wait in the child when one finishes (each is an open
+            # connection, so not unbounded); more wait here, in order
+            "max_concurrent": max_concurrent * 2,
             "timeout": timeout,
             "response_timeout": response_timeout,
             "stream_all": stream_all,

@@ -195,6 +195,7 @@ async def gpu(args: argparse.Namespace) -> dict[str, Any]:
             for label, members in sizes.items():
                 async with EnginePool(members, saturation=args.saturation) as pool:
                     runs[label].append(await vote_run(pool, qs, args.samples, args.max_tokens))
+                print(json.dumps({label: runs[label][-1]}), file=sys.stderr, flush=True)
         # prefill per request, affinity on vs off, measured in the real engines.  Each
         # vote keeps only a few samples in flight (as an early-stopping vote does), so
         # later samples arrive when the prompt's blocks are computed (samples of one

@@ -16,6 +16,10 @@ from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest, 
 __all__ = ["OpenAIEngine"]
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+# connections per httpx client: httpcore's pool scans all of its connections on every
+# request and every release (encode/httpcore#1035), so one pool of 512 connections
+# spent more CPU than a batching server's whole answer; shards of 32 keep it small
+_SHARD = 32
 
 
 class OpenAIEngine:
@@ -81,7 +85,8 @@ class OpenAIEngine:
         self.backoff = backoff
         self.stream_all = stream_all
         self.response_timeout = response_timeout
-        self._client: Any = None
+        self._clients: list[Any] = []  # shards of the connection pool, while running
+        self._shard_load: list[int] = []
         self._slots: anyio.Semaphore | None = None
         self._active = 0
         self._unreachable: BaseException | None = None
@@ -98,7 +103,7 @@ class OpenAIEngine:
 
     @property
     def healthy(self) -> bool:
-        return self._client is not None and self._unreachable is None
+        return bool(self._clients) and self._unreachable is None
 
     def check(self, request: EngineRequest) -> None:
         self.body(request)  # raises for what the server could never accept
@@ -110,18 +115,23 @@ class OpenAIEngine:
         import httpx
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            # ``max_concurrent`` (the semaphore) is the bound: httpx's default pool of
-            # 100 connections would hold the rest back, and a batching server would
-            # then see requests trickle in one by one as others finish
-            timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout, pool=None),
-            limits=httpx.Limits(
-                max_connections=self.max_concurrent,
-                max_keepalive_connections=self.max_concurrent,
-            ),
-        )
+        # ``max_concurrent`` (the semaphore) is the bound: every admitted request gets
+        # a connection at once (httpx's default pool of 100 held the rest back, and a
+        # batching server saw them trickle in one by one as others finished)
+        shards = -(-self.max_concurrent // _SHARD)
+        size = -(-self.max_concurrent // shards)
+        tls = httpx.create_ssl_context()  # the CA bundle loaded once, not per shard
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=headers,
+                verify=tls,
+                timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout, pool=None),
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            )
+            for _ in range(shards)
+        ]
+        self._shard_load = [0] * shards
         self._slots = anyio.Semaphore(self.max_concurrent)
         return self
 
@@ -131,9 +141,9 @@ class OpenAIEngine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with anyio.CancelScope(shield=True):
+        clients, self._clients = self._clients, []
+        with anyio.CancelScope(shield=True):
+            for client in clients:
                 await client.aclose()
 
     def body(self, request: EngineRequest) -> tuple[str, dict[str, Any]]:
@@ -184,7 +194,9 @@ class OpenAIEngine:
             body["logprobs"] = p.num_logprobs
         return "/completions", body
 
-    async def _connect(self, path: str, body: dict[str, Any], *, whole: bool = False) -> Any:
+    async def _connect(
+        self, client: Any, path: str, body: dict[str, Any], *, whole: bool = False
+    ) -> Any:
         """POST ``body`` and return the response once its status is not an error:
         with its headers read (a stream), or its whole body (``whole``: a one-body
         answer, waited for at most ``response_timeout``).
@@ -201,8 +213,8 @@ class OpenAIEngine:
         attempt = 0
         while True:
             try:
-                response = await self._client.send(
-                    self._client.build_request("POST", path, json=body, **extra), stream=not whole
+                response = await client.send(
+                    client.build_request("POST", path, json=body, **extra), stream=not whole
                 )
             except httpx.TransportError as exc:
                 if attempt >= self.max_retries:
@@ -235,23 +247,30 @@ class OpenAIEngine:
     async def open_stream(
         self, request: EngineRequest
     ) -> AsyncIterator[AsyncIterator[EngineDelta]]:
-        if self._client is None or self._slots is None:
+        if not self._clients or self._slots is None:
             raise EngineClosedError("engine is not running (use `async with engine:`)")
         path, body = self.body(request)
         async with self._slots:
             self._active += 1
+            # the least-loaded shard: the semaphore leaves one with a free connection
+            load = self._shard_load
+            shard = min(range(len(load)), key=load.__getitem__)
+            load[shard] += 1
+            client = self._clients[shard]
             stream = RequestStream()
             response = None
             try:
                 if body["stream"]:
                     # the first connection here, so a rejection raises from open_stream itself
-                    response = await self._connect(path, body)
+                    response = await self._connect(client, path, body)
                 try:
                     async with anyio.create_task_group() as tg:
                         if response is None:
-                            tg.start_soon(self._fetch, path, body, request, stream)
+                            tg.start_soon(self._fetch, client, path, body, request, stream)
                         else:
-                            tg.start_soon(self._pump, response, path, body, request, stream)
+                            tg.start_soon(
+                                self._pump, client, response, path, body, request, stream
+                            )
                         try:
                             yield stream
                         finally:
@@ -266,14 +285,20 @@ class OpenAIEngine:
                             await response.aclose()
             finally:
                 self._active -= 1
+                load[shard] -= 1
 
     async def _fetch(
-        self, path: str, body: dict[str, Any], request: EngineRequest, stream: RequestStream
+        self,
+        client: Any,
+        path: str,
+        body: dict[str, Any],
+        request: EngineRequest,
+        stream: RequestStream,
     ) -> None:
         """Ask for a one-body answer (retried as ``_connect`` says) and push it as
         one delta (a task under ``open_stream``)."""
         try:
-            response = await self._connect(path, body, whole=True)
+            response = await self._connect(client, path, body, whole=True)
             answer = response.json()
             [choice] = answer["choices"]
             delta = _delta(choice, path == "/chat/completions", request)
@@ -293,6 +318,7 @@ class OpenAIEngine:
 
     async def _pump(
         self,
+        client: Any,
         response: Any,
         path: str,
         body: dict[str, Any],
@@ -336,7 +362,7 @@ class OpenAIEngine:
                 await anyio.sleep(self.backoff * (2**attempt))
                 attempt += 1
                 try:
-                    response = await self._connect(path, body)
+                    response = await self._connect(client, path, body)
                 except (EngineError, InvalidRequestError) as err:
                     stream.fail(err)
                     return

@@ -40,6 +40,16 @@ def test_overhead_benchmark_prints_json() -> None:
     assert all(v > 0 for v in data["tasks_per_second"].values())
 
 
+def test_http_client_benchmark_prints_json() -> None:
+    pytest.importorskip("uvicorn")
+    p = run("benchmarks/http_client.py", "--requests", "48", "--in-flight", "48", "--repeats", "1")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["connections_per_client"]["one_pool"] == 48
+    assert all(v > 0 for v in data["client_cpu_us_per_request"].values())
+    assert data["cpu_ratio_one_pool_vs_sharded"] > 0
+
+
 def test_cli_rejects_bad_options() -> None:
     p = run("-m", "scaffold_actors._cli", "run", "q", "--samples", "0")
     assert p.returncode == 2 and "Invalid value" in p.stderr and "Traceback" not in p.stderr

@@ -16,10 +16,11 @@ from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest, 
 __all__ = ["OpenAIEngine"]
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
-# connections per httpx client: httpcore's pool scans all of its connections on every
-# request and every release (encode/httpcore#1035), so one pool of 512 connections
-# spent more CPU than a batching server's whole answer; shards of 32 keep it small
-_SHARD = 32
+# connections per httpx client: httpcore's pool scans its connections (quadratically)
+# on every request and every release (encode/httpcore#1035), so one pool of 512
+# connections cost a batching server's client ~11 ms of CPU per request; shards of 8
+# cost ~0.9 ms (benchmarks/http_client.py: 4 and 8 are alike, 32 costs 2.6 ms)
+_SHARD = 8
 
 
 class OpenAIEngine:
@@ -268,9 +269,7 @@ class OpenAIEngine:
                         if response is None:
                             tg.start_soon(self._fetch, client, path, body, request, stream)
                         else:
-                            tg.start_soon(
-                                self._pump, client, response, path, body, request, stream
-                            )
+                            tg.start_soon(self._pump, client, response, path, body, request, stream)
                         try:
                             yield stream
                         finally:

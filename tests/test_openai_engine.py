@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -312,11 +313,24 @@ async def test_a_connection_dropped_mid_stream(flaky: Any) -> None:
     assert await calls(port) == 3
 
 
+async def answer_ok(conn: trio.SocketStream, *, stream: bool) -> None:
+    """Answer the request read from ``conn`` with "ok" (SSE or one JSON body), then
+    close the connection: the raw-socket servers below."""
+    chunk = json.dumps({"choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]})
+    if stream:
+        body, kind = f"data: {chunk}\n\ndata: [DONE]\n\n", "text/event-stream"
+    else:
+        body, kind = chunk, "application/json"
+    data = body.encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {len(data)}\r\n"
+    await conn.send_all(head.encode() + b"Connection: close\r\n\r\n" + data)
+    await conn.aclose()
+
+
 @pytest.mark.parametrize("stream", [True, False])
 async def test_a_connection_reset_before_the_answer_is_retried(stream: bool) -> None:
     """A server that resets the connection (RST) after reading the request, twice:
     the request is sent again and completes; it never escapes as an httpx error."""
-    import json
     import socket
     import struct
 
@@ -330,16 +344,7 @@ async def test_a_connection_reset_before_the_answer_is_retried(stream: bool) -> 
             conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             await conn.aclose()  # linger 0: a reset, not a clean close
             return
-        if stream:
-            chunk = {"choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}
-            body, kind = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n", "text/event-stream"
-        else:
-            chunk = {"choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}
-            body, kind = json.dumps(chunk), "application/json"
-        data = body.encode()
-        head = f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {len(data)}\r\n"
-        await conn.send_all(head.encode() + b"Connection: close\r\n\r\n" + data)
-        await conn.aclose()
+        await answer_ok(conn, stream=stream)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, handle, listeners)
@@ -373,8 +378,6 @@ async def test_max_concurrent_requests_are_all_on_the_wire_at_once() -> None:
     """``max_concurrent`` above httpx's default pool (100 connections) still puts
     every request on the wire: the server answers only once all 150 are open.
     (The pool used to hold 50 back, so a batching server saw requests trickle in.)"""
-    import json
-
     n = 150
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
@@ -388,12 +391,7 @@ async def test_max_concurrent_requests_are_all_on_the_wire_at_once() -> None:
         if arrived == n:
             all_open.set()
         await all_open.wait()
-        data = json.dumps({"choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]})
-        head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-        await conn.send_all(
-            f"{head}Content-Length: {len(data)}\r\nConnection: close\r\n\r\n{data}".encode()
-        )
-        await conn.aclose()
+        await answer_ok(conn, stream=False)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, handle, listeners)

@@ -207,7 +207,10 @@ async def test_task_errors_are_thrown_into_the_generator(autojump_clock: object)
 
 
 async def test_generators_are_closed_on_cancel(autojump_clock: object) -> None:
+    """The driver closes the generator itself: the test keeps a reference to it, so
+    garbage collection cannot close it in the driver's place."""
     closed: list[str] = []
+    alive: list[Generator[Any, Any, Any]] = []
 
     class Slow(Controller):
         def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
@@ -219,12 +222,18 @@ async def test_generators_are_closed_on_cancel(autojump_clock: object) -> None:
             finally:
                 closed.append("closed")
 
+        def generate(self, prompt: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            gen = super().generate(prompt, **kwargs)
+            alive.append(gen)
+            return gen
+
     engine = SimulatedEngine(" ".join(["w"] * 500))
     async with AsyncScaffoldingLlm(Slow(), {"generation": EngineWorker(engine)}) as llm:
         r = await llm.generate_async("q")
         await trio.sleep(0.1)
         await r.acancel()
-    assert closed == ["closed"] and engine.num_active == 0
+        assert closed == ["closed"] and engine.num_active == 0
+    assert len(alive) == 1
 
 
 async def test_yielding_something_else_fails_clearly(autojump_clock: object) -> None:

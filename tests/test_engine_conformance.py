@@ -206,23 +206,56 @@ async def test_chat_messages(make_engine: Callable[[], Any]) -> None:
         assert text and 1 <= len(ids) <= 4
 
 
+async def engine_holds(engine: Any) -> int:
+    """How many requests the engine itself still holds, read from the engine's own
+    state, never from our bridge's bookkeeping: the simulated scheduler's queues,
+    transformers' scheduler, the TensorRT-LLM executor (the stand-in's; the real
+    executor has no public count and is checked by its final "cancelled" response
+    alone), or, over HTTP, the server's engine once it saw the connection close
+    (the server learns of it asynchronously, so that one is awaited)."""
+    from engine_bridge import SimulatedEngine
+
+    if isinstance(engine, SimulatedEngine):
+        return len(engine._waiting) + len(engine._running)
+    if type(engine).__name__ == "HFEngine":
+        scheduler = engine._manager.batch_processor.scheduler
+        return len(scheduler.active_requests) + len(scheduler.waiting_requests)
+    if type(engine).__name__ == "TRTLLMEngine":
+        return int(getattr(engine.llm, "live", 0))
+    import httpx
+
+    url = (getattr(engine, "url", None) or engine.base_url).removesuffix("/v1") + "/health"
+    async with httpx.AsyncClient() as client:
+        while True:  # bounded by the test's fail_after, not by a guess of its own
+            health = (await client.get(url)).json()
+            if health["aborted"] == 1:
+                return int(health["active"])
+            await trio.sleep(0.01)
+
+
 async def test_leaving_early_aborts(make_engine: Callable[[], Any]) -> None:
+    """Leaving mid-stream aborts the request in the engine itself before the block
+    exits (checked in the engine's own state with no waiting, except over HTTP)."""
     async with make_engine() as engine:
         async with engine.open_stream(EngineRequest(greedy(64), prompt=PROMPT)) as stream:
             async for _ in stream:
                 assert engine.num_active == 1
                 break
         assert engine.num_active == 0 and engine.aborted == 1
+        with trio.fail_after(30):
+            assert await engine_holds(engine) == 0
         text, *_ = await collect(engine, EngineRequest(greedy(3), prompt=PROMPT))
         assert text  # still serving
 
 
 async def test_logprobs_one_per_token(make_engine: Callable[[], Any]) -> None:
+    """One logprob per token, from the engine: sampled at temperature 1, a real
+    distribution gives some token a logprob below 0, so invented zeros fail."""
     async with make_engine() as engine:
-        _, ids, lps, *_ = await collect(
-            engine, EngineRequest(greedy(num_logprobs=0), prompt=PROMPT)
-        )
+        params = SamplingParams(max_tokens=8, temperature=1.0, num_logprobs=0)
+        _, ids, lps, *_ = await collect(engine, EngineRequest(params, prompt=PROMPT))
         assert len(lps) == len(ids) > 0 and all(x <= 0.0 for x in lps)
+        assert any(x < 0.0 for x in lps), lps
         _, _, none, *_ = await collect(engine, EngineRequest(greedy(), prompt=PROMPT))
         assert none == []
 
@@ -237,6 +270,27 @@ async def test_stop_strings(make_engine: Callable[[], Any]) -> None:
             engine, EngineRequest(greedy(12, stop=(stop,)), prompt=PROMPT)
         )
         assert finish == "stop" and stop not in text and base.startswith(text) and text
+
+
+async def test_a_stop_string_never_leaks_into_a_stream(make_engine: Callable[[], Any]) -> None:
+    """A stop string of several tokens: the stream holds back text that may be its
+    start, so the streamed text is the one-body text, with no piece of the stop."""
+    async with make_engine() as engine:
+        base, *_ = await collect(engine, EngineRequest(greedy(12), prompt=PROMPT, stream=False))
+        words = base.split()
+        assert len(words) >= 4, base
+        stop = " " + words[2] + " " + words[3]
+        assert stop in base, base
+        params = greedy(12, stop=(stop,))
+        one, _, _, finish, _ = await collect(
+            engine, EngineRequest(params, prompt=PROMPT, stream=False)
+        )
+        streamed, _, _, sfinish, deltas = await collect(
+            engine, EngineRequest(params, prompt=PROMPT)
+        )
+        assert (streamed, sfinish) == (one, finish) == (base[: base.index(stop)], "stop")
+        assert deltas > 1
+        assert engine.num_active == 0
 
 
 async def test_bad_requests_rejected_before_admission(make_engine: Callable[[], Any]) -> None:

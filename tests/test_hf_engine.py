@@ -69,41 +69,73 @@ def test_missing_model_path_is_a_clear_error() -> None:
         HFEngine("/no/such/model")
 
 
-def test_submissions_within_the_admission_window_reach_the_manager_together() -> None:
-    """Adds that trickle in (each within the quiet gap of the last, together longer
-    than one gap) are handed over in one burst; a cancel never overtakes its add."""
-    import threading
-    import time
+class _RecordingManager:
+    """Stands in for transformers' manager in the submitter tests: records calls;
+    holds nothing, so a cancel is acknowledged as soon as it was sent."""
 
-    calls: list[tuple[str, str, float]] = []
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
 
-    class RecordingManager:
-        def add_request(self, ids: list[int], request_id: str, **kw: object) -> None:
-            calls.append(("add", request_id, time.monotonic()))
+    def add_request(self, ids: list[int], request_id: str, **kw: object) -> None:
+        self.calls.append(("add", request_id))
 
-        def cancel_request(self, request_id: str) -> None:
-            calls.append(("cancel", request_id, time.monotonic()))
+    def cancel_request(self, request_id: str) -> None:
+        self.calls.append(("cancel", request_id))
 
+
+class _RecordingCaller:
+    def __init__(self) -> None:
+        self.released: list[str] = []
+
+    def call_soon(self, fn: object, *args: object) -> bool:
+        self.released.extend(str(a) for a in args)
+        return True
+
+
+def _submitter(window: float = 3600.0) -> tuple[HFEngine, _RecordingManager, _RecordingCaller]:
     engine = HFEngine(
-        "label", preloaded=(object(), object()), admission_window=0.2, admission_window_max=5
+        "label",
+        preloaded=(object(), object()),
+        admission_window=window,
+        admission_window_max=window,
     )
-    engine._manager = RecordingManager()
+    manager, caller = _RecordingManager(), _RecordingCaller()
+    engine._manager = manager
+    engine._caller = caller  # type: ignore[assignment]
+    return engine, manager, caller
+
+
+def _run_submitter(engine: HFEngine, items: list[tuple[str, object, object]]) -> None:
+    import threading
+
+    for item in items:
+        engine._submit_q.put(item)  # type: ignore[arg-type]
+    engine._submit_q.put(("stop", None, None))
     worker = threading.Thread(target=engine._submit_loop)
     worker.start()
-    for i in range(3):
-        engine._submit_q.put(("add", [1], {"request_id": f"r{i}"}))
-        time.sleep(0.1)
-    last_put = time.monotonic()
-    engine._submit_q.put(("cancel", "r1", None))
-    engine._submit_q.put(("stop", None, None))
-    worker.join(5)
-    assert [(op, rid) for op, rid, _ in calls] == [
-        ("add", "r0"),
-        ("add", "r1"),
-        ("add", "r2"),
-        ("cancel", "r1"),
-    ]
-    assert all(t >= last_put for _, _, t in calls)  # nothing went out before the burst was complete
+    worker.join(60)
+    assert not worker.is_alive(), "the submitter waited out its admission window"
+
+
+def test_adds_gather_into_one_burst_and_a_cancel_drops_an_add_still_gathering() -> None:
+    engine, manager, caller = _submitter()
+    _run_submitter(
+        engine,
+        [("add", [1], {"request_id": f"r{i}"}) for i in range(3)] + [("cancel", "r1", None)],
+    )
+    assert manager.calls == [("add", "r0"), ("add", "r2")]  # r1 never reached the manager
+    assert caller.released == ["r1"]  # and its cancel is acknowledged
+    assert [n for _, n in engine._bursts] == [2]
+
+
+def test_a_cancel_never_waits_for_the_admission_window() -> None:
+    """A cancel of a request the manager already has closes the gathering burst at
+    once (with an hour-long window, waiting would hang the submitter), goes out
+    after the adds before it, and is acknowledged once the manager drops it."""
+    engine, manager, caller = _submitter()
+    _run_submitter(engine, [("add", [1], {"request_id": "r5"}), ("cancel", "r0", None)])
+    assert manager.calls == [("add", "r5"), ("cancel", "r0")]
+    assert caller.released == ["r0"]
 
 
 def test_a_steady_trickle_is_released_after_admission_window_max() -> None:

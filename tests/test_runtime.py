@@ -116,6 +116,7 @@ async def test_cancel_mid_stream_leaves_nothing_alive(autojump_clock: object) ->
             "tasks_queued": 0,
             "engine_requests": 0,
             "requests_completed": 1,
+            "cancel_grace_overruns": 0,
         }
         assert engine.aborted == 1
         with pytest.raises(RequestCancelledError):

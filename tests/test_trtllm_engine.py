@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers import collect
 
-from engine_bridge import EngineError, EngineRequest, SamplingParams, TRTLLMEngine
+from engine_bridge import (
+    AbortNotAcknowledgedWarning,
+    EngineError,
+    EngineRequest,
+    SamplingParams,
+    TRTLLMEngine,
+)
 from scaffold_actors import AsyncScaffoldingLlm, EngineWorker
 from scaffold_actors.methods import MajorityVote, Sampler
 
@@ -30,8 +37,10 @@ def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _drop_tensorrt_llm_modules()
 
 
-def engine(**kw: object) -> TRTLLMEngine:
-    return TRTLLMEngine("standin-model", llm_kwargs={"max_seq_len": 256, **kw})
+def engine(abort_timeout: float = 10.0, **kw: object) -> TRTLLMEngine:
+    return TRTLLMEngine(
+        "standin-model", llm_kwargs={"max_seq_len": 256, **kw}, abort_timeout=abort_timeout
+    )
 
 
 async def test_llm_gets_the_kv_cache_config() -> None:
@@ -84,15 +93,107 @@ async def test_top_k_logprob_dicts_give_the_sampled_tokens_logprob() -> None:
 
 
 async def test_cancel_calls_abort_in_the_executor() -> None:
+    """Leaving mid-stream returns only once the executor itself dropped the request
+    (its final "cancelled" response came): checked in the executor's own state,
+    with no waiting after the block."""
     async with engine(_standin_step_s=0.01) as e:
         req = EngineRequest(SamplingParams(max_tokens=64), prompt="q")
         async with e.open_stream(req) as s:
             async for _ in s:
+                assert e.llm.live == 1
                 break
-        assert e.num_active == 0
-        with trio.fail_after(5):
-            while e.llm.live:  # noqa: ASYNC110 - state of another thread's loop
-                await trio.sleep(0.005)
+        assert e.llm.live == 0 and e.num_active == 0 and e.aborted == 1
+        assert e.llm.finish_reasons == ["cancelled"]  # ended by the abort, not by running out
+
+
+async def test_leaving_before_the_first_step_never_leaves_the_request_running() -> None:
+    """A cancel that lands before the bridge loop submitted the request (or right
+    after) must not leave it generating in the executor."""
+    async with engine(_standin_step_s=0.01) as e:
+        for _ in range(20):
+            with trio.CancelScope() as scope:
+                async with e.open_stream(EngineRequest(SamplingParams(max_tokens=64), prompt="q")):
+                    scope.cancel()
+                    await trio.lowlevel.checkpoint()
+            assert e.llm.live == 0 and e.num_active == 0
+        assert e.aborted == 20
+        # each one either never reached the executor or was cancelled there
+        assert e.llm.finish_reasons == ["cancelled"] * e.llm.submitted
+
+
+async def test_an_abort_the_executor_never_confirms_is_loud(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with engine(_standin_step_s=0.1, abort_timeout=0.2) as e:
+        monkeypatch.setattr(e.llm, "_abort_request", lambda request_id: None)  # lost abort
+        with pytest.warns(AbortNotAcknowledgedWarning, match="did not confirm the abort"):
+            async with e.open_stream(EngineRequest(SamplingParams(max_tokens=64), prompt="q")) as s:
+                async for _ in s:
+                    break
+        assert e.abort_timeouts == 1 and e.aborted == 0
+        assert e.num_active == 1 == e.llm.live  # still held, and said so
+    assert e.num_active == 0  # closing the engine frees everything
+
+
+async def test_logprobs_are_asked_for_never_invented() -> None:
+    async with engine() as e:
+        sp = e.sampling_params(EngineRequest(SamplingParams(num_logprobs=0), prompt="q"))
+        assert sp.logprobs == 1  # the real API returns none for logprobs=0
+        _, ids, lps, *_ = await collect(
+            e, EngineRequest(SamplingParams(max_tokens=4, num_logprobs=0), prompt="q")
+        )
+        assert len(lps) == len(ids) == 4 and lps == pytest.approx([-0.05, -0.1, -0.15, -0.2])
+
+
+async def test_missing_logprobs_are_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with engine() as e:
+        real = e.sampling_params
+
+        def without_logprobs(request: EngineRequest) -> object:
+            sp = real(request)
+            sp.logprobs = None  # the engine will not return any
+            return sp
+
+        monkeypatch.setattr(e, "sampling_params", without_logprobs)
+        for stream in (True, False):
+            req = EngineRequest(
+                SamplingParams(max_tokens=4, num_logprobs=0), prompt="q", stream=stream
+            )
+            with pytest.raises(EngineError, match=r"0 logprobs for [14] tokens"):
+                await collect(e, req)
+            assert e.llm.live == 0 and e.num_active == 0
+
+
+async def test_stop_words_are_trimmed_from_token_ids() -> None:
+    async with engine() as e:
+        text, ids, _, finish, _ = await collect(
+            e, EngineRequest(SamplingParams(max_tokens=12, stop=(" cherries,",)), prompt="q")
+        )
+        assert (text, finish) == ("Apples, bananas,", "stop")
+        assert e.llm.tokenizer.decode(ids) == text  # the stop word's token is not in the ids
+
+
+async def test_starts_again_after_a_failed_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tensorrt_llm
+
+    real = tensorrt_llm.LLM
+    calls = []
+
+    def flaky(*args: object, **kw: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("no GPU memory left")
+        return real(*args, **kw)
+
+    e = engine()
+    e._trt = None
+    monkeypatch.setattr(tensorrt_llm, "LLM", flaky)
+    with pytest.raises(RuntimeError, match="no GPU memory left"):
+        async with e:
+            pass
+    async with e:
+        text, *_ = await collect(e, EngineRequest(SamplingParams(max_tokens=3), prompt="q"))
+        assert text and e.healthy
 
 
 async def test_missing_tensorrt_llm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

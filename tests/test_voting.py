@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
 
 from engine_bridge import SimulatedCall, SimulatedEngine
 from scaffold_actors import AsyncScaffoldingLlm, EngineWorker, GenerationTask
@@ -156,3 +157,64 @@ async def test_samples_cut_by_the_token_budget_do_not_vote() -> None:
     assert d["answer"] == "5" and d["votes"] == {"5": 2} and d["samples_finished"] == 2
     assert 40 <= d["spent"] <= 42  # at most one step per running task past the limit
     assert engine.aborted >= 1
+
+
+# -- model output cannot block the event loop -----------------------------------
+
+
+def test_a_hostile_answer_is_not_equivalent_and_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``9^{9^{9}}`` keeps sympy busy for minutes in C code: the checker child is
+    killed after its bound, the verdict is "not equivalent", and it says so."""
+    from scaffold_actors.methods import _answers
+    from scaffold_actors.methods._mathcheck import MathChecker
+
+    checker = MathChecker(timeout=1.0)
+    monkeypatch.setattr(_answers, "_CHECKER", checker)
+    _answers._verify.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="scaffold_actors.methods"):
+            assert not math_equivalent("9^{9^{9}}", "3")
+        assert checker.timeouts == 1 and "no verdict" in caplog.text
+        assert math_equivalent("1/2", "0.5")  # a new child serves the next comparison
+        assert not math_equivalent("1" * 201, "1" * 202)  # too long to parse at all
+        assert "longer than 200" in caplog.text
+    finally:
+        checker.close()
+        _answers._verify.cache_clear()
+
+
+async def test_the_loop_keeps_running_while_answers_are_compared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the vote compares a hostile answer, other tasks of the loop run: one
+    of them sees the checker busy (impossible if the comparison held the loop)."""
+    from scaffold_actors.methods import _answers
+    from scaffold_actors.methods._mathcheck import MathChecker
+
+    checker = MathChecker(timeout=1.0)
+    monkeypatch.setattr(_answers, "_CHECKER", checker)
+    _answers._verify.cache_clear()
+    seen_busy = trio.Event()
+
+    async def watch() -> None:
+        while not seen_busy.is_set():
+            if checker._lock.locked():
+                seen_busy.set()
+            await trio.sleep(0.001)
+
+    replies = ["so \\boxed{3}", "so \\boxed{9^{9^{9}}}", "so \\boxed{3}"]
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            r, _ = await vote(
+                MajorityVote(Sampler(), samples=3, early_stop=False, equivalent=math_equivalent),
+                replies,
+            )
+            nursery.cancel_scope.cancel()
+        assert seen_busy.is_set()
+        assert r.output.details["votes"] == {"3": 2, "9^{9^{9}}": 1}
+    finally:
+        checker.close()
+        _answers._verify.cache_clear()

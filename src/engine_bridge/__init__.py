@@ -20,6 +20,7 @@ from ._pool import EnginePool, Replica, ReplicaState, prompt_key
 from ._protocol import Engine
 from ._simulated import CostModel, SimulatedCall, SimulatedEngine, SimulatedOutput
 from ._types import (
+    AbortNotAcknowledgedWarning,
     ChatMessage,
     EngineClosedError,
     EngineDelta,
@@ -30,6 +31,7 @@ from ._types import (
 )
 
 __all__ = [
+    "AbortNotAcknowledgedWarning",
     "ChatMessage",
     "CostModel",
     "Engine",

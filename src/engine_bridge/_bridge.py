@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 import anyio
 import sniffio
 
-from ._types import EngineClosedError, EngineDelta, EngineError
+from ._types import AbortNotAcknowledgedWarning, EngineClosedError, EngineDelta, EngineError
 
 __all__ = ["BridgedEngine", "LoopCaller", "RequestStream", "raise_single"]
 
@@ -83,26 +84,50 @@ class LoopCaller:
 
 class RequestStream:
     """Per-request delta buffer filled by the engine (in the loop) and read by the
-    consumer; an async iterator that never needs finalising."""
+    consumer; an async iterator that never needs finalising.
 
-    __slots__ = ("_event", "done", "error", "pending")
+    Two ends are tracked apart: ``done`` (nothing more is delivered to the
+    consumer: the last delta came, the request failed, or the consumer left) and
+    ``released`` (the engine itself confirmed it holds nothing of the request any
+    more: it finished there, or the engine acknowledged an abort).
+    """
+
+    __slots__ = ("_event", "done", "error", "pending", "released", "released_event")
 
     def __init__(self) -> None:
         self.pending: deque[EngineDelta] = deque()
         self._event: anyio.Event | None = None
         self.done = False
         self.error: BaseException | None = None
+        self.released = False
+        self.released_event = anyio.Event()
 
-    def push(self, delta: EngineDelta) -> None:
+    def push(self, delta: EngineDelta, *, released: bool = True) -> None:
+        """Queue ``delta``; a final delta ends the stream and, unless
+        ``released=False`` (the engine still runs it, e.g. a stop string was cut
+        here), marks the request released by the engine."""
         self.pending.append(delta)
         if delta.finish_reason is not None:
             self.done = True
+            if released:
+                self.release()
         self.wake()
 
     def fail(self, error: BaseException) -> None:
         self.error = error
         self.done = True
         self.wake()
+
+    def close(self) -> None:
+        """The consumer left: drop whatever the engine still sends."""
+        self.done = True
+        self.pending.clear()
+
+    def release(self) -> None:
+        """The engine holds nothing of this request any more (idempotent)."""
+        if not self.released:
+            self.released = True
+            self.released_event.set()
 
     def wake(self) -> None:
         if self._event is not None:
@@ -133,17 +158,31 @@ class BridgedEngine:
 
     It keeps the live requests, bounds admission (``max_concurrent`` at once; more
     wait in :meth:`_admit` without polling), aborts a request whose consumer leaves
-    early, and turns the engine's death into :class:`EngineError` for every live
-    request.  Subclasses start their thread, call :meth:`_start_bridge` from the
-    event loop, implement :meth:`_running` and :meth:`_abort`, and report outputs
-    and failures through the event loop (``self._caller``).
+    early and waits until the engine acknowledges the abort, and turns the
+    engine's death into :class:`EngineError` for every live request.  Subclasses
+    start their thread, call :meth:`_start_bridge` from the event loop, implement
+    :meth:`_running` and :meth:`_abort`, and report outputs, failures and
+    acknowledged aborts (:meth:`_release`) through the event loop
+    (``self._caller``).
+
+    Cancellation: leaving ``open_stream`` before the last delta tells the engine
+    thread to abort and then waits, shielded from cancellation and for at most
+    ``abort_timeout`` seconds, until the engine confirms it dropped the request.
+    A confirmation that does not come in time is counted in ``abort_timeouts`` and
+    reported with :class:`AbortNotAcknowledgedWarning`; the block then exits anyway
+    (the request stays counted in ``num_active`` until the engine lets it go).
     """
 
-    def __init__(self, max_concurrent: int) -> None:
+    def __init__(self, max_concurrent: int, abort_timeout: float = 10.0) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be >= 1")
+        if not abort_timeout > 0:
+            raise ValueError("abort_timeout must be > 0")
         self.max_concurrent = max_concurrent
+        self.abort_timeout = abort_timeout
         self._live: dict[Any, Any] = {}
+        # requests whose abort the engine did not confirm in time (still held there)
+        self._orphans: dict[Any, Any] = {}
         self._ids = itertools.count()
         self._failure: BaseException | None = None
         self._closed = False
@@ -152,6 +191,7 @@ class BridgedEngine:
         self._thread: threading.Thread | None = None
         self.completed = 0
         self.aborted = 0
+        self.abort_timeouts = 0
 
     # -- for subclasses ----------------------------------------------------------
     def _running(self) -> bool:
@@ -159,7 +199,8 @@ class BridgedEngine:
         raise NotImplementedError
 
     def _abort(self, key: Any, state: Any) -> None:
-        """Tell the engine thread to drop request ``key`` (must not block)."""
+        """Tell the engine thread to drop request ``key`` (must not block); the
+        engine side calls :meth:`_release` in the loop once it has."""
         raise NotImplementedError
 
     def _request_key(self, n: int) -> Any:
@@ -168,7 +209,8 @@ class BridgedEngine:
     # -- shared behaviour ------------------------------------------------------------
     @property
     def num_active(self) -> int:
-        return len(self._live)
+        """Requests the engine may still hold (those being aborted included)."""
+        return len(self._live) + len(self._orphans)
 
     @property
     def healthy(self) -> bool:
@@ -196,7 +238,7 @@ class BridgedEngine:
     @asynccontextmanager
     async def _admit(self, state: _HasStream) -> AsyncIterator[Any]:
         """Wait for a slot, register ``state`` and yield its key; on exit, abort the
-        request unless it finished."""
+        request unless the engine released it, and wait for the engine to confirm."""
         assert self._slots is not None
         async with self._slots:
             if self._failure is not None:
@@ -206,9 +248,34 @@ class BridgedEngine:
             try:
                 yield key
             finally:
-                if self._live.pop(key, None) is not None and not state.stream.done:
-                    self.aborted += 1
+                stream = state.stream
+                if not stream.released:
+                    stream.close()  # no output of it is delivered from now on
                     self._abort(key, state)
+                    with anyio.CancelScope(shield=True):
+                        with anyio.move_on_after(self.abort_timeout):
+                            await stream.released_event.wait()
+                    if stream.released:
+                        self.aborted += 1
+                    else:
+                        self.abort_timeouts += 1
+                        warnings.warn(
+                            f"{self!r} did not confirm the abort of request {key!r} within "
+                            f"{self.abort_timeout} s; it may still hold an engine slot",
+                            AbortNotAcknowledgedWarning,
+                            stacklevel=2,
+                        )
+                self._live.pop(key, None)
+                if not stream.released:  # still counted until the engine lets it go
+                    self._orphans[key] = state
+
+    def _release(self, key: Any) -> None:
+        """The engine confirmed it dropped request ``key`` (call in the loop)."""
+        state = self._live.get(key)
+        if state is None:
+            state = self._orphans.pop(key, None)
+        if state is not None:
+            state.stream.release()
 
     def _close_bridge(self) -> None:
         self._closed = True
@@ -219,5 +286,8 @@ class BridgedEngine:
         self._fail_all(err)
 
     def _fail_all(self, err: BaseException) -> None:
-        for state in list(self._live.values()):
+        """The engine is gone or closing: every request fails, and nothing is held."""
+        for state in [*self._live.values(), *self._orphans.values()]:
             state.stream.fail(err)
+            state.stream.release()
+        self._orphans.clear()

@@ -45,6 +45,7 @@ from ._types import (
     EngineRequest,
     InvalidRequestError,
     check_context,
+    stop_holdback,
 )
 
 __all__ = ["EMBEDDED_GGUF", "HFEngine", "embedded_model_path"]
@@ -85,6 +86,31 @@ def _load(path: str, gguf_file: str | None, device: str, dtype: str, attn: str) 
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _queued(q: Any, match: Any) -> bool:
+    """Whether a ``queue.Queue`` holds an item for which ``match`` is true."""
+    with q.mutex:
+        return any(match(item) for item in q.queue)
+
+
+def _manager_holds(manager: Any, rid: str) -> bool:
+    """Whether transformers' continuous-batching manager still holds request ``rid``
+    (queued for admission or cancellation, waiting, or running).  Reads the
+    manager's own state from another thread: only membership tests and queue
+    reads under the queue's lock."""
+    scheduler = getattr(getattr(manager, "batch_processor", None), "scheduler", None)
+    if scheduler is not None and (
+        rid in scheduler.active_requests
+        or rid in scheduler.waiting_requests
+        or rid in getattr(scheduler, "_requests_to_cancel", ())
+    ):
+        return True
+    cancels = getattr(manager, "cancel_queue", None)
+    if cancels is not None and _queued(cancels, lambda item: item == rid):
+        return True
+    adds = getattr(manager, "input_queue", None)
+    return adds is not None and _queued(adds, lambda s: getattr(s, "request_id", None) == rid)
 
 
 class _HFRequest:
@@ -129,6 +155,14 @@ class HFEngine(BridgedEngine):
         batching: extra :class:`transformers.ContinuousBatchingConfig` fields.
         preloaded: ``(model, tokenizer)`` already in memory (e.g. a model built
             from a config); ``model`` is then only a label.
+        abort_timeout: how long leaving ``open_stream`` early waits for the
+            manager to drop the request (see :class:`BridgedEngine`).
+
+    Cancellation: leaving ``open_stream`` before the end sends ``cancel_request``
+    at once (a cancel never waits for an admission window; an add still gathering
+    in a window is simply dropped) and returns once the manager's scheduler no
+    longer holds the request (it frees its KV blocks in the same step), which the
+    submitter thread checks every 2 ms while cancels are pending.
     """
 
     def __init__(
@@ -148,6 +182,7 @@ class HFEngine(BridgedEngine):
         admission_window_max: float = 0.05,
         batching: dict[str, Any] | None = None,
         preloaded: tuple[Any, Any] | None = None,
+        abort_timeout: float = 10.0,
     ) -> None:
         if preloaded is not None:
             model = model or "<preloaded>"
@@ -157,7 +192,7 @@ class HFEngine(BridgedEngine):
         path = os.fspath(model)
         if preloaded is None and not os.path.exists(path):
             raise FileNotFoundError(f"model path {path!r} does not exist")
-        super().__init__(max_concurrent)
+        super().__init__(max_concurrent, abort_timeout)
         self.model_path = path
         self.gguf_file = gguf_file
         self.device = device
@@ -343,21 +378,49 @@ class HFEngine(BridgedEngine):
 
     def _submit_loop(self) -> None:
         """Submitter thread: hand adds and cancels to the manager in order, letting
-        adds that arrive within ``admission_window`` gather into one burst."""
+        adds that arrive within ``admission_window`` gather into one burst.  A
+        cancel closes the burst at once (or drops its add if that is still
+        gathering), and each cancel is acknowledged to the loop once the manager
+        no longer holds the request."""
         q = self._submit_q
+        pending: set[str] = set()  # cancelled in the manager, not yet seen gone
         while True:
-            batch = [q.get()]
+            try:
+                first = q.get(timeout=0.002) if pending else q.get()
+            except queue.Empty:
+                pending = self._acknowledge_gone(pending)
+                continue
+            batch = [first]
+            dropped: list[str] = []
             # debounce: the burst closes after ``admission_window`` without a new
-            # arrival, or ``admission_window_max`` after its first one
+            # arrival, or ``admission_window_max`` after its first one, or at a cancel
             cap = time.monotonic() + self.admission_window_max
             deadline = min(cap, time.monotonic() + self.admission_window)
-            while batch[0][0] == "add":
+            while batch[0][0] == "add" and batch[-1][0] == "add":
                 remaining = deadline - time.monotonic()
                 try:
-                    batch.append(q.get(timeout=remaining) if remaining > 0 else q.get_nowait())
+                    item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
                 except queue.Empty:
                     break
+                if item[0] == "cancel":
+                    index = next(
+                        (
+                            i
+                            for i, b in enumerate(batch)
+                            if b[0] == "add" and b[2]["request_id"] == item[1]
+                        ),
+                        None,
+                    )
+                    if index is not None:  # never reached the manager: nothing to cancel
+                        del batch[index]
+                        dropped.append(item[1])
+                        if not batch:
+                            break
+                        continue
+                batch.append(item)
                 deadline = min(cap, time.monotonic() + self.admission_window)
+            for rid in dropped:
+                self._acknowledge(rid)
             adds = sum(1 for op, _, _ in batch if op == "add")
             if adds:
                 self._bursts.append((time.monotonic(), adds))
@@ -370,12 +433,31 @@ class HFEngine(BridgedEngine):
                         manager.add_request(a, **b)
                     else:
                         manager.cancel_request(a)
+                        pending.add(a)
                 except Exception as exc:  # the manager is gone: fail everything clearly
                     if self._caller is not None and not self._closed:
                         self._caller.call_soon(
                             self._on_failure, EngineError(f"cannot submit: {exc!r}")
                         )
                     return
+            pending = self._acknowledge_gone(pending)
+
+    def _acknowledge(self, rid: str) -> None:
+        if self._caller is not None:
+            self._caller.call_soon(self._release, rid)
+
+    def _acknowledge_gone(self, pending: set[str]) -> set[str]:
+        """Acknowledge the cancelled requests the manager no longer holds; return
+        the others (submitter thread)."""
+        if not pending:
+            return pending
+        manager = self._manager
+        if manager is None:
+            return set()  # closed: _close_bridge released everything
+        held = {rid for rid in pending if _manager_holds(manager, rid)}
+        for rid in pending - held:
+            self._acknowledge(rid)
+        return held
 
     # -- fault injection -------------------------------------------------------
     def inject_failure(self) -> None:
@@ -462,6 +544,7 @@ class HFEngine(BridgedEngine):
                 self._on_failure(err)  # the engine itself died, not just this request
             else:
                 state.stream.fail(err)
+                state.stream.release()  # the manager failed and dropped it
             return
         tokens = list(out.generated_tokens)
         new = tokens[state.n_tokens :]
@@ -469,8 +552,8 @@ class HFEngine(BridgedEngine):
         if not new and not finished:
             return
         logprobs = None
-        if state.request.params.num_logprobs is not None and getattr(out, "logprobs", None):
-            logprobs = tuple(float(x) for x in out.logprobs[state.n_tokens : len(tokens)])
+        if state.request.params.num_logprobs is not None:
+            logprobs = self._logprobs(out, state.n_tokens, len(tokens))
         start = state.n_tokens
         state.n_tokens = len(tokens)
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -479,34 +562,43 @@ class HFEngine(BridgedEngine):
             finish = "length" if len(tokens) >= state.max_tokens else "stop"
         elif text.endswith("\ufffd"):
             text = text.rstrip("\ufffd")  # an incomplete character: wait for the rest
-        for s in state.request.params.stop:
+        stops = state.request.params.stop
+        for s in stops:
             cut = text.find(s)
             if cut != -1:
                 text = text[:cut]
                 finish = "stop"
+        # text that may be the start of a stop string waits for the next token
+        end = len(text) if finish is not None else len(text) - stop_holdback(text, stops)
         delta = EngineDelta(
-            text=text[state.emitted :] if len(text) >= state.emitted else "",
+            text=text[state.emitted : end] if end > state.emitted else "",
             token_ids=tuple(tokens[start:]),
             logprobs=logprobs,
             finish_reason=finish,
             prompt_tokens=state.prompt_tokens,
         )
-        state.emitted = max(state.emitted, len(text))
+        state.emitted = max(state.emitted, end)
         if finish is not None:
             self.completed += 1
-            if not finished and self._manager is not None:
-                self._submit_q.put(("cancel", out.request_id, None))  # stop string reached
         if state.request.stream or finish is not None:
             if not state.request.stream:
                 delta = EngineDelta(
                     text=text,
                     token_ids=tuple(tokens),
-                    logprobs=(
-                        tuple(float(x) for x in out.logprobs[: len(tokens)])
-                        if logprobs is not None
-                        else None
-                    ),
+                    logprobs=self._logprobs(out, 0, len(tokens)) if logprobs is not None else None,
                     finish_reason=finish,
                     prompt_tokens=state.prompt_tokens,
                 )
-            state.stream.push(delta)
+            # a stop string cut here leaves the request in the manager: leaving the
+            # stream then cancels it there and waits for that
+            state.stream.push(delta, released=finished)
+
+    @staticmethod
+    def _logprobs(out: Any, start: int, end: int) -> tuple[float, ...]:
+        lps = getattr(out, "logprobs", None) or ()
+        if len(lps) < end:
+            raise EngineError(
+                f"transformers returned {len(lps)} logprobs for {end} tokens "
+                "(ContinuousBatchingConfig(return_logprobs=True) is needed)"
+            )
+        return tuple(float(x) for x in lps[start:end])

@@ -30,6 +30,7 @@ from ._types import (
     EngineRequest,
     InvalidRequestError,
     check_context,
+    stop_holdback,
 )
 from ._wordtok import WordTokenizer
 
@@ -484,6 +485,8 @@ class SimulatedEngine:
             if cut != -1:
                 text = text[:cut]
                 finish = "stop"
+        if finish is None:  # what may be the start of a stop string waits for the next token
+            text = text[: len(text) - stop_holdback(text, params.stop)]
         if finish is None and not r.request.stream:
             return False
         if r.request.stream or finish is not None:
@@ -491,13 +494,13 @@ class SimulatedEngine:
             ids = tuple(self.tokenizer.ids_for(r.pieces[start_tok : r.pos]))
             lps = tuple(r.logprobs[start_tok : r.pos]) if r.logprobs is not None else None
             delta = EngineDelta(
-                text=text[r.emitted :],
+                text=text[r.emitted :] if len(text) > r.emitted else "",
                 token_ids=ids,
                 logprobs=lps,
                 finish_reason=finish,
                 prompt_tokens=r.prompt_tokens,
             )
-            r.emitted = len(text)
+            r.emitted = max(r.emitted, len(text))
             r.pending.append(delta)
         if finish is not None:
             r.done = True

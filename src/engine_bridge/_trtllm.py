@@ -9,7 +9,8 @@ Targets the LLM API of TensorRT-LLM 1.x (``tensorrt_llm/llmapi/llm.py``,
   ``RequestOutput`` that is async-iterable (it needs a running asyncio loop, hence
   the bridge thread's own loop); ``outputs[0]`` has ``text``, ``token_ids``,
   ``logprobs`` (floats, or ``{token_id: Logprob}`` dicts for top-k) and
-  ``finish_reason``; ``abort()`` cancels the request in the executor;
+  ``finish_reason``; ``abort()`` asks the executor to cancel the request, which
+  it ends later with a final response whose ``finish_reason`` is ``"cancelled"``;
 * ``SamplingParams(max_tokens, temperature, top_p, top_k, n, logprobs, stop, seed)``.
 
 With block reuse on, parallel samples of one prompt share the prompt's KV blocks.
@@ -32,25 +33,36 @@ import anyio
 import anyio.to_thread
 
 from ._bridge import BridgedEngine, RequestStream
-from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest, check_context
+from ._types import (
+    EngineClosedError,
+    EngineDelta,
+    EngineError,
+    EngineRequest,
+    check_context,
+    stop_holdback,
+)
 
 __all__ = ["TRTLLMEngine"]
 
 
 def _logprob_value(item: Any, token: int) -> float:
+    """The sampled token's log probability from one step's entry: a float, or a
+    ``{token_id: Logprob}`` dict (TensorRT-LLM puts the sampled token in it even when
+    it is outside the top k).  A dict without the sampled token is an error: we
+    never guess a value."""
     if isinstance(item, dict):
         lp: Any = item.get(token)
-        if lp is None:  # the sampled token is always in TensorRT-LLM's dict; be safe
-            lp = max(item.values(), key=lambda x: getattr(x, "logprob", x))
+        if lp is None:
+            raise EngineError(f"TensorRT-LLM returned logprobs without the sampled token {token}")
         return float(getattr(lp, "logprob", lp))
     return float(item)
 
 
 class _TRTRequest:
     __slots__ = (
+        "abort_requested",
         "emitted",
-        "future",
-        "n_logprobs",
+        "key",
         "prompt_tokens",
         "request",
         "result",
@@ -62,11 +74,11 @@ class _TRTRequest:
         self.request = request
         self.prompt_tokens = prompt_tokens
         self.stream = RequestStream()
-        self.result: Any = None  # the RequestOutput, set in the bridge loop
-        self.future: Future[None] | None = None
+        self.key: Any = None
+        self.result: Any = None  # the RequestOutput (bridge thread only)
+        self.abort_requested = False  # bridge thread only
         self.tokens = 0
         self.emitted = 0
-        self.n_logprobs = 0
 
 
 class TRTLLMEngine(BridgedEngine):
@@ -82,6 +94,17 @@ class TRTLLMEngine(BridgedEngine):
             ``max_batch_size``, ``max_num_tokens`` ...).
         chat_template: render text prompts as a user message with the tokenizer's
             chat template.
+        abort_timeout: how long leaving ``open_stream`` early waits for the
+            executor's final "cancelled" response (see :class:`BridgedEngine`).
+
+    Cancellation: leaving ``open_stream`` before the end calls
+    ``RequestOutput.abort()`` in the bridge loop (or, if the request has not reached
+    the executor yet, keeps it from being submitted) and returns once the executor
+    has sent the request's final response, so its slot and KV blocks are free.
+
+    Logprobs: ``num_logprobs=0`` is asked as ``logprobs=1`` (TensorRT-LLM returns
+    none for 0); a response without one logprob per token is an
+    :class:`EngineError`, never filled in.
     """
 
     module_name = "tensorrt_llm"
@@ -96,8 +119,9 @@ class TRTLLMEngine(BridgedEngine):
         enable_block_reuse: bool = True,
         chat_template: bool = True,
         llm_kwargs: dict[str, Any] | None = None,
+        abort_timeout: float = 10.0,
     ) -> None:
-        super().__init__(max_concurrent)
+        super().__init__(max_concurrent, abort_timeout)
         if not 0.0 < free_gpu_memory_fraction <= 1.0:
             raise ValueError("free_gpu_memory_fraction must be in (0, 1]")
         self.model = model
@@ -189,7 +213,9 @@ class TRTLLMEngine(BridgedEngine):
         if p.seed is not None:
             kw["seed"] = p.seed
         if p.num_logprobs is not None:
-            kw["logprobs"] = max(p.num_logprobs, 1) if p.num_logprobs else 0
+            # TensorRT-LLM returns no logprobs for logprobs=0; k >= 1 gives the top k
+            # and the sampled token, which is what num_logprobs=0 needs
+            kw["logprobs"] = max(p.num_logprobs, 1)
         return self._trt.SamplingParams(**kw)
 
     async def __aenter__(self) -> Self:
@@ -207,7 +233,17 @@ class TRTLLMEngine(BridgedEngine):
             target=self._thread_main, args=(ready,), name="trtllm-bridge", daemon=True
         )
         self._thread.start()
-        await anyio.to_thread.run_sync(ready.result)
+        try:
+            await anyio.to_thread.run_sync(ready.result)
+        except BaseException:
+            # a failed (or cancelled) start leaves nothing behind: it can be tried again
+            self._close_bridge()
+            self._stop_loop()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._thread.join, 60)
+            self._thread = None
+            self.llm = None
+            raise
         return self
 
     async def __aexit__(
@@ -217,17 +253,20 @@ class TRTLLMEngine(BridgedEngine):
         tb: TracebackType | None,
     ) -> None:
         self._close_bridge()
+        self._stop_loop()
+        thread = self._thread
+        if thread is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(thread.join, 60)
+        self._thread = None  # it can be started again
+
+    def _stop_loop(self) -> None:
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(stop.set)
             except RuntimeError:
                 pass
-        thread = self._thread
-        if thread is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(thread.join, 60)
-        self._thread = None  # it can be started again
 
     @asynccontextmanager
     async def open_stream(
@@ -241,11 +280,10 @@ class TRTLLMEngine(BridgedEngine):
             len(prompt) if isinstance(prompt, list) else self.count_prompt_tokens(request)
         )
         state = _TRTRequest(request, prompt_tokens)
-        async with self._admit(state):
+        async with self._admit(state) as key:
             assert self._loop is not None
-            state.future = asyncio.run_coroutine_threadsafe(
-                self._serve(state, prompt, params), self._loop
-            )
+            state.key = key
+            asyncio.run_coroutine_threadsafe(self._serve(state, prompt, params), self._loop)
             yield state.stream
 
     # -- fault injection -------------------------------------------------------
@@ -259,18 +297,19 @@ class TRTLLMEngine(BridgedEngine):
     def _abort(self, key: Any, state: Any) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
+            self._release(key)  # the executor is gone with its loop
             return
 
-        def abort() -> None:
-            if state.future is not None:
-                state.future.cancel()
-            if state.result is not None and not getattr(state.result, "finished", False):
-                state.result.abort()
+        def abort() -> None:  # bridge thread
+            state.abort_requested = True
+            result = state.result
+            if result is not None and not result.finished:
+                result.abort()  # the executor ends it with a final "cancelled" response
 
         try:
             loop.call_soon_threadsafe(abort)
         except RuntimeError:
-            pass
+            self._release(key)
 
     def _thread_main(self, ready: Future[None]) -> None:
         try:
@@ -307,59 +346,89 @@ class TRTLLMEngine(BridgedEngine):
                 shutdown()
 
     async def _serve(self, state: _TRTRequest, prompt: str | list[int], params: Any) -> None:
+        """Bridge loop: submit one request and relay its outputs until the executor's
+        final response.  An abort (requested before or after submission) is sent to
+        the executor, and the request counts as released only once the executor's
+        final response came (or it was never submitted)."""
         caller = self._caller
         assert caller is not None
         try:
-            state.result = self.llm.generate_async(prompt, sampling_params=params, streaming=True)
-            async for out in state.result:
-                delta = self._delta(state, out)
+            if state.abort_requested:
+                return  # left before it reached the executor
+            result = state.result = self.llm.generate_async(
+                prompt, sampling_params=params, streaming=True
+            )
+            failed = False
+            async for out in result:
+                if state.abort_requested or failed:
+                    continue  # draining until the executor's final response
+                try:
+                    delta = self._delta(state, out)
+                except EngineError as exc:
+                    failed = True
+                    caller.call_soon(state.stream.fail, exc)
+                    if not result.finished:
+                        result.abort()
+                    continue
                 if delta is not None:
                     caller.call_soon(self._deliver, state, delta)
         except asyncio.CancelledError:
-            raise
+            raise  # the bridge loop is shutting down (the engine closes)
         except BaseException as exc:
             caller.call_soon(
                 state.stream.fail, EngineError(f"TensorRT-LLM request failed: {exc!r}")
             )
+        finally:
+            caller.call_soon(self._release, state.key)
 
     def _delta(self, state: _TRTRequest, out: Any) -> EngineDelta | None:
-        """Turn one cumulative RequestOutput step into a delta (bridge thread)."""
+        """Turn one cumulative RequestOutput step into a delta (bridge thread).
+
+        Raises :class:`EngineError` when logprobs were asked for and the engine did
+        not return one per token."""
         o = out.outputs[0]
         token_ids = list(o.token_ids or ())
-        new_tokens = token_ids[state.tokens :]
         finish = o.finish_reason if out.finished else None
         if finish == "cancelled":
             return None
         if finish == "timeout":
             finish = "length"
+        params = state.request.params
+        if not state.request.stream:
+            if finish is None:
+                return None
+            lps = self._logprobs(state, o, token_ids, 0)
+            return EngineDelta(o.text or "", tuple(token_ids), lps, finish, state.prompt_tokens)
+        new_tokens = token_ids[state.tokens :]
         if not new_tokens and finish is None:
             return None
         text = o.text or ""
-        logprobs: tuple[float, ...] | None = None
-        if state.request.params.num_logprobs is not None:
-            lps = list(o.logprobs or ())
-            logprobs = tuple(
-                _logprob_value(lps[i], token_ids[i]) if i < len(lps) else 0.0
-                for i in range(state.tokens, len(token_ids))
-            )
-        if not state.request.stream and finish is None:
-            return None
-        if state.request.stream:
-            delta = EngineDelta(
-                text[state.emitted :], tuple(new_tokens), logprobs, finish, state.prompt_tokens
-            )
-            state.tokens = len(token_ids)
-            state.emitted = len(text)
-        else:
-            all_lps = None
-            if state.request.params.num_logprobs is not None:
-                lps = list(o.logprobs or ())
-                all_lps = tuple(
-                    _logprob_value(lps[i], token_ids[i])
-                    for i in range(min(len(lps), len(token_ids)))
-                )
-            delta = EngineDelta(text, tuple(token_ids), all_lps, finish, state.prompt_tokens)
+        # text that may be the start of a stop string waits for the next step
+        end = len(text) if finish is not None else len(text) - stop_holdback(text, params.stop)
+        lps = self._logprobs(state, o, token_ids, state.tokens)
+        delta = EngineDelta(
+            text[state.emitted : end] if end > state.emitted else "",
+            tuple(new_tokens),
+            lps,
+            finish,
+            state.prompt_tokens,
+        )
+        state.tokens = len(token_ids)
+        state.emitted = max(state.emitted, end)
         return delta
+
+    @staticmethod
+    def _logprobs(
+        state: _TRTRequest, o: Any, token_ids: list[int], start: int
+    ) -> tuple[float, ...] | None:
+        if state.request.params.num_logprobs is None:
+            return None
+        lps = list(o.logprobs or ())
+        if len(lps) < len(token_ids):
+            raise EngineError(
+                f"TensorRT-LLM returned {len(lps)} logprobs for {len(token_ids)} tokens"
+            )
+        return tuple(_logprob_value(lps[i], token_ids[i]) for i in range(start, len(token_ids)))
 
     # -- event loop side -----------------------------------------------------------
     def _deliver(self, state: _TRTRequest, delta: EngineDelta) -> None:
@@ -367,4 +436,4 @@ class TRTLLMEngine(BridgedEngine):
             return  # aborted: late output dropped
         if delta.finish_reason is not None:
             self.completed += 1
-        state.stream.push(delta)
+        state.stream.push(delta)  # a final delta: the executor sent its final response

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 __all__ = [
+    "AbortNotAcknowledgedWarning",
     "ChatMessage",
     "EngineClosedError",
     "EngineDelta",
@@ -16,6 +17,7 @@ __all__ = [
     "EngineRequest",
     "InvalidRequestError",
     "SamplingParams",
+    "stop_holdback",
 ]
 
 
@@ -25,6 +27,11 @@ class EngineError(RuntimeError):
 
 class EngineClosedError(EngineError):
     """The engine was closed (or never started) when a request reached it."""
+
+
+class AbortNotAcknowledgedWarning(RuntimeWarning):
+    """An engine did not confirm an abort within its ``abort_timeout``: the request
+    may still hold a slot in the engine (the engine is stalled or overloaded)."""
 
 
 class InvalidRequestError(ValueError):
@@ -86,6 +93,19 @@ FIELD_CHECKS: dict[str, Any] = {
     "num_logprobs": lambda v: _check_optional_int("num_logprobs", v, low=0),
     "n": lambda v: _check_optional_int("n", v, low=1),
 }
+
+
+def stop_holdback(text: str, stops: Sequence[str]) -> int:
+    """How many characters at the end of ``text`` could be the start of one of
+    ``stops`` (and so must not be streamed yet: the stop string may complete in the
+    next token and then it is cut).  Costs ``O(sum(len(stop)))`` string compares."""
+    held = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), held, -1):
+            if text.endswith(s[:k]):
+                held = k
+                break
+    return held
 
 
 def check_context(prompt_tokens: int, max_tokens: int, limit: int) -> None:

@@ -113,7 +113,11 @@ def create_app(engine: Engine, model_name: str = "scaffold") -> Any:
     async def health(request: Request) -> Any:
         ok = engine.healthy
         return JSONResponse(
-            {"status": "ok" if ok else "unhealthy", "active": engine.num_active},
+            {
+                "status": "ok" if ok else "unhealthy",
+                "active": engine.num_active,
+                "aborted": getattr(engine, "aborted", None),
+            },
             status_code=200 if ok else 503,
         )
 

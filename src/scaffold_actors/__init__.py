@@ -12,6 +12,7 @@ from ._context import Handle, Parallel, RequestContext
 from ._controller import NativeController
 from ._engine_worker import EngineWorker, notify_progress
 from ._errors import (
+    CancelGraceExceededWarning,
     EngineError,
     InvalidTaskError,
     RequestCancelledError,
@@ -43,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncScaffoldingLlm",
+    "CancelGraceExceededWarning",
     "EngineError",
     "EngineWorker",
     "ExecutionTrace",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
+import anyio.to_thread
 import attrs
 
 from ._runtime import AsyncScaffoldingLlm
@@ -167,7 +168,9 @@ async def _run(
                 record.update(
                     predicted=None if predicted is None else str(predicted),
                     correct=predicted is not None
-                    and math_equivalent(str(predicted), problem.answer),
+                    and await anyio.to_thread.run_sync(
+                        math_equivalent, str(predicted), problem.answer, abandon_on_cancel=True
+                    ),
                     output=out.output_str,
                     completion_tokens=result.usage.completion_tokens,
                     prompt_tokens=result.usage.prompt_tokens,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from engine_bridge import EngineError, InvalidRequestError
 
 __all__ = [
+    "CancelGraceExceededWarning",
     "EngineError",
     "InvalidRequestError",
     "InvalidTaskError",
@@ -58,3 +59,9 @@ class TooManyRequestsError(ScaffoldError):
 
 class RuntimeClosedError(ScaffoldError):
     """The runtime is shut down (or not started) and takes no new requests."""
+
+
+class CancelGraceExceededWarning(RuntimeWarning):
+    """A cancelled task's handler did not unwind within the runtime's
+    ``cancel_grace``: the cancellation returned while the handler (and maybe its
+    engine request) still runs.  Counted in ``stats()["cancel_grace_overruns"]``."""

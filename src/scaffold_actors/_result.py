@@ -32,7 +32,8 @@ class ScaffoldingResult:
     * ``async for out in result`` (or ``for out in result`` from another thread)
       yields partial :class:`ScaffoldingOutput` snapshots published by the
       controller, then the final output.  A slow consumer skips intermediate
-      snapshots instead of slowing the request down.
+      snapshots instead of slowing the request down.  Several iterators may run
+      at once; each sees the latest snapshot and the end.
     * ``result.cancel()`` cancels the request.  Called from another thread (the
       sync API) it returns once the request has unwound, i.e. its engine requests
       are aborted.  Inside the event loop use ``await result.acancel()`` for that
@@ -150,6 +151,8 @@ class ScaffoldingResult:
         """
         if self._in_loop():
             raise RuntimeError("result() blocks; inside the event loop use `await result`")
+        if self.done:
+            return self._outcome()
         portal = self._foreign_portal()
 
         async def wait() -> None:
@@ -191,7 +194,10 @@ class ScaffoldingResult:
                 return self._partial_version, self._partial
             if self.done:
                 return -1, _END if seen == -1 else self._final_for_stream()
-            self._partial_event = anyio.Event()
+            # every iterator waits on the same event; it is replaced only once set,
+            # so a second iterator never strands the first on a forgotten event
+            if self._partial_event.is_set():
+                self._partial_event = anyio.Event()
             await self._partial_event.wait()
 
     def _final_for_stream(self) -> ScaffoldingOutput:

@@ -11,7 +11,7 @@ from typing import Any, Self, cast
 import anyio
 import anyio.abc
 
-from ._context import RequestContext
+from ._context import RequestContext, raise_single
 from ._controller import run_controller
 from ._errors import InvalidTaskError, RuntimeClosedError, TooManyRequestsError
 from ._result import ScaffoldingResult
@@ -81,7 +81,13 @@ class AsyncScaffoldingLlm:
     while the cap is reached, or raises :class:`TooManyRequestsError` when called
     with ``block=False``.  With ``trace=True`` every request records an
     :class:`ExecutionTrace`.  ``cancel_grace`` bounds how long a cancelled task may
-    take to unwind.
+    take to unwind (its engine request's abort included; engines wait up to their
+    own ``abort_timeout``, 10 s by default, for the engine to confirm); a task
+    that overruns it is reported with :class:`CancelGraceExceededWarning`.
+
+    An exception raised in the body of ``async with`` reaches the caller as
+    itself (not wrapped in an exception group); the requests still in flight are
+    cancelled and every worker is stopped before it propagates.
 
     Generator controllers (with ``clone()``) are cloned per request, as in
     TensorRT-LLM; native controllers are shared.
@@ -94,7 +100,7 @@ class AsyncScaffoldingLlm:
         *,
         max_in_flight: int = 64,
         trace: bool = False,
-        cancel_grace: float = 5.0,
+        cancel_grace: float = 30.0,
     ) -> None:
         _check_controller(controller)
         if not isinstance(workers, Mapping) or not workers:
@@ -159,8 +165,16 @@ class AsyncScaffoldingLlm:
     ) -> None:
         self._begin_shutdown()
         stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.__aexit__(exc_type, exc, tb)
+        if stack is None:
+            return
+        # The body's own exception is not handed to the task group (which would wrap
+        # it in exception groups): every request is already cancelled and every actor
+        # closed, so the group ends by itself, and the body's exception then goes on
+        # unchanged.  A failure of the runtime itself is raised unwrapped.
+        try:
+            await stack.aclose()
+        except BaseExceptionGroup as group:
+            raise_single(group)
 
     def _begin_shutdown(self) -> None:
         self._closing = True
@@ -268,22 +282,37 @@ class AsyncScaffoldingLlm:
         """Run one prompt (returns its result) or a list (returns a list of results).
 
         Waits for every request; if any failed, raises the first failure (in
-        submission order) after all have finished.
+        submission order) after all have finished.  Cancelling the call cancels
+        every request it submitted and returns once they have unwound (their engine
+        requests aborted), as structured concurrency promises.
         """
         single = _is_single_prompt(prompts)
         batch = cast("list[Prompt]", [prompts] if single else list(prompts))
         for p in batch:
             validate_prompt(p)
-        results = [await self.generate_async(p, **kwargs) for p in batch]
-        for r in results:
-            await r._done.wait()
+        results: list[ScaffoldingResult] = []
+        try:
+            for p in batch:
+                results.append(await self.generate_async(p, **kwargs))
+            for r in results:
+                await r._done.wait()
+        except BaseException:
+            # cancelled (or a later prompt was refused): what this call submitted is
+            # its own, and does not outlive it
+            for r in results:
+                r._cancel_now()
+            with anyio.CancelScope(shield=True):
+                for r in results:
+                    await r._done.wait()
+            raise
         for r in results:
             r._outcome()
         return results[0] if single else results
 
     # -- introspection ---------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        """Live counts, for leak checks: requests, tasks and engine requests alive."""
+        """Live counts, for leak checks: requests, tasks and engine requests alive,
+        and how many cancelled tasks overran ``cancel_grace``."""
         engines = {id(a.worker): getattr(a.worker, "engine", None) for a in self._actors.values()}
         return {
             "requests_in_flight": len(self._in_flight),
@@ -291,6 +320,7 @@ class AsyncScaffoldingLlm:
             "tasks_queued": sum(a.queued for a in self._actors.values()),
             "engine_requests": sum(e.num_active for e in engines.values() if e is not None),
             "requests_completed": self.completed,
+            "cancel_grace_overruns": sum(a.grace_overruns for a in self._actors.values()),
         }
 
     def healthy(self) -> dict[str, bool]:

@@ -12,6 +12,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from ._context import raise_single
+from ._errors import RuntimeClosedError
 from ._result import ScaffoldingResult
 from ._runtime import AsyncScaffoldingLlm, Prompt, _is_single_prompt, validate_prompt
 from ._worker import Worker
@@ -19,12 +20,29 @@ from ._worker import Worker
 __all__ = ["ScaffoldingLlm"]
 
 
+def _single(error: BaseException) -> BaseException:
+    """``error`` itself, or the one real error inside an exception group."""
+    if not isinstance(error, BaseExceptionGroup):
+        return error
+    try:
+        raise_single(error)
+    except BaseException as exc:
+        return exc
+    return error  # pragma: no cover - raise_single always raises
+
+
 class _LoopThread:
-    """A daemon thread running one anyio event loop with a blocking portal."""
+    """A daemon thread running one anyio event loop with a blocking portal.
+
+    An error that ends the loop after start-up is kept in ``error`` and raised to
+    the caller (by :meth:`stop`, and chained from the error of any later call).
+    """
 
     def __init__(self, core: AsyncScaffoldingLlm, backend: str) -> None:
         self.core = core
+        self.error: BaseException | None = None
         self._ready: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._started = False
         self._stop: anyio.Event | None = None
         self.thread = threading.Thread(
             target=self._main, args=(backend,), name="scaffold-actors-loop", daemon=True
@@ -33,32 +51,65 @@ class _LoopThread:
         kind, value = self._ready.get()
         if kind == "error":
             self.thread.join()
-            if isinstance(value, BaseExceptionGroup):
-                raise_single(value)
-            raise value
+            raise _single(value)
         self.portal: BlockingPortal = value
 
     def _main(self, backend: str) -> None:
         try:
             anyio.run(self._amain, backend=backend)
-        except BaseException as exc:  # reported to the constructor if not started yet
-            self._ready.put(("error", exc))
+        except BaseException as exc:
+            if self._started:
+                self.error = _single(exc)  # raised to the caller by stop()
+            else:
+                self._ready.put(("error", exc))
 
     async def _amain(self) -> None:
         async with BlockingPortal() as portal:
             self._stop = anyio.Event()
             async with self.core:
+                self._started = True
                 self._ready.put(("ok", portal))
                 await self._stop.wait()
 
-    def stop(self) -> None:
+    def check_running(self) -> None:
+        """Raise :class:`RuntimeClosedError` (chained from the loop's error) if the
+        loop thread has ended."""
+        if not self.thread.is_alive():
+            raise RuntimeClosedError(
+                "the runtime's event-loop thread has stopped"
+                + (f": {type(self.error).__name__}: {self.error}" if self.error else "")
+            ) from self.error
+
+    def stop(self, timeout: float) -> None:
+        """Cancel what runs, stop the loop and join its thread, each within
+        ``timeout`` seconds; raise the loop's error if it ended with one, or
+        :class:`TimeoutError` if the thread does not end in time."""
+        if self.thread.is_alive():
+            stop = self._stop
+            assert stop is not None
+
+            async def shut() -> None:
+                with anyio.move_on_after(timeout):
+                    await self.core.shutdown()
+                stop.set()
+
+            try:
+                self.portal.call(shut)
+            except RuntimeError:
+                pass  # the portal stopped between the check and the call: the loop ended
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError(f"the event-loop thread did not stop within {timeout} s")
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+    def stop_quietly(self, timeout: float) -> None:
+        """For the garbage collector's finalizer: nobody is left to raise to."""
         try:
-            self.portal.call(self.core.shutdown)
-            assert self._stop is not None
-            self.portal.call(self._stop.set)
-        except RuntimeError:
-            pass  # the loop is already gone
-        self.thread.join()
+            self.stop(timeout)
+        except BaseException:
+            pass
 
 
 class ScaffoldingLlm:
@@ -74,6 +125,13 @@ class ScaffoldingLlm:
     returns a :class:`ScaffoldingResult` at once, which can be waited on
     (``result()``), iterated for partial outputs, awaited from another event loop,
     or cancelled.  See :class:`AsyncScaffoldingLlm` for the other parameters.
+
+    Errors of the loop thread are never lost: if the runtime's loop ends with an
+    error while running (a worker's engine failing to close, a crash under it),
+    later calls raise :class:`RuntimeClosedError` chained from it and
+    :meth:`shutdown` raises it.  :meth:`shutdown` is bounded: it waits at most
+    ``shutdown_timeout`` seconds for the requests to unwind and as long again for
+    the thread, then raises :class:`TimeoutError`.
     """
 
     def __init__(
@@ -83,8 +141,9 @@ class ScaffoldingLlm:
         *,
         max_in_flight: int = 64,
         trace: bool = False,
-        cancel_grace: float = 5.0,
+        cancel_grace: float = 30.0,
         backend: Literal["trio", "asyncio"] | None = None,
+        shutdown_timeout: float = 60.0,
     ) -> None:
         backend = backend or self.default_backend
         if backend not in ("trio", "asyncio"):
@@ -98,9 +157,14 @@ class ScaffoldingLlm:
         )
         self.prototype_controller = prototype_controller
         self.workers = self._core.workers
+        if not shutdown_timeout > 0:
+            raise ValueError(f"shutdown_timeout must be > 0, got {shutdown_timeout!r}")
+        self.shutdown_timeout = shutdown_timeout
         self._loop = _LoopThread(self._core, backend)
         self._closed = False
-        self._finalizer = weakref.finalize(self, _LoopThread.stop, self._loop)
+        self._finalizer = weakref.finalize(
+            self, _LoopThread.stop_quietly, self._loop, shutdown_timeout
+        )
 
     default_backend: Literal["trio", "asyncio"] = "trio"
 
@@ -120,15 +184,21 @@ class ScaffoldingLlm:
         :class:`TooManyRequestsError`).
         """
         if self._closed:
-            from ._errors import RuntimeClosedError
-
             raise RuntimeClosedError("ScaffoldingLlm is shut down")
+        self._loop.check_running()
         portal = self._loop.portal
 
         async def submit() -> ScaffoldingResult:
             return await self._core.generate_async(prompt, block=block, **kwargs)
 
-        result = portal.call(submit)
+        try:
+            result = portal.call(submit)
+        except RuntimeError as exc:
+            if isinstance(exc, RuntimeClosedError) or self._loop.thread.is_alive():
+                raise
+            self._loop.thread.join()  # the portal refused: the loop is ending
+            self._loop.check_running()
+            raise
         result._portal = portal
         return result
 
@@ -141,18 +211,27 @@ class ScaffoldingLlm:
         batch = cast("list[Prompt]", [prompts] if single else list(prompts))
         for p in batch:
             validate_prompt(p)
-        results = [self.generate_async(p, **kwargs) for p in batch]
+        results: list[ScaffoldingResult] = []
         errors: list[BaseException] = []
-        for r in results:
-            try:
-                r.result()
-            except Exception as exc:
-                errors.append(exc)
+        try:
+            for p in batch:
+                results.append(self.generate_async(p, **kwargs))
+            for r in results:
+                try:
+                    r.result()
+                except Exception as exc:
+                    errors.append(exc)
+        except BaseException:  # KeyboardInterrupt, a refused prompt...: no request outlives the call
+            for r in results:
+                if not r.done and self._loop.thread.is_alive():
+                    r.cancel()
+            raise
         if errors:
             raise errors[0]
         return results[0] if single else results
 
     def stats(self) -> dict[str, int]:
+        self._loop.check_running()
         return self._loop.portal.call(self._core.stats)
 
     def shutdown(self, shutdown_workers: bool = False) -> None:
@@ -163,7 +242,10 @@ class ScaffoldingLlm:
         if self._closed:
             return
         self._closed = True
-        self._finalizer()
-        if shutdown_workers:
-            for worker in {id(w): w for w in self.workers.values()}.values():
-                worker.shutdown()
+        self._finalizer.detach()
+        try:
+            self._loop.stop(self.shutdown_timeout)
+        finally:
+            if shutdown_workers:
+                for worker in {id(w): w for w in self.workers.values()}.values():
+                    worker.shutdown()

@@ -8,6 +8,7 @@ a failing handler fails only the task that ran it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Self
@@ -15,7 +16,7 @@ from typing import Any, ClassVar, Self
 import anyio
 import anyio.abc
 
-from ._errors import TaskFailedError, TaskNotSupportedError
+from ._errors import CancelGraceExceededWarning, TaskFailedError, TaskNotSupportedError
 from ._tasks import Task, TaskStatus
 
 __all__ = ["Handler", "Worker", "WorkerActor"]
@@ -151,10 +152,12 @@ class WorkerActor:
     has finished.  If the caller is cancelled, the task is cancelled too and
     ``execute`` waits (shielded, at most ``cancel_grace`` seconds) until the handler
     has unwound, so an engine request under it has been aborted when the
-    cancellation returns.
+    cancellation returns.  A handler that is still running when the grace runs out
+    is reported with :class:`CancelGraceExceededWarning` naming the worker and the
+    task, and counted in ``grace_overruns``.
     """
 
-    def __init__(self, tag: object, worker: Worker, *, cancel_grace: float = 5.0) -> None:
+    def __init__(self, tag: object, worker: Worker, *, cancel_grace: float = 30.0) -> None:
         if worker.max_concurrency < 1 or worker.inbox_size < 0:
             raise ValueError("max_concurrency must be >= 1 and inbox_size >= 0")
         self.tag = tag
@@ -162,6 +165,7 @@ class WorkerActor:
         self.cancel_grace = cancel_grace
         self.running = 0
         self.completed = 0
+        self.grace_overruns = 0
 
     def open(self) -> None:
         """Create the inbox and limiter (in the event loop that will serve them)."""
@@ -252,5 +256,14 @@ class WorkerActor:
                 if job.started and not job.done.is_set():
                     with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_grace):
                         await job.done.wait()
+                    if not job.done.is_set():
+                        self.grace_overruns += 1
+                        warnings.warn(
+                            f"{type(self.worker).__name__} (tag {self.tag!r}) did not unwind "
+                            f"its cancelled {type(task).__name__} within cancel_grace="
+                            f"{self.cancel_grace} s; the cancellation returns while it runs",
+                            CancelGraceExceededWarning,
+                            stacklevel=2,
+                        )
         if job.error is not None:
             raise job.error

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import re
 from fractions import Fraction
 
+from ._mathcheck import MathChecker
+
 __all__ = ["extract_answer", "extract_boxed", "math_equivalent", "normalize_number"]
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _HASHES = re.compile(r"####\s*([^\n]+)")
+log = logging.getLogger("scaffold_actors.methods")
 
 
 def extract_boxed(text: str) -> str | None:
@@ -65,6 +69,13 @@ def extract_answer(text: str | None) -> str | None:
     return number if number is not None else candidate
 
 
+#: answers longer than this are never parsed: only equal strings match
+MAX_ANSWER_CHARS = 200
+
+_CHECKER = MathChecker(timeout=5.0)
+atexit.register(_CHECKER.close)
+
+
 def math_equivalent(a: str, b: str) -> bool:
     """Whether two final answers are mathematically equal: ``"1/2"``, ``"0.5"``,
     ``"\\frac{1}{2}"`` and ``"\\dfrac12"`` agree; so do ``"x^2+2x"`` and ``"2x+x^2"``.
@@ -72,27 +83,25 @@ def math_equivalent(a: str, b: str) -> bool:
     Uses Hugging Face's math-verify (LaTeX and expression parsing with sympy);
     equal strings are equal without parsing.  Never raises: an answer that does
     not parse is only equal to the same string.
+
+    Bounded, because the answers are model output: answers longer than
+    :data:`MAX_ANSWER_CHARS` are not parsed, and the comparison runs in a child
+    process that is killed after 5 s (``9^{9^{9}}`` would keep sympy busy for
+    minutes); a verdict that runs out is "not equivalent" and is logged on the
+    ``scaffold_actors.methods`` logger.  It blocks the calling thread meanwhile:
+    inside an event loop, call it through a thread (``MajorityVote`` does that
+    with every ``equivalent`` function).
     """
     if a == b:
         return True
+    if len(a) > MAX_ANSWER_CHARS or len(b) > MAX_ANSWER_CHARS:
+        log.warning(
+            "answer longer than %d characters, compared as a string only", MAX_ANSWER_CHARS
+        )
+        return False
     return _verify(a, b)
 
 
 @functools.lru_cache(maxsize=4096)
 def _verify(a: str, b: str) -> bool:
-    from math_verify import parse, verify
-
-    # math-verify warns on every call that its (signal-based) timeouts are off
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    try:
-        # timeouts off: they use signals, which only work in the main thread
-        pa = parse(_as_latex(a), parsing_timeout=None)
-        pb = parse(_as_latex(b), parsing_timeout=None)
-        return bool(pa and pb and verify(pa, pb, timeout_seconds=None))
-    except Exception:
-        return False
-
-
-def _as_latex(answer: str) -> str:
-    s = answer.strip()
-    return s if s.startswith("$") or "\\boxed" in s else f"${s}$"
+    return _CHECKER.equivalent(a, b)

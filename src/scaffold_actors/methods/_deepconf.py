@@ -155,7 +155,7 @@ class DeepConf:
                 par.start(one)
         return outs
 
-    def _vote(
+    async def _vote(
         self,
         task: GenerationTask,
         scored: list[tuple[float, GenerationTask]],
@@ -171,7 +171,7 @@ class DeepConf:
             answer = self.extract(out.output_str)
             if answer is None:
                 continue
-            answer = canonical(answer, seen, self.equivalent)
+            answer = await canonical(answer, seen, self.equivalent)
             if answer not in seen:
                 seen.append(answer)
             # confidences are log-probabilities (<= 0): shift so the weakest kept trace
@@ -191,7 +191,7 @@ class DeepConf:
         keep = max(1, math.ceil(len(scored) * self.keep_top)) if scored else 0
         kept = scored[:keep]
         threshold = kept[-1][0] if kept else None
-        return self._vote(
+        return await self._vote(
             task,
             kept,
             {
@@ -251,7 +251,7 @@ class DeepConf:
                 if leader_share() >= self.consensus:
                     par.cancel_all()
                     break
-        return self._vote(
+        return await self._vote(
             task,
             scored,
             {

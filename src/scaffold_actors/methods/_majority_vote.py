@@ -104,7 +104,7 @@ class MajorityVote:
                 finished += out is not None
                 answer = self.extract(out.output_str) if out is not None else None
                 if answer is not None:
-                    answer = canonical(answer, seen, self.equivalent)
+                    answer = await canonical(answer, seen, self.equivalent)
                     if answer not in seen:
                         seen.append(answer)
                     first_output.setdefault(answer, out)  # type: ignore[arg-type]

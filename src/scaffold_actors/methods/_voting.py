@@ -6,6 +6,8 @@ from collections.abc import Callable
 from math import comb
 from typing import Protocol
 
+import anyio
+import anyio.to_thread
 import attrs
 
 __all__ = [
@@ -115,10 +117,20 @@ class WindowAgreement:
         return len(last) == self.window and last[0] is not None and len(set(last)) == 1
 
 
-def canonical(answer: str, seen: list[str], equivalent: Callable[[str, str], bool] | None) -> str:
-    """The first-seen answer ``answer`` is equivalent to (or ``answer`` itself)."""
+async def canonical(
+    answer: str, seen: list[str], equivalent: Callable[[str, str], bool] | None
+) -> str:
+    """The first-seen answer ``answer`` is equivalent to (or ``answer`` itself).
+
+    ``equivalent`` runs in a worker thread, never on the event loop: it parses
+    model output (see :func:`math_equivalent`, which is also bounded in time).
+    Cancellation abandons a comparison still running in its thread."""
     if answer in seen or equivalent is None:
         return answer
+    for other in seen:
+        if await anyio.to_thread.run_sync(equivalent, answer, other, abandon_on_cancel=True):
+            return other
+    return answer
     for other in seen:
         if equivalent(answer, other):
             return other

@@ -1,7 +1,30 @@
+"""The LLM API stand-in (see the package docstring for what it reproduces).
+
+Behaviours copied from TensorRT-LLM 1.x's public source
+(``tensorrt_llm/sampling_params.py``, ``tensorrt_llm/executor/result.py``):
+
+* ``SamplingParams`` is a keyword-only dataclass; ``logprobs`` is normalised with
+  ``logprobs and int(logprobs)``, and only a truthy value returns logprobs
+  (``return_log_probs = bool(logprobs)``): ``logprobs=0`` returns none;
+  ``logprobs=k`` returns, per token, a ``{token_id: Logprob}`` dict of the top k
+  with the sampled token always in it.
+* ``RequestOutput.abort()`` only asks the executor to cancel
+  (``executor.abort_request(id)``) and marks the result aborted; the executor drops
+  the request at its next step and then sends a final response whose
+  ``finish_reason`` is ``"cancelled"``.  Until then the request is active in the
+  executor (``LLM.live`` counts the executor's active requests).
+* Stop strings are tokenized once (``_setup``) and matched on the token ids; on a
+  match the stop word's tokens are trimmed from ``token_ids`` unless
+  ``include_stop_str_in_output``, ``stop_reason`` names the stop string, and the
+  text is decoded from the (trimmed) token ids.
+* The tokenizer may be called from several threads at once.
+"""
+
 from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,25 +39,59 @@ class KvCacheConfig:
     max_tokens: int | None = None
 
 
-@dataclass
+@dataclass(slots=True, kw_only=True)
 class SamplingParams:
+    end_id: int | None = None
+    pad_id: int | None = None
     max_tokens: int = 32
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    n: int = 1
-    logprobs: int | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
+    n: int = 1
+    best_of: int | None = None
+    use_beam_search: bool = False
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    temperature: float | None = None
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    detokenize: bool = True
+    _stop_word_ids: list[list[int]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.best_of = self.best_of or self.n
+        if self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) cannot be less than n ({self.n})")
+        greedy = (
+            not self.use_beam_search
+            and (self.top_k is None or self.top_k == 1)
+            and (self.top_p is None or self.top_p == 0.0)
+        )
+        if self.best_of > 1 and greedy:
+            raise ValueError("Greedy decoding in the LLM API does not allow multiple returns.")
+        self.logprobs = self.logprobs and int(self.logprobs)
+        self.prompt_logprobs = self.prompt_logprobs and int(self.prompt_logprobs)
+        # checked by the C++ SamplingConfig in the real library
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be positive")
-        if self.n < 1:
-            raise ValueError("n must be positive")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+        if self.top_p is not None and not 0 <= self.top_p <= 1:
+            raise ValueError("top_p must be in [0, 1]")
+
+    def _setup(self, tokenizer: _Tokenizer) -> SamplingParams:
+        if self.stop is not None:
+            strs = [self.stop] if isinstance(self.stop, str) else self.stop
+            self._stop_word_ids = [tokenizer.encode(s, add_special_tokens=False) for s in strs]
+        return self
+
+    def _get_stop_reasons_and_words(self) -> list[tuple[str | int, list[int]]]:
+        reasons: list[str | int] = list(self.stop_token_ids or ())
+        words = [[i] for i in self.stop_token_ids or ()]
+        if self.stop is not None:
+            reasons += [self.stop] if isinstance(self.stop, str) else list(self.stop)
+            assert self._stop_word_ids is not None, "SamplingParams._setup was not called"
+            words += self._stop_word_ids
+        return list(zip(reasons, words, strict=True))
 
 
 @dataclass(slots=True)
@@ -50,6 +107,7 @@ class CompletionOutput:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[Any] = field(default_factory=list)
     finish_reason: str | None = None
+    stop_reason: int | str | None = None
 
 
 class _Tokenizer:
@@ -58,18 +116,21 @@ class _Tokenizer:
     def __init__(self) -> None:
         self.pieces: list[str] = []
         self.ids: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def _id(self, piece: str) -> int:
-        if piece not in self.ids:
-            self.ids[piece] = len(self.pieces)
-            self.pieces.append(piece)
-        return self.ids[piece]
+        with self._lock:
+            if piece not in self.ids:
+                self.ids[piece] = len(self.pieces)
+                self.pieces.append(piece)
+            return self.ids[piece]
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [self._id(p) for p in _TOKEN.findall(text)]
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return "".join(self.pieces[i] for i in ids)
+        with self._lock:
+            return "".join(self.pieces[i] for i in ids)
 
     def apply_chat_template(
         self,
@@ -95,6 +156,8 @@ class _Args:
 
 
 class RequestOutput:
+    """A request's cumulative result, fed by the (simulated) executor."""
+
     def __init__(
         self,
         llm: LLM,
@@ -104,7 +167,7 @@ class RequestOutput:
         streaming: bool,
     ) -> None:
         try:
-            asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             raise RuntimeError(
                 "The asyncio event loop was not present during initialization"
@@ -118,7 +181,8 @@ class RequestOutput:
         self._queue: asyncio.Queue[bool] = asyncio.Queue()
         self._done = False
         self._aborted = False
-        self._task = asyncio.get_running_loop().create_task(self._generate())
+        llm._active[request_id] = self
+        self._task = loop.create_task(self._generate())
 
     @property
     def finished(self) -> bool:
@@ -128,8 +192,17 @@ class RequestOutput:
         return self._aborted
 
     def abort(self) -> None:
+        """Ask the executor to cancel; it ends the request at its next step."""
+        self._llm._abort_request(self.request_id)
         self._aborted = True
-        self._task.cancel()
+
+    def _respond(self, final: bool) -> None:
+        if final:
+            self._done = True
+            self._llm._active.pop(self.request_id, None)
+            self._llm.finish_reasons.append(self.outputs[0].finish_reason)
+        if final or self._streaming:
+            self._queue.put_nowait(final)
 
     async def _generate(self) -> None:
         llm, p, out = self._llm, self.sampling_params, self.outputs[0]
@@ -143,44 +216,40 @@ class RequestOutput:
             if started and done_text == started:
                 pieces = pieces[i + 1 :]
                 break
-        stops = [p.stop] if isinstance(p.stop, str) else list(p.stop or ())
-        llm.live += 1
-        try:
-            for i, piece in enumerate(pieces):
-                await asyncio.sleep(llm.step_s)
-                token = llm.tokenizer._id(piece)
-                out.token_ids.append(token)
-                out.text += piece
-                if p.logprobs is not None:
-                    lp = -0.05 * (1 + i % 7)
-                    out.logprobs.append(
-                        lp
-                        if p.logprobs == 0
-                        else {token: Logprob(lp, 1), token + 1: Logprob(lp - 1.0, 2)}
-                    )
-                finish = None
-                for s in stops:
-                    cut = out.text.find(s)
-                    if cut != -1:
-                        out.text = out.text[:cut]
-                        finish = "stop"
-                if finish is None and i + 1 == len(pieces):
-                    finish = "stop"
-                if finish is None and len(out.token_ids) >= p.max_tokens:
-                    finish = "length"
-                if finish is not None:
-                    out.finish_reason = finish
-                    self._done = True
-                    self._queue.put_nowait(True)
-                    return
-                if self._streaming:
-                    self._queue.put_nowait(False)
-        except asyncio.CancelledError:
-            out.finish_reason = "cancelled"
-            self._done = True
-            self._queue.put_nowait(True)
-        finally:
-            llm.live -= 1
+        stops = p._get_stop_reasons_and_words()
+        for i, piece in enumerate(pieces):
+            await asyncio.sleep(llm.step_s)
+            if self.request_id in llm._to_cancel:  # the executor drops it at this step
+                llm._to_cancel.discard(self.request_id)
+                out.finish_reason = "cancelled"
+                self._respond(final=True)
+                return
+            token = llm.tokenizer._id(piece)
+            out.token_ids.append(token)
+            if p.logprobs:
+                lp = -0.05 * (1 + i % 7)
+                top = {token: Logprob(lp, 1)}
+                for r in range(1, p.logprobs):
+                    top[token + 1000 * r] = Logprob(lp - r, r + 1)
+                out.logprobs.append(top)
+            finish = None
+            for reason, ids in stops:
+                if out.token_ids[-len(ids) :] == ids:
+                    finish, out.stop_reason = "stop", reason
+                    if not p.include_stop_str_in_output:
+                        out.token_ids = out.token_ids[: -len(ids)]
+                    break
+            if finish is None and i + 1 == len(pieces):
+                finish = "stop"
+            if finish is None and len(out.token_ids) >= p.max_tokens:
+                finish = "length"
+            if p.detokenize:
+                out.text = llm.tokenizer.decode(out.token_ids)
+            if finish is not None:
+                out.finish_reason = finish
+            self._respond(final=finish is not None)
+            if finish is not None:
+                return
 
     def __aiter__(self) -> RequestOutput:
         return self
@@ -213,10 +282,24 @@ class LLM:
         self.tokenizer = _Tokenizer()
         self.reply = _standin_reply
         self.step_s = _standin_step_s
-        self.live = 0
         self.kwargs = kwargs
         self._ids = 0
         self.is_shutdown = False
+        #: the executor's own state: requests it holds, and cancels not yet applied
+        self._active: dict[int, RequestOutput] = {}
+        self._to_cancel: set[int] = set()
+        self.submitted = 0
+        #: the finish reason of each request's final response, in order
+        self.finish_reasons: list[str | None] = []
+
+    @property
+    def live(self) -> int:
+        """Requests the executor holds (a slot and KV blocks each)."""
+        return len(self._active)
+
+    def _abort_request(self, request_id: int) -> None:
+        if request_id in self._active:
+            self._to_cancel.add(request_id)
 
     def generate_async(
         self,
@@ -227,11 +310,12 @@ class LLM:
     ) -> RequestOutput:
         if self.is_shutdown:
             raise RuntimeError("LLM is shut down")
-        params = sampling_params or SamplingParams()
+        params = (sampling_params or SamplingParams())._setup(self.tokenizer)
         ids = inputs if isinstance(inputs, list) else self.tokenizer.encode(inputs)
         if len(ids) + params.max_tokens > self.args.max_seq_len:
             raise ValueError("prompt too long")
         self._ids += 1
+        self.submitted += 1
         return RequestOutput(self, self._ids, list(ids), params, streaming)
 
     def shutdown(self) -> None:

@@ -1,0 +1,223 @@
+"""Promises of the facades that a review found broken: each test fails without its
+mechanism (tools/mutations.py lists which)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+
+import pytest
+import trio
+import trio.testing
+from helpers import EchoWorker, one_shot
+
+from engine_bridge import CostModel, EngineError, SimulatedEngine
+from scaffold_actors import (
+    AsyncScaffoldingLlm,
+    CancelGraceExceededWarning,
+    EngineWorker,
+    GenerationTask,
+    RequestContext,
+    RuntimeClosedError,
+    ScaffoldingLlm,
+    Task,
+    Worker,
+)
+from scaffold_actors._worker import Handler
+from scaffold_actors.methods import MajorityVote, Sampler
+
+LONG = " ".join(f"w{i}" for i in range(200))
+
+
+async def test_cancelling_generate_cancels_what_it_submitted(autojump_clock: object) -> None:
+    """``generate()`` under a cancel scope: when the scope is left, nothing it
+    submitted is alive, in the runtime or in the engine."""
+    engine = SimulatedEngine(LONG)
+    mv = MajorityVote(Sampler(max_tokens=200), samples=4)
+    async with AsyncScaffoldingLlm(mv, {"generation": EngineWorker(engine)}) as llm:
+        with trio.move_on_after(0.05) as scope:
+            await llm.generate(["q1", "q2", "q3"])
+        assert scope.cancelled_caught
+        # every sample was aborted in the engine (none ran on to its end), and the
+        # engine's own queues are empty
+        assert (engine.aborted, engine.completed, engine.num_active) == (12, 0, 0)
+        stats = llm.stats()
+        assert (stats["requests_in_flight"], stats["tasks_running"], stats["engine_requests"]) == (
+            0,
+            0,
+            0,
+        )
+
+
+async def test_two_iterators_over_one_result_both_see_every_update(
+    autojump_clock: object,
+) -> None:
+    step = trio.Event()
+    go_on = trio.Event()
+
+    async def emitter(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        ctx.emit("one")
+        await step.wait()
+        ctx.emit("two")
+        await go_on.wait()
+        task.output_str = "end"
+        return task
+
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+    async with AsyncScaffoldingLlm(emitter, {"generation": EchoWorker()}) as llm:
+        result = await llm.generate_async("q")
+
+        async def read(name: str) -> None:
+            async for out in result:
+                seen[name].append(out.output_str)
+
+        with trio.fail_after(60):  # virtual time: fires at once if an iterator is stranded
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, "a")
+                nursery.start_soon(read, "b")
+                await trio.testing.wait_all_tasks_blocked()
+                step.set()
+                await trio.testing.wait_all_tasks_blocked()
+                go_on.set()
+    assert seen["a"] == seen["b"] == ["one", "two", "end"]
+
+
+class _Stuck(Worker):
+    """Its handler ignores cancellation for an hour (a shielded cleanup that hangs)."""
+
+    async def handle(self, task: GenerationTask) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(3600)
+
+    task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
+
+
+async def test_a_cancel_that_outlives_cancel_grace_is_loud(autojump_clock: object) -> None:
+    async with AsyncScaffoldingLlm(one_shot, {"generation": _Stuck()}, cancel_grace=2) as llm:
+        r = await llm.generate_async("q")
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.warns(
+            CancelGraceExceededWarning, match=r"_Stuck \(tag 'generation'\).*GenerationTask"
+        ):
+            await r.acancel()
+        assert llm.stats()["cancel_grace_overruns"] == 1
+        assert llm.stats()["tasks_running"] == 1  # and it is still there, said so
+
+
+async def test_the_bodys_own_exception_is_not_wrapped(autojump_clock: object) -> None:
+    engine = SimulatedEngine(LONG)
+    with pytest.raises(ValueError, match="mine") as info:
+        async with AsyncScaffoldingLlm(one_shot, {"generation": EngineWorker(engine)}) as llm:
+            r = await llm.generate_async("q")
+            await trio.sleep(0.01)
+            raise ValueError("mine")
+    assert type(info.value) is ValueError
+    assert r.cancelled and engine.num_active == 0
+
+
+async def test_a_failure_of_the_runtime_itself_is_raised_unwrapped() -> None:
+    class BadClose(Worker):
+        @asynccontextmanager
+        async def lifespan(self) -> AsyncIterator[None]:
+            yield
+            raise EngineError("engine failed to close")
+
+    with pytest.raises(EngineError, match="failed to close"):
+        async with AsyncScaffoldingLlm(one_shot, {"generation": BadClose()}):
+            pass
+
+
+# -- the blocking facade --------------------------------------------------------
+
+
+class _DiesAtClose(Worker):
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        yield
+        raise EngineError("the engine did not shut down cleanly")
+
+
+def test_sync_shutdown_raises_the_loop_threads_error() -> None:
+    llm = ScaffoldingLlm(one_shot, {"generation": _DiesAtClose()})
+    with pytest.raises(EngineError, match="did not shut down cleanly"):
+        llm.shutdown()
+    llm.shutdown()  # idempotent, and said once
+
+
+class _CrashesMidRun(Worker):
+    """Its engine's monitor task dies while the runtime runs: the loop ends."""
+
+    def __init__(self) -> None:
+        self.crash = trio.Event()
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        async def monitor() -> None:
+            await self.crash.wait()
+            raise EngineError("engine monitor crashed")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(monitor)
+            yield
+
+    async def handle(self, task: GenerationTask) -> None:
+        self.crash.set()
+        await trio.sleep(3600)
+
+    task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
+
+
+def test_sync_errors_after_start_reach_the_caller() -> None:
+    worker = _CrashesMidRun()
+    llm = ScaffoldingLlm(one_shot, {"generation": worker}, backend="trio")
+    r = llm.generate_async("q")
+    with pytest.raises(Exception):  # noqa: B017 - cancelled, or the portal is gone
+        r.result()
+    llm._loop.thread.join()  # the loop ended: an event, no clock
+    with pytest.raises(RuntimeClosedError, match="engine monitor crashed") as info:
+        llm.generate_async("again")
+    assert isinstance(info.value.__cause__, EngineError)
+    with pytest.raises(EngineError, match="engine monitor crashed"):
+        llm.shutdown()
+
+
+class _StuckHalfAMinute(Worker):
+    async def handle(self, task: GenerationTask) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(30)
+
+    task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
+
+
+def test_sync_shutdown_is_bounded() -> None:
+    """A handler that ignores cancellation for 30 s: shutdown gives up after its
+    bound with TimeoutError instead of waiting it out."""
+    llm = ScaffoldingLlm(
+        one_shot, {"generation": _StuckHalfAMinute()}, cancel_grace=0.05, shutdown_timeout=0.5
+    )
+    llm.generate_async("q")
+    with pytest.warns(CancelGraceExceededWarning):
+        with pytest.raises(TimeoutError, match=r"did not stop within 0\.5 s"):
+            llm.shutdown()
+
+
+def test_sync_generate_interrupted_cancels_its_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt while ``generate`` waits: its requests do not run on."""
+    engine = SimulatedEngine(LONG, cost=CostModel(step_base=0.01))
+    with ScaffoldingLlm(one_shot, {"generation": EngineWorker(engine)}) as llm:
+        submitted: list[Any] = []
+        real = llm.generate_async
+
+        def submit(prompt: Any, **kw: Any) -> Any:
+            if len(submitted) == 2:
+                raise KeyboardInterrupt  # Ctrl-C while submitting the third
+            r = real(prompt, **kw)
+            submitted.append(r)
+            return r
+
+        monkeypatch.setattr(llm, "generate_async", submit)
+        with pytest.raises(KeyboardInterrupt):
+            llm.generate(["a", "b", "c"])
+        assert all(r.cancelled for r in submitted)
+        assert llm.stats()["engine_requests"] == 0

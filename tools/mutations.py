@@ -1,0 +1,300 @@
+"""Remove each promise's mechanism and check that its tests fail.
+
+Each mutation below names a mechanism (the code that keeps a promise), replaces it
+with code that does not keep it, runs the tests that prove the promise, and puts
+the code back.  A mutation is *killed* when its tests fail (or run past
+``--timeout``: a test that hangs did not pass); one that survives means a test
+cannot fail, and the script exits 1.  Not run in CI (it runs the tests once per
+mutation); run it after changing a mechanism or its test::
+
+    python tools/mutations.py              # every mutation
+    python tools/mutations.py --list       # names and what each removes
+    python tools/mutations.py NAME [NAME]  # some of them
+
+It prints one JSON object: each mutation's verdict and the seconds it took.
+docs/reliability.md lists which test kills which mutation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = "src/engine_bridge/"
+SA = "src/scaffold_actors/"
+CONF = "tests/test_engine_conformance.py::"
+TRT = "tests/test_trtllm_engine.py::"
+RT = "tests/test_runtime_promises.py::"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    what: str
+    path: str
+    edits: tuple[tuple[str, str], ...]  # (original, mutant); each original occurs once
+    tests: tuple[str, ...]
+
+
+MUTATIONS = [
+    Mutation(
+        "bridge-waits-for-abort-ack",
+        "leaving open_stream no longer waits for the engine to confirm the abort",
+        SRC + "_bridge.py",
+        (("await stream.released_event.wait()", "await anyio.lowlevel.checkpoint()"),),
+        (CONF + "test_leaving_early_aborts[hf]", CONF + "test_leaving_early_aborts[trtllm]"),
+    ),
+    Mutation(
+        "trt-abort-reaches-executor",
+        "TRTLLMEngine does not call RequestOutput.abort()",
+        SRC + "_trtllm.py",
+        (("result.abort()  # the executor ends it", "pass  # the executor ends it"),),
+        (TRT + "test_cancel_calls_abort_in_the_executor",),
+    ),
+    Mutation(
+        "trt-abort-before-submit",
+        "an abort requested before the bridge loop submitted the request is forgotten",
+        SRC + "_trtllm.py",
+        (("return  # left before it reached the executor", "pass  # mutant"),),
+        (TRT + "test_leaving_before_the_first_step_never_leaves_the_request_running",),
+    ),
+    Mutation(
+        "hf-ack-from-the-manager",
+        "HFEngine acknowledges a cancel as soon as it is sent, not when the manager dropped it",
+        SRC + "_hf.py",
+        (
+            (
+                "held = {rid for rid in pending if _manager_holds(manager, rid)}",
+                "held: set[str] = set()",
+            ),
+        ),
+        (CONF + "test_leaving_early_aborts[hf]",),
+    ),
+    Mutation(
+        "hf-cancel-skips-the-window",
+        "a cancel waits in the admission window like an add",
+        SRC + "_hf.py",
+        (
+            (
+                'while batch[0][0] == "add" and batch[-1][0] == "add":',
+                'while batch[0][0] == "add":',
+            ),
+        ),
+        ("tests/test_hf_engine.py::test_a_cancel_never_waits_for_the_admission_window",),
+    ),
+    Mutation(
+        "simulated-releases-on-leave",
+        "SimulatedEngine keeps a request whose consumer left",
+        SRC + "_simulated.py",
+        (("        if r.released:\n            return\n", "        return\n"),),
+        (CONF + "test_leaving_early_aborts[simulated]",),
+    ),
+    Mutation(
+        "stop-string-holdback",
+        "streams emit text that may be the start of a stop string",
+        SRC + "_types.py",
+        (("    held = 0\n    for s in stops:", "    held = 0\n    for s in ():"),),
+        tuple(
+            CONF + f"test_a_stop_string_never_leaks_into_a_stream[{e}]"
+            for e in ("simulated", "hf", "trtllm", "openai", "process")
+        ),
+    ),
+    Mutation(
+        "trt-logprobs-asked-for",
+        "num_logprobs=0 is sent as logprobs=0 (the real API then returns none)",
+        SRC + "_trtllm.py",
+        (('kw["logprobs"] = max(p.num_logprobs, 1)', 'kw["logprobs"] = p.num_logprobs'),),
+        (TRT + "test_logprobs_are_asked_for_never_invented",),
+    ),
+    Mutation(
+        "trt-logprobs-never-invented",
+        "missing logprobs are filled with 0.0",
+        SRC + "_trtllm.py",
+        (
+            ("        if len(lps) < len(token_ids):\n", "        if False:\n"),
+            (
+                "return tuple(_logprob_value(lps[i], token_ids[i]) for i in range(start, len(token_ids)))",
+                "return tuple(_logprob_value(lps[i], token_ids[i]) if i < len(lps) else 0.0 "
+                "for i in range(start, len(token_ids)))",
+            ),
+        ),
+        (TRT + "test_missing_logprobs_are_an_error",),
+    ),
+    Mutation(
+        "trt-logprob-values",
+        "TRTLLMEngine reports 0.0 instead of the engine's logprob",
+        SRC + "_trtllm.py",
+        (("        return float(getattr(lp, \"logprob\", lp))", "        return 0.0"),),
+        (CONF + "test_logprobs_one_per_token[trtllm]",),
+    ),
+    Mutation(
+        "trt-restarts-after-failed-start",
+        "a failed start leaves the bridge thread recorded",
+        SRC + "_trtllm.py",
+        (("            self._thread = None\n            self.llm = None\n", "            self.llm = None\n"),),
+        (TRT + "test_starts_again_after_a_failed_start",),
+    ),
+    Mutation(
+        "generate-cancels-its-requests",
+        "a cancelled AsyncScaffoldingLlm.generate() leaves its requests running",
+        SA + "_runtime.py",
+        (("            for r in results:\n                r._cancel_now()\n", ""),),
+        (RT + "test_cancelling_generate_cancels_what_it_submitted",),
+    ),
+    Mutation(
+        "iterators-share-one-event",
+        "each iterator of a result replaces the wake-up event",
+        SA + "_result.py",
+        (
+            (
+                "            if self._partial_event.is_set():\n                self._partial_event = anyio.Event()",
+                "            self._partial_event = anyio.Event()",
+            ),
+        ),
+        (RT + "test_two_iterators_over_one_result_both_see_every_update",),
+    ),
+    Mutation(
+        "cancel-grace-overrun-is-loud",
+        "a cancel that outlives cancel_grace returns silently",
+        SA + "_worker.py",
+        (
+            (
+                "                    if not job.done.is_set():\n                        self.grace_overruns += 1",
+                "                    if False:\n                        self.grace_overruns += 1",
+            ),
+        ),
+        (RT + "test_a_cancel_that_outlives_cancel_grace_is_loud",),
+    ),
+    Mutation(
+        "cancel-waits-for-the-handler",
+        "a cancelled task's requester does not wait for its handler to unwind",
+        SA + "_worker.py",
+        (
+            (
+                "anyio.move_on_after(self.cancel_grace):\n                        await job.done.wait()",
+                "anyio.move_on_after(self.cancel_grace):\n                        pass",
+            ),
+        ),
+        ("tests/test_runtime.py::test_cancelling_a_task_waits_for_the_handler_to_unwind",),
+    ),
+    Mutation(
+        "body-exception-unwrapped",
+        "the async with body's exception is handed to the task group (and wrapped)",
+        SA + "_runtime.py",
+        (("            await stack.aclose()\n", "            await stack.__aexit__(exc_type, exc, tb)\n"),),
+        (RT + "test_the_bodys_own_exception_is_not_wrapped",),
+    ),
+    Mutation(
+        "sync-loop-errors-kept",
+        "an error that ends the sync facade's loop thread after start-up is dropped",
+        SA + "_sync.py",
+        (("                self.error = _single(exc)", "                pass"),),
+        (RT + "test_sync_shutdown_raises_the_loop_threads_error",),
+    ),
+    Mutation(
+        "sync-shutdown-bounded",
+        "ScaffoldingLlm.shutdown joins the loop thread without a bound",
+        SA + "_sync.py",
+        (("        self.thread.join(timeout)\n", "        self.thread.join()\n"),),
+        (RT + "test_sync_shutdown_is_bounded",),
+    ),
+    Mutation(
+        "generators-closed-on-cancel",
+        "the generator driver does not close the controller's generator",
+        SA + "_controller.py",
+        (("            gen.close()\n", "            pass\n"),),
+        ("tests/test_compat.py::test_generators_are_closed_on_cancel",),
+    ),
+    Mutation(
+        "equivalence-off-the-loop",
+        "answer equivalence (math-verify) runs on the event loop",
+        SA + "methods/_voting.py",
+        (
+            (
+                "await anyio.to_thread.run_sync(equivalent, answer, other, abandon_on_cancel=True)",
+                "equivalent(answer, other)",
+            ),
+        ),
+        ("tests/test_voting.py::test_the_loop_keeps_running_while_answers_are_compared",),
+    ),
+    Mutation(
+        "math-verify-bounded",
+        "math-verify's child is waited for without a time bound",
+        SA + "methods/_mathcheck.py",
+        (("line = _read_line(child.stdout, self.timeout)", "line = _read_line(child.stdout, 1e9)"),),
+        ("tests/test_voting.py::test_a_hostile_answer_is_not_equivalent_and_is_logged",),
+    ),
+    Mutation(
+        "worker-inbox-bounded",
+        "a worker's inbox grows without bound (no backpressure)",
+        SA + "_worker.py",
+        (
+            (
+                "anyio.create_memory_object_stream[_Job](self.worker.inbox_size)",
+                "anyio.create_memory_object_stream[_Job](float('inf'))",
+            ),
+        ),
+        ("tests/test_runtime.py::test_worker_inbox_and_concurrency_are_bounded",),
+    ),
+]
+
+
+def run(m: Mutation, timeout: float) -> dict[str, object]:
+    path = ROOT / m.path
+    original = path.read_text()
+    mutant = original
+    for old, new in m.edits:
+        if mutant.count(old) != 1:
+            return {"verdict": "stale", "why": f"{old[:60]!r} occurs {mutant.count(old)} times"}
+        mutant = mutant.replace(old, new)
+    start = time.monotonic()
+    try:
+        path.write_text(mutant)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        verdict = "survived" if proc.returncode == 0 else "killed"
+        tail = proc.stdout.strip().splitlines()[-1:] if proc.stdout else []
+    except subprocess.TimeoutExpired:
+        verdict, tail = "killed", [f"tests ran past {timeout} s"]
+    finally:
+        path.write_text(original)
+    return {"verdict": verdict, "seconds": round(time.monotonic() - start, 1), "tests": tail}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="mutations to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutation")
+    args = parser.parse_args()
+    known = {m.name: m for m in MUTATIONS}
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name}: {m.what}\n    {m.path}; killed by {', '.join(m.tests)}")
+        return 0
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        parser.error(f"unknown mutation(s): {', '.join(unknown)}")
+    chosen = [known[n] for n in args.names] if args.names else MUTATIONS
+    results = {}
+    for m in chosen:
+        results[m.name] = run(m, args.timeout)
+        print(f"{m.name}: {results[m.name]['verdict']}", file=sys.stderr)
+    bad = [n for n, r in results.items() if r["verdict"] != "killed"]
+    print(json.dumps({"mutations": results, "not_killed": bad}, indent=1))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

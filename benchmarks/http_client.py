@@ -72,6 +72,11 @@ def main() -> None:
     ap.add_argument("--in-flight", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3, help="rounds of each, alternating")
     ap.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
+    ap.add_argument(
+        "--sweep",
+        default="",
+        help="comma-separated connections per client to measure as well (e.g. 4,16,32,64)",
+    )
     args = ap.parse_args()
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
@@ -88,6 +93,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/v1"
         shipped = openai_module._SHARD
         arms = {"sharded": shipped, "one_pool": args.in_flight}
+        arms.update({f"clients_of_{n}": int(n) for n in args.sweep.split(",") if n})
         rounds: dict[str, list[tuple[float, float]]] = {k: [] for k in arms}
         for _ in range(args.repeats):
             for name, shard in arms.items():

@@ -149,11 +149,22 @@ def main() -> None:
     ap.add_argument(
         "--memory-caps", default="250,500,1000,2000", help="in-flight caps for the memory runs"
     )
+    ap.add_argument(
+        "--gc-off",
+        action="store_true",
+        help="disable the cyclic garbage collector during the saturated run (its share of the time)",
+    )
     args = ap.parse_args()
     BACKEND[0] = args.backend
-    load = anyio.run(
-        run, args.requests, args.in_flight, args.samples, args.step, True, backend=args.backend
-    )
+    if args.gc_off:
+        gc.collect()
+        gc.disable()
+    try:
+        load = anyio.run(
+            run, args.requests, args.in_flight, args.samples, args.step, True, backend=args.backend
+        )
+    finally:
+        gc.enable()
     n_rate = args.rate_requests or args.requests
     at_rate = anyio.run(
         run, n_rate, args.in_flight, args.samples, args.step, True, args.rate,
@@ -174,6 +185,7 @@ def main() -> None:
                 "samples_per_request": args.samples,
                 "backend": args.backend,
                 "in_flight_cap": args.in_flight,
+                "gc_off_in_saturated_run": args.gc_off,
                 **load,
                 "at_rate": {
                     "arrivals_per_s": args.rate,

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900
     )
 
 

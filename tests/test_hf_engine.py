@@ -111,9 +111,9 @@ def _run_submitter(engine: HFEngine, items: list[tuple[str, object, object]]) ->
     for item in items:
         engine._submit_q.put(item)  # type: ignore[arg-type]
     engine._submit_q.put(("stop", None, None))
-    worker = threading.Thread(target=engine._submit_loop)
+    worker = threading.Thread(target=engine._submit_loop, daemon=True)
     worker.start()
-    worker.join(60)
+    worker.join(60)  # a hang guard: a submitter that waits out the window never ends
     assert not worker.is_alive(), "the submitter waited out its admission window"
 
 

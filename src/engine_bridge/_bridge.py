@@ -250,13 +250,16 @@ class BridgedEngine:
             finally:
                 stream = state.stream
                 if not stream.released:
+                    # a final delta already delivered (a stop string cut here) is an end,
+                    # not an abort, though the engine must still be told to drop it
+                    ended = stream.done and stream.error is None
                     stream.close()  # no output of it is delivered from now on
                     self._abort(key, state)
                     with anyio.CancelScope(shield=True):
                         with anyio.move_on_after(self.abort_timeout):
                             await stream.released_event.wait()
                     if stream.released:
-                        self.aborted += 1
+                        self.aborted += not ended
                     else:
                         self.abort_timeouts += 1
                         warnings.warn(

@@ -113,6 +113,13 @@ def _manager_holds(manager: Any, rid: str) -> bool:
     return adds is not None and _queued(adds, lambda s: getattr(s, "request_id", None) == rid)
 
 
+def _fatal_error(manager: Any) -> str:
+    """Why transformers' generation loop ended, when it recorded a reason."""
+    status = getattr(manager, "background_thread_status", None)
+    error = getattr(status, "fatal_error", None)
+    return f": {type(error).__name__}: {error}" if error is not None else ""
+
+
 class _HFRequest:
     __slots__ = ("emitted", "max_tokens", "n_tokens", "prompt_tokens", "request", "stream", "text")
 
@@ -522,7 +529,9 @@ class HFEngine(BridgedEngine):
                 out = manager.get_result(timeout=0.5)
                 if out is None:
                     if not manager.is_running() and not self._stop.is_set():
-                        raise EngineError("the transformers generation thread stopped")
+                        raise EngineError(
+                            f"the transformers generation thread stopped{_fatal_error(manager)}"
+                        )
                     continue
                 if not caller.call_soon(self._on_output, out):
                     return
@@ -538,7 +547,7 @@ class HFEngine(BridgedEngine):
         if state is None or state.stream.done:
             return  # cancelled: its late output is dropped
         if getattr(out, "error", None):
-            err = EngineError(f"generation failed: {out.error}")
+            err = EngineError(f"generation failed: {out.error}{_fatal_error(self._manager)}")
             manager = self._manager
             if manager is not None and not manager.is_running():
                 self._on_failure(err)  # the engine itself died, not just this request

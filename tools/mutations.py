@@ -82,8 +82,8 @@ MUTATIONS = [
         SRC + "_hf.py",
         (
             (
-                'while batch[0][0] == "add" and batch[-1][0] == "add":',
-                'while batch[0][0] == "add":',
+                "                break  # a cancel of a request the manager has, or the stop: now",
+                "                pass  # mutant: it gathers on",
             ),
         ),
         ("tests/test_hf_engine.py::test_a_cancel_never_waits_for_the_admission_window",),

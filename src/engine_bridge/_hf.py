@@ -397,35 +397,7 @@ class HFEngine(BridgedEngine):
             except queue.Empty:
                 pending = self._acknowledge_gone(pending)
                 continue
-            batch = [first]
-            dropped: list[str] = []
-            # debounce: the burst closes after ``admission_window`` without a new
-            # arrival, or ``admission_window_max`` after its first one, or at a cancel
-            cap = time.monotonic() + self.admission_window_max
-            deadline = min(cap, time.monotonic() + self.admission_window)
-            while batch[0][0] == "add" and batch[-1][0] == "add":
-                remaining = deadline - time.monotonic()
-                try:
-                    item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
-                except queue.Empty:
-                    break
-                if item[0] == "cancel":
-                    index = next(
-                        (
-                            i
-                            for i, b in enumerate(batch)
-                            if b[0] == "add" and b[2]["request_id"] == item[1]
-                        ),
-                        None,
-                    )
-                    if index is not None:  # never reached the manager: nothing to cancel
-                        del batch[index]
-                        dropped.append(item[1])
-                        if not batch:
-                            break
-                        continue
-                batch.append(item)
-                deadline = min(cap, time.monotonic() + self.admission_window)
+            batch, dropped = self._gather(first)
             for rid in dropped:
                 self._acknowledge(rid)
             adds = sum(1 for op, _, _ in batch if op == "add")
@@ -448,6 +420,40 @@ class HFEngine(BridgedEngine):
                         )
                     return
             pending = self._acknowledge_gone(pending)
+
+    def _gather(self, first: tuple[str, Any, Any]) -> tuple[list[tuple[str, Any, Any]], list[str]]:
+        """The burst that ``first`` opens, and the adds cancelled while it gathered.
+
+        Adds keep gathering while each arrives within ``admission_window`` of the
+        last, up to ``admission_window_max`` after the first.  A cancel of an add
+        still gathering drops that add (it never reaches the manager); any other
+        cancel, or a stop, closes the burst at once: a cancel never waits."""
+        batch = [first]
+        dropped: list[str] = []
+        if first[0] != "add":
+            return batch, dropped
+        q = self._submit_q
+        cap = time.monotonic() + self.admission_window_max
+        deadline = min(cap, time.monotonic() + self.admission_window)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
+            except queue.Empty:
+                break
+            if item[0] == "cancel":
+                mine = [i for i, b in enumerate(batch) if b[2]["request_id"] == item[1]]
+                if mine:
+                    del batch[mine[0]]
+                    dropped.append(item[1])
+                    if batch:
+                        continue
+                    break
+            batch.append(item)
+            if item[0] != "add":
+                break  # a cancel of a request the manager has, or the stop: now
+            deadline = min(cap, time.monotonic() + self.admission_window)
+        return batch, dropped
 
     def _acknowledge(self, rid: str) -> None:
         if self._caller is not None:

@@ -216,7 +216,7 @@ async def engine_holds(engine: Any) -> int:
     from engine_bridge import SimulatedEngine
 
     if isinstance(engine, SimulatedEngine):
-        return len(engine._waiting) + len(engine._running)
+        return int(engine.num_active)  # its own scheduler queues
     if type(engine).__name__ == "HFEngine":
         scheduler = engine._manager.batch_processor.scheduler
         return len(scheduler.active_requests) + len(scheduler.waiting_requests)

@@ -228,8 +228,8 @@ MUTATIONS = [
         SA + "methods/_voting.py",
         (
             (
-                "await anyio.to_thread.run_sync(equivalent, answer, other, abandon_on_cancel=True)",
-                "equivalent(answer, other)",
+                "return await anyio.to_thread.run_sync(first_equivalent, abandon_on_cancel=True)",
+                "return first_equivalent()",
             ),
         ),
         ("tests/test_voting.py::test_the_loop_keeps_running_while_answers_are_compared",),

@@ -127,10 +127,12 @@ async def canonical(
     Cancellation abandons a comparison still running in its thread."""
     if answer in seen or equivalent is None:
         return answer
-    for other in seen:
-        if await anyio.to_thread.run_sync(equivalent, answer, other, abandon_on_cancel=True):
-            return other
-    return answer
+    earlier = list(seen)
+
+    def first_equivalent() -> str:  # one trip to the thread for all the comparisons
+        return next((other for other in earlier if equivalent(answer, other)), answer)
+
+    return await anyio.to_thread.run_sync(first_equivalent, abandon_on_cancel=True)
     for other in seen:
         if equivalent(answer, other):
             return other

@@ -16,10 +16,12 @@ if TYPE_CHECKING:
     from ._process import ProcessEngine
     from ._trtllm import TRTLLMEngine
 
+from ._bridge import first_error, raise_single
 from ._pool import EnginePool, Replica, ReplicaState, prompt_key
 from ._protocol import Engine
 from ._simulated import CostModel, SimulatedCall, SimulatedEngine, SimulatedOutput
 from ._types import (
+    SAMPLING_FIELDS,
     AbortNotAcknowledgedWarning,
     ChatMessage,
     EngineClosedError,
@@ -28,9 +30,11 @@ from ._types import (
     EngineRequest,
     InvalidRequestError,
     SamplingParams,
+    check_sampling_field,
 )
 
 __all__ = [
+    "SAMPLING_FIELDS",
     "AbortNotAcknowledgedWarning",
     "ChatMessage",
     "CostModel",
@@ -51,8 +55,11 @@ __all__ = [
     "SimulatedEngine",
     "SimulatedOutput",
     "TRTLLMEngine",
+    "check_sampling_field",
     "embedded_model_path",
+    "first_error",
     "prompt_key",
+    "raise_single",
 ]
 
 # name -> private module, imported on first access (keeps torch/transformers optional)

@@ -9,23 +9,23 @@ import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import anyio
 import sniffio
 
 from ._types import AbortNotAcknowledgedWarning, EngineClosedError, EngineDelta, EngineError
 
-__all__ = ["BridgedEngine", "LoopCaller", "RequestStream", "raise_single"]
+__all__ = ["BridgedEngine", "LoopCaller", "RequestStream", "first_error", "raise_single"]
 
 
-def raise_single(group: BaseExceptionGroup[BaseException]) -> None:
-    """Re-raise the first real error inside ``group`` unwrapped.
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error inside ``group``, unwrapped; ``group`` itself if it
+    holds only cancellations.
 
-    Cancellation exceptions are not errors (they belong to a scope outside); if
-    only those are left the group is re-raised as is.  When several tasks failed
-    at once, the first error is raised and the others are listed in its notes, so
-    callers can still ``except`` the original exception type.
+    Cancellation exceptions are not errors (they belong to a scope outside).  When
+    several tasks failed at once, the others are listed in the first one's notes,
+    so callers can still ``except`` the original exception type.  Never raises.
     """
     try:
         cancelled: type[BaseException] | tuple[()] = anyio.get_cancelled_exc_class()
@@ -45,13 +45,23 @@ def raise_single(group: BaseExceptionGroup[BaseException]) -> None:
     # that read the child's result.
     real = list({id(e): e for e in leaves if not isinstance(e, cancelled)}.values())
     if not real:
-        raise group
+        return group
     first = real[0]
     if len(real) > 1:
         others = "; ".join(f"{type(e).__name__}: {e}" for e in real[1:4])
         more = f" (+{len(real) - 4} more)" if len(real) > 4 else ""
         first.add_note(f"{len(real) - 1} concurrent error(s) in the same request: {others}{more}")
-    raise first from None
+    return first
+
+
+def raise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise :func:`first_error` of ``group``: the first real error unwrapped (its
+    context cleared), or the group as is when it holds only cancellations.  Call
+    it from an ``except BaseExceptionGroup`` block around a task group."""
+    error = first_error(group)
+    if error is group:
+        raise group
+    raise error from None
 
 
 class LoopCaller:

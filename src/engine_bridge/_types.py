@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 __all__ = [
+    "SAMPLING_FIELDS",
     "AbortNotAcknowledgedWarning",
     "ChatMessage",
     "EngineClosedError",
@@ -17,6 +18,7 @@ __all__ = [
     "EngineRequest",
     "InvalidRequestError",
     "SamplingParams",
+    "check_sampling_field",
     "stop_holdback",
 ]
 
@@ -83,8 +85,7 @@ def _normalise_stop(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return out
 
 
-#: one check per sampling field, so a setter validates only its own field
-FIELD_CHECKS: dict[str, Any] = {
+_FIELD_CHECKS: dict[str, Callable[[Any], None]] = {
     "max_tokens": lambda v: _check_optional_int("max_tokens", v, low=1),
     "temperature": lambda v: _check_optional_number("temperature", v, low=0.0, high=100.0),
     "top_p": lambda v: _check_optional_number("top_p", v, low=0.0, high=1.0, low_open=True),
@@ -93,6 +94,19 @@ FIELD_CHECKS: dict[str, Any] = {
     "num_logprobs": lambda v: _check_optional_int("num_logprobs", v, low=0),
     "n": lambda v: _check_optional_int("n", v, low=1),
 }
+
+#: the numeric sampling fields :func:`check_sampling_field` knows
+SAMPLING_FIELDS: frozenset[str] = frozenset(_FIELD_CHECKS)
+
+
+def check_sampling_field(name: str, value: Any) -> None:
+    """Check one numeric sampling field the way :class:`SamplingParams` does.
+
+    ``None`` passes (the field is left unset).  Raises :class:`InvalidRequestError`
+    naming ``name`` when the value has the wrong type or range, and
+    :class:`KeyError` when ``name`` is not one of :data:`SAMPLING_FIELDS`.
+    """
+    _FIELD_CHECKS[name](value)
 
 
 def stop_holdback(text: str, stops: Sequence[str]) -> int:

@@ -10,7 +10,7 @@ a :class:`RequestContext`; TensorRT-LLM style generator controllers live in
 from ._budget import TokenBudget, TokenBudgetExhaustedError
 from ._context import Handle, Parallel, RequestContext
 from ._controller import NativeController
-from ._engine_worker import EngineWorker, notify_progress
+from ._engine_worker import EngineWorker
 from ._errors import (
     CancelGraceExceededWarning,
     EngineError,
@@ -27,6 +27,7 @@ from ._result import ScaffoldingResult
 from ._reward_worker import RewardWorker
 from ._runtime import AsyncScaffoldingLlm
 from ._sync import ScaffoldingLlm
+from ._task_context import TaskContext, task_context
 from ._tasks import (
     GenerationTask,
     RewardTask,
@@ -67,6 +68,7 @@ __all__ = [
     "ScaffoldingResult",
     "StreamGenerationTask",
     "Task",
+    "TaskContext",
     "TaskFailedError",
     "TaskNotSupportedError",
     "TaskRecord",
@@ -79,5 +81,5 @@ __all__ = [
     "ToolWorker",
     "UnknownWorkerTagError",
     "Worker",
-    "notify_progress",
+    "task_context",
 ]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 import anyio
 import anyio.abc
 
-from engine_bridge._bridge import raise_single
+from engine_bridge import raise_single
 
 from ._budget import TokenBudget, TokenBudgetExhaustedError
 from ._errors import RequestCancelledError, UnknownWorkerTagError
@@ -23,7 +23,7 @@ from ._worker import WorkerActor
 if TYPE_CHECKING:
     from ._result import ScaffoldingResult
 
-__all__ = ["Handle", "Parallel", "RequestContext", "raise_single"]
+__all__ = ["Handle", "Parallel", "RequestContext"]
 
 T = TypeVar("T")
 # the token budgets enclosing the current task (children inherit them)
@@ -217,21 +217,32 @@ class RequestContext:
         Blocks while the worker's inbox is full.  Raises the handler's exception
         unchanged if it fails.
         """
+        await self._run(task)
+        return task
+
+    async def _run(self, task: Task, on_progress: Callable[[], None] | None = None) -> None:
+        """:meth:`run`, with ``on_progress`` as the task's progress listener
+        (what its handler's :meth:`TaskContext.notify_progress` calls)."""
         actor = self.resolve(task)
         budgets = _BUDGETS.get() if isinstance(task, GenerationTask) else ()
         if budgets:
-            await self._run_budgeted(actor, task, budgets)  # type: ignore[arg-type]
+            await self._run_budgeted(actor, task, budgets, on_progress)  # type: ignore[arg-type]
         else:
-            await self._run_on(actor, task)
-        return task
+            await self._run_on(actor, task, None, on_progress)
 
-    async def _run_on(self, actor: WorkerActor, task: Task) -> None:
+    async def _run_on(
+        self,
+        actor: WorkerActor,
+        task: Task,
+        on_tokens: Callable[[int], None] | None,
+        on_progress: Callable[[], None] | None,
+    ) -> None:
         clock = anyio.current_time
         start = clock()
         status = "cancelled"
         error: BaseException | None = None
         try:
-            await actor.execute(task)
+            await actor.execute(task, self.request_id, on_tokens, on_progress)
             status = "ok"
         except Exception as exc:
             status, error = "error", exc
@@ -240,7 +251,11 @@ class RequestContext:
             self._account(task, start, clock(), status, error)
 
     async def _run_budgeted(
-        self, actor: WorkerActor, task: GenerationTask, budgets: tuple[TokenBudget, ...]
+        self,
+        actor: WorkerActor,
+        task: GenerationTask,
+        budgets: tuple[TokenBudget, ...],
+        on_progress: Callable[[], None] | None,
     ) -> None:
         remaining = min(b.remaining for b in budgets)
         if remaining <= 0:
@@ -258,19 +273,17 @@ class RequestContext:
             for b in budgets:
                 b.charge(n)
 
-        task.__dict__["_on_tokens"] = on_tokens
         scope = anyio.CancelScope()
         for b in budgets:
             b._live.add(scope)
         try:
             with scope:
-                await self._run_on(actor, task)
+                await self._run_on(actor, task, on_tokens, on_progress)
             if task.completion_tokens_num > charged:  # a worker that does not stream
                 on_tokens(task.completion_tokens_num - charged)
         finally:
             for b in budgets:
                 b._live.discard(scope)
-            task.__dict__.pop("_on_tokens", None)
         if scope.cancelled_caught:
             raise TokenBudgetExhaustedError(
                 f"token budget spent while generating ({', '.join(repr(b) for b in budgets)})"
@@ -349,11 +362,10 @@ class RequestContext:
         """
         self.resolve(task)
         updates = _StreamUpdates(task)
-        task.__dict__["_progress"] = updates.wake
 
         async def runner() -> None:
             try:
-                await self.run(task)
+                await self._run(task, updates.wake)
             except Exception as exc:
                 updates.failure = exc
             finally:
@@ -369,8 +381,6 @@ class RequestContext:
                     tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise_single(group)
-        finally:
-            task.__dict__.pop("_progress", None)
         if updates.failure is not None and not updates.failure_raised:
             raise updates.failure
 

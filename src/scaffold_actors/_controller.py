@@ -7,7 +7,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
-from ._context import RequestContext, raise_single
+from engine_bridge import raise_single
+
+from ._context import RequestContext
 from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task
 
 __all__ = ["NativeController", "drive_generator", "run_controller"]
@@ -44,6 +46,9 @@ class _StreamState:
         self.done = False
         self.error: BaseException | None = None
         self.reported = 0
+
+    def wake(self) -> None:
+        self.changed.set()
 
 
 class _GeneratorDriver:
@@ -117,9 +122,7 @@ class _GeneratorDriver:
             raise_single(group)
 
     def _streams_in_background(self, task: StreamGenerationTask) -> bool:
-        actor = self.ctx.resolve(task)
-        handler = actor.worker.find_handler(type(task))
-        return bool(getattr(handler, "scaffold_streams", False))
+        return isinstance(task, self.ctx.resolve(task).worker.streaming_tasks)
 
     async def _step_stream(self, task: StreamGenerationTask) -> None:
         """Advance one streamed task to its next ``streaming_step`` boundary."""
@@ -137,11 +140,6 @@ class _GeneratorDriver:
         if state is None:
             state = self.streams[key] = _StreamState()
             task.request_handle = state
-
-            def wake() -> None:
-                state.changed.set()
-
-            task.__dict__["_progress"] = wake
             self.tg.start_soon(self._run_stream, task, state)
         while True:
             if state.error is not None:
@@ -161,12 +159,11 @@ class _GeneratorDriver:
     async def _run_stream(self, task: StreamGenerationTask, state: _StreamState) -> None:
         try:
             with state.scope:
-                await self.ctx.run(task)
+                await self.ctx._run(task, state.wake)
         except Exception as exc:
             state.error = exc
         finally:
             state.done = True
-            task.__dict__.pop("_progress", None)
             state.changed.set()
 
 

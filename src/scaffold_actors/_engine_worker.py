@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import ClassVar
 
 from engine_bridge import Engine, EngineDelta, InvalidRequestError, SamplingParams
 
 from ._errors import InvalidTaskError
+from ._task_context import task_context
 from ._tasks import GenerationTask, StreamGenerationTask, Task, TaskStatus
 from ._worker import Handler, Worker
 
-__all__ = ["EngineWorker", "notify_progress"]
-
-
-def notify_progress(task: Task) -> None:
-    """Tell whoever consumes ``task`` as a stream that its outputs changed.
-
-    Handlers of :class:`StreamGenerationTask` call this after each update of
-    ``output_str`` / ``output_tokens``; it never blocks.
-    """
-    callback = task.__dict__.get("_progress")
-    if callback is not None:
-        callback()
+__all__ = ["EngineWorker"]
 
 
 def _apply(task: GenerationTask, delta: EngineDelta) -> None:
@@ -54,8 +44,10 @@ class EngineWorker(Worker):
 
     The engine is started when the runtime starts the worker and closed at
     shutdown, unless ``manage_engine=False`` (the caller runs ``async with
-    engine:`` itself, e.g. to share one engine between runtimes).  Sampling parameters a task leaves as ``None`` come from
-    ``default_params``.  A task's engine request is aborted as soon as the task is
+    engine:`` itself, e.g. to share one engine between runtimes).  Sampling
+    parameters a task leaves as ``None`` come from ``default_params``.  Every
+    request's prompt is checked against the engine at submission
+    (:meth:`check_request`) unless ``check_prompts=False``.  A task's engine request is aborted as soon as the task is
     cancelled (the engine frees its slot before the cancellation completes).
     """
 
@@ -68,9 +60,11 @@ class EngineWorker(Worker):
         inbox_size: int | None = None,
         task_timeout: float | None = None,
         manage_engine: bool = True,
+        check_prompts: bool = True,
     ) -> None:
         self.engine = engine
         self.manage_engine = manage_engine
+        self.check_prompts = check_prompts
         self.default_params = default_params if default_params is not None else SamplingParams()
         if max_concurrency is not None:
             self.max_concurrency = max_concurrency
@@ -91,6 +85,22 @@ class EngineWorker(Worker):
         async with self.engine:
             yield
 
+    def check_request(self, prompt: object) -> None:
+        """Refuse, at submission, a prompt the engine can never take (longer than
+        its context, say) with :class:`InvalidTaskError` naming the field; skipped
+        when the worker was made with ``check_prompts=False`` (a worker that never
+        sees the request's prompt as such, a judge with a shorter context say)."""
+        if not self.check_prompts:
+            return
+        probe = GenerationTask.create_from_prompt(prompt)  # type: ignore[arg-type]
+        probe.max_tokens = 1
+        self.check_task(probe)
+
+    def stats(self) -> Mapping[str, int]:
+        """``{"engine_requests": n}``: requests alive in the engine (its
+        ``num_active``, the engine's own count)."""
+        return {"engine_requests": self.engine.num_active}
+
     def check_task(self, task: Task) -> None:
         super().check_task(task)
         if isinstance(task, GenerationTask):
@@ -105,36 +115,34 @@ class EngineWorker(Worker):
                 ) from None
 
     async def generation_handler(self, task: GenerationTask) -> TaskStatus:
+        ctx = task_context()
         # a task under a token budget streams, so the budget sees every step
-        on_tokens = task.__dict__.get("_on_tokens")
-        request = task.engine_request(self.default_params, stream=on_tokens is not None)
+        request = task.engine_request(self.default_params, stream=ctx.counts_tokens)
         _reset_outputs(task)
         async with self.engine.open_stream(request) as stream:
             async for delta in stream:
                 _apply(task, delta)
-                if on_tokens is not None:
-                    on_tokens(delta.num_tokens)
+                ctx.report_tokens(delta.num_tokens)
         return TaskStatus.SUCCESS
 
     async def stream_generation_handler(self, task: StreamGenerationTask) -> TaskStatus:
+        ctx = task_context()
         request = task.engine_request(self.default_params, stream=True)
-        on_tokens = task.__dict__.get("_on_tokens")
         _reset_outputs(task)
         task.end_flag = False
         async with self.engine.open_stream(request) as stream:
             async for delta in stream:
                 _apply(task, delta)
-                if on_tokens is not None:
-                    on_tokens(delta.num_tokens)
+                ctx.report_tokens(delta.num_tokens)
                 if delta.finish_reason is not None:
                     task.end_flag = True
-                notify_progress(task)
+                ctx.notify_progress()
         task.end_flag = True
-        notify_progress(task)
+        ctx.notify_progress()
         return TaskStatus.SUCCESS
 
-    # Marked so the generator-controller driver streams it in the background.
-    stream_generation_handler.scaffold_streams = True  # type: ignore[attr-defined]
+    # the generator-controller driver steps these while they run in the background
+    streaming_tasks = (StreamGenerationTask,)
 
     task_handlers: ClassVar[dict[type[Task], Handler]] = {
         GenerationTask: generation_handler,

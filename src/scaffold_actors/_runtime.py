@@ -11,11 +11,13 @@ from typing import Any, Self, cast
 import anyio
 import anyio.abc
 
-from ._context import RequestContext, raise_single
+from engine_bridge import raise_single
+
+from ._context import RequestContext
 from ._controller import run_controller
 from ._errors import InvalidTaskError, RuntimeClosedError, TooManyRequestsError
 from ._result import ScaffoldingResult
-from ._tasks import GenerationTask, normalize_tag
+from ._tasks import normalize_tag
 from ._trace import ExecutionTrace
 from ._worker import Worker, WorkerActor
 
@@ -120,6 +122,8 @@ class AsyncScaffoldingLlm:
         self.max_in_flight = max_in_flight
         self.trace = trace
         self._actors = actors
+        # each worker once, though it may serve several tags
+        self._workers = list({id(a.worker): a.worker for a in actors.values()}.values())
         # anyio primitives bind to the event loop they are created in, so they are
         # made in __aenter__ (the sync facade constructs this on another thread).
         self._slots: anyio.Semaphore | None = None
@@ -143,11 +147,8 @@ class AsyncScaffoldingLlm:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
-            started: set[int] = set()
-            for actor in self._actors.values():
-                if id(actor.worker) not in started:  # one worker may serve several tags
-                    started.add(id(actor.worker))
-                    await stack.enter_async_context(actor.worker.lifespan())
+            for worker in self._workers:
+                await stack.enter_async_context(worker.lifespan())
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             for actor in self._actors.values():
                 self._tg.start_soon(actor.serve)
@@ -198,12 +199,8 @@ class AsyncScaffoldingLlm:
             raise RuntimeClosedError("the runtime is shut down or not started")
 
     def _precheck(self, prompt: Prompt) -> None:
-        actor = self._actors.get("generation")
-        if actor is None:
-            return
-        probe = GenerationTask.create_from_prompt(prompt)
-        probe.max_tokens = 1
-        actor.worker.check_task(probe)
+        for worker in self._workers:
+            worker.check_request(prompt)
 
     async def generate_async(
         self, prompt: Prompt, *, block: bool = True, **kwargs: Any
@@ -311,17 +308,23 @@ class AsyncScaffoldingLlm:
 
     # -- introspection ---------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        """Live counts, for leak checks: requests, tasks and engine requests alive,
-        and how many cancelled tasks overran ``cancel_grace``."""
-        engines = {id(a.worker): getattr(a.worker, "engine", None) for a in self._actors.values()}
-        return {
+        """Live counts, for leak checks: requests and tasks alive, how many
+        cancelled tasks overran ``cancel_grace``, and what each worker counts
+        itself (:meth:`Worker.stats`; ``engine_requests``: requests alive in the
+        engines), summed by name over the workers."""
+        actors = self._actors.values()
+        counts = {
             "requests_in_flight": len(self._in_flight),
-            "tasks_running": sum(a.running for a in self._actors.values()),
-            "tasks_queued": sum(a.queued for a in self._actors.values()),
-            "engine_requests": sum(e.num_active for e in engines.values() if e is not None),
+            "tasks_running": sum(a.running for a in actors),
+            "tasks_queued": sum(a.queued for a in actors),
+            "engine_requests": 0,
             "requests_completed": self.completed,
-            "cancel_grace_overruns": sum(a.grace_overruns for a in self._actors.values()),
+            "cancel_grace_overruns": sum(a.grace_overruns for a in actors),
         }
+        for worker in self._workers:
+            for name, value in worker.stats().items():
+                counts[name] = counts.get(name, 0) + value
+        return counts
 
     def healthy(self) -> dict[str, bool]:
         return {str(tag): a.worker.healthy for tag, a in self._actors.items()}

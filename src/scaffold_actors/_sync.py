@@ -11,7 +11,8 @@ from typing import Any, Literal, Self, cast
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ._context import raise_single
+from engine_bridge import first_error
+
 from ._errors import RuntimeClosedError
 from ._result import ScaffoldingResult
 from ._runtime import AsyncScaffoldingLlm, Prompt, _is_single_prompt, validate_prompt
@@ -22,13 +23,7 @@ __all__ = ["ScaffoldingLlm"]
 
 def _single(error: BaseException) -> BaseException:
     """``error`` itself, or the one real error inside an exception group."""
-    if not isinstance(error, BaseExceptionGroup):
-        return error
-    try:
-        raise_single(error)
-    except BaseException as exc:
-        return exc
-    return error  # pragma: no cover - raise_single always raises
+    return first_error(error) if isinstance(error, BaseExceptionGroup) else error
 
 
 class _LoopThread:
@@ -221,7 +216,9 @@ class ScaffoldingLlm:
                     r.result()
                 except Exception as exc:
                     errors.append(exc)
-        except BaseException:  # KeyboardInterrupt, a refused prompt...: no request outlives the call
+        except (
+            BaseException
+        ):  # KeyboardInterrupt, a refused prompt...: no request outlives the call
             for r in results:
                 if not r.done and self._loop.thread.is_alive():
                     r.cancel()

@@ -17,8 +17,13 @@ from typing import Any, ClassVar
 
 import attrs
 
-from engine_bridge import EngineRequest, InvalidRequestError, SamplingParams
-from engine_bridge._types import FIELD_CHECKS
+from engine_bridge import (
+    SAMPLING_FIELDS,
+    EngineRequest,
+    InvalidRequestError,
+    SamplingParams,
+    check_sampling_field,
+)
 
 from ._errors import InvalidTaskError
 
@@ -76,7 +81,7 @@ def _sampling_validator(inst: Any, attribute: attrs.Attribute[Any], value: Any) 
     if value is None:
         return
     try:
-        FIELD_CHECKS[attribute.name](value)
+        check_sampling_field(attribute.name, value)
     except InvalidRequestError as e:
         raise InvalidTaskError(
             f"{type(inst).__name__}.{e.field}", str(e).split(": ", 1)[1]
@@ -275,7 +280,7 @@ class GenerationTask(Task):
             ) from None
 
 
-_SAMPLING_ATTRS = tuple(a for a in attrs.fields(GenerationTask) if a.name in FIELD_CHECKS)
+_SAMPLING_ATTRS = tuple(a for a in attrs.fields(GenerationTask) if a.name in SAMPLING_FIELDS)
 
 
 def _check_messages(field: str, messages: Any) -> None:

@@ -3,13 +3,16 @@
 A :class:`Worker` holds task handlers (``async def handler(worker, task)``) keyed by
 task type.  The runtime wraps each worker in an actor (:class:`WorkerActor`) with a
 bounded inbox and a concurrency limit; every task runs in its own cancel scope, and
-a failing handler fails only the task that ran it.
+a failing handler fails only the task that ran it.  A handler reaches the runtime
+through its task's :class:`TaskContext` (:func:`task_context`), and the runtime
+reaches the worker through the methods and attributes of the worker protocol
+(see :class:`Worker`); there is no other channel.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Self
 
@@ -17,6 +20,7 @@ import anyio
 import anyio.abc
 
 from ._errors import CancelGraceExceededWarning, TaskFailedError, TaskNotSupportedError
+from ._task_context import _CURRENT, TaskContext
 from ._tasks import Task, TaskStatus
 
 __all__ = ["Handler", "Worker", "WorkerActor"]
@@ -35,16 +39,41 @@ class Worker:
     TensorRT-LLM convention) is turned into :class:`TaskNotSupportedError` /
     :class:`TaskFailedError`, so no failure is ever silent.
 
-    Class attributes tune the actor the runtime builds around the worker:
-    ``max_concurrency`` tasks run at once, ``inbox_size`` more may wait, and a
-    task that runs longer than ``task_timeout`` seconds fails with
-    :class:`TimeoutError`.
+    The worker protocol (everything the runtime asks of a worker; override what
+    applies, the defaults are inert):
+
+    ``task_handlers`` / :meth:`register_task_handler` / :meth:`find_handler`
+        which handler runs which task type.
+    ``max_concurrency``, ``inbox_size``, ``task_timeout``
+        tune the actor the runtime builds around the worker: ``max_concurrency``
+        tasks run at once, ``inbox_size`` more may wait, and a task running longer
+        than ``task_timeout`` seconds fails with :class:`TimeoutError`.
+    ``streaming_tasks``
+        the task types whose handlers report progress as outputs grow
+        (:meth:`TaskContext.notify_progress`).  A generator controller that
+        yields such a task steps it every ``streaming_step`` tokens while it runs
+        in the background; other tasks run to completion at each yield.
+    :meth:`check_task`
+        called for every task at submission, before it is queued: refuse a task
+        the worker can never run.
+    :meth:`check_request`
+        called for every request at submission with its prompt: refuse a prompt
+        the worker can never serve (too long for the context, say).
+    :meth:`stats`
+        live counts the worker owns (``engine_requests``: requests alive in its
+        engine), summed into :meth:`AsyncScaffoldingLlm.stats`.
+    :attr:`healthy`, :meth:`lifespan`, :meth:`shutdown` / :meth:`async_shutdown`
+        health for ``/health``; start-up and shut-down with the runtime.
+
+    A handler talks back through :func:`task_context`: it reports generated
+    tokens (for token budgets) and progress (for streams) there.
     """
 
     task_handlers: ClassVar[dict[type[Task], Handler]] = {}
     max_concurrency: int = 256
     inbox_size: int = 256
     task_timeout: float | None = None
+    streaming_tasks: tuple[type[Task], ...] = ()
 
     def register_task_handler(self, task_cls: type[Task], handler: Handler) -> None:
         """Add or replace the handler for ``task_cls`` on this worker only.
@@ -94,6 +123,18 @@ class Worker:
                 f"{type(self).__name__} has no handler for {type(task).__name__}"
             )
 
+    def check_request(self, prompt: object) -> None:
+        """Refuse a request whose prompt this worker can never serve (called at
+        submission with the request's prompt, already checked to be a non-empty
+        string or list of chat messages).  Raise :class:`InvalidTaskError`
+        naming the field; the default accepts everything."""
+
+    def stats(self) -> Mapping[str, int]:
+        """Live counts this worker owns, for leak checks (for example
+        ``{"engine_requests": n}``: requests alive in its engine).  Counts of the
+        same name are summed over the runtime's workers.  Must not block."""
+        return {}
+
     @property
     def healthy(self) -> bool:
         return True
@@ -107,11 +148,19 @@ class Worker:
         yield
 
     async def run_task(self, task: Task) -> TaskStatus:
-        """Run ``task`` directly, without an actor (TensorRT-LLM compatible)."""
+        """Run ``task`` directly, without an actor (TensorRT-LLM compatible).
+
+        The handler sees a :class:`TaskContext` with no request, no budget and
+        no stream consumer.
+        """
         handler = self.find_handler(type(task))
         if handler is None:
             return TaskStatus.WORKER_NOT_SUPPORTED
-        status = await handler(self, task)
+        token = _CURRENT.set(TaskContext(task))
+        try:
+            status = await handler(self, task)
+        finally:
+            _CURRENT.reset(token)
         return TaskStatus.SUCCESS if status is None else status
 
     def shutdown(self) -> None:
@@ -127,19 +176,27 @@ class Worker:
         self.shutdown()
 
 
-class _Job:
-    __slots__ = ("cancelled", "done", "error", "scope", "started", "task")
+class _Job(TaskContext):
+    """A task in an actor: its public :class:`TaskContext` plus the actor's
+    bookkeeping (one object per task)."""
 
-    def __init__(self, task: Task) -> None:
-        self.task = task
+    __slots__ = ("done", "error", "scope", "started")
+
+    def __init__(
+        self,
+        task: Task,
+        request_id: int | None,
+        on_tokens: Callable[[int], None] | None,
+        on_progress: Callable[[], None] | None,
+    ) -> None:
+        super().__init__(task, request_id, on_tokens, on_progress)
         self.done = anyio.Event()
         self.error: BaseException | None = None
         self.scope: anyio.CancelScope | None = None
-        self.cancelled = False
         self.started = False
 
     def cancel(self) -> None:
-        self.cancelled = True
+        self.cancel_requested = True
         if self.scope is not None:
             self.scope.cancel()
 
@@ -183,7 +240,7 @@ class WorkerActor:
                 # Drain what is already queued without a checkpoint per message;
                 # block only when the inbox is empty or every slot is busy.
                 while True:
-                    if job.cancelled:
+                    if job.cancel_requested:
                         job.done.set()
                     else:
                         try:
@@ -207,9 +264,10 @@ class WorkerActor:
     async def _run(self, job: _Job) -> None:
         task = job.task
         worker = self.worker
+        token = _CURRENT.set(job)
         try:
             with anyio.CancelScope() as job.scope:
-                if job.cancelled:
+                if job.cancel_requested:
                     job.scope.cancel()
                 handler = worker.find_handler(type(task))
                 if handler is None:
@@ -235,13 +293,25 @@ class WorkerActor:
         except Exception as exc:  # handed to the requester, never swallowed
             job.error = exc
         finally:
+            _CURRENT.reset(token)
             self.running -= 1
             self.completed += 1
             self._slots.release()
             job.done.set()
 
-    async def execute(self, task: Task) -> None:
-        job = _Job(task)
+    async def execute(
+        self,
+        task: Task,
+        request_id: int | None = None,
+        on_tokens: Callable[[int], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue ``task`` and wait until its handler returned; raise its error.
+
+        ``on_tokens`` and ``on_progress`` are what the handler's
+        :class:`TaskContext` calls for ``report_tokens`` and ``notify_progress``.
+        """
+        job = _Job(task, request_id, on_tokens, on_progress)
         finished = False
         try:
             try:

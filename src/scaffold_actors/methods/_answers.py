@@ -95,9 +95,7 @@ def math_equivalent(a: str, b: str) -> bool:
     if a == b:
         return True
     if len(a) > MAX_ANSWER_CHARS or len(b) > MAX_ANSWER_CHARS:
-        log.warning(
-            "answer longer than %d characters, compared as a string only", MAX_ANSWER_CHARS
-        )
+        log.warning("answer longer than %d characters, compared as a string only", MAX_ANSWER_CHARS)
         return False
     return _verify(a, b)
 

@@ -31,6 +31,7 @@ SA = "src/scaffold_actors/"
 CONF = "tests/test_engine_conformance.py::"
 TRT = "tests/test_trtllm_engine.py::"
 RT = "tests/test_runtime_promises.py::"
+WP = "tests/test_worker_protocol.py::"
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,63 @@ MUTATIONS = [
             ),
         ),
         ("tests/test_voting.py::test_a_hostile_answer_is_not_equivalent_and_is_logged",),
+    ),
+    Mutation(
+        "handler-reports-tokens",
+        "EngineWorker's generation handler never reports tokens to the run context",
+        SA + "_engine_worker.py",
+        (
+            (
+                "                _apply(task, delta)\n                ctx.report_tokens(delta.num_tokens)\n        return",
+                "                _apply(task, delta)\n        return",
+            ),
+        ),
+        (
+            WP + "test_a_budget_stops_a_generation_mid_way[engine]",
+            WP + "test_a_budget_charges_each_token_as_it_is_made[engine]",
+        ),
+    ),
+    Mutation(
+        "stream-listener-reaches-handler",
+        "ctx.stream() runs its task without a progress listener",
+        SA + "_context.py",
+        (("await self._run(task, updates.wake)", "await self._run(task, None)"),),
+        (
+            WP + "test_a_native_stream_steps_and_a_break_ends_the_generation[doc]",
+            WP + "test_a_native_stream_steps_and_a_break_ends_the_generation[engine]",
+        ),
+    ),
+    Mutation(
+        "streaming-tasks-declared",
+        "EngineWorker does not declare StreamGenerationTask in streaming_tasks",
+        SA + "_engine_worker.py",
+        (("    streaming_tasks = (StreamGenerationTask,)", "    streaming_tasks = ()"),),
+        (WP + "test_a_generator_controller_steps_a_stream_and_cancels_it[engine]",),
+    ),
+    Mutation(
+        "worker-stats-summed",
+        "AsyncScaffoldingLlm.stats() ignores what the workers count",
+        SA + "_runtime.py",
+        (
+            (
+                "            for name, value in worker.stats().items():",
+                "            for name, value in {}.items():",
+            ),
+        ),
+        (
+            WP + "test_stats_show_the_workers_own_live_count[doc]",
+            WP + "test_stats_show_the_workers_own_live_count[engine]",
+        ),
+    ),
+    Mutation(
+        "request-prechecked",
+        "the runtime does not ask the workers to check a request's prompt",
+        SA + "_runtime.py",
+        (("            worker.check_request(prompt)", "            pass"),),
+        (
+            WP + "test_the_prompt_is_checked_at_submission[doc]",
+            WP + "test_the_prompt_is_checked_at_submission[engine]",
+        ),
     ),
     Mutation(
         "worker-inbox-bounded",

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from scaffold_actors._bench import load_dataset, percentile, summarize
+from scaffold_actors.cli import load_dataset
+from scaffold_actors.cli._bench import percentile, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def scaffold(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "scaffold_actors._cli", *args],
+        [sys.executable, "-m", "scaffold_actors.cli", *args],
         cwd=cwd, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

@@ -51,7 +51,7 @@ def test_http_client_benchmark_prints_json() -> None:
 
 
 def test_cli_rejects_bad_options() -> None:
-    p = run("-m", "scaffold_actors._cli", "run", "q", "--samples", "0")
+    p = run("-m", "scaffold_actors.cli", "run", "q", "--samples", "0")
     assert p.returncode == 2 and "Invalid value" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -93,7 +93,7 @@ def test_cli_rejects_bad_options() -> None:
     ],
 )
 def test_cli_errors_are_one_line(args: list[str], message: str) -> None:
-    p = run("-m", "scaffold_actors._cli", "run", "q", "--engine", "simulated", *args)
+    p = run("-m", "scaffold_actors.cli", "run", "q", "--engine", "simulated", *args)
     assert p.returncode in (1, 2) and "Traceback" not in p.stderr
     assert message in p.stderr
 
@@ -101,7 +101,7 @@ def test_cli_errors_are_one_line(args: list[str], message: str) -> None:
 def test_cli_unreachable_server_is_one_line() -> None:
     p = run(
         "-m",
-        "scaffold_actors._cli",
+        "scaffold_actors.cli",
         "run",
         "q",
         "--engine",
@@ -118,7 +118,7 @@ def test_cli_unreachable_server_is_one_line() -> None:
 
 
 def test_cli_methods_lists_every_method() -> None:
-    p = run("-m", "scaffold_actors._cli", "methods", "--json")
+    p = run("-m", "scaffold_actors.cli", "methods", "--json")
     assert p.returncode == 0, p.stderr
     table = json.loads(p.stdout)
     assert {
@@ -138,7 +138,7 @@ def test_cli_methods_lists_every_method() -> None:
         "default": 32,
         "help": "tokens between probes",
     }
-    text = run("-m", "scaffold_actors._cli", "methods").stdout
+    text = run("-m", "scaffold_actors.cli", "methods").stdout
     assert "-p probe_interval=32" in text
 
 
@@ -148,7 +148,7 @@ def test_cli_methods_lists_every_method() -> None:
 def test_cli_runs_each_method_on_the_simulated_engine(method: str) -> None:
     p = run(
         "-m",
-        "scaffold_actors._cli",
+        "scaffold_actors.cli",
         "run",
         "What is 1+1?",
         "--engine",
@@ -163,7 +163,7 @@ def test_cli_runs_each_method_on_the_simulated_engine(method: str) -> None:
 
 
 def test_cli_missing_model_is_one_line() -> None:
-    p = run("-m", "scaffold_actors._cli", "run", "q", "--model", "/no/such/dir")
+    p = run("-m", "scaffold_actors.cli", "run", "q", "--model", "/no/such/dir")
     assert (
         p.returncode == 1 and p.stderr.strip() == "Error: model path '/no/such/dir' does not exist"
     )
@@ -172,7 +172,7 @@ def test_cli_missing_model_is_one_line() -> None:
 def test_cli_simulated_json() -> None:
     p = run(
         "-m",
-        "scaffold_actors._cli",
+        "scaffold_actors.cli",
         "run",
         "What is 1+1?",
         "--engine",
@@ -193,7 +193,7 @@ def test_cli_runs_the_embedded_model() -> None:
     pytest.importorskip("transformers")
     p = run(
         "-m",
-        "scaffold_actors._cli",
+        "scaffold_actors.cli",
         "run",
         "What is 2 + 2?",
         "--method",
@@ -240,7 +240,7 @@ def test_method_examples(args: list[str], expect: str) -> None:
 
 def test_live_view_line() -> None:
     from scaffold_actors import ScaffoldingOutput, TokenUsage
-    from scaffold_actors._cli import _live_line
+    from scaffold_actors.cli._main import _live_line
 
     partial = ScaffoldingOutput(
         "x",

@@ -120,12 +120,15 @@ async def test_a_one_body_answer_carries_text_ids_logprobs_and_usage(
 
 
 def test_the_server_asks_the_engine_for_the_final_output_only() -> None:
-    from engine_bridge.openai_server import _request_from_body
+    from engine_bridge.openai_protocol import parse_request
+    from engine_bridge.openai_server import engine_request
 
-    assert _request_from_body({"prompt": "x"}, chat=False)[0].stream is False
-    assert _request_from_body({"prompt": "x", "stream": True}, chat=False)[0].stream is True
-    chat = {"messages": [{"role": "user", "content": "x"}], "stream": False}
-    assert _request_from_body(chat, chat=True)[0].stream is False
+    def stream(body: dict[str, Any], chat: bool) -> bool:
+        return engine_request(parse_request(body, chat)).stream
+
+    assert stream({"prompt": "x"}, chat=False) is False
+    assert stream({"prompt": "x", "stream": True}, chat=False) is True
+    assert stream({"messages": [{"role": "user", "content": "x"}], "stream": False}, True) is False
 
 
 def test_response_timeout_must_be_positive() -> None:

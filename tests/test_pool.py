@@ -334,7 +334,7 @@ async def test_two_real_openai_servers_behind_a_pool() -> None:
             assert [r.engine for r in pool.replicas] == [engines[1]]
             assert (await collect(pool, req("after"))).text == FRUITS
         cli = await trio.run_process(
-            [sys.executable, "-m", "scaffold_actors._cli", "run", "q", "--engine", "openai",
+            [sys.executable, "-m", "scaffold_actors.cli", "run", "q", "--engine", "openai",
              "--model", "scaffold", "--base-url", f"{servers[1].url},{servers[1].url}",
              "--method", "cot", "--json"],
             capture_stdout=True, capture_stderr=True, check=False,

@@ -153,7 +153,7 @@ def test_a_killed_parent_leaves_no_child(tmp_path: Path) -> None:
 
 async def test_the_cli_runs_replicas_in_child_processes() -> None:
     cli = await trio.run_process(
-        [sys.executable, "-m", "scaffold_actors._cli", "run", "q", "--engine", "simulated",
+        [sys.executable, "-m", "scaffold_actors.cli", "run", "q", "--engine", "simulated",
          "--replicas", "2", "--replica-processes", "--samples", "4", "--json"],
         capture_stdout=True, capture_stderr=True, check=False,
     )  # fmt: skip

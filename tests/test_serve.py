@@ -29,7 +29,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scaffold_actors._cli", "serve", "--engine", "simulated",
+            [sys.executable, "-m", "scaffold_actors.cli", "serve", "--engine", "simulated",
              "--port", str(self.port), *args],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

@@ -194,7 +194,9 @@ async def test_a_generator_controller_steps_a_stream_and_cancels_it(
     assert steps == [4, 8, 12]
 
 
-async def test_the_prompt_is_checked_at_submission(subject: Subject, autojump_clock: object) -> None:
+async def test_the_prompt_is_checked_at_submission(
+    subject: Subject, autojump_clock: object
+) -> None:
     async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
         raise AssertionError("never runs")
 

@@ -305,6 +305,30 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "private-import-across-packages",
+        "the framework imports a private module of engine_bridge again",
+        SA + "_context.py",
+        (
+            (
+                "from engine_bridge import raise_single",
+                "from engine_bridge._bridge import raise_single",
+            ),
+        ),
+        ("tests/test_layers.py::test_every_import_respects_the_layers",),
+    ),
+    Mutation(
+        "task-dict-side-channel",
+        "the budget's callback rides on the task's __dict__ again",
+        SA + "_context.py",
+        (
+            (
+                "        scope = anyio.CancelScope()\n        for b in budgets:",
+                "        task.__dict__['_on_tokens'] = on_tokens\n        scope = anyio.CancelScope()\n        for b in budgets:",
+            ),
+        ),
+        ("tests/test_layers.py::test_no_task_dict_side_channels",),
+    ),
+    Mutation(
         "worker-inbox-bounded",
         "a worker's inbox grows without bound (no backpressure)",
         SA + "_worker.py",

@@ -8,7 +8,8 @@ Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions`` and
 ``stream_options.include_usage``, ``logprobs``/``top_logprobs``, ``stop``, ``seed``,
 ``top_k`` as an extension).  Each choice also carries ``token_ids`` (an extension, as
 vLLM offers).  Bad requests get a 400 with ``{"error": {"message", "type", "param"}}``;
-an unhealthy engine a 503.  A request with ``stream: false`` asks the engine for
+an unhealthy engine a 503; a body over 16 MB a 413.  The protocol (parsing, bodies,
+SSE, errors) is :mod:`engine_bridge.openai_protocol`, shared with ``scaffold serve``.  A request with ``stream: false`` asks the engine for
 the final output only (no message per token).  When a client disconnects, mid-stream
 or while it waits for a one-body answer, the engine request is aborted.  Needs the ``server`` extra (starlette, uvicorn).
 """
@@ -16,258 +17,196 @@ or while it waits for a one-body answer, the engine request is aborted.  Needs t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import time
-import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 
+from . import openai_protocol as protocol
 from ._protocol import Engine
-from ._types import EngineDelta, EngineError, EngineRequest, InvalidRequestError, SamplingParams
+from ._types import EngineError, EngineRequest, InvalidRequestError, SamplingParams
+from .openai_protocol import CompletionRequest
 
-__all__ = ["create_app", "main"]
+__all__ = [
+    "chat_completions",
+    "completions",
+    "create_app",
+    "engine_request",
+    "health",
+    "main",
+    "models",
+]
 
 LISTENING = "engine_bridge.openai_server listening on"  # the first line on stdout
 
 
-def _error(
-    status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"
-) -> Any:
+def engine_request(req: CompletionRequest) -> EngineRequest:
+    """The engine request for a validated completion request, with this server's
+    defaults (256 tokens for chat, 16 for completions, temperature 1)."""
+    params = SamplingParams(
+        max_tokens=req.max_tokens or (256 if req.chat else 16),
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        stop=req.stop,
+        seed=req.seed,
+        num_logprobs=req.logprobs,
+    )
+    if req.chat:
+        assert req.messages is not None
+        messages: list[Any] = list(req.messages)
+        continuation = None
+        if req.continue_final_message:
+            messages, continuation = messages[:-1], messages[-1].get("content")
+        return EngineRequest(
+            params, messages=messages, stream=req.stream, continuation=continuation
+        )
+    if isinstance(req.prompt, tuple):
+        ids: Any = req.prompt  # attrs' optional(tuple) converter confuses mypy
+        return EngineRequest(params, prompt_token_ids=ids, stream=req.stream)
+    return EngineRequest(params, prompt=req.prompt, stream=req.stream)
+
+
+@asynccontextmanager
+async def _lifespan(app: Any) -> AsyncIterator[None]:
+    async with app.state.engine:
+        yield
+
+
+async def health(request: Any) -> Any:
+    """``GET /health``: 200 with the engine's live counts, 503 when unhealthy."""
     from starlette.responses import JSONResponse
 
+    engine: Engine = request.app.state.engine
+    ok = engine.healthy
     return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": param, "code": None}},
-        status_code=status,
+        {
+            "status": "ok" if ok else "unhealthy",
+            "active": engine.num_active,
+            "aborted": getattr(engine, "aborted", None),
+        },
+        status_code=200 if ok else 503,
     )
 
 
-def _request_from_body(body: Any, chat: bool) -> tuple[EngineRequest, bool, bool]:
-    """(engine request, stream?, include usage in the stream?) from a JSON body."""
-    if not isinstance(body, Mapping):
-        raise InvalidRequestError("body", "must be a JSON object")
-    logprobs: int | None
-    if chat:
-        if body.get("logprobs"):
-            top = body.get("top_logprobs") or 0
-            logprobs = int(top) if isinstance(top, int) else top
-        else:
-            logprobs = None
-    else:
-        logprobs = body.get("logprobs")
-    try:
-        params = SamplingParams(
-            max_tokens=body.get("max_tokens")
-            or body.get("max_completion_tokens")
-            or (256 if chat else 16),
-            temperature=1.0 if body.get("temperature") is None else body["temperature"],
-            top_p=1.0 if body.get("top_p") is None else body["top_p"],
-            top_k=body.get("top_k") or 0,
-            stop=body.get("stop"),
-            seed=body.get("seed"),
-            num_logprobs=logprobs,
-        )
-    except TypeError as e:
-        raise InvalidRequestError("body", str(e)) from None
-    if chat:
-        messages = body.get("messages")
-        continuation = None
-        if body.get("continue_final_message") and isinstance(messages, list) and messages:
-            last = messages[-1]
-            if not isinstance(last, dict) or last.get("role") != "assistant":
-                raise InvalidRequestError(
-                    "continue_final_message", "the last message must be the assistant's"
-                )
-            messages, continuation = messages[:-1], last.get("content")
-    stream = bool(body.get("stream", False))
-    if chat:
-        request = EngineRequest(params, messages=messages, stream=stream, continuation=continuation)
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            request = EngineRequest(params, prompt_token_ids=tuple(prompt), stream=stream)
-        elif isinstance(prompt, str):
-            request = EngineRequest(params, prompt=prompt, stream=stream)
-        else:
-            raise InvalidRequestError("prompt", "must be a string or a list of token ids")
-    options = body.get("stream_options") or {}
-    return request, stream, bool(isinstance(options, Mapping) and options.get("include_usage"))
+async def models(request: Any) -> Any:
+    """``GET /v1/models``: the one model served."""
+    from starlette.responses import JSONResponse
+
+    name = request.app.state.model_name
+    return JSONResponse(
+        {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "scaffold-actors"}]}
+    )
 
 
-def create_app(engine: Engine, model_name: str = "scaffold") -> Any:
-    """A Starlette app serving ``engine`` (started and stopped with the app)."""
-    from starlette.applications import Starlette
-    from starlette.requests import Request
+async def completions(request: Any) -> Any:
+    """``POST /v1/completions``."""
+    return await _complete(request, chat=False)
+
+
+async def chat_completions(request: Any) -> Any:
+    """``POST /v1/chat/completions``."""
+    return await _complete(request, chat=True)
+
+
+async def _complete(request: Any, chat: bool) -> Any:
     from starlette.responses import JSONResponse, Response, StreamingResponse
+
+    state = request.app.state
+    engine: Engine = state.engine
+    try:
+        req = protocol.parse_request(await protocol.read_json(request, state.max_body_bytes), chat)
+        ereq = engine_request(req)
+        engine.check(ereq)
+    except (protocol.HTTPError, InvalidRequestError) as e:
+        return protocol.error_for(e)
+    if not engine.healthy:
+        return protocol.error_response(503, "the engine is not healthy", kind="server_error")
+    meta = protocol.ResponseMeta.new(chat, state.model_name)
+    if req.stream:
+        return StreamingResponse(
+            _events(engine, ereq, meta, req.include_usage), media_type="text/event-stream"
+        )
+    text, finish, prompt_tokens, count = "", None, 0, 0
+    ids: list[int] = []
+    lps: list[float] = []
+    failed: Any = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await protocol.until_disconnected(request)
+            tg.cancel_scope.cancel()  # aborts the engine request
+
+        tg.start_soon(watch)
+        try:
+            async with engine.open_stream(ereq) as deltas:
+                async for d in deltas:
+                    text += d.text
+                    ids += d.token_ids
+                    lps += d.logprobs or ()
+                    finish = d.finish_reason or finish
+                    prompt_tokens = d.prompt_tokens or prompt_tokens
+                    count += d.num_tokens
+        except (InvalidRequestError, EngineError) as e:
+            failed = protocol.error_for(e)
+        tg.cancel_scope.cancel()
+    if failed is not None:
+        return failed
+    if finish is None:  # the client left; nobody reads this
+        return Response(status_code=499)
+    logprobs = lps if ereq.params.num_logprobs is not None else None
+    answer = protocol.choice(chat, text, finish, token_ids=ids, logprobs=logprobs)
+    return JSONResponse(meta.completion([answer], protocol.usage(prompt_tokens, count)))
+
+
+async def _events(
+    engine: Engine, ereq: EngineRequest, meta: protocol.ResponseMeta, include_usage: bool
+) -> AsyncIterator[str]:
+    """One chunk per engine delta, then the usage chunk if asked and ``[DONE]``.
+    Closing the stream (client gone) aborts the engine request."""
+    prompt_tokens = completion_tokens = 0
+    try:
+        async with engine.open_stream(ereq) as deltas:
+            async for d in deltas:
+                prompt_tokens = d.prompt_tokens or prompt_tokens
+                completion_tokens += d.num_tokens
+                piece = protocol.chunk_choice(
+                    meta.chat, d.text, d.finish_reason, token_ids=d.token_ids, logprobs=d.logprobs
+                )
+                yield protocol.sse(meta.chunk([piece]))
+    except (EngineError, InvalidRequestError) as e:
+        yield protocol.sse_error(str(e))
+        return
+    if include_usage:
+        yield protocol.sse(meta.chunk([], protocol.usage(prompt_tokens, completion_tokens)))
+    yield protocol.SSE_DONE
+
+
+def create_app(
+    engine: Engine, model_name: str = "scaffold", *, max_body_bytes: int = 16_000_000
+) -> Any:
+    """A Starlette app serving ``engine`` (started and stopped with the app).
+    Bodies over ``max_body_bytes`` get a 413."""
+    from starlette.applications import Starlette
     from starlette.routing import Route
 
-    @asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        async with engine:
-            yield
-
-    async def health(request: Request) -> Any:
-        ok = engine.healthy
-        return JSONResponse(
-            {
-                "status": "ok" if ok else "unhealthy",
-                "active": engine.num_active,
-                "aborted": getattr(engine, "aborted", None),
-            },
-            status_code=200 if ok else 503,
-        )
-
-    async def models(request: Request) -> Any:
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [{"id": model_name, "object": "model", "owned_by": "scaffold-actors"}],
-            }
-        )
-
-    def chunk_choice(chat: bool, d: EngineDelta, text: str) -> dict[str, Any]:
-        choice: dict[str, Any] = {
-            "index": 0,
-            "finish_reason": d.finish_reason,
-            "token_ids": list(d.token_ids),
-        }
-        if chat:
-            choice["delta"] = {"content": text} if text or d.finish_reason is None else {}
-            if d.logprobs is not None:
-                choice["logprobs"] = {
-                    "content": [
-                        {"token": "", "logprob": lp, "top_logprobs": []} for lp in d.logprobs
-                    ]
-                }
-        else:
-            choice["text"] = text
-            if d.logprobs is not None:
-                choice["logprobs"] = {
-                    "tokens": ["" for _ in d.logprobs],
-                    "token_logprobs": list(d.logprobs),
-                }
-        return choice
-
-    async def complete(request: Request, chat: bool) -> Any:
-        try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            return _error(400, "the body is not valid JSON", "body")
-        try:
-            ereq, stream, include_usage = _request_from_body(body, chat)
-            engine.check(ereq)
-        except InvalidRequestError as e:
-            return _error(400, str(e), e.field)
-        if not engine.healthy:
-            return _error(503, "the engine is not healthy", kind="server_error")
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:16]
-        created = int(time.time())
-        obj = "chat.completion.chunk" if chat else "text_completion"
-
-        if stream:
-
-            async def events() -> AsyncIterator[str]:
-                prompt_tokens = completion_tokens = 0
-                try:
-                    async with engine.open_stream(ereq) as deltas:
-                        async for d in deltas:
-                            prompt_tokens = d.prompt_tokens or prompt_tokens
-                            completion_tokens += d.num_tokens
-                            payload = {
-                                "id": rid,
-                                "object": obj,
-                                "created": created,
-                                "model": model_name,
-                                "choices": [chunk_choice(chat, d, d.text)],
-                            }
-                            yield f"data: {json.dumps(payload)}\n\n"
-                except (EngineError, InvalidRequestError) as e:
-                    yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
-                    return
-                if include_usage:
-                    usage = {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": completion_tokens,
-                        "total_tokens": prompt_tokens + completion_tokens,
-                    }
-                    yield f"data: {json.dumps({'id': rid, 'object': obj, 'created': created, 'model': model_name, 'choices': [], 'usage': usage})}\n\n"
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream")
-
-        text, finish, prompt_tokens, count = "", None, 0, 0
-        ids: list[int] = []
-        lps: list[float] = []
-        failed: Any = None
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                # the body is read, so the next message is the client leaving
-                while (await request.receive())["type"] != "http.disconnect":
-                    pass
-                tg.cancel_scope.cancel()  # aborts the engine request
-
-            tg.start_soon(watch)
-            try:
-                async with engine.open_stream(ereq) as deltas:
-                    async for d in deltas:
-                        text += d.text
-                        ids += d.token_ids
-                        lps += d.logprobs or ()
-                        finish = d.finish_reason or finish
-                        prompt_tokens = d.prompt_tokens or prompt_tokens
-                        count += d.num_tokens
-            except InvalidRequestError as e:
-                failed = _error(400, str(e), e.field)
-            except EngineError as e:
-                failed = _error(503, str(e), kind="server_error")
-            tg.cancel_scope.cancel()
-        if failed is not None:
-            return failed
-        if finish is None:  # the client left; nobody reads this
-            return Response(status_code=499)
-        final = EngineDelta(
-            text, tuple(ids), tuple(lps) if ereq.params.num_logprobs is not None else None, finish
-        )
-        choice = chunk_choice(chat, final, text)
-        if chat:
-            choice.pop("delta", None)
-            choice["message"] = {"role": "assistant", "content": text}
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": count,
-            "total_tokens": prompt_tokens + count,
-        }
-        return JSONResponse(
-            {
-                "id": rid,
-                "object": "chat.completion" if chat else "text_completion",
-                "created": created,
-                "model": model_name,
-                "choices": [choice],
-                "usage": usage,
-            }
-        )
-
-    async def completions(request: Request) -> Any:
-        return await complete(request, chat=False)
-
-    async def chat_completions(request: Request) -> Any:
-        return await complete(request, chat=True)
-
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/health", health),
             Route("/v1/models", models),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         ],
-        lifespan=lifespan,
+        lifespan=_lifespan,
     )
+    app.state.engine = engine
+    app.state.model_name = model_name
+    app.state.max_body_bytes = max_body_bytes
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:

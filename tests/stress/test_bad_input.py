@@ -113,8 +113,7 @@ def client() -> Iterator[Any]:
     pytest.importorskip("starlette")
     from starlette.testclient import TestClient
 
-    from scaffold_actors._registry import build_method
-    from scaffold_actors._serve import create_app
+    from scaffold_actors.cli import build_method, create_app
 
     methods = {
         m: build_method(m, samples=2, max_tokens=8, temperature=0.7)

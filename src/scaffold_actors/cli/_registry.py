@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from .methods import (
+from ..methods import (
     MCTS,
     AdaptiveConsistency,
     BeamSearch,

@@ -15,8 +15,8 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._runtime import AsyncScaffoldingLlm
-from .methods import extract_answer, math_equivalent
+from .. import AsyncScaffoldingLlm
+from ..methods import extract_answer, math_equivalent
 
 __all__ = ["Problem", "load_dataset", "percentile", "run_bench", "summarize", "write_comparison"]
 

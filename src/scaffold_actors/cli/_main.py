@@ -15,10 +15,8 @@ import click
 
 from engine_bridge import EngineError, InvalidRequestError, SamplingParams
 
-from ._engine_worker import EngineWorker
-from ._errors import ScaffoldError
+from .. import EngineWorker, ScaffoldError, ScaffoldingLlm
 from ._registry import COT, METHODS, build_method
-from ._sync import ScaffoldingLlm
 
 ENGINES = ("hf", "openai", "trtllm", "simulated")
 # errors a user can fix: one line, exit 1, no traceback
@@ -133,7 +131,7 @@ def build_workers(options: EngineOptions, method: str, max_tokens: int) -> dict[
 def _reward_worker(options: EngineOptions, method: str) -> Any:
     if not options.reward_model:
         raise ValueError(f"method {method} needs --reward-model PATH (a reward model folder)")
-    from ._reward_worker import RewardWorker
+    from .. import RewardWorker
 
     return RewardWorker(
         options.reward_model, kind="outcome" if method == "best-of-n" else "process"
@@ -464,7 +462,7 @@ def serve(
         options = attrs.evolve(options, step_seconds=simulated_step_seconds)
         workers = build_workers(options, method, max_tokens)
         if options.reward_model and "reward" not in workers:
-            from ._reward_worker import RewardWorker
+            from .. import RewardWorker
 
             workers["reward"] = RewardWorker(options.reward_model)
         app = create_app(
@@ -629,6 +627,3 @@ def _one_line(exc: BaseException) -> str:
         text += " (is the server running? check --base-url)"
     return text.splitlines()[0]
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,260 @@
+"""``scaffold serve``: an OpenAI-compatible server whose models are methods.
+
+Endpoints: ``GET /health``, ``GET /v1/models`` (one model per method),
+``POST /v1/chat/completions`` and ``POST /v1/completions`` (``stream`` with
+server-sent events).  ``model`` names the method; ``max_tokens`` and
+``temperature`` apply to every sample of it; ``samples`` (an extension, e.g.
+``extra_body={"samples": 8}``) overrides the method's sample count.  The choice
+carries the method's decision in ``scaffold`` (an extension: answer, votes ...).
+
+Guarantees: at most ``max_in_flight`` requests run, the next one gets a 429; a
+request running longer than ``request_timeout`` is cancelled and gets a 504; a
+client that disconnects has its request cancelled (the engine requests under it
+are aborted); bodies over ``max_body_bytes`` get a 413; bad values a 400 naming
+the field.  The protocol (parsing, bodies, SSE, errors) is
+:mod:`engine_bridge.openai_protocol`, shared with ``engine_bridge.openai_server``.
+Needs the ``server`` extra (starlette, uvicorn).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+
+from engine_bridge import InvalidRequestError
+from engine_bridge import openai_protocol as protocol
+from engine_bridge.openai_protocol import CompletionRequest
+
+from .. import (
+    AsyncScaffoldingLlm,
+    GenerationTask,
+    RequestCancelledError,
+    ScaffoldingResult,
+    TooManyRequestsError,
+)
+
+__all__ = ["MethodRouter", "chat_completions", "completions", "create_app", "health", "models"]
+
+
+class MethodRouter:
+    """A controller that runs the method a request names (``method=``), with the
+    request's sampling overrides applied to the task."""
+
+    def __init__(self, methods: Mapping[str, Any]) -> None:
+        self.methods = dict(methods)
+
+    async def run(
+        self,
+        ctx: Any,
+        task: GenerationTask,
+        /,
+        method: str,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        **kwargs: Any,
+    ) -> GenerationTask:
+        task.max_tokens = max_tokens
+        task.temperature = temperature
+        out: GenerationTask = await self.methods[method].run(ctx, task, **kwargs)
+        return out
+
+
+def _controller_kwargs(req: CompletionRequest, methods: Mapping[str, Any]) -> dict[str, Any]:
+    """The method and its overrides for a validated request; raises
+    :class:`InvalidRequestError` for what only this server refuses."""
+    if req.model not in methods:
+        raise InvalidRequestError(
+            "model", f"unknown model {req.model!r}; the models are methods: {', '.join(methods)}"
+        )
+    if not req.chat and not isinstance(req.prompt, str):
+        raise InvalidRequestError("prompt", "must be a non-empty string (methods read text)")
+    kwargs: dict[str, Any] = {"method": req.model}
+    if req.max_tokens is not None:
+        kwargs["max_tokens"] = req.max_tokens
+    if req.temperature is not None:
+        kwargs["temperature"] = req.temperature
+    samples = req.body.get("samples")
+    if samples is not None:
+        if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= 256:
+            raise InvalidRequestError(
+                "samples", f"must be an integer from 1 to 256, got {samples!r}"
+            )
+        kwargs["samples"] = samples
+    return kwargs
+
+
+def _answer(meta: protocol.ResponseMeta, result: ScaffoldingResult) -> dict[str, Any]:
+    out = result.output
+    assert out is not None  # a finished result without an error has its output
+    finish = "length" if out.finish_reason == "length" else "stop"
+    choice = protocol.choice(
+        meta.chat, out.output_str or "", finish, extra={"scaffold": dict(out.details)}
+    )
+    u = result.usage
+    return meta.completion([choice], protocol.usage(u.prompt_tokens, u.completion_tokens))
+
+
+def _failure(exc: BaseException) -> Any:
+    if isinstance(exc, RequestCancelledError):
+        return protocol.error_response(503, str(exc), kind="cancelled")
+    return protocol.error_for(exc)
+
+
+@asynccontextmanager
+async def _lifespan(app: Any) -> AsyncIterator[None]:
+    state = app.state
+    router = MethodRouter(state.methods)
+    async with AsyncScaffoldingLlm(router, state.workers, max_in_flight=state.max_in_flight) as llm:
+        state.llm = llm
+        yield
+
+
+async def health(request: Any) -> Any:
+    """``GET /health``: 200 with the runtime's live counts (:meth:`stats`), 503
+    when a worker is unhealthy."""
+    from starlette.responses import JSONResponse
+
+    llm: AsyncScaffoldingLlm = request.app.state.llm
+    healthy = llm.healthy()
+    ok = all(healthy.values())
+    return JSONResponse(
+        {"status": "ok" if ok else "unhealthy", "workers": healthy, **llm.stats()},
+        status_code=200 if ok else 503,
+    )
+
+
+async def models(request: Any) -> Any:
+    """``GET /v1/models``: one model per method."""
+    from starlette.responses import JSONResponse
+
+    data = [
+        {"id": name, "object": "model", "owned_by": "scaffold-actors"}
+        for name in request.app.state.methods
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def completions(request: Any) -> Any:
+    """``POST /v1/completions``."""
+    return await _complete(request, chat=False)
+
+
+async def chat_completions(request: Any) -> Any:
+    """``POST /v1/chat/completions``."""
+    return await _complete(request, chat=True)
+
+
+async def _complete(request: Any, chat: bool) -> Any:
+    from starlette.responses import JSONResponse, StreamingResponse
+
+    state = request.app.state
+    try:
+        req = protocol.parse_request(await protocol.read_json(request, state.max_body_bytes), chat)
+        kwargs = _controller_kwargs(req, state.methods)
+        prompt: Any = list(req.messages or ()) if chat else req.prompt
+        llm: AsyncScaffoldingLlm = state.llm
+        result = await llm.generate_async(prompt, block=False, **kwargs)
+    except TooManyRequestsError as e:
+        return protocol.error_response(429, str(e), kind="rate_limit_error")
+    except (protocol.HTTPError, InvalidRequestError) as e:
+        return protocol.error_for(e)
+    meta = protocol.ResponseMeta.new(chat, kwargs["method"])
+    if req.stream:
+        return StreamingResponse(
+            _events(result, meta, req.include_usage), media_type="text/event-stream"
+        )
+    outcome: dict[str, Any] = {}
+    timeout = state.request_timeout
+
+    async def wait() -> None:
+        with anyio.move_on_after(timeout):
+            try:
+                outcome["result"] = await result
+            except Exception as exc:
+                outcome["error"] = exc
+        tg.cancel_scope.cancel()
+
+    async def watch_disconnect() -> None:
+        await protocol.until_disconnected(request)
+        outcome["disconnected"] = True
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        tg.start_soon(watch_disconnect)
+    if "result" not in outcome and "error" not in outcome:
+        await result.acancel()  # timed out or the client left: stop the engine work
+        if outcome.get("disconnected"):
+            return protocol.error_response(499, "client disconnected", kind="cancelled")
+        return protocol.error_response(
+            504, f"the request took longer than {timeout:g} s", kind="timeout"
+        )
+    if "error" in outcome:
+        return _failure(outcome["error"])
+    return JSONResponse(json.loads(json.dumps(_answer(meta, outcome["result"]), default=str)))
+
+
+async def _events(
+    result: ScaffoldingResult, meta: protocol.ResponseMeta, include_usage: bool
+) -> AsyncIterator[str]:
+    """SSE for one request: progress comments while the method works, then the
+    answer, usage and [DONE].  Closing the stream (client gone) cancels the request."""
+    try:
+        if meta.chat:
+            yield protocol.sse(meta.role_chunk())
+        async for partial in result:
+            if not partial.finished:
+                yield protocol.sse_comment(
+                    f"progress {json.dumps(dict(partial.details), default=str)}"
+                )
+        final = await result
+    except Exception as exc:  # the method failed: tell the client in-band
+        yield protocol.sse_error(f"{type(exc).__name__}: {exc}")
+        return
+    finally:
+        if not result.done:
+            with anyio.CancelScope(shield=True):
+                await result.acancel()
+    body = _answer(meta, final)
+    whole = body["choices"][0]
+    text = whole["message"]["content"] if meta.chat else whole["text"]
+    piece = protocol.chunk_choice(
+        meta.chat, text, whole["finish_reason"], extra={"scaffold": whole["scaffold"]}
+    )
+    yield protocol.sse(meta.chunk([piece]))
+    if include_usage:
+        yield protocol.sse(meta.chunk([], body["usage"]))
+    yield protocol.SSE_DONE
+
+
+def create_app(
+    methods: Mapping[str, Any],
+    workers: Mapping[str, Any],
+    *,
+    max_in_flight: int = 16,
+    request_timeout: float = 300.0,
+    max_body_bytes: int = 1_000_000,
+) -> Any:
+    """A Starlette app serving ``methods`` (name -> controller) over ``workers``."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/v1/models", models),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        ],
+        lifespan=_lifespan,
+    )
+    app.state.methods = dict(methods)
+    app.state.workers = workers
+    app.state.max_in_flight = max_in_flight
+    app.state.request_timeout = request_timeout
+    app.state.max_body_bytes = max_body_bytes
+    return app

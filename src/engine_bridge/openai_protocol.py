@@ -89,14 +89,11 @@ def error_response(
 
 def error_for(exc: BaseException) -> Any:
     """The error answer for an exception: an :class:`HTTPError` answers as itself;
-    :class:`InvalidRequestError` is a 400 naming its field (a 404
-    ``model_not_found`` when the field is ``model``); :class:`EngineError` a 503;
+    :class:`InvalidRequestError` is a 400 naming its field; :class:`EngineError` a 503;
     anything else a 500 naming the exception type."""
     if isinstance(exc, HTTPError):
         return error_response(exc.status, exc.message, exc.param, exc.kind)
     if isinstance(exc, InvalidRequestError):
-        if exc.field == "model":
-            return error_response(404, str(exc), "model", "model_not_found")
         return error_response(400, str(exc), exc.field)
     if isinstance(exc, EngineError):
         return error_response(503, str(exc), kind="server_error")
@@ -291,6 +288,25 @@ def _logprobs(chat: bool, logprobs: Sequence[float]) -> dict[str, Any]:
     return {"tokens": ["" for _ in logprobs], "token_logprobs": list(logprobs)}
 
 
+def _choice(
+    finish_reason: str | None,
+    body: tuple[str, Any],
+    chat: bool,
+    token_ids: Sequence[int] | None,
+    logprobs: Sequence[float] | None,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
+    if token_ids is not None:
+        out["token_ids"] = list(token_ids)
+    out[body[0]] = body[1]
+    if logprobs is not None:
+        out["logprobs"] = _logprobs(chat, logprobs)
+    if extra:
+        out.update(extra)
+    return out
+
+
 def choice(
     chat: bool,
     text: str,
@@ -302,18 +318,8 @@ def choice(
 ) -> dict[str, Any]:
     """The one choice of a whole (non-streamed) answer: ``message`` for chat,
     ``text`` otherwise; ``token_ids`` and ``extra`` keys are extensions."""
-    out: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
-    if token_ids is not None:
-        out["token_ids"] = list(token_ids)
-    if chat:
-        out["message"] = {"role": "assistant", "content": text}
-    else:
-        out["text"] = text
-    if logprobs is not None:
-        out["logprobs"] = _logprobs(chat, logprobs)
-    if extra:
-        out.update(extra)
-    return out
+    body = ("message", {"role": "assistant", "content": text}) if chat else ("text", text)
+    return _choice(finish_reason, body, chat, token_ids, logprobs, extra)
 
 
 def chunk_choice(
@@ -327,18 +333,14 @@ def chunk_choice(
 ) -> dict[str, Any]:
     """The choice of one stream chunk: a ``delta`` for chat (empty on the final
     chunk when it brings no text), ``text`` otherwise."""
-    out: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
-    if token_ids is not None:
-        out["token_ids"] = list(token_ids)
     if chat:
-        out["delta"] = {"content": text} if text or finish_reason is None else {}
+        body: tuple[str, Any] = (
+            "delta",
+            {"content": text} if text or finish_reason is None else {},
+        )
     else:
-        out["text"] = text
-    if logprobs is not None:
-        out["logprobs"] = _logprobs(chat, logprobs)
-    if extra:
-        out.update(extra)
-    return out
+        body = ("text", text)
+    return _choice(finish_reason, body, chat, token_ids, logprobs, extra)
 
 
 @attrs.frozen

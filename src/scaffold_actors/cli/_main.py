@@ -626,4 +626,3 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, EngineError) and "connect" in text.lower():
         text += " (is the server running? check --base-url)"
     return text.splitlines()[0]
-

@@ -65,10 +65,14 @@ class MethodRouter:
 
 def _controller_kwargs(req: CompletionRequest, methods: Mapping[str, Any]) -> dict[str, Any]:
     """The method and its overrides for a validated request; raises
-    :class:`InvalidRequestError` for what only this server refuses."""
+    :class:`InvalidRequestError` (or a 404 for an unknown model) for what only this
+    server refuses."""
     if req.model not in methods:
-        raise InvalidRequestError(
-            "model", f"unknown model {req.model!r}; the models are methods: {', '.join(methods)}"
+        raise protocol.HTTPError(
+            404,
+            f"unknown model {req.model!r}; the models are methods: {', '.join(methods)}",
+            "model",
+            "model_not_found",
         )
     if not req.chat and not isinstance(req.prompt, str):
         raise InvalidRequestError("prompt", "must be a non-empty string (methods read text)")

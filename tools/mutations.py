@@ -329,6 +329,37 @@ MUTATIONS = [
         ("tests/test_layers.py::test_no_task_dict_side_channels",),
     ),
     Mutation(
+        "scope-end-shielded",
+        "on_scope_end runs unshielded, so a cancelled request never releases its scopes",
+        SA + "_context.py",
+        (
+            (
+                "with anyio.CancelScope(shield=True), anyio.move_on_after(self._scope_grace):",
+                "with anyio.CancelScope(), anyio.move_on_after(self._scope_grace):",
+            ),
+        ),
+        ("tests/test_scopes.py::test_scopes_end_when_a_request_fails_or_is_cancelled[cancel]",),
+    ),
+    Mutation(
+        "scopes-ended",
+        "execution scopes are entered but never ended (no on_scope_end)",
+        SA + "_context.py",
+        (
+            (
+                "            if self._scope_workers:\n                await self._end_scope",
+                "            if False:\n                await self._end_scope",
+            ),
+        ),
+        ("tests/test_scopes.py::test_branches_get_child_scopes_and_end_after_their_tasks",),
+    ),
+    Mutation(
+        "handler-sees-submitter-scope",
+        "a handler runs without the execution scope of the code that submitted its task",
+        SA + "_worker.py",
+        (("scope_token = current_scope.set(job.scope)", "scope_token = current_scope.set(None)"),),
+        ("tests/test_scopes.py::test_trtllm_style_parallel_process_forks_scopes",),
+    ),
+    Mutation(
         "worker-inbox-bounded",
         "a worker's inbox grows without bound (no backpressure)",
         SA + "_worker.py",

@@ -26,6 +26,7 @@ from ._errors import (
 from ._result import ScaffoldingResult
 from ._reward_worker import RewardWorker
 from ._runtime import AsyncScaffoldingLlm
+from ._scope import ExecutionScope, current_scope
 from ._sync import ScaffoldingLlm
 from ._task_context import TaskContext, task_context
 from ._tasks import (
@@ -48,6 +49,7 @@ __all__ = [
     "CancelGraceExceededWarning",
     "EngineError",
     "EngineWorker",
+    "ExecutionScope",
     "ExecutionTrace",
     "GenerationTask",
     "Handle",
@@ -81,5 +83,6 @@ __all__ = [
     "ToolWorker",
     "UnknownWorkerTagError",
     "Worker",
+    "current_scope",
     "task_context",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import inspect
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -16,9 +17,10 @@ from engine_bridge import raise_single
 
 from ._budget import TokenBudget, TokenBudgetExhaustedError
 from ._errors import RequestCancelledError, UnknownWorkerTagError
+from ._scope import ExecutionScope, current_scope
 from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task, normalize_tag
 from ._trace import ExecutionTrace, TaskRecord, TokenUsage
-from ._worker import WorkerActor
+from ._worker import Worker, WorkerActor
 
 if TYPE_CHECKING:
     from ._result import ScaffoldingResult
@@ -83,9 +85,14 @@ class Parallel:
     skipped); ``cancel_all()`` cancels every child still running.  The first child
     that raises cancels the others and its exception leaves the block unchanged.
     Leaving the block waits for every child, so nothing outlives it.
+
+    Made by :meth:`RequestContext.parallel`, child ``i`` runs in the execution
+    scope ``parent.child(i)`` (see :class:`ExecutionScope`), ended (workers'
+    ``on_scope_end``) when the child finishes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: RequestContext | None = None) -> None:
+        self._ctx = ctx
         self._tg = anyio.create_task_group()
         self._handles: list[Handle[Any]] = []
         self._finished: deque[Handle[Any]] = deque()
@@ -116,15 +123,24 @@ class Parallel:
         handle: Handle[T] = Handle(len(self._handles))
         self._handles.append(handle)
         self._running += 1
-        self._tg.start_soon(self._child, handle, fn, args)
+        parent = current_scope.get()
+        branch = parent.child(handle.index) if parent is not None else None
+        self._tg.start_soon(self._child, handle, fn, args, branch)
         return handle
 
     async def _child(
-        self, handle: Handle[T], fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
+        self,
+        handle: Handle[T],
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        branch: ExecutionScope | None,
     ) -> None:
         try:
             with handle._scope:
-                handle._value = await fn(*args)
+                if branch is not None and self._ctx is not None:
+                    handle._value = await self._ctx._in_scope(branch, fn, *args)
+                else:
+                    handle._value = await fn(*args)
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 handle.cancelled = True
@@ -190,12 +206,62 @@ class RequestContext:
         *,
         result: ScaffoldingResult | None = None,
         trace: ExecutionTrace | None = None,
+        scope_workers: Sequence[Worker] = (),
+        scope_grace: float = 30.0,
     ) -> None:
         self.request_id = request_id
         self._actors = actors
         self._result = result
         self.usage = TokenUsage()
         self.trace = trace
+        self.root_scope = ExecutionScope(f"req-{request_id}")
+        self._scope_workers = scope_workers
+        self._scope_grace = scope_grace
+
+    # -- execution scopes --------------------------------------------------
+    @property
+    def scope(self) -> ExecutionScope:
+        """The execution scope of the calling code: the request's root scope, or
+        the parallel branch it runs in."""
+        return current_scope.get() or self.root_scope
+
+    async def _in_scope(
+        self, scope: ExecutionScope, fn: Callable[..., Awaitable[T]], *args: Any
+    ) -> T:
+        """``await fn(*args)`` with ``scope`` as the current scope, then end it."""
+        token = current_scope.set(scope)
+        failed: BaseException | None = None
+        try:
+            return await fn(*args)
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            current_scope.reset(token)
+            if self._scope_workers:
+                await self._end_scope(scope.scope_id, failed)
+
+    async def _end_scope(self, scope_id: str, failed: BaseException | None) -> None:
+        """Every worker's ``on_scope_end(scope_id)``, shielded and bounded; the
+        first error is raised after all ran (noted on ``failed`` instead when the
+        scope already ended with an error)."""
+        errors: list[BaseException] = []
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._scope_grace):
+            for worker in self._scope_workers:
+                try:
+                    outcome = worker.on_scope_end(scope_id)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception as exc:
+                    errors.append(exc)
+        for error in errors:
+            note = f"{type(error).__name__} in on_scope_end({scope_id!r}): {error}"
+            if failed is not None:
+                failed.add_note(note)
+            elif error is not errors[0]:
+                errors[0].add_note(note)
+        if errors and failed is None:
+            raise errors[0]
 
     # -- tasks -----------------------------------------------------------
     def resolve(self, task: Task) -> WorkerActor:
@@ -345,7 +411,7 @@ class RequestContext:
 
     def parallel(self) -> Parallel:
         """``async with ctx.parallel() as par:`` — see :class:`Parallel`."""
-        return Parallel()
+        return Parallel(self)
 
     @asynccontextmanager
     async def stream(

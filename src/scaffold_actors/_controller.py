@@ -88,13 +88,15 @@ class _GeneratorDriver:
     async def _handle(self, obj: Any) -> None:
         if _is_parallel(obj):
             gens = list(obj.sub_gens)
+            # sub-controller i runs in the branch scope parent.child(i)
+            parent = self.ctx.scope
             if len(gens) == 1:
-                await self.drive(gens[0])
+                await self.ctx._in_scope(parent.child(0), self.drive, gens[0])
                 return
             try:
                 async with anyio.create_task_group() as tg:
-                    for g in gens:
-                        tg.start_soon(self.drive, g)
+                    for i, g in enumerate(gens):
+                        tg.start_soon(self.ctx._in_scope, parent.child(i), self.drive, g)
             except BaseExceptionGroup as group:
                 raise_single(group)
             return

@@ -124,6 +124,13 @@ class AsyncScaffoldingLlm:
         self._actors = actors
         # each worker once, though it may serve several tags
         self._workers = list({id(a.worker): a.worker for a in actors.values()}.values())
+        # the workers that keep something per execution scope
+        self._scope_workers = [
+            w
+            for w in self._workers
+            if type(w).on_scope_end is not Worker.on_scope_end or "on_scope_end" in vars(w)
+        ]
+        self.cancel_grace = cancel_grace
         # anyio primitives bind to the event loop they are created in, so they are
         # made in __aenter__ (the sync facade constructs this on another thread).
         self._slots: anyio.Semaphore | None = None
@@ -248,6 +255,8 @@ class AsyncScaffoldingLlm:
             self._actors,
             result=result,
             trace=ExecutionTrace() if self.trace else None,
+            scope_workers=self._scope_workers,
+            scope_grace=self.cancel_grace,
         )
         result.usage = ctx.usage
         result.trace = ctx.trace
@@ -256,7 +265,9 @@ class AsyncScaffoldingLlm:
                 result._scope = scope
                 if result.cancelled:
                     scope.cancel()
-                output = await run_controller(controller, ctx, prompt, kwargs)
+                output = await ctx._in_scope(
+                    ctx.root_scope, run_controller, controller, ctx, prompt, kwargs
+                )
             if scope.cancel_called:
                 result._finish(cancelled=True)
             else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable
 
+from ._scope import ExecutionScope
 from ._tasks import Task
 
 __all__ = ["TaskContext", "task_context"]
@@ -21,6 +22,10 @@ class TaskContext:
     ``request_id``
         the request the task belongs to; ``None`` when the task runs outside a
         request (:meth:`Worker.run_task`).
+    ``scope``
+        the :class:`ExecutionScope` of the code that submitted the task (its
+        request, or the parallel branch inside it); ``None`` outside a request.
+        :data:`current_scope` holds the same value while the handler runs.
     ``counts_tokens``
         ``True`` while a token budget watches this generation
         (:meth:`RequestContext.token_budget`).  The handler should then report
@@ -44,7 +49,7 @@ class TaskContext:
     gets :class:`TokenBudgetExhaustedError`).
     """
 
-    __slots__ = ("_on_progress", "_on_tokens", "cancel_requested", "request_id", "task")
+    __slots__ = ("_on_progress", "_on_tokens", "cancel_requested", "request_id", "scope", "task")
 
     def __init__(
         self,
@@ -52,9 +57,11 @@ class TaskContext:
         request_id: int | None = None,
         on_tokens: Callable[[int], None] | None = None,
         on_progress: Callable[[], None] | None = None,
+        scope: ExecutionScope | None = None,
     ) -> None:
         self.task = task
         self.request_id = request_id
+        self.scope = scope
         self._on_tokens = on_tokens
         self._on_progress = on_progress
         self.cancel_requested = False
@@ -82,6 +89,7 @@ class TaskContext:
     def __repr__(self) -> str:
         return (
             f"TaskContext({type(self.task).__name__}, request_id={self.request_id}, "
+            f"scope={self.scope}, "
             f"counts_tokens={self.counts_tokens}, streamed={self.streamed}, "
             f"cancel_requested={self.cancel_requested})"
         )

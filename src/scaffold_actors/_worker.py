@@ -20,6 +20,7 @@ import anyio
 import anyio.abc
 
 from ._errors import CancelGraceExceededWarning, TaskFailedError, TaskNotSupportedError
+from ._scope import current_scope
 from ._task_context import _CURRENT, TaskContext
 from ._tasks import Task, TaskStatus
 
@@ -59,6 +60,9 @@ class Worker:
     :meth:`check_request`
         called for every request at submission with its prompt: refuse a prompt
         the worker can never serve (too long for the context, say).
+    :meth:`on_scope_end`
+        an execution scope (a request, a parallel branch) has finished: release
+        what the worker keeps for it.
     :meth:`stats`
         live counts the worker owns (``engine_requests``: requests alive in its
         engine), summed into :meth:`AsyncScaffoldingLlm.stats`.
@@ -129,6 +133,18 @@ class Worker:
         string or list of chat messages).  Raise :class:`InvalidTaskError`
         naming the field; the default accepts everything."""
 
+    async def on_scope_end(self, scope_id: str) -> None:
+        """Release what this worker holds for the execution scope ``scope_id``
+        (an MCP session, a sandbox): called once when a request or one of its
+        parallel branches has finished, after every task submitted in it has
+        ended, whether it succeeded, failed or was cancelled.
+
+        Runs shielded from cancellation, bounded by the runtime's
+        ``cancel_grace``.  An exception it raises fails the request (or, when
+        the scope ended with an error already, is noted on that error).  The
+        default does nothing; the runtime only calls workers that override it.
+        """
+
     def stats(self) -> Mapping[str, int]:
         """Live counts this worker owns, for leak checks (for example
         ``{"engine_requests": n}``: requests alive in its engine).  Counts of the
@@ -156,7 +172,7 @@ class Worker:
         handler = self.find_handler(type(task))
         if handler is None:
             return TaskStatus.WORKER_NOT_SUPPORTED
-        token = _CURRENT.set(TaskContext(task))
+        token = _CURRENT.set(TaskContext(task, scope=current_scope.get()))
         try:
             status = await handler(self, task)
         finally:
@@ -180,7 +196,7 @@ class _Job(TaskContext):
     """A task in an actor: its public :class:`TaskContext` plus the actor's
     bookkeeping (one object per task)."""
 
-    __slots__ = ("done", "error", "scope", "started")
+    __slots__ = ("cancel_scope", "done", "error", "started")
 
     def __init__(
         self,
@@ -189,16 +205,16 @@ class _Job(TaskContext):
         on_tokens: Callable[[int], None] | None,
         on_progress: Callable[[], None] | None,
     ) -> None:
-        super().__init__(task, request_id, on_tokens, on_progress)
+        super().__init__(task, request_id, on_tokens, on_progress, current_scope.get())
         self.done = anyio.Event()
         self.error: BaseException | None = None
-        self.scope: anyio.CancelScope | None = None
+        self.cancel_scope: anyio.CancelScope | None = None
         self.started = False
 
     def cancel(self) -> None:
         self.cancel_requested = True
-        if self.scope is not None:
-            self.scope.cancel()
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
 
 
 class WorkerActor:
@@ -265,10 +281,11 @@ class WorkerActor:
         task = job.task
         worker = self.worker
         token = _CURRENT.set(job)
+        scope_token = current_scope.set(job.scope)
         try:
-            with anyio.CancelScope() as job.scope:
+            with anyio.CancelScope() as job.cancel_scope:
                 if job.cancel_requested:
-                    job.scope.cancel()
+                    job.cancel_scope.cancel()
                 handler = worker.find_handler(type(task))
                 if handler is None:
                     raise TaskNotSupportedError(
@@ -293,6 +310,7 @@ class WorkerActor:
         except Exception as exc:  # handed to the requester, never swallowed
             job.error = exc
         finally:
+            current_scope.reset(scope_token)
             _CURRENT.reset(token)
             self.running -= 1
             self.completed += 1

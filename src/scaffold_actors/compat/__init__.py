@@ -14,6 +14,7 @@ handlers written for asyncio (``asyncio.sleep``, ``asyncio.gather``,
 from __future__ import annotations
 
 from .._result import ScaffoldingResult
+from .._scope import ExecutionScope, current_scope
 from .._sync import ScaffoldingLlm as _SyncScaffoldingLlm
 from .._tasks import (
     GenerationTask,
@@ -48,6 +49,7 @@ from ._task_collection import (
 __all__ = [
     "BestOfNController",
     "Controller",
+    "ExecutionScope",
     "GenerationTask",
     "GenerationTokenCounter",
     "MajorityVoteController",
@@ -65,6 +67,7 @@ __all__ = [
     "TaskTimer",
     "ToolCallTask",
     "Worker",
+    "current_scope",
     "extract_answer_from_boxed",
     "extract_answer_with_regex",
     "get_digit_majority_vote_result",

@@ -169,3 +169,28 @@ def test_admission_window_max_below_the_window_is_rejected() -> None:
         HFEngine(
             "label", preloaded=(object(), object()), admission_window=0.1, admission_window_max=0.01
         )
+
+
+async def test_a_chat_turn_on_the_real_model() -> None:
+    """The chat template of the embedded model renders the system and user
+    messages; the reply is appended to the conversation with its token counts."""
+    from scaffold_actors import ChatTask, GenerationTask, RequestContext, SystemMessage
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        chat = ChatTask.create_from_prompt("Say hello.", [SystemMessage("You are terse.")])
+        chat.max_tokens = 4
+        chat.temperature = 0.0
+        await ctx.run(chat)
+        task.output_str = chat.messages[-1].content
+        task.customized_result_fields["roles"] = [m.role for m in chat.messages]
+        task.customized_result_fields["tokens"] = (
+            chat.prompt_tokens_num,
+            chat.completion_tokens_num,
+        )
+        return task
+
+    async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(HFEngine())}) as llm:
+        r = await llm.generate("q")
+    assert r.output.details["roles"] == ["system", "user", "assistant"]
+    prompt_tokens, completion_tokens = r.output.details["tokens"]
+    assert prompt_tokens > 5 and 1 <= completion_tokens <= 4 and r.output.output_str

@@ -360,6 +360,25 @@ MUTATIONS = [
         ("tests/test_scopes.py::test_trtllm_style_parallel_process_forks_scopes",),
     ),
     Mutation(
+        "chat-reply-appended",
+        "the chat handler does not append the assistant's reply to the conversation",
+        SA + "_engine_worker.py",
+        (("        task.messages.append(AssistantMessage(", "        (AssistantMessage("),),
+        ("tests/test_chat.py::test_a_chat_loop_keeps_the_conversation",),
+    ),
+    Mutation(
+        "chat-turn-not-stepped",
+        "a generator controller's yield of a ChatTask returns after one streamed token",
+        SA + "_controller.py",
+        (
+            (
+                "return type(task) in self.ctx.resolve(task).worker.streaming_tasks",
+                "return isinstance(task, self.ctx.resolve(task).worker.streaming_tasks)",
+            ),
+        ),
+        ("tests/test_chat.py::test_a_chat_loop_keeps_the_conversation",),
+    ),
+    Mutation(
         "worker-inbox-bounded",
         "a worker's inbox grows without bound (no backpressure)",
         SA + "_worker.py",

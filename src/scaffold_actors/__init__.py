@@ -8,6 +8,15 @@ a :class:`RequestContext`; TensorRT-LLM style generator controllers live in
 """
 
 from ._budget import TokenBudget, TokenBudgetExhaustedError
+from ._chat import (
+    AssistantMessage,
+    ChatTask,
+    OpenAIToolDescription,
+    RoleMessage,
+    SystemMessage,
+    ToolDescription,
+    UserMessage,
+)
 from ._context import Handle, Parallel, RequestContext
 from ._controller import NativeController
 from ._engine_worker import EngineWorker
@@ -45,8 +54,10 @@ from ._worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "AssistantMessage",
     "AsyncScaffoldingLlm",
     "CancelGraceExceededWarning",
+    "ChatTask",
     "EngineError",
     "EngineWorker",
     "ExecutionScope",
@@ -55,6 +66,7 @@ __all__ = [
     "Handle",
     "InvalidTaskError",
     "NativeController",
+    "OpenAIToolDescription",
     "Parallel",
     "PythonTool",
     "ReplayMismatchError",
@@ -63,12 +75,14 @@ __all__ = [
     "RequestContext",
     "RewardTask",
     "RewardWorker",
+    "RoleMessage",
     "RuntimeClosedError",
     "ScaffoldError",
     "ScaffoldingLlm",
     "ScaffoldingOutput",
     "ScaffoldingResult",
     "StreamGenerationTask",
+    "SystemMessage",
     "Task",
     "TaskContext",
     "TaskFailedError",
@@ -80,8 +94,10 @@ __all__ = [
     "TokenUsage",
     "TooManyRequestsError",
     "ToolCallTask",
+    "ToolDescription",
     "ToolWorker",
     "UnknownWorkerTagError",
+    "UserMessage",
     "Worker",
     "current_scope",
     "task_context",

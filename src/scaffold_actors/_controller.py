@@ -124,7 +124,7 @@ class _GeneratorDriver:
             raise_single(group)
 
     def _streams_in_background(self, task: StreamGenerationTask) -> bool:
-        return isinstance(task, self.ctx.resolve(task).worker.streaming_tasks)
+        return type(task) in self.ctx.resolve(task).worker.streaming_tasks
 
     async def _step_stream(self, task: StreamGenerationTask) -> None:
         """Advance one streamed task to its next ``streaming_step`` boundary."""

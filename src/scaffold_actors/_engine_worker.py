@@ -8,7 +8,8 @@ from typing import ClassVar
 
 from engine_bridge import Engine, EngineDelta, InvalidRequestError, SamplingParams
 
-from ._errors import InvalidTaskError
+from ._chat import AssistantMessage, ChatTask
+from ._errors import InvalidTaskError, TaskNotSupportedError
 from ._task_context import task_context
 from ._tasks import GenerationTask, StreamGenerationTask, Task, TaskStatus
 from ._worker import Handler, Worker
@@ -103,6 +104,11 @@ class EngineWorker(Worker):
 
     def check_task(self, task: Task) -> None:
         super().check_task(task)
+        if isinstance(task, ChatTask) and task.tools:
+            raise TaskNotSupportedError(
+                "EngineWorker does not offer tools to the model yet (ChatTask.tools is set); "
+                "run tool calls with ReActAgent or a ToolWorker"
+            )
         if isinstance(task, GenerationTask):
             request = task.engine_request(self.default_params, stream=False)
             try:
@@ -141,12 +147,30 @@ class EngineWorker(Worker):
         ctx.notify_progress()
         return TaskStatus.SUCCESS
 
+    async def chat_handler(self, task: ChatTask) -> TaskStatus:
+        """One assistant turn: the reply is appended to ``task.messages`` as an
+        :class:`AssistantMessage` once generation ended."""
+        ctx = task_context()
+        request = task.engine_request(self.default_params, stream=ctx.counts_tokens or ctx.streamed)
+        _reset_outputs(task)
+        task.end_flag = False
+        async with self.engine.open_stream(request) as stream:
+            async for delta in stream:
+                _apply(task, delta)
+                ctx.report_tokens(delta.num_tokens)
+                ctx.notify_progress()
+        task.end_flag = True
+        task.messages.append(AssistantMessage(task.output_str, finish_reason=task.finish_reason))
+        ctx.notify_progress()
+        return TaskStatus.SUCCESS
+
     # the generator-controller driver steps these while they run in the background
     streaming_tasks = (StreamGenerationTask,)
 
     task_handlers: ClassVar[dict[type[Task], Handler]] = {
         GenerationTask: generation_handler,
         StreamGenerationTask: stream_generation_handler,
+        ChatTask: chat_handler,
     }
 
     def __repr__(self) -> str:

@@ -50,7 +50,8 @@ class Worker:
         tasks run at once, ``inbox_size`` more may wait, and a task running longer
         than ``task_timeout`` seconds fails with :class:`TimeoutError`.
     ``streaming_tasks``
-        the task types whose handlers report progress as outputs grow
+        the task types (exact types, not subclasses) whose handlers report
+        progress as outputs grow
         (:meth:`TaskContext.notify_progress`).  A generator controller that
         yields such a task steps it every ``streaming_step`` tokens while it runs
         in the background; other tasks run to completion at each yield.

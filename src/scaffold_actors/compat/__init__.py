@@ -13,6 +13,15 @@ handlers written for asyncio (``asyncio.sleep``, ``asyncio.gather``,
 
 from __future__ import annotations
 
+from .._chat import (
+    AssistantMessage,
+    ChatTask,
+    OpenAIToolDescription,
+    RoleMessage,
+    SystemMessage,
+    ToolDescription,
+    UserMessage,
+)
 from .._result import ScaffoldingResult
 from .._scope import ExecutionScope, current_scope
 from .._sync import ScaffoldingLlm as _SyncScaffoldingLlm
@@ -30,6 +39,7 @@ from ._controllers import (
     BestOfNController,
     Controller,
     MajorityVoteController,
+    NativeChatController,
     NativeGenerationController,
     NativeRewardController,
     ParallelProcess,
@@ -47,25 +57,33 @@ from ._task_collection import (
 )
 
 __all__ = [
+    "AssistantMessage",
     "BestOfNController",
+    "ChatTask",
     "Controller",
     "ExecutionScope",
     "GenerationTask",
     "GenerationTokenCounter",
     "MajorityVoteController",
+    "NativeChatController",
     "NativeGenerationController",
     "NativeRewardController",
+    "OpenAIToolDescription",
     "ParallelProcess",
     "RewardTask",
+    "RoleMessage",
     "ScaffoldingLlm",
     "ScaffoldingOutput",
     "ScaffoldingResult",
     "StreamGenerationTask",
+    "SystemMessage",
     "Task",
     "TaskCollection",
     "TaskStatus",
     "TaskTimer",
     "ToolCallTask",
+    "ToolDescription",
+    "UserMessage",
     "Worker",
     "current_scope",
     "extract_answer_from_boxed",

@@ -7,6 +7,7 @@ import enum
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
+from .._chat import ChatTask
 from .._context import RequestContext
 from .._controller import drive_generator
 from .._errors import InvalidTaskError
@@ -17,6 +18,7 @@ __all__ = [
     "BestOfNController",
     "Controller",
     "MajorityVoteController",
+    "NativeChatController",
     "NativeGenerationController",
     "NativeRewardController",
     "ParallelProcess",
@@ -129,6 +131,18 @@ class NativeGenerationController(Controller):
                 if getattr(task, key, None) in (None, []):
                     setattr(task, key, value)
         yield tasks
+
+
+class NativeChatController(NativeGenerationController):
+    """A :class:`NativeGenerationController` for chats: ``generate(prompt)``
+    builds a :class:`ChatTask` (a string becomes the user's message; a list of
+    OpenAI messages is kept), and the generation worker appends the assistant's
+    reply to the task's ``messages``."""
+
+    def generate(self, prompt: Any, **kwargs: Any) -> Generator[Any, Any, ScaffoldingOutput]:
+        task = ChatTask.create_from_prompt(prompt)
+        yield from self.process([task], **kwargs)
+        return task.create_scaffolding_output()
 
 
 class NativeRewardController(Controller):

@@ -1,0 +1,254 @@
+"""Chat: role messages, tool descriptions and the chat task (TensorRT-LLM compatible)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+
+from engine_bridge import EngineRequest, InvalidRequestError, SamplingParams
+
+from ._errors import InvalidTaskError
+from ._tasks import StreamGenerationTask
+
+__all__ = [
+    "AssistantMessage",
+    "ChatTask",
+    "OpenAIToolDescription",
+    "RoleMessage",
+    "SystemMessage",
+    "ToolDescription",
+    "UserMessage",
+]
+
+
+@attrs.define(eq=True)
+class RoleMessage:
+    """One chat message: ``role``, ``content`` and an optional cache ``prefix``
+    (the part of a system or user message that is shared by many requests and
+    worth keeping in the engine's prefix cache)."""
+
+    role: str | None = None
+    content: str | None = None
+    prefix: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The message as an OpenAI chat message."""
+        return {"role": self.role, "content": self.content}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoleMessage:
+        """A message from an OpenAI chat message (the matching subclass for the
+        ``user``, ``system`` and ``assistant`` roles)."""
+        role, content = data.get("role"), data.get("content")
+        if role == "assistant":
+            return AssistantMessage(
+                content,
+                reasoning=data.get("reasoning"),
+                reasoning_content=data.get("reasoning_content"),
+                tool_calls=data.get("tool_calls"),
+            )
+        if role == "user":
+            return UserMessage(content)
+        if role == "system":
+            return SystemMessage(content)
+        return cls(role, content)
+
+    def __str__(self) -> str:
+        return json.dumps({"role": self.role, "content": self.content})
+
+
+@attrs.define(eq=True, init=False)
+class UserMessage(RoleMessage):
+    def __init__(self, content: str | None, prefix: str | None = None) -> None:
+        self.__attrs_init__("user", content, prefix)
+
+
+@attrs.define(eq=True, init=False)
+class SystemMessage(RoleMessage):
+    def __init__(self, content: str | None, prefix: str | None = None) -> None:
+        self.__attrs_init__("system", content, prefix)
+
+
+@attrs.define(eq=True, init=False)
+class AssistantMessage(RoleMessage):
+    """The assistant's turn: its text, the model's reasoning when the engine
+    separates it, the tool calls it asked for, and why generation stopped."""
+
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[Any] | None = None
+    finish_reason: str | None = None
+
+    def __init__(
+        self,
+        content: str | None,
+        reasoning: str | None = None,
+        reasoning_content: str | None = None,
+        tool_calls: list[Any] | None = None,
+        finish_reason: str | None = None,
+    ) -> None:
+        self.__attrs_init__(
+            "assistant", content, None, reasoning, reasoning_content, tool_calls, finish_reason
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.tool_calls is not None:
+            out["tool_calls"] = list(self.tool_calls)
+        return out
+
+    def __str__(self) -> str:
+        return json.dumps(
+            {
+                "role": "assistant",
+                "content": self.content,
+                "reasoning": self.reasoning,
+                "reasoning_content": self.reasoning_content,
+                "tool_calls": None
+                if self.tool_calls is None
+                else [str(c) for c in self.tool_calls],
+            }
+        )
+
+
+class ToolDescription:
+    """A tool a chat model may call: ``name``, ``description`` and its
+    ``parameters`` (JSON-schema properties).  Subclasses render it for an API."""
+
+    def __init__(self, name: str, description: str, parameters: dict[str, Any]) -> None:
+        self.name = name
+        self.description = description
+        self.parameters = parameters
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__} does not say how to render itself")
+
+
+class OpenAIToolDescription(ToolDescription):
+    """A tool in the OpenAI ``tools`` format (``{"type": "function", ...}``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": {"type": "object", "properties": self.parameters},
+            },
+        }
+
+
+def _message(value: RoleMessage | Mapping[str, Any]) -> RoleMessage:
+    return value if isinstance(value, RoleMessage) else RoleMessage.from_dict(value)
+
+
+@attrs.define(slots=False, eq=False)
+class ChatTask(StreamGenerationTask):
+    """A conversation for the model to continue (TensorRT-LLM compatible).
+
+    Inputs: ``messages`` (:class:`RoleMessage` objects; plain OpenAI dicts are
+    accepted and converted), ``tools`` (tool descriptions offered to the model)
+    and the sampling fields of :class:`GenerationTask`.  The chat handler runs
+    the whole turn and appends the assistant's :class:`AssistantMessage` to
+    ``messages``; ``output_str``, ``finish_reason`` and the token counts are
+    filled as for a generation.  A generator controller's yield of a chat task
+    returns when the turn is complete (it is not stepped like a
+    :class:`StreamGenerationTask`).
+    """
+
+    messages: list[Any] = attrs.field(factory=list)
+    tools: Any = None
+    enable_token_counting: bool = False
+    reasoning_tokens_num: int = 0
+    sub_request_markers: list[tuple[str, int]] = attrs.field(factory=list)
+    unique_id: int | None = None
+
+    input_fields: ClassVar[tuple[str, ...]] = (
+        *StreamGenerationTask.input_fields,
+        "tools",
+    )
+
+    def messages_to_dict_content(self, start_index: int = 0) -> list[dict[str, Any]]:
+        """``messages[start_index:]`` as OpenAI dicts, skipping those without content."""
+        return [
+            m.to_dict() for m in map(_message, self.messages[start_index:]) if m.content is not None
+        ]
+
+    def add_message(self, message: RoleMessage) -> None:
+        self.messages.append(message)
+
+    def add_messages(self, messages: Sequence[RoleMessage]) -> None:
+        self.messages.extend(messages)
+
+    @classmethod
+    def create_from_prompt(
+        cls,
+        user_prompt: str | Sequence[Mapping[str, Any]] | None,
+        system_prompts: Sequence[RoleMessage] | None = None,
+        tools: Any = None,
+    ) -> ChatTask:
+        """A chat of the ``system_prompts`` then ``user_prompt`` (a string, or a
+        list of OpenAI messages appended as they are)."""
+        task = cls()
+        task.messages.extend(system_prompts or ())
+        if isinstance(user_prompt, str):
+            task.add_message(UserMessage(user_prompt))
+        elif user_prompt is not None:
+            task.messages.extend(_message(m) for m in user_prompt)
+        task.tools = tools
+        return task
+
+    @classmethod
+    def create_from_messages(cls, messages: list[RoleMessage], tools: Any = None) -> ChatTask:
+        """A chat over ``messages`` (the list itself: the handler appends to it)."""
+        task = cls()
+        task.messages = messages
+        task.tools = tools
+        return task
+
+    def inputs(self) -> dict[str, Any]:
+        out = super().inputs()
+        out["messages"] = [_message(m).to_dict() for m in self.messages]
+        if self.tools is not None:
+            out["tools"] = [
+                t.to_dict() if isinstance(t, ToolDescription) else t for t in self.tools
+            ]
+        return out
+
+    @property
+    def prompt(self) -> list[dict[str, Any]]:
+        return self.messages_to_dict_content()
+
+    def validate(self) -> None:
+        # what a prompt means is the controller's business: only the types that
+        # would break the handler are refused
+        name = type(self).__name__
+        if not isinstance(self.messages, list):
+            raise InvalidTaskError(f"{name}.messages", "must be a list of RoleMessage")
+        for i, m in enumerate(self.messages):
+            if not isinstance(m, (RoleMessage, Mapping)):
+                raise InvalidTaskError(
+                    f"{name}.messages", f"message {i} must be a RoleMessage, got {m!r}"
+                )
+
+    def engine_request(self, defaults: SamplingParams, *, stream: bool) -> EngineRequest:
+        messages = [
+            {"role": str(d["role"]), "content": str(d["content"])}
+            for d in self.messages_to_dict_content()
+        ]
+        try:
+            return EngineRequest(
+                self.sampling_params(defaults),
+                messages=messages,
+                stream=stream,
+                continuation=self.continuation or None,
+            )
+        except InvalidRequestError as e:
+            if isinstance(e, InvalidTaskError):
+                raise
+            raise InvalidTaskError(
+                f"{type(self).__name__}.{e.field}", str(e).split(": ", 1)[1]
+            ) from None

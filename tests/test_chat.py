@@ -1,0 +1,114 @@
+"""Chat tasks and messages (TensorRT-LLM 1.2 names), on the engine worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from engine_bridge import SimulatedEngine
+from scaffold_actors import (
+    AssistantMessage,
+    AsyncScaffoldingLlm,
+    ChatTask,
+    EngineWorker,
+    GenerationTask,
+    OpenAIToolDescription,
+    RequestContext,
+    RoleMessage,
+    SystemMessage,
+    Task,
+    TaskNotSupportedError,
+    UserMessage,
+)
+from scaffold_actors.compat import Controller, NativeChatController, ScaffoldingLlm
+
+REPLY = "Paris is the capital."
+
+
+def test_messages_and_their_dicts() -> None:
+    sys_msg = SystemMessage("Be brief.", prefix="Be")
+    task = ChatTask.create_from_prompt("Capital of France?", [sys_msg])
+    assert [m.role for m in task.messages] == ["system", "user"]
+    assert task.messages[0].prefix == "Be"
+    task.add_message(AssistantMessage(None, tool_calls=[{"id": "1"}]))  # no content: skipped
+    task.add_messages([UserMessage("And Spain?")])
+    assert task.messages_to_dict_content() == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "user", "content": "And Spain?"},
+    ]
+    assert task.messages_to_dict_content(2) == [{"role": "user", "content": "And Spain?"}]
+    assert AssistantMessage("x", tool_calls=[{"id": "1"}]).to_dict()["tool_calls"] == [{"id": "1"}]
+    assert json.loads(str(AssistantMessage("x", reasoning="r")))["reasoning"] == "r"
+    back = RoleMessage.from_dict({"role": "assistant", "content": "hi", "reasoning_content": "t"})
+    assert isinstance(back, AssistantMessage) and back.reasoning_content == "t"
+    tool = OpenAIToolDescription("add", "adds", {"a": {"type": "number"}})
+    assert tool.to_dict()["function"]["parameters"]["properties"] == {"a": {"type": "number"}}
+    same = ChatTask.create_from_messages(task.messages)
+    assert same.messages is task.messages  # the handler appends to the caller's list
+
+
+def test_trtllm_style_native_chat_controller_appends_the_reply() -> None:
+    engine = SimulatedEngine(REPLY)
+    with ScaffoldingLlm(
+        NativeChatController({"max_tokens": 16}), {"generation": EngineWorker(engine)}
+    ) as llm:
+        result = llm.generate("Capital of France?")
+    assert result.output.output_str == REPLY
+
+
+def test_a_chat_loop_keeps_the_conversation() -> None:
+    seen: list[ChatTask] = []
+
+    class TwoTurns(Controller):
+        def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+            chat = ChatTask.create_from_prompt("Capital of France?", [SystemMessage("Be brief.")])
+            chat.worker_tag = "generation"
+            chat.max_tokens = 16
+            yield [chat]  # one yield: the whole turn, not one step of a stream
+            chat.add_message(UserMessage("Sure?"))
+            yield [chat]
+            seen.append(chat)
+            tasks[0].output_str = chat.messages[-1].content
+
+    engine = SimulatedEngine(REPLY)
+    with ScaffoldingLlm(TwoTurns(), {"generation": EngineWorker(engine)}) as llm:
+        result = llm.generate("q")
+    (chat,) = seen
+    assert [m.role for m in chat.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert chat.messages[2] == AssistantMessage(REPLY, finish_reason=chat.finish_reason)
+    assert chat.completion_tokens_num > 0 and chat.prompt_tokens_num > 0
+    assert result.output.output_str == REPLY
+
+
+async def test_chat_tasks_in_a_native_controller_are_traced(autojump_clock: object) -> None:
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        chat = ChatTask.create_from_prompt("Hi", [SystemMessage("Be brief.")])
+        chat.max_tokens = 8
+        await ctx.run(chat)
+        task.output_str = chat.messages[-1].content
+        return task
+
+    async with AsyncScaffoldingLlm(
+        method, {"generation": EngineWorker(SimulatedEngine(REPLY))}, trace=True
+    ) as llm:
+        r = await llm.generate("q")
+    assert r.output.output_str == REPLY
+    record = r.trace.records[0]
+    assert record.task_type == "ChatTask"
+    assert record.inputs["messages"][0] == {"role": "system", "content": "Be brief."}
+    json.loads(r.trace.to_json())  # a chat trace is plain JSON
+
+
+async def test_tools_on_the_engine_worker_are_refused_at_submission(autojump_clock: object) -> None:
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        chat = ChatTask.create_from_prompt("Hi", tools=[OpenAIToolDescription("f", "d", {})])
+        await ctx.run(chat)
+        return task
+
+    async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(SimulatedEngine())}) as llm:
+        with pytest.raises(TaskNotSupportedError, match="tools"):
+            await llm.generate("q")

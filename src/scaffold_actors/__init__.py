@@ -32,6 +32,7 @@ from ._errors import (
     TooManyRequestsError,
     UnknownWorkerTagError,
 )
+from ._mcp import MCPCallTask, MCPListTask, MCPServerError, MCPWorker
 from ._result import ScaffoldingResult
 from ._reward_worker import RewardWorker
 from ._runtime import AsyncScaffoldingLlm
@@ -65,6 +66,10 @@ __all__ = [
     "GenerationTask",
     "Handle",
     "InvalidTaskError",
+    "MCPCallTask",
+    "MCPListTask",
+    "MCPServerError",
+    "MCPWorker",
     "NativeController",
     "OpenAIToolDescription",
     "Parallel",

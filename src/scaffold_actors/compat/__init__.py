@@ -22,6 +22,7 @@ from .._chat import (
     ToolDescription,
     UserMessage,
 )
+from .._mcp import MCPCallTask, MCPListTask, MCPWorker
 from .._result import ScaffoldingResult
 from .._scope import ExecutionScope, current_scope
 from .._sync import ScaffoldingLlm as _SyncScaffoldingLlm
@@ -64,6 +65,9 @@ __all__ = [
     "ExecutionScope",
     "GenerationTask",
     "GenerationTokenCounter",
+    "MCPCallTask",
+    "MCPListTask",
+    "MCPWorker",
     "MajorityVoteController",
     "NativeChatController",
     "NativeGenerationController",

@@ -1,0 +1,369 @@
+"""MCP tools: a worker on the official ``mcp`` SDK (stdio and streamable HTTP).
+
+Needs the ``mcp`` extra (``pip install scaffold-actors[mcp]``); the SDK is
+imported when a worker starts, so this module imports without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+
+import anyio
+import anyio.abc
+import attrs
+
+from engine_bridge import raise_single
+
+from ._errors import InvalidTaskError, ScaffoldError
+from ._scope import current_scope
+from ._tasks import Task, TaskStatus, ToolCallTask
+from ._worker import Handler, Worker
+
+__all__ = ["MCPCallTask", "MCPListTask", "MCPServerError", "MCPWorker"]
+
+#: model-written arguments larger than this (as JSON) are refused before the call
+MAX_ARGUMENT_BYTES = 64_000
+
+ServerSpec = str | Sequence[str]
+
+
+class MCPServerError(ScaffoldError):
+    """An MCP server could not be reached, or failed (died, closed the
+    connection) during a call.  ``server`` names it.  The worker reconnects on
+    the next call; other calls are unaffected."""
+
+    def __init__(self, server: str, message: str) -> None:
+        super().__init__(f"MCP server {server!r}: {message}")
+        self.server = server
+
+
+@attrs.define(slots=False, eq=False)
+class MCPCallTask(Task):
+    """Call the MCP tool ``tool_name`` with ``args`` (TensorRT-LLM compatible).
+
+    Outputs: ``result_str`` (the text the tool returned), ``is_error`` (the tool
+    ran and reported a failure), ``result_stdout`` / ``result_stderr`` (left
+    ``None``: MCP results carry content, not streams).
+    """
+
+    worker_tag: Any = "mcp"
+    tool_name: str | None = None
+    args: dict[str, Any] | None = None
+    tool_call_id: str | None = None
+    result_str: str | None = None
+    result_stdout: str | None = None
+    result_stderr: str | None = None
+    is_error: bool = False
+
+    input_fields: ClassVar[tuple[str, ...]] = ("tool_name", "args", "tool_call_id")
+    output_fields: ClassVar[tuple[str, ...]] = ("result_str", "is_error")
+
+    @staticmethod
+    def create_mcptask(tool_name: str, args: dict[str, Any], worker_tag: Any) -> MCPCallTask:
+        return MCPCallTask(worker_tag=worker_tag, tool_name=tool_name, args=args)
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.tool_name, str) or not self.tool_name:
+            raise InvalidTaskError(f"{type(self).__name__}.tool_name", "must be a non-empty string")
+        if self.args is not None and not isinstance(self.args, dict):
+            raise InvalidTaskError(f"{type(self).__name__}.args", "must be a dict")
+
+
+@attrs.define(slots=False, eq=False)
+class MCPListTask(Task):
+    """List the tools of every server of an :class:`MCPWorker`.  Output:
+    ``result_tools``, one ``{"name", "description", "input_schema", "server"}``
+    dict per tool."""
+
+    worker_tag: Any = "mcp"
+    result_tools: list[dict[str, Any]] | None = None
+
+    output_fields: ClassVar[tuple[str, ...]] = ("result_tools",)
+
+
+class _Connection:
+    """One MCP session, owned by a task of the worker's task group (an MCP
+    session is a context manager: it is entered and left in the same task)."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.session: Any = None
+        self.ready = anyio.Event()
+        self.close = anyio.Event()
+        self.ended = anyio.Event()
+        self.error: BaseException | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.session is not None and not self.close.is_set() and not self.ended.is_set()
+
+
+def _transport(spec: ServerSpec) -> Any:
+    if isinstance(spec, str):
+        from mcp.client.streamable_http import streamable_http_client
+
+        return streamable_http_client(spec)
+    from mcp import StdioServerParameters, stdio_client
+
+    argv = list(spec)
+    params = StdioServerParameters(command=argv[0], args=argv[1:], env=dict(os.environ))
+    return stdio_client(params)
+
+
+class MCPWorker(Worker):
+    """Serves MCP tools from one or more servers (the official ``mcp`` SDK).
+
+    ``servers`` maps a name to a streamable-HTTP URL (``"http://host:port/mcp"``)
+    or to a command that starts a stdio server (``["python", "server.py"]``).
+    At start-up each server is connected and its tools listed (a tool name
+    offered by two servers is an error).  It runs :class:`MCPCallTask`,
+    :class:`MCPListTask` and :class:`ToolCallTask` (so a ``ReActAgent`` can use
+    MCP tools: ``tools=await MCPWorker.discover(servers)``).
+
+    Bad input is refused at submission and loses nothing: an unknown tool, or
+    arguments that fail the tool's JSON schema (or exceed
+    ``MAX_ARGUMENT_BYTES``), raise :class:`InvalidTaskError` before any call.
+    A tool that reports a failure sets ``is_error`` (the model should see it).
+
+    With ``per_scope=True`` every execution scope gets its own session per
+    server (for stateful servers), opened on its first call and closed in
+    :meth:`on_scope_end`; otherwise all calls share one session per server.
+
+    Cancellation: cancelling a call cancels it on the server too (the SDK sends
+    ``notifications/cancelled``).  A server that dies or closes the connection
+    fails the calls in flight on it with :class:`MCPServerError` naming it;
+    the next call reconnects.  A call longer than ``call_timeout`` seconds fails
+    with :class:`TimeoutError`.
+    """
+
+    max_concurrency = 64
+
+    def __init__(
+        self,
+        servers: Mapping[str, ServerSpec],
+        *,
+        per_scope: bool = False,
+        call_timeout: float | None = 60.0,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        if not servers:
+            raise ValueError("servers must name at least one MCP server")
+        for name, spec in servers.items():
+            if not (isinstance(spec, str) or (isinstance(spec, Sequence) and spec)):
+                raise ValueError(
+                    f"servers[{name!r}] must be a URL or a non-empty command, got {spec!r}"
+                )
+        self.servers = dict(servers)
+        self.per_scope = per_scope
+        self.call_timeout = call_timeout
+        self.connect_timeout = connect_timeout
+        self._tools: dict[str, tuple[str, Any]] = {}  # tool -> (server, mcp Tool)
+        self._connections: dict[tuple[str, str | None], _Connection] = {}
+        self._locks: dict[tuple[str, str | None], anyio.Lock] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        return f"MCPWorker({sorted(self.servers)})"
+
+    # -- life ------------------------------------------------------------------
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        try:
+            async with self._sessions():
+                yield
+        except BaseExceptionGroup as group:
+            raise_single(group)
+
+    @asynccontextmanager
+    async def _sessions(self) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                tools: dict[str, tuple[str, Any]] = {}
+                for server in self.servers:
+                    conn = await self._connection(server, None)
+                    listed = await conn.session.list_tools()
+                    for tool in listed.tools:
+                        if tool.name in tools:
+                            raise ValueError(
+                                f"tool {tool.name!r} is offered by both {tools[tool.name][0]!r} "
+                                f"and {server!r}"
+                            )
+                        tools[tool.name] = (server, tool)
+                self._tools = tools
+                yield
+            finally:
+                for conn in self._connections.values():
+                    conn.close.set()
+                self._connections.clear()
+                self._tg = None
+
+    @classmethod
+    def init_with_urls(cls, urls: Sequence[str]) -> MCPWorker:
+        """A worker over streamable-HTTP servers (TensorRT-LLM's spelling); they
+        are named ``server0``, ``server1``, ..."""
+        return cls({f"server{i}": url for i, url in enumerate(urls)})
+
+    @classmethod
+    async def discover(cls, servers: Mapping[str, ServerSpec]) -> dict[str, str]:
+        """Connect to ``servers`` once and return ``{tool: description}`` (with
+        the argument names), the ``tools`` a ``ReActAgent`` offers the model."""
+        worker = cls(servers)
+        async with worker.lifespan():
+            return worker.specs()
+
+    def specs(self) -> dict[str, str]:
+        """Tool name -> one-line description with its arguments (after start-up)."""
+        out = {}
+        for name, (_, tool) in self._tools.items():
+            props = (tool.input_schema or {}).get("properties", {})
+            first = (tool.description or name).strip().splitlines()[0]
+            out[name] = f"{first} Arguments: {', '.join(props) or 'none'}."
+        return out
+
+    async def _own(self, conn: _Connection, spec: ServerSpec) -> None:
+        from mcp import ClientSession
+
+        try:
+            async with (
+                _transport(spec) as streams,
+                ClientSession(streams[0], streams[1]) as session,
+            ):
+                await session.initialize()
+                conn.session = session
+                conn.ready.set()
+                await conn.close.wait()
+        except Exception as exc:
+            conn.error = exc
+        finally:
+            conn.ended.set()
+            conn.ready.set()
+
+    async def _connection(self, server: str, scope_id: str | None) -> _Connection:
+        key = (server, scope_id)
+        conn = self._connections.get(key)
+        if conn is not None and conn.alive:
+            return conn
+        lock = self._locks.setdefault(key, anyio.Lock())
+        async with lock:
+            conn = self._connections.get(key)
+            if conn is not None and conn.alive:
+                return conn
+            if self._tg is None:
+                raise MCPServerError(server, "the worker is not started")
+            conn = _Connection(server)
+            self._tg.start_soon(self._own, conn, self.servers[server])
+            with anyio.move_on_after(self.connect_timeout):
+                await conn.ready.wait()
+            if not conn.alive:
+                conn.close.set()
+                why = conn.error or f"no answer within {self.connect_timeout:g} s"
+                raise MCPServerError(server, f"cannot connect: {why}")
+            self._connections[key] = conn
+            return conn
+
+    async def on_scope_end(self, scope_id: str) -> None:
+        """Close the sessions this scope opened (``per_scope=True``)."""
+        if not self.per_scope:
+            return
+        for key in [k for k in self._connections if k[1] == scope_id]:
+            conn = self._connections.pop(key)
+            self._locks.pop(key, None)
+            conn.close.set()
+            await conn.ended.wait()
+
+    def stats(self) -> Mapping[str, int]:
+        """``{"mcp_sessions": n}``: sessions open now."""
+        return {"mcp_sessions": sum(1 for c in self._connections.values() if c.alive)}
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.alive for (_, scope), c in self._connections.items() if scope is None)
+
+    # -- tasks -------------------------------------------------------------------
+    def check_task(self, task: Task) -> None:
+        super().check_task(task)
+        if isinstance(task, (MCPCallTask, ToolCallTask)):
+            name = task.tool_name or ""
+            args = task.args if isinstance(task, MCPCallTask) else task.arguments
+            self._check_call(type(task).__name__, name, args or {})
+
+    def _check_call(self, kind: str, name: str, args: Mapping[str, Any]) -> None:
+        if name not in self._tools:
+            raise InvalidTaskError(
+                f"{kind}.tool_name",
+                f"unknown tool {name!r}; the servers offer: {sorted(self._tools)}",
+            )
+        field = f"{kind}.{'args' if kind == 'MCPCallTask' else 'arguments'}"
+        try:
+            size = len(json.dumps(args))
+        except (TypeError, ValueError) as e:
+            raise InvalidTaskError(field, f"must be JSON: {e}") from None
+        if size > MAX_ARGUMENT_BYTES:
+            raise InvalidTaskError(
+                field, f"{size} bytes of arguments, more than {MAX_ARGUMENT_BYTES}"
+            )
+        import jsonschema
+
+        schema = self._tools[name][1].input_schema or {"type": "object"}
+        error = jsonschema.exceptions.best_match(
+            jsonschema.Draft202012Validator(schema).iter_errors(dict(args))
+        )
+        if error is not None:
+            where = "/".join(map(str, error.absolute_path)) or "(top level)"
+            raise InvalidTaskError(field, f"{name}: {where}: {error.message}")
+
+    async def _call(self, name: str, args: Mapping[str, Any]) -> tuple[str, bool]:
+        from mcp import MCPError
+        from mcp.types import CONNECTION_CLOSED
+
+        server = self._tools[name][0]
+        scope = current_scope.get()
+        conn = await self._connection(server, scope.scope_id if self.per_scope and scope else None)
+        try:
+            if self.call_timeout is None:
+                result = await conn.session.call_tool(name, dict(args))
+            else:
+                with anyio.fail_after(self.call_timeout):
+                    result = await conn.session.call_tool(name, dict(args))
+        except MCPError as e:
+            if e.code != CONNECTION_CLOSED:
+                return f"{name} failed: {e.message}", True
+            conn.close.set()  # the next call reconnects
+            raise MCPServerError(server, f"connection lost during {name}: {e.message}") from e
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream) as e:
+            conn.close.set()
+            raise MCPServerError(server, f"connection lost during {name}") from e
+        text = "\n".join(c.text for c in result.content if getattr(c, "type", None) == "text")
+        return text, bool(result.is_error)
+
+    async def call_handler(self, task: MCPCallTask) -> TaskStatus:
+        task.result_str, task.is_error = await self._call(task.tool_name or "", task.args or {})
+        return TaskStatus.SUCCESS
+
+    async def tool_call_handler(self, task: ToolCallTask) -> TaskStatus:
+        task.result_str, task.is_error = await self._call(task.tool_name or "", task.arguments)
+        return TaskStatus.SUCCESS
+
+    async def list_handler(self, task: MCPListTask) -> TaskStatus:
+        task.result_tools = [
+            {
+                "name": name,
+                "description": tool.description,
+                "input_schema": tool.input_schema,
+                "server": server,
+            }
+            for name, (server, tool) in self._tools.items()
+        ]
+        return TaskStatus.SUCCESS
+
+    task_handlers: ClassVar[dict[type[Task], Handler]] = {
+        MCPCallTask: call_handler,
+        MCPListTask: list_handler,
+        ToolCallTask: tool_call_handler,
+    }

@@ -1,0 +1,77 @@
+"""A real MCP server for the tests (the official SDK's MCPServer, once FastMCP).
+
+    python tests/mcp_server.py stdio
+    python tests/mcp_server.py http PORT      # streamable HTTP at http://127.0.0.1:PORT/mcp
+
+Tools: ``add(a, b)``; ``fail()`` (reports an error); ``slow(seconds)``;
+``started()`` / ``cancelled()`` (how many ``slow`` calls the server saw cancelled);
+``count()`` (calls of ``count`` in this process: over stdio, state per session); ``die()``
+(the process exits at once).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+
+app = MCPServer("scaffold-test-tools")
+_state = {"cancelled": 0, "started": 0, "count": 0}
+
+
+@app.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@app.tool()
+def fail() -> str:
+    """Always fails."""
+    raise ValueError("this tool always fails")
+
+
+@app.tool()
+async def slow(seconds: float) -> str:
+    """Sleep for a while."""
+    _state["started"] += 1
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        _state["cancelled"] += 1
+        raise
+    return "done"
+
+
+@app.tool()
+def started() -> int:
+    """How many slow calls started."""
+    return _state["started"]
+
+
+@app.tool()
+def cancelled() -> int:
+    """How many slow calls were cancelled."""
+    return _state["cancelled"]
+
+
+@app.tool()
+def count() -> int:
+    """Calls of count in this server process (over stdio, a session is a process)."""
+    _state["count"] += 1
+    return _state["count"]
+
+
+@app.tool()
+def die() -> str:
+    """Exit the server process at once."""
+    os._exit(3)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "stdio":
+        app.run("stdio")
+    else:
+        app.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))

@@ -1,0 +1,208 @@
+"""MCPWorker against real MCP servers written with the official SDK
+(tests/mcp_server.py), over stdio (a child process) and streamable HTTP (a
+loopback server).  What a cancel or a death did is read from the server itself."""
+
+from __future__ import annotations
+
+import functools
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+pytest.importorskip("mcp")
+
+from scaffold_actors import (
+    AsyncScaffoldingLlm,
+    GenerationTask,
+    InvalidTaskError,
+    MCPCallTask,
+    MCPListTask,
+    MCPServerError,
+    MCPWorker,
+    RequestContext,
+    Task,
+    ToolCallTask,
+)
+
+SERVER = str(Path(__file__).resolve().parent / "mcp_server.py")
+STDIO = [sys.executable, SERVER, "stdio"]
+
+
+@pytest.fixture(scope="module")
+def http_url() -> Iterator[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(
+        [sys.executable, SERVER, "http", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60  # a hang guard: the server answers long before
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "the MCP HTTP server exited"
+                assert time.monotonic() < deadline, "the MCP HTTP server never listened"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(params=["stdio", "http"])
+def server(request: pytest.FixtureRequest, http_url: str) -> Any:
+    return STDIO if request.param == "stdio" else http_url
+
+
+async def call(ctx: RequestContext, name: str, **args: Any) -> MCPCallTask:
+    return await ctx.run(MCPCallTask.create_mcptask(name, args, "mcp"))
+
+
+async def run(worker: MCPWorker, method: Any) -> Any:
+    async with AsyncScaffoldingLlm(method, {"mcp": worker, "tool": worker}) as llm:
+        return await llm.generate("q")
+
+
+async def test_tools_are_listed_and_called(server: Any) -> None:
+    out: dict[str, Any] = {}
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        listing = await ctx.run(MCPListTask())
+        out["tools"] = {t["name"] for t in listing.result_tools or ()}
+        out["add"] = (await call(ctx, "add", a=2, b=3)).result_str
+        out["fail"] = await call(ctx, "fail")
+        native = await ctx.run(ToolCallTask(tool_name="add", arguments={"a": 1, "b": 1}))
+        out["native"] = native.result_str
+        return task
+
+    await run(MCPWorker({"tools": server}), method)
+    assert {"add", "fail", "slow", "count", "die"} <= out["tools"]
+    assert out["add"] == "5" and out["native"] == "2"
+    assert out["fail"].is_error and "Error executing tool fail" in out["fail"].result_str
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "match"),
+    [
+        ("nope", {}, "unknown tool 'nope'"),
+        ("add", {"a": "x", "b": 1}, "add: a: 'x' is not of type 'integer'"),
+        ("add", {"a": 1}, "'b' is a required property"),
+        ("add", {"a": 1, "b": 2, "pad": "x" * 70_000}, "more than 64000"),
+    ],
+)
+async def test_bad_calls_are_refused_before_the_call_and_lose_nothing(
+    name: str, args: dict[str, Any], match: str
+) -> None:
+    worker = MCPWorker({"tools": STDIO})
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        if task.input_str == "good":
+            task.output_str = (await call(ctx, "add", a=2, b=3)).result_str
+        else:
+            await call(ctx, name, **args)
+        return task
+
+    async with AsyncScaffoldingLlm(method, {"mcp": worker}) as llm:
+        good = await llm.generate_async("good")  # accepted before the bad one
+        with pytest.raises(InvalidTaskError, match=match):
+            await llm.generate("bad")
+        assert (await good).output.output_str == "5"  # nothing accepted is lost
+
+
+async def test_a_cancelled_call_is_cancelled_on_the_server(server: Any) -> None:
+    seen: dict[str, str | None] = {}
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        with anyio.fail_after(60):  # a hang guard
+            before = int((await call(ctx, "cancelled")).result_str or 0)
+            async with anyio.create_task_group() as tg:
+                started = int((await call(ctx, "started")).result_str or 0)
+                tg.start_soon(functools.partial(call, ctx, "slow", seconds=3600))
+                # the server's own counters are only seen by asking it
+                while int((await call(ctx, "started")).result_str or 0) <= started:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+            while int((await call(ctx, "cancelled")).result_str or 0) <= before:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+            seen["cancelled"] = (await call(ctx, "cancelled")).result_str
+        return task
+
+    await run(MCPWorker({"tools": server}), method)
+    assert seen["cancelled"] is not None and int(seen["cancelled"]) >= 1
+
+
+async def test_a_server_that_dies_mid_call_fails_that_call_and_is_reconnected() -> None:
+    worker = MCPWorker({"tools": STDIO})
+    out: dict[str, Any] = {}
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        with pytest.raises(MCPServerError, match=r"'tools'.*connection lost during die") as info:
+            await call(ctx, "die")
+        out["server"] = info.value.server
+        out["after"] = (await call(ctx, "add", a=1, b=1)).result_str  # a new process
+        return task
+
+    await run(worker, method)
+    assert out == {"server": "tools", "after": "2"}
+
+
+async def test_sessions_per_scope_are_separate_and_closed_at_scope_end() -> None:
+    worker = MCPWorker({"tools": STDIO}, per_scope=True)
+    counts: dict[int, list[str | None]] = {}
+    live: dict[str, int] = {}
+
+    async def branch(ctx: RequestContext, i: int) -> None:
+        counts[i] = [(await call(ctx, "count")).result_str for _ in range(2)]
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        async with ctx.parallel() as par:
+            par.start(branch, ctx, 0)
+            par.start(branch, ctx, 1)
+        live["after_branches"] = worker.stats()["mcp_sessions"]
+        return task
+
+    async with AsyncScaffoldingLlm(method, {"mcp": worker}) as llm:
+        live["start"] = llm.stats()["mcp_sessions"]
+        await llm.generate("q")
+        live["end"] = llm.stats()["mcp_sessions"]
+    assert counts == {0: ["1", "2"], 1: ["1", "2"]}  # each branch its own session
+    assert live == {"start": 1, "after_branches": 1, "end": 1}  # branch sessions closed
+
+
+def test_trtllm_style_controller_calls_an_mcp_tool() -> None:
+    from scaffold_actors.compat import Controller, ScaffoldingLlm
+
+    class AddController(Controller):
+        def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+            t = MCPCallTask.create_mcptask("add", {"a": 20, "b": 22}, "mcp")
+            yield [t]
+            tasks[0].output_str = t.result_str
+
+    with ScaffoldingLlm(AddController(), {"mcp": MCPWorker({"tools": STDIO})}) as llm:
+        assert llm.generate("q").output.output_str == "42"
+
+
+async def test_an_unreachable_server_fails_start_up_naming_it() -> None:
+    worker = MCPWorker(
+        {"gone": [sys.executable, "-c", "import sys; sys.exit(1)"]}, connect_timeout=30
+    )
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        return task
+
+    with pytest.raises(MCPServerError, match="'gone': cannot connect"):
+        async with AsyncScaffoldingLlm(method, {"mcp": worker}):
+            pass

@@ -206,3 +206,35 @@ async def test_an_unreachable_server_fails_start_up_naming_it() -> None:
     with pytest.raises(MCPServerError, match="'gone': cannot connect"):
         async with AsyncScaffoldingLlm(method, {"mcp": worker}):
             pass
+
+
+async def test_a_react_agent_uses_mcp_tools_and_sees_its_mistakes() -> None:
+    from engine_bridge import SimulatedCall, SimulatedEngine
+    from scaffold_actors import EngineWorker
+    from scaffold_actors.methods import ReActAgent
+
+    turns = [
+        'Thought: add.\nAction: add\nAction Input: {"a": "twenty", "b": 22}',
+        'Thought: integers.\nAction: add\nAction Input: {"a": 20, "b": 22}',
+        "Thought: done.\nFinal Answer: 42",
+    ]
+
+    def reply(call: SimulatedCall) -> str:
+        seen = (call.request.continuation or "").count("Observation:")
+        return turns[min(seen, len(turns) - 1)]
+
+    servers = {"tools": STDIO}
+    agent = ReActAgent(await MCPWorker.discover(servers))
+    workers = {"generation": EngineWorker(SimulatedEngine(reply)), "tool": MCPWorker(servers)}
+    async with AsyncScaffoldingLlm(agent, workers) as llm:
+        r = await llm.generate("What is 20 + 22?")
+    calls = r.output.details["tool_calls"]
+    assert r.output.output_str == "42"
+    # the schema refusal is shown to the model, which corrects itself
+    assert calls[0]["is_error"] and "'twenty' is not of type 'integer'" in calls[0]["result"]
+    assert calls[1] == {
+        "name": "add",
+        "arguments": {"a": 20, "b": 22},
+        "result": "42",
+        "is_error": False,
+    }

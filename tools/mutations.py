@@ -379,6 +379,49 @@ MUTATIONS = [
         ("tests/test_chat.py::test_a_chat_loop_keeps_the_conversation",),
     ),
     Mutation(
+        "mcp-arguments-checked",
+        "MCP tool arguments are sent without checking them against the tool's schema",
+        SA + "_mcp.py",
+        (
+            (
+                "        if error is not None:\n            where",
+                "        if False:\n            where",
+            ),
+        ),
+        ("tests/test_mcp.py::test_bad_calls_are_refused_before_the_call_and_lose_nothing",),
+    ),
+    Mutation(
+        "mcp-dead-server-reconnected",
+        "a connection that died during a call is kept, so later calls keep failing",
+        SA + "_mcp.py",
+        (
+            (
+                "            conn.close.set()  # the next call reconnects\n",
+                "            pass  # the next call reconnects\n",
+            ),
+        ),
+        ("tests/test_mcp.py::test_a_server_that_dies_mid_call_fails_that_call_and_is_reconnected",),
+    ),
+    Mutation(
+        "mcp-scope-sessions-closed",
+        "MCPWorker keeps the sessions of an execution scope after it ended",
+        SA + "_mcp.py",
+        (("        if not self.per_scope:\n            return\n", "        return\n"),),
+        ("tests/test_mcp.py::test_sessions_per_scope_are_separate_and_closed_at_scope_end",),
+    ),
+    Mutation(
+        "agent-sees-refused-arguments",
+        "ReActAgent lets a worker's refusal of the model's arguments fail the request",
+        SA + "methods/_agent.py",
+        (
+            (
+                "                except InvalidTaskError as e:\n",
+                "                except ZeroDivisionError as e:\n",
+            ),
+        ),
+        ("tests/test_mcp.py::test_a_react_agent_uses_mcp_tools_and_sees_its_mistakes",),
+    ),
+    Mutation(
         "worker-inbox-bounded",
         "a worker's inbox grows without bound (no backpressure)",
         SA + "_worker.py",

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from .._context import RequestContext
+from .._errors import InvalidTaskError
 from .._tasks import GenerationTask, ScaffoldingOutput, ToolCallTask
 from ._sampler import Sampler, fresh_task, result_from
 
@@ -133,10 +134,17 @@ class ReActAgent:
                 arguments = raw
                 result, is_error = f"error: Action Input is not a JSON object ({e})", True
             else:
-                call = await ctx.run(
-                    ToolCallTask(worker_tag=self.tool_tag, tool_name=name, arguments=arguments)
-                )
-                result, is_error = call.result_str or "", call.is_error
+                try:
+                    call = await ctx.run(
+                        ToolCallTask(worker_tag=self.tool_tag, tool_name=name, arguments=arguments)
+                    )
+                except InvalidTaskError as e:
+                    if not e.field.endswith(".arguments"):
+                        raise  # not the model's mistake: the set-up is wrong
+                    # the worker refused the arguments (its schema): the model sees why
+                    result, is_error = f"error: {e}", True
+                else:
+                    result, is_error = call.result_str or "", call.is_error
         if len(result) > self.max_observation:
             result = result[: self.max_observation] + " ..."
         calls.append({"name": name, "arguments": arguments, "result": result, "is_error": is_error})

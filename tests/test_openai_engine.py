@@ -420,3 +420,30 @@ async def test_max_concurrent_requests_are_all_on_the_wire_at_once() -> None:
                         requests.start_soon(one)
             assert texts == ["ok"] * n and engine.retried == 0
         nursery.cancel_scope.cancel()
+
+
+def test_trtllm_style_openai_worker_with_an_async_openai_client(server: LoopbackServer) -> None:
+    """TensorRT-LLM's ``OpenaiWorker(AsyncOpenAI(...), model)``, unchanged, on our server."""
+    openai = pytest.importorskip("openai")
+    from scaffold_actors.compat import (
+        MajorityVoteController,
+        NativeChatController,
+        NativeGenerationController,
+        OpenaiWorker,
+        ScaffoldingLlm,
+    )
+
+    client = openai.AsyncOpenAI(base_url=server.url, api_key="unused")
+    worker = OpenaiWorker(client, "scaffold")
+    controller = MajorityVoteController(
+        NativeGenerationController({"max_tokens": 16}), default_sample_num=3
+    )
+    with ScaffoldingLlm(controller, {"generation": worker}) as llm:
+        result = llm.generate("Name a fruit.")
+    assert result.output.output_str
+    with ScaffoldingLlm(
+        NativeChatController({"max_tokens": 8}), {"generation": OpenaiWorker(client, "scaffold")}
+    ) as llm:
+        assert llm.generate("Name a fruit.").output.output_str
+    with pytest.raises(TypeError, match="AsyncOpenAI"):
+        OpenaiWorker(object(), "scaffold")

@@ -56,6 +56,7 @@ from ._task_collection import (
     TaskTimer,
     with_task_collection,
 )
+from ._workers import OpenaiWorker, TRTOpenaiWorker
 
 __all__ = [
     "AssistantMessage",
@@ -73,6 +74,7 @@ __all__ = [
     "NativeGenerationController",
     "NativeRewardController",
     "OpenAIToolDescription",
+    "OpenaiWorker",
     "ParallelProcess",
     "RewardTask",
     "RoleMessage",
@@ -81,6 +83,7 @@ __all__ = [
     "ScaffoldingResult",
     "StreamGenerationTask",
     "SystemMessage",
+    "TRTOpenaiWorker",
     "Task",
     "TaskCollection",
     "TaskStatus",

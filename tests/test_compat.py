@@ -281,3 +281,48 @@ def test_compat_and_native_share_task_types() -> None:
 
     assert GenerationTask is scaffold_actors.GenerationTask
     assert isinstance(RequestContext, type)
+
+
+def test_best_of_n_with_a_process_reward_controller() -> None:
+    """TensorRT-LLM's PRMController: steps scored by the reward worker, the
+    product ranks the samples."""
+    from scaffold_actors.compat import PRMController
+
+    class StepReward(Worker):
+        """A process reward stand-in: each step scores 0.9, a step that says
+        'wrong' 0.1."""
+
+        async def reward_handler(self, task: RewardTask) -> TaskStatus:
+            await asyncio.sleep(0)
+            assert task.step_separator == "\n\n"
+            task.step_scores = [
+                [0.1 if "wrong" in step else 0.9 for step in c.split(task.step_separator)]
+                for c in task.candidates
+            ]
+            task.scores = [min(s) for s in task.step_scores]
+            return TaskStatus.SUCCESS
+
+        task_handlers = {RewardTask: reward_handler}
+
+    replies = ["a\n\nwrong\n\nc", "a\n\nb", "a\n\nb\n\nc\n\nd"]
+    controller = BestOfNController(
+        NativeGenerationController(), PRMController(tokenizer=None), default_sample_num=3
+    )
+    with ScaffoldingLlm(
+        controller, {"generation": AsyncioWorker(replies), "reward": StepReward()}
+    ) as llm:
+        result = llm.generate("q")
+    assert result.output.output_str == "a\n\nb"  # 0.81 beats 0.729 and 0.081
+
+    class NoSteps(StepReward):
+        async def reward_handler(self, task: RewardTask) -> TaskStatus:
+            task.scores = [1.0 for _ in task.candidates]
+            return TaskStatus.SUCCESS
+
+        task_handlers = {RewardTask: reward_handler}
+
+    with ScaffoldingLlm(
+        controller, {"generation": AsyncioWorker(replies), "reward": NoSteps()}
+    ) as llm:
+        with pytest.raises(ValueError, match="no step scores"):
+            llm.generate("q")

@@ -44,6 +44,7 @@ from ._controllers import (
     NativeGenerationController,
     NativeRewardController,
     ParallelProcess,
+    PRMController,
 )
 from ._math import (
     extract_answer_from_boxed,
@@ -75,6 +76,7 @@ __all__ = [
     "NativeRewardController",
     "OpenAIToolDescription",
     "OpenaiWorker",
+    "PRMController",
     "ParallelProcess",
     "RewardTask",
     "RoleMessage",

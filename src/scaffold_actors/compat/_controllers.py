@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "NativeChatController",
     "NativeGenerationController",
     "NativeRewardController",
+    "PRMController",
     "ParallelProcess",
 ]
 
@@ -171,6 +173,64 @@ class NativeRewardController(Controller):
         )
         yield [reward]
         self.scores = reward.scores
+
+
+class PRMController(NativeRewardController):
+    """Score outputs with a process reward model (TensorRT-LLM compatible): each
+    output is split into steps on ``step_token``, every step is scored, and the
+    output's score is the product of its step scores (``split_steps=False``: the
+    reward worker's score of the whole output).  Scores land in ``self.scores``.
+
+    The reward worker (``RewardWorker(kind="process")``) owns its tokenizer and
+    its step tag, so ``tokenizer`` and ``separate_token`` are accepted for
+    compatibility and not used.  A worker that returns no step scores for a
+    split output fails the request (no score is invented).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any = None,
+        split_steps: bool = True,
+        step_token: str = "\n\n",
+        separate_token: str = "<extra_0>",
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.split_steps = split_steps
+        self.step_token = step_token
+        self.separate_token = separate_token
+
+    def process(self, tasks: list[Task], **kwargs: Any) -> TaskGen:
+        gen_tasks = [t for t in tasks if isinstance(t, GenerationTask)]
+        if not gen_tasks:
+            raise ValueError("PRMController needs generation tasks to score")
+        rewards = [
+            RewardTask(
+                worker_tag=self.WorkerTag.REWARD,
+                input_str=_question(t),
+                candidates=[t.output_str or ""],
+                step_separator=self.step_token if self.split_steps else None,
+            )
+            for t in gen_tasks
+        ]
+        yield rewards
+        scores = []
+        for r in rewards:
+            if not self.split_steps:
+                scores.append(float((r.scores or [math.nan])[0]))
+                continue
+            if not r.step_scores or not r.step_scores[0]:
+                raise ValueError(
+                    "the reward worker returned no step scores (use RewardWorker(kind='process'))"
+                )
+            scores.append(math.prod(r.step_scores[0]))
+        self.scores = scores
+
+
+def _question(task: GenerationTask) -> str | None:
+    if task.input_str is not None or not task.messages:
+        return task.input_str
+    return str(task.messages[-1].get("content"))
 
 
 class MajorityVoteController(Controller):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -326,3 +327,60 @@ def test_best_of_n_with_a_process_reward_controller() -> None:
     ) as llm:
         with pytest.raises(ValueError, match="no step scores"):
             llm.generate("q")
+
+
+def test_a_controller_built_from_a_json_or_yaml_config(tmp_path: Path) -> None:
+    from scaffold_actors.compat import (
+        build_controller,
+        load_controller_config,
+        register_controller,
+    )
+
+    config = {
+        "controller": {
+            "type": "MajorityVoteController",
+            "args": {
+                "default_sample_num": 3,
+                "generation_controller": {
+                    "type": "NativeGenerationController",
+                    "args": {"sampling_params": {"max_tokens": 16, "temperature": 0.9}},
+                },
+            },
+        }
+    }
+    (tmp_path / "mv.json").write_text(json.dumps(config))
+    yaml_text = (
+        "controller:\n  type: BestOfNController\n  args:\n    default_sample_num: 2\n"
+        "    generation_controller: {type: NativeGenerationController}\n"
+        "    reward_controller: {type: PRMController, args: {tokenizer: {$ref: tok}}}\n"
+    )
+    (tmp_path / "bon.yaml").write_text(yaml_text)
+    mv = load_controller_config(tmp_path / "mv.json")
+    assert isinstance(mv, MajorityVoteController) and mv.default_sample_num == 3
+    assert mv.generation_controller.sampling_params == {"max_tokens": 16, "temperature": 0.9}
+    tok = object()
+    bon = load_controller_config(tmp_path / "bon.yaml", objects={"tok": tok})
+    assert bon.reward_controller.tokenizer is tok
+    with ScaffoldingLlm(mv, {"generation": AsyncioWorker(answers("7"))}) as llm:
+        assert extract_answer_from_boxed(llm.generate("q").output.output_str) == "7"
+
+    with pytest.raises(
+        ValueError, match=r"controller\.args\.generation_controller: unknown controller type 'Nope'"
+    ):
+        build_controller(
+            {"type": "MajorityVoteController", "args": {"generation_controller": {"type": "Nope"}}}
+        )
+    with pytest.raises(KeyError, match="no object named 'tok'"):
+        build_controller({"type": "PRMController", "args": {"tokenizer": {"$ref": "tok"}}})
+    with pytest.raises(ValueError, match="unexpected keys"):
+        build_controller({"type": "PRMController", "sample_num": 3})
+    with pytest.raises(TypeError, match="NativeGenerationController"):
+        build_controller({"type": "NativeGenerationController", "args": {"bogus": 1}})
+    with pytest.raises(TypeError, match="controller class"):
+        register_controller("x", int)
+    register_controller("MyVote", MajorityVoteController)
+    with pytest.raises(ValueError, match="already registered"):
+        register_controller("MyVote", BestOfNController)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="top level must be a mapping"):
+        load_controller_config(tmp_path / "bad.json")

@@ -36,6 +36,12 @@ from .._tasks import (
     ToolCallTask,
 )
 from .._worker import Worker
+from ._config import (
+    CONTROLLER_REGISTRY,
+    build_controller,
+    load_controller_config,
+    register_controller,
+)
 from ._controllers import (
     BestOfNController,
     Controller,
@@ -60,6 +66,7 @@ from ._task_collection import (
 from ._workers import OpenaiWorker, TRTOpenaiWorker
 
 __all__ = [
+    "CONTROLLER_REGISTRY",
     "AssistantMessage",
     "BestOfNController",
     "ChatTask",
@@ -94,10 +101,13 @@ __all__ = [
     "ToolDescription",
     "UserMessage",
     "Worker",
+    "build_controller",
     "current_scope",
     "extract_answer_from_boxed",
     "extract_answer_with_regex",
     "get_digit_majority_vote_result",
+    "load_controller_config",
+    "register_controller",
     "with_task_collection",
 ]
 

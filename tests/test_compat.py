@@ -384,3 +384,59 @@ def test_a_controller_built_from_a_json_or_yaml_config(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="top level must be a mapping"):
         load_controller_config(tmp_path / "bad.json")
+
+
+def test_metrics_collectors_in_trtllm_style(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scaffold_actors.compat import (
+        ChatTask,
+        ChatTokenCounter,
+        NativeChatController,
+        TaskMetricsCollector,
+        TaskTimer,
+    )
+
+    TaskMetricsCollector.reset()
+
+    @with_task_collection(
+        "metrics", TaskMetricsCollector, controller_name="gen", capture_messages=True
+    )
+    @with_task_collection("chat_tokens", ChatTokenCounter, statistics_name="chat")
+    @with_task_collection("timer", TaskTimer, statistics_name="t", task_types=[ChatTask])
+    class Chat(NativeChatController):
+        pass
+
+    @with_task_collection(
+        "metrics", TaskMetricsCollector, controller_name="vote", enable_print=False
+    )
+    class Vote(MajorityVoteController):
+        pass
+
+    engine = SimulatedEngine(answers("5"))
+    with ScaffoldingLlm(
+        Vote(Chat({"max_tokens": 16}), default_sample_num=3), {"generation": EngineWorker(engine)}
+    ) as llm:
+        llm.generate("q")
+    stats = TaskMetricsCollector.get_statistics()
+    # the vote hands its GenerationTask to each sample's controller; a task is
+    # recorded once, by the collector of the controller that yielded it
+    assert [r["task_type"] for r in stats["gen"]] == ["GenerationTask"] * 3
+    assert stats["vote"] == []
+    assert all(r["completion_tokens"] > 0 for r in stats["gen"])
+    with ScaffoldingLlm(Chat({"max_tokens": 16}), {"generation": EngineWorker(engine)}) as llm:
+        llm.generate("q")
+    record = TaskMetricsCollector.get_statistics("gen")["gen"][-1]
+    assert record["task_type"] == "ChatTask"
+    assert record["total_tokens"] > record["completion_tokens"] > 0
+    assert [m["role"] for m in record["new_messages"]] == ["assistant"]
+    assert record["message_count_after"] == record["message_count_before"] + 1
+    assert "[gen] ChatTask START" in capsys.readouterr().out
+    assert len(ChatTokenCounter.get_global_info()["chat"]) >= 1
+    assert len(TaskTimer.get_global_info()["t"][ChatTask]) >= 1
+    summary = TaskMetricsCollector.summary()["gen"]
+    assert summary["GenerationTask"]["count"]["n"] == 3 and summary["ChatTask"]["count"]["n"] == 1
+    TaskMetricsCollector.export_to_json(tmp_path / "m.json", "gen")
+    assert len(json.loads((tmp_path / "m.json").read_text())) == 4
+    TaskMetricsCollector.reset("gen")
+    assert TaskMetricsCollector.get_statistics("gen") == {"gen": []}

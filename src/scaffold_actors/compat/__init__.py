@@ -58,8 +58,11 @@ from ._math import (
     get_digit_majority_vote_result,
 )
 from ._task_collection import (
+    ChatTokenCounter,
     GenerationTokenCounter,
+    QueryCollector,
     TaskCollection,
+    TaskMetricsCollector,
     TaskTimer,
     with_task_collection,
 )
@@ -70,6 +73,7 @@ __all__ = [
     "AssistantMessage",
     "BestOfNController",
     "ChatTask",
+    "ChatTokenCounter",
     "Controller",
     "ExecutionScope",
     "GenerationTask",
@@ -85,6 +89,7 @@ __all__ = [
     "OpenaiWorker",
     "PRMController",
     "ParallelProcess",
+    "QueryCollector",
     "RewardTask",
     "RoleMessage",
     "ScaffoldingLlm",
@@ -95,6 +100,7 @@ __all__ = [
     "TRTOpenaiWorker",
     "Task",
     "TaskCollection",
+    "TaskMetricsCollector",
     "TaskStatus",
     "TaskTimer",
     "ToolCallTask",

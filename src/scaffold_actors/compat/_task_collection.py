@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
+import statistics
 import time
-from collections.abc import Callable, Generator
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
+from .._chat import ChatTask
+from .._mcp import MCPCallTask
 from .._tasks import GenerationTask, Task
 from ._controllers import Controller, ParallelProcess
 
-__all__ = ["GenerationTokenCounter", "TaskCollection", "TaskTimer", "with_task_collection"]
+__all__ = [
+    "ChatTokenCounter",
+    "GenerationTokenCounter",
+    "QueryCollector",
+    "TaskCollection",
+    "TaskMetricsCollector",
+    "TaskTimer",
+    "with_task_collection",
+]
 
 C = TypeVar("C", bound=type)
 
@@ -110,20 +123,282 @@ class GenerationTokenCounter(TaskCollection):
 
 
 class TaskTimer(TaskCollection):
-    """Wall-clock seconds each yielded task took, per task type: ``durations``."""
+    """Wall-clock seconds each yielded task took (TensorRT-LLM compatible).
 
-    def __init__(self) -> None:
+    ``durations`` (this instance) maps a task type's name to its durations.
+    With ``statistics_name`` the durations also go to the process-wide
+    ``TaskTimer.statistics[statistics_name][task_type]`` (TensorRT-LLM's
+    layout, read with :meth:`get_global_info`); ``task_types`` limits which
+    exact task types are timed (default: all).
+    """
+
+    statistics: ClassVar[dict[str, dict[type, list[float]]]] = {}
+
+    def __init__(
+        self, statistics_name: str | None = None, task_types: Sequence[type[Task]] | None = None
+    ) -> None:
+        self.statistics_name = statistics_name
+        self.task_types = None if task_types is None else tuple(task_types)
         self.durations: dict[str, list[float]] = {}
         self._start: dict[int, float] = {}
+        if statistics_name is not None:
+            table = TaskTimer.statistics.setdefault(statistics_name, {})
+            for t in self.task_types or ():
+                table.setdefault(t, [])
+
+    def _timed(self, task: Task) -> bool:
+        return self.task_types is None or type(task) in self.task_types
 
     def before_yield(self, tasks: list[Task]) -> None:
         now = time.perf_counter()
         for t in tasks:
-            self._start[id(t)] = now
+            if self._timed(t):
+                self._start[id(t)] = now
 
     def after_yield(self, tasks: list[Task]) -> None:
         now = time.perf_counter()
         for t in tasks:
             start = self._start.pop(id(t), None)
-            if start is not None:
-                self.durations.setdefault(type(t).__name__, []).append(now - start)
+            if start is None:
+                continue
+            self.durations.setdefault(type(t).__name__, []).append(now - start)
+            if self.statistics_name is not None:
+                table = TaskTimer.statistics[self.statistics_name]
+                table.setdefault(type(t), []).append(now - start)
+
+    @staticmethod
+    def get_global_info() -> Any:
+        return TaskTimer.statistics
+
+
+class ChatTokenCounter(TaskCollection):
+    """Prompt and completion tokens of every yielded :class:`ChatTask`, in the
+    process-wide ``ChatTokenCounter.statistics[statistics_name]`` as
+    ``(prompt_tokens, completion_tokens)`` pairs (TensorRT-LLM compatible)."""
+
+    statistics: ClassVar[dict[str, list[tuple[int, int]]]] = {}
+
+    def __init__(self, statistics_name: str) -> None:
+        self.statistics_name = statistics_name
+        ChatTokenCounter.statistics.setdefault(statistics_name, [])
+
+    def before_yield(self, tasks: list[Task]) -> None:
+        for t in tasks:
+            if isinstance(t, ChatTask):
+                t.enable_token_counting = True
+
+    def after_yield(self, tasks: list[Task]) -> None:
+        for t in tasks:
+            if isinstance(t, ChatTask):
+                ChatTokenCounter.statistics[self.statistics_name].append(
+                    (t.prompt_tokens_num, t.completion_tokens_num)
+                )
+
+    @staticmethod
+    def get_global_info() -> Any:
+        return ChatTokenCounter.statistics
+
+
+class QueryCollector(TaskCollection):
+    """Results of :class:`MCPCallTask` calls with a ``query`` argument, by query
+    (``QueryCollector.query_dict``); :meth:`get_global_info` writes them to
+    ``QueryCollector.file_name`` as JSON (TensorRT-LLM compatible)."""
+
+    file_name: ClassVar[str] = "query_result.json"
+    query_dict: ClassVar[dict[str, Any]] = {}
+
+    def after_yield(self, tasks: list[Task]) -> None:
+        for t in tasks:
+            if isinstance(t, MCPCallTask):
+                args = _json_args(t.args)
+                if isinstance(args, Mapping) and "query" in args:
+                    QueryCollector.query_dict[str(args["query"])] = t.result_str
+
+    @staticmethod
+    def get_global_info() -> Any:
+        with open(QueryCollector.file_name, "w", encoding="utf-8") as f:
+            json.dump(QueryCollector.query_dict, f, indent=2, ensure_ascii=False)
+        return None
+
+
+def _json_args(args: Any) -> Any:
+    if isinstance(args, str):
+        try:
+            return json.loads(args)
+        except ValueError:
+            return args
+    return args
+
+
+def _message_dict(m: Any) -> dict[str, Any]:
+    out = {"role": getattr(m, "role", None), "content": getattr(m, "content", None)}
+    for key in ("reasoning", "reasoning_content", "finish_reason"):
+        value = getattr(m, key, None)
+        if value is not None:
+            out[key] = value
+    calls = getattr(m, "tool_calls", None)
+    if calls is not None:
+        out["tool_calls"] = [str(c) for c in calls]
+    return out
+
+
+class TaskMetricsCollector(TaskCollection):
+    """One record per yielded task: type, duration, tokens (TensorRT-LLM compatible).
+
+    Records go to the process-wide ``TaskMetricsCollector.statistics[controller_name]``
+    (read with :meth:`get_statistics`, :meth:`get_all_records`; written with
+    :meth:`export_to_json`; summarised by :meth:`summary` / :meth:`print_summary`;
+    cleared by :meth:`reset`).  A record has ``controller``, ``task_type``,
+    ``duration_ms``, ``timestamp``; a :class:`ChatTask` adds ``prompt_tokens``,
+    ``completion_tokens``, ``reasoning_tokens``, ``total_tokens``,
+    ``finish_reason``, ``unique_id``, ``sub_request_markers`` (and with
+    ``capture_messages`` the messages before and after, and the new ones); a
+    generation task its token counts; an :class:`MCPCallTask` ``tool_name``,
+    ``tool_call_id``, ``mcp_args``, ``result_str``.  A task yielded through
+    nested collectors is recorded once, by the innermost (the collector of the
+    controller that yielded it).  ``task_types``
+    limits the recorded exact types; ``enable_print`` prints each record.
+    """
+
+    statistics: ClassVar[dict[str, list[dict[str, Any]]]] = {}
+    _in_progress: ClassVar[set[int]] = set()
+
+    def __init__(
+        self,
+        controller_name: str,
+        task_types: Sequence[type[Task]] | None = None,
+        enable_print: bool = True,
+        capture_messages: bool = False,
+    ) -> None:
+        self.controller_name = controller_name
+        self.task_types = None if task_types is None else tuple(task_types)
+        self.enable_print = enable_print
+        self.capture_messages = capture_messages
+        self._start: dict[int, float] = {}
+        self._messages_before: dict[int, int] = {}
+        TaskMetricsCollector.statistics.setdefault(controller_name, [])
+
+    def before_yield(self, tasks: list[Task]) -> None:
+        for t in tasks:
+            key = id(t)
+            if self.task_types is not None and type(t) not in self.task_types:
+                continue
+            if key in TaskMetricsCollector._in_progress:
+                continue  # an outer collector records it
+            TaskMetricsCollector._in_progress.add(key)
+            self._start[key] = time.perf_counter()
+            if isinstance(t, ChatTask):
+                t.enable_token_counting = True
+                self._messages_before[key] = len(t.messages)
+            if self.enable_print:
+                print(f"[{self.controller_name}] {type(t).__name__} START")
+
+    def after_yield(self, tasks: list[Task]) -> None:
+        for t in tasks:
+            key = id(t)
+            start = self._start.pop(key, None)
+            if start is None:
+                continue
+            TaskMetricsCollector._in_progress.discard(key)
+            record: dict[str, Any] = {
+                "controller": self.controller_name,
+                "task_type": type(t).__name__,
+                "duration_ms": (time.perf_counter() - start) * 1000,
+                "timestamp": time.time(),
+            }
+            if isinstance(t, GenerationTask):
+                record["prompt_tokens"] = t.prompt_tokens_num
+                record["completion_tokens"] = t.completion_tokens_num
+                record["total_tokens"] = t.prompt_tokens_num + t.completion_tokens_num
+                record["finish_reason"] = t.finish_reason
+            if isinstance(t, ChatTask):
+                record["reasoning_tokens"] = t.reasoning_tokens_num
+                record["unique_id"] = t.unique_id
+                record["sub_request_markers"] = list(t.sub_request_markers)
+                before = self._messages_before.pop(key, 0)
+                if self.capture_messages:
+                    record["message_count_before"] = before
+                    record["message_count_after"] = len(t.messages)
+                    record["messages"] = [_message_dict(m) for m in t.messages]
+                    record["new_messages"] = [_message_dict(m) for m in t.messages[before:]]
+            elif isinstance(t, MCPCallTask):
+                record["tool_call_id"] = t.tool_call_id
+                record["tool_name"] = t.tool_name
+                record["mcp_args"] = _json_args(t.args)
+                record["result_str"] = t.result_str
+            TaskMetricsCollector.statistics[self.controller_name].append(record)
+            if self.enable_print:
+                print(
+                    f"[{self.controller_name}] {record['task_type']} "
+                    f"{record['duration_ms']:.2f} ms tokens={record.get('total_tokens', 0)}"
+                )
+
+    @staticmethod
+    def summary() -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+        """Per controller and task type: ``count`` and, for ``duration_ms`` and
+        each token count, ``sum``, ``avg``, ``median``, ``min``, ``max``."""
+        out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+        for name, records in TaskMetricsCollector.statistics.items():
+            by_type: dict[str, list[dict[str, Any]]] = {}
+            for r in records:
+                by_type.setdefault(r["task_type"], []).append(r)
+            out[name] = {}
+            for task_type, rs in by_type.items():
+                fields: dict[str, dict[str, float]] = {"count": {"n": float(len(rs))}}
+                for key in ("duration_ms", "prompt_tokens", "completion_tokens", "total_tokens"):
+                    values = [float(r[key]) for r in rs if key in r]
+                    if values:
+                        fields[key] = {
+                            "sum": sum(values),
+                            "avg": statistics.fmean(values),
+                            "median": statistics.median(values),
+                            "min": min(values),
+                            "max": max(values),
+                        }
+                out[name][task_type] = fields
+        return out
+
+    @staticmethod
+    def print_summary() -> None:
+        for name, types in TaskMetricsCollector.summary().items():
+            print(f"{name}:")
+            for task_type, fields in types.items():
+                parts = [f"count={int(fields['count']['n'])}"]
+                for key, st in fields.items():
+                    if key != "count":
+                        parts.append(f"{key} sum={st['sum']:.1f} avg={st['avg']:.1f}")
+                print(f"  {task_type}: " + ", ".join(parts))
+
+    @staticmethod
+    def get_statistics(controller_name: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        if controller_name is not None:
+            return {controller_name: TaskMetricsCollector.statistics.get(controller_name, [])}
+        return TaskMetricsCollector.statistics
+
+    @staticmethod
+    def get_all_records() -> list[dict[str, Any]]:
+        records = [r for rs in TaskMetricsCollector.statistics.values() for r in rs]
+        return sorted(records, key=lambda r: r.get("timestamp", 0))
+
+    @staticmethod
+    def export_to_json(
+        file_path: str | os.PathLike[str], controller_name: str | None = None
+    ) -> None:
+        data: Any = (
+            TaskMetricsCollector.statistics.get(controller_name, [])
+            if controller_name is not None
+            else TaskMetricsCollector.statistics
+        )
+        with open(file_path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+
+    @staticmethod
+    def reset(controller_name: str | None = None) -> None:
+        if controller_name is None:
+            TaskMetricsCollector.statistics.clear()
+        elif controller_name in TaskMetricsCollector.statistics:
+            TaskMetricsCollector.statistics[controller_name] = []
+
+    @staticmethod
+    def get_global_info() -> Any:
+        return TaskMetricsCollector.statistics

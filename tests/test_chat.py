@@ -112,3 +112,46 @@ async def test_tools_on_the_engine_worker_are_refused_at_submission(autojump_clo
     async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(SimulatedEngine())}) as llm:
         with pytest.raises(TaskNotSupportedError, match="tools"):
             await llm.generate("q")
+
+
+async def test_tokenize_task_counts_with_the_engines_tokenizer(autojump_clock: object) -> None:
+    from scaffold_actors import TokenizeTask
+
+    engine = SimulatedEngine(REPLY)
+    counts: dict[str, int | None] = {}
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        chat = ChatTask.create_from_prompt("Capital of France?", [SystemMessage("Be brief.")])
+        counts["text"] = (await ctx.run(TokenizeTask(input_str="Capital of France?"))).token_count
+        counts["chat"] = (await ctx.run(TokenizeTask(chat_task=chat))).token_count
+        counts["dicts"] = (
+            await ctx.run(TokenizeTask(messages=chat.messages_to_dict_content()))
+        ).token_count
+        return task
+
+    async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(engine)}) as llm:
+        await llm.generate("q")
+        expected = engine.count_prompt_tokens(
+            ChatTask.create_from_prompt(
+                "Capital of France?", [SystemMessage("Be brief.")]
+            ).engine_request(engine_defaults(), stream=False)
+        )
+    assert counts["chat"] == counts["dicts"] == expected > counts["text"] > 0
+
+
+async def test_tokenize_task_needs_exactly_one_input(autojump_clock: object) -> None:
+    from scaffold_actors import InvalidTaskError, TokenizeTask
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        await ctx.run(TokenizeTask(input_str="a", messages=[{"role": "user", "content": "b"}]))
+        return task
+
+    async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(SimulatedEngine())}) as llm:
+        with pytest.raises(InvalidTaskError, match="exactly one of"):
+            await llm.generate("q")
+
+
+def engine_defaults() -> Any:
+    from engine_bridge import SamplingParams
+
+    return SamplingParams(max_tokens=1)

@@ -381,3 +381,20 @@ async def test_engine_can_be_started_again(make_engine: Callable[[], Any]) -> No
             text, *_ = await collect(engine, EngineRequest(greedy(3), prompt=PROMPT))
             assert text and engine.healthy
         assert engine.num_active == 0
+
+
+async def test_counts_tokens_as_its_own_usage_reports_them(make_engine: Callable[[], Any]) -> None:
+    """``count_tokens`` is the engine's own count (an HTTP engine asks its server's
+    /tokenize): it equals the prompt tokens the engine reports when it generates."""
+    chat = [{"role": "user", "content": PROMPT}]
+    async with make_engine() as engine:
+        for request in (
+            EngineRequest(greedy(2), prompt=PROMPT),
+            EngineRequest(greedy(2), messages=chat),
+        ):
+            counted = await engine.count_tokens(request)
+            reported = 0
+            async with engine.open_stream(request) as deltas:
+                async for d in deltas:
+                    reported = d.prompt_tokens or reported
+            assert counted == reported > 0

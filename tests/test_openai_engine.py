@@ -447,3 +447,14 @@ def test_trtllm_style_openai_worker_with_an_async_openai_client(server: Loopback
         assert llm.generate("Name a fruit.").output.output_str
     with pytest.raises(TypeError, match="AsyncOpenAI"):
         OpenaiWorker(object(), "scaffold")
+
+
+async def test_counting_tokens_on_a_server_without_tokenize_is_a_clear_error(
+    flaky: Any,
+) -> None:
+    """A server that does not serve /tokenize (the flaky stand-in serves only the
+    completion routes): EngineError naming it, never a made-up count."""
+    port = flaky(0)
+    async with OpenAIEngine(f"http://127.0.0.1:{port}/v1", "m") as engine:
+        with pytest.raises(EngineError, match="does not serve /tokenize"):
+            await engine.count_tokens(EngineRequest(SamplingParams(), prompt="q"))

@@ -422,6 +422,18 @@ MUTATIONS = [
         ("tests/test_mcp.py::test_a_react_agent_uses_mcp_tools_and_sees_its_mistakes",),
     ),
     Mutation(
+        "http-count-asks-the-server",
+        "OpenAIEngine.count_tokens answers 0 instead of asking the server's /tokenize",
+        SRC + "_openai.py",
+        (
+            (
+                '        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url\n',
+                "        return 0\n        root = self.base_url\n",
+            ),
+        ),
+        (CONF + "test_counts_tokens_as_its_own_usage_reports_them[openai]",),
+    ),
+    Mutation(
         "worker-inbox-bounded",
         "a worker's inbox grows without bound (no backpressure)",
         SA + "_worker.py",

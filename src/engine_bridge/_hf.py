@@ -297,6 +297,10 @@ class HFEngine(BridgedEngine):
         self._token_cache[key] = result
         return result
 
+    async def count_tokens(self, request: EngineRequest) -> int:
+        """The prompt's token count with this engine's tokenizer."""
+        return self.count_prompt_tokens(request)
+
     def count_prompt_tokens(self, request: EngineRequest) -> int:
         return len(self.encode(request))
 

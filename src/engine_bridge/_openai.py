@@ -110,7 +110,42 @@ class OpenAIEngine:
         self.body(request)  # raises for what the server could never accept
 
     def count_prompt_tokens(self, request: EngineRequest) -> int:
-        return 0  # unknown without the server's tokenizer
+        return 0  # unknown without the server's tokenizer: count_tokens asks it
+
+    async def count_tokens(self, request: EngineRequest) -> int:
+        """The server's own count of the prompt's tokens, from its ``/tokenize``
+        (vLLM's endpoint, served by ``engine_bridge.openai_server`` too: at the
+        server's root, beside ``/v1``).  Raises :class:`EngineError` when the
+        server does not serve it or cannot be reached."""
+        import httpx
+
+        if not self._clients:
+            raise EngineClosedError("engine is not running (use `async with engine:`)")
+        path, body = self.body(request)
+        ask: dict[str, Any] = {"model": self.model}
+        if path == "/chat/completions":
+            ask["messages"] = body["messages"]
+            if request.continuation:
+                ask["continue_final_message"] = True
+                ask["add_generation_prompt"] = False
+        else:
+            ask["prompt"] = body["prompt"]
+        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        try:
+            response = await self._clients[0].post(root + "/tokenize", json=ask)
+        except httpx.TransportError as exc:
+            raise EngineError(f"cannot reach {root}/tokenize: {exc!r}") from exc
+        if response.status_code == 404:
+            raise EngineError(f"{root} does not serve /tokenize, so it cannot count tokens")
+        if response.status_code >= 400:
+            message, _ = _error_message(response.text)
+            raise EngineError(f"HTTP {response.status_code} from {root}/tokenize: {message}")
+        count = response.json().get("count")
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise EngineError(
+                f"{root}/tokenize answered without an integer 'count': {response.text[:200]}"
+            )
+        return count
 
     async def __aenter__(self) -> Self:
         import httpx

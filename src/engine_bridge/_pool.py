@@ -146,6 +146,13 @@ class EnginePool:
         engine = self._model()
         return engine.count_prompt_tokens(request) if engine is not None else 0
 
+    async def count_tokens(self, request: EngineRequest) -> int:
+        """A replica's count (the replicas serve the same model)."""
+        engine = self._model()
+        if engine is None:
+            raise EngineError("no replica of the pool can count tokens now")
+        return await engine.count_tokens(request)
+
     async def __aenter__(self) -> Self:
         if self._tg is not None:
             raise RuntimeError("EnginePool already started")

@@ -135,7 +135,13 @@ class ProcessEngine:
         self._checker.check(request)
 
     def count_prompt_tokens(self, request: EngineRequest) -> int:
-        return 0  # known to the child only
+        return 0  # known to the child only: count_tokens asks it
+
+    async def count_tokens(self, request: EngineRequest) -> int:
+        """The child server's count (its ``/tokenize``)."""
+        if self._client is None:
+            raise EngineClosedError("engine is not running (use `async with engine:`)")
+        return await self._client.count_tokens(request)
 
     def open_stream(
         self, request: EngineRequest

@@ -30,6 +30,12 @@ class Engine(Protocol):
     ``check(request)`` raises :class:`InvalidRequestError` for a request the engine
     can never serve (prompt longer than the context, ...), without side effects,
     so callers can reject bad input at submission.
+
+    ``count_prompt_tokens(request)`` counts the prompt with the engine's own
+    tokenizer, without blocking; ``0`` means the engine cannot count locally
+    (an engine behind HTTP).  ``await count_tokens(request)`` always answers with
+    the engine's own count (an HTTP engine asks its server's ``/tokenize``), or
+    raises :class:`EngineError` when the engine has no way to know.
     """
 
     @property
@@ -43,6 +49,8 @@ class Engine(Protocol):
     def check(self, request: EngineRequest) -> None: ...
 
     def count_prompt_tokens(self, request: EngineRequest) -> int: ...
+
+    async def count_tokens(self, request: EngineRequest) -> int: ...
 
     def open_stream(
         self, request: EngineRequest

@@ -280,6 +280,10 @@ class SimulatedEngine:
             base = "".join(f"<{m.role}>\n{m.content}\n" for m in request.messages) + "<assistant>\n"
         return base + (request.continuation or "")
 
+    async def count_tokens(self, request: EngineRequest) -> int:
+        """The prompt's token count with this engine's tokenizer."""
+        return self.count_prompt_tokens(request)
+
     def count_prompt_tokens(self, request: EngineRequest) -> int:
         if request.prompt_token_ids is not None:
             return len(request.prompt_token_ids)

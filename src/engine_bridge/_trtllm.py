@@ -184,6 +184,10 @@ class TRTLLMEngine(BridgedEngine):
         assert request.prompt is not None
         return request.prompt + cont
 
+    async def count_tokens(self, request: EngineRequest) -> int:
+        """The prompt's token count with this engine's tokenizer."""
+        return self.count_prompt_tokens(request)
+
     def count_prompt_tokens(self, request: EngineRequest) -> int:
         prompt = self._prompt(request)
         if isinstance(prompt, list):

@@ -3,7 +3,8 @@
     python -m engine_bridge.openai_server --engine hf --port 8000        # embedded model
     python -m engine_bridge.openai_server --engine simulated --port 8000 # no model
 
-Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions`` and
+Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /tokenize`` (vLLM's:
+the engine's token count of a prompt), ``POST /v1/completions`` and
 ``POST /v1/chat/completions`` (``stream`` with server-sent events,
 ``stream_options.include_usage``, ``logprobs``/``top_logprobs``, ``stop``, ``seed``,
 ``top_k`` as an extension).  Each choice also carries ``token_ids`` (an extension, as
@@ -39,6 +40,7 @@ __all__ = [
     "health",
     "main",
     "models",
+    "tokenize",
 ]
 
 LISTENING = "engine_bridge.openai_server listening on"  # the first line on stdout
@@ -111,6 +113,24 @@ async def completions(request: Any) -> Any:
 async def chat_completions(request: Any) -> Any:
     """``POST /v1/chat/completions``."""
     return await _complete(request, chat=True)
+
+
+async def tokenize(request: Any) -> Any:
+    """``POST /tokenize`` (vLLM's endpoint): ``{"prompt": ...}`` or
+    ``{"messages": [...]}`` -> ``{"count": n}``, the engine's own count of the
+    prompt's tokens (as a completion of it would see them)."""
+    from starlette.responses import JSONResponse
+
+    state = request.app.state
+    engine: Engine = state.engine
+    try:
+        body = await protocol.read_json(request, state.max_body_bytes)
+        chat = isinstance(body, dict) and "messages" in body
+        req = protocol.parse_request(body, chat)
+        count = await engine.count_tokens(engine_request(req))
+    except (protocol.HTTPError, InvalidRequestError, EngineError) as e:
+        return protocol.error_for(e)
+    return JSONResponse({"count": count})
 
 
 async def _complete(request: Any, chat: bool) -> Any:
@@ -200,6 +220,7 @@ def create_app(
             Route("/v1/models", models),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/tokenize", tokenize, methods=["POST"]),
         ],
         lifespan=_lifespan,
     )

@@ -32,6 +32,7 @@ from ._errors import (
     TooManyRequestsError,
     UnknownWorkerTagError,
 )
+from ._hints import TokenizeTask
 from ._mcp import MCPCallTask, MCPListTask, MCPServerError, MCPWorker
 from ._result import ScaffoldingResult
 from ._reward_worker import RewardWorker
@@ -97,6 +98,7 @@ __all__ = [
     "TokenBudget",
     "TokenBudgetExhaustedError",
     "TokenUsage",
+    "TokenizeTask",
     "TooManyRequestsError",
     "ToolCallTask",
     "ToolDescription",

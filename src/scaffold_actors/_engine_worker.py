@@ -10,6 +10,7 @@ from engine_bridge import Engine, EngineDelta, InvalidRequestError, SamplingPara
 
 from ._chat import AssistantMessage, ChatTask
 from ._errors import InvalidTaskError, TaskNotSupportedError
+from ._hints import TokenizeTask
 from ._task_context import task_context
 from ._tasks import GenerationTask, StreamGenerationTask, Task, TaskStatus
 from ._worker import Handler, Worker
@@ -164,6 +165,11 @@ class EngineWorker(Worker):
         ctx.notify_progress()
         return TaskStatus.SUCCESS
 
+    async def tokenize_handler(self, task: TokenizeTask) -> TaskStatus:
+        """The engine's own token count of the task's prompt."""
+        task.token_count = await self.engine.count_tokens(task.engine_request())
+        return TaskStatus.SUCCESS
+
     # the generator-controller driver steps these while they run in the background
     streaming_tasks = (StreamGenerationTask,)
 
@@ -171,6 +177,7 @@ class EngineWorker(Worker):
         GenerationTask: generation_handler,
         StreamGenerationTask: stream_generation_handler,
         ChatTask: chat_handler,
+        TokenizeTask: tokenize_handler,
     }
 
     def __repr__(self) -> str:

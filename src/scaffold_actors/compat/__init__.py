@@ -22,6 +22,7 @@ from .._chat import (
     ToolDescription,
     UserMessage,
 )
+from .._hints import TokenizeTask
 from .._mcp import MCPCallTask, MCPListTask, MCPWorker
 from .._result import ScaffoldingResult
 from .._scope import ExecutionScope, current_scope
@@ -103,6 +104,7 @@ __all__ = [
     "TaskMetricsCollector",
     "TaskStatus",
     "TaskTimer",
+    "TokenizeTask",
     "ToolCallTask",
     "ToolDescription",
     "UserMessage",

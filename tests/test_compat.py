@@ -440,3 +440,47 @@ def test_metrics_collectors_in_trtllm_style(
     assert len(json.loads((tmp_path / "m.json").read_text())) == 4
     TaskMetricsCollector.reset("gen")
     assert TaskMetricsCollector.get_statistics("gen") == {"gen": []}
+
+
+def test_async_scaffolding_benchmark_in_trtllm_style() -> None:
+    from scaffold_actors.compat import (
+        GenerationTokenCounter,
+        ScaffoldingBenchRequest,
+        async_scaffolding_benchmark,
+    )
+
+    class ScopedWorker(AsyncioWorker):
+        def __init__(self, replies: list[str]) -> None:
+            super().__init__(replies)
+            self.scope_params: dict[str, dict[str, Any]] = {}
+
+        def set_scope_params(self, scope_id: str, **params: Any) -> None:
+            self.scope_params[scope_id] = params
+
+    class Vote(MajorityVoteController):  # the benchmark decorates the class in place
+        pass
+
+    worker = ScopedWorker(answers("3"))
+    controller = Vote(NativeGenerationController(), default_sample_num=2)
+    requests = [
+        ScaffoldingBenchRequest(prompt=f"q{i}", scope_params={"k": str(i)}) for i in range(6)
+    ]
+    with ScaffoldingLlm(controller, {"generation": worker}) as llm:
+        results, starts, durations, total = asyncio.run(
+            async_scaffolding_benchmark(
+                llm, {"tokens": GenerationTokenCounter}, requests, concurrency=2
+            )
+        )
+        assert llm.output_task_collection
+        with pytest.raises(ValueError, match="concurrency"):
+            asyncio.run(async_scaffolding_benchmark(llm, {}, requests))
+    assert len(results) == len(starts) == len(durations) == 6 and total >= max(durations)
+    assert all(r.task_collections["tokens"].generation_token_count == 10 for r in results)
+    with ScaffoldingLlm(controller, {"generation": worker}) as llm:  # a second run: no double count
+        again, *_ = asyncio.run(
+            async_scaffolding_benchmark(
+                llm, {"tokens": GenerationTokenCounter}, requests[:2], concurrency=2
+            )
+        )
+    assert all(r.task_collections["tokens"].generation_token_count == 10 for r in again)
+    assert sorted(p["k"] for p in worker.scope_params.values()) == [str(i) for i in range(6)]

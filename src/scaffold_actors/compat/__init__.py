@@ -37,6 +37,7 @@ from .._tasks import (
     ToolCallTask,
 )
 from .._worker import Worker
+from ._benchmark import ScaffoldingBenchRequest, async_scaffolding_benchmark
 from ._config import (
     CONTROLLER_REGISTRY,
     build_controller,
@@ -93,6 +94,7 @@ __all__ = [
     "QueryCollector",
     "RewardTask",
     "RoleMessage",
+    "ScaffoldingBenchRequest",
     "ScaffoldingLlm",
     "ScaffoldingOutput",
     "ScaffoldingResult",
@@ -109,6 +111,7 @@ __all__ = [
     "ToolDescription",
     "UserMessage",
     "Worker",
+    "async_scaffolding_benchmark",
     "build_controller",
     "current_scope",
     "extract_answer_from_boxed",
@@ -124,3 +127,9 @@ class ScaffoldingLlm(_SyncScaffoldingLlm):
     """:class:`scaffold_actors.ScaffoldingLlm` with an asyncio loop by default."""
 
     default_backend = "asyncio"
+    output_task_collection = False
+
+    def enable_output_task_collection(self) -> None:
+        """TensorRT-LLM compatible.  Results here always carry the controller's
+        ``task_collections``; this only records that they were asked for."""
+        self.output_task_collection = True

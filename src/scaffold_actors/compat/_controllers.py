@@ -243,7 +243,8 @@ class MajorityVoteController(Controller):
         self.default_sample_num = default_sample_num
 
     def clone(self) -> MajorityVoteController:
-        return MajorityVoteController(self.generation_controller.clone(), self.default_sample_num)
+        # type(self): a subclass (or a class decorated with task collections) stays itself
+        return type(self)(self.generation_controller.clone(), self.default_sample_num)
 
     def process(
         self,
@@ -282,7 +283,7 @@ class BestOfNController(Controller):
         self.default_sample_num = default_sample_num
 
     def clone(self) -> BestOfNController:
-        return BestOfNController(
+        return type(self)(
             self.generation_controller.clone(),
             self.reward_controller.clone(),
             self.default_sample_num,

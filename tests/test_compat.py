@@ -484,3 +484,28 @@ def test_async_scaffolding_benchmark_in_trtllm_style() -> None:
         )
     assert all(r.task_collections["tokens"].generation_token_count == 10 for r in again)
     assert sorted(p["k"] for p in worker.scope_params.values()) == [str(i) for i in range(6)]
+
+
+def test_compat_accepts_any_prompt_the_way_tensorrt_llm_does() -> None:
+    """What a prompt means is the controller's business: the empty string reaches
+    the worker (the native API refuses it at submission)."""
+    seen: list[str | None] = []
+
+    class Recorder(Worker):
+        async def generation_handler(self, task: GenerationTask) -> TaskStatus:
+            seen.append(task.input_str)
+            task.output_str = "ok"
+            return TaskStatus.SUCCESS
+
+        task_handlers = {GenerationTask: generation_handler}
+
+    with ScaffoldingLlm(NativeGenerationController(), {"generation": Recorder()}) as llm:
+        assert [r.output.output_str for r in llm.generate(["", "  "])] == ["ok", "ok"]
+    assert seen == ["", "  "]
+    import scaffold_actors
+
+    with scaffold_actors.ScaffoldingLlm(
+        NativeGenerationController(), {"generation": Recorder()}
+    ) as llm:
+        with pytest.raises(scaffold_actors.InvalidTaskError, match="non-empty"):
+            llm.generate("")

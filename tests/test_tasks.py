@@ -41,7 +41,7 @@ def test_bad_sampling_value_names_the_field(field: str, value: object, message: 
     ("kwargs", "field"),
     [
         ({}, "GenerationTask.input_str"),
-        ({"input_str": "   "}, "GenerationTask.input_str"),
+        ({"input_str": 3}, "GenerationTask.input_str"),
         (
             {"input_str": "a", "messages": [{"role": "user", "content": "b"}]},
             "GenerationTask.input_str",
@@ -60,6 +60,16 @@ def test_validate_rejects_bad_tasks(kwargs: dict[str, object], field: str) -> No
         task.validate()
     assert info.value.field == field
     assert field.split(".")[1] in str(info.value)
+
+
+def test_a_blank_prompt_is_the_native_runtimes_refusal_not_the_tasks() -> None:
+    """validate() checks types; check_prompt() (called by the native runtime at
+    submission, not by compat) refuses a blank prompt."""
+    task = GenerationTask(input_str="   ")
+    task.validate()  # TensorRT-LLM accepts it: compat passes it on
+    with pytest.raises(InvalidTaskError) as info:
+        task.check_prompt()
+    assert info.value.field == "GenerationTask.input_str"
 
 
 def test_valid_tasks_pass() -> None:

@@ -208,6 +208,7 @@ class RequestContext:
         trace: ExecutionTrace | None = None,
         scope_workers: Sequence[Worker] = (),
         scope_grace: float = 30.0,
+        check_prompts: bool = True,
     ) -> None:
         self.request_id = request_id
         self._actors = actors
@@ -217,6 +218,7 @@ class RequestContext:
         self.root_scope = ExecutionScope(f"req-{request_id}")
         self._scope_workers = scope_workers
         self._scope_grace = scope_grace
+        self._check_prompts = check_prompts
 
     # -- execution scopes --------------------------------------------------
     @property
@@ -271,6 +273,8 @@ class RequestContext:
         :class:`UnknownWorkerTagError` without running anything.
         """
         task.validate()
+        if self._check_prompts and isinstance(task, GenerationTask):
+            task.check_prompt()
         actor = self._actors.get(normalize_tag(task.worker_tag))
         if actor is None:
             raise UnknownWorkerTagError(task.worker_tag, [str(t) for t in self._actors])

@@ -86,6 +86,11 @@ class AsyncScaffoldingLlm:
     take to unwind (its engine request's abort included; engines wait up to their
     own ``abort_timeout``, 10 s by default, for the engine to confirm); a task
     that overruns it is reported with :class:`CancelGraceExceededWarning`.
+    ``check_prompts`` (default on) refuses at submission a prompt that is not a
+    non-empty string or list of messages, one the workers refuse
+    (:meth:`Worker.check_request`), and blank task prompts; off, what a prompt
+    means is the controller's business (TensorRT-LLM's semantics, the default of
+    :mod:`scaffold_actors.compat`).
 
     An exception raised in the body of ``async with`` reaches the caller as
     itself (not wrapped in an exception group); the requests still in flight are
@@ -103,6 +108,7 @@ class AsyncScaffoldingLlm:
         max_in_flight: int = 64,
         trace: bool = False,
         cancel_grace: float = 30.0,
+        check_prompts: bool = True,
     ) -> None:
         _check_controller(controller)
         if not isinstance(workers, Mapping) or not workers:
@@ -131,6 +137,7 @@ class AsyncScaffoldingLlm:
             if type(w).on_scope_end is not Worker.on_scope_end or "on_scope_end" in vars(w)
         ]
         self.cancel_grace = cancel_grace
+        self.check_prompts = check_prompts
         # anyio primitives bind to the event loop they are created in, so they are
         # made in __aenter__ (the sync facade constructs this on another thread).
         self._slots: anyio.Semaphore | None = None
@@ -219,8 +226,9 @@ class AsyncScaffoldingLlm:
         ``block=False``.  ``kwargs`` are passed to the controller.
         """
         self._check_open()
-        validate_prompt(prompt)
-        self._precheck(prompt)
+        if self.check_prompts:
+            validate_prompt(prompt)
+            self._precheck(prompt)
         assert self._slots is not None and self._idle is not None
         if block:
             await self._slots.acquire()
@@ -257,6 +265,7 @@ class AsyncScaffoldingLlm:
             trace=ExecutionTrace() if self.trace else None,
             scope_workers=self._scope_workers,
             scope_grace=self.cancel_grace,
+            check_prompts=self.check_prompts,
         )
         result.usage = ctx.usage
         result.trace = ctx.trace
@@ -296,8 +305,9 @@ class AsyncScaffoldingLlm:
         """
         single = _is_single_prompt(prompts)
         batch = cast("list[Prompt]", [prompts] if single else list(prompts))
-        for p in batch:
-            validate_prompt(p)
+        if self.check_prompts:
+            for p in batch:
+                validate_prompt(p)
         results: list[ScaffoldingResult] = []
         try:
             for p in batch:

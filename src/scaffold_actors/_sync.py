@@ -114,7 +114,8 @@ class ScaffoldingLlm:
     ``"asyncio"``; choose ``"asyncio"`` when worker handlers use asyncio APIs).
     Methods block the calling thread, never the loop.  Use it as a context manager
     or call :meth:`shutdown`; a forgotten instance is shut down when collected.
-    ``backend=None`` means the class's ``default_backend``.
+    ``backend=None`` means the class's ``default_backend``, ``check_prompts=None``
+    its ``default_check_prompts``.
 
     ``generate(prompt | list)`` waits for the results; ``generate_async(prompt)``
     returns a :class:`ScaffoldingResult` at once, which can be waited on
@@ -139,8 +140,11 @@ class ScaffoldingLlm:
         cancel_grace: float = 30.0,
         backend: Literal["trio", "asyncio"] | None = None,
         shutdown_timeout: float = 60.0,
+        check_prompts: bool | None = None,
     ) -> None:
         backend = backend or self.default_backend
+        if check_prompts is None:
+            check_prompts = self.default_check_prompts
         if backend not in ("trio", "asyncio"):
             raise ValueError(f"backend must be 'trio' or 'asyncio', got {backend!r}")
         self._core = AsyncScaffoldingLlm(
@@ -149,6 +153,7 @@ class ScaffoldingLlm:
             max_in_flight=max_in_flight,
             trace=trace,
             cancel_grace=cancel_grace,
+            check_prompts=check_prompts,
         )
         self.prototype_controller = prototype_controller
         self.workers = self._core.workers
@@ -162,6 +167,7 @@ class ScaffoldingLlm:
         )
 
     default_backend: Literal["trio", "asyncio"] = "trio"
+    default_check_prompts: bool = True
 
     def __enter__(self) -> Self:
         return self
@@ -204,8 +210,9 @@ class ScaffoldingLlm:
         """
         single = _is_single_prompt(prompts)
         batch = cast("list[Prompt]", [prompts] if single else list(prompts))
-        for p in batch:
-            validate_prompt(p)
+        if self._core.check_prompts:
+            for p in batch:
+                validate_prompt(p)
         results: list[ScaffoldingResult] = []
         errors: list[BaseException] = []
         try:

@@ -228,10 +228,8 @@ class GenerationTask(Task):
                 "exactly one of input_str, input_tokens or messages must be set, "
                 f"got {given or 'none'}",
             )
-        if self.input_str is not None and (
-            not isinstance(self.input_str, str) or not self.input_str.strip()
-        ):
-            raise InvalidTaskError(f"{name}.input_str", "prompt must be a non-empty string")
+        if self.input_str is not None and not isinstance(self.input_str, str):
+            raise InvalidTaskError(f"{name}.input_str", "prompt must be a string")
         if self.input_tokens is not None and not self.input_tokens:
             raise InvalidTaskError(f"{name}.input_tokens", "must not be empty")
         if self.messages is not None:
@@ -247,6 +245,14 @@ class GenerationTask(Task):
                 raise InvalidTaskError(
                     f"{name}.stop", f"stop strings must be non-empty str, got {s!r}"
                 )
+
+    def check_prompt(self) -> None:
+        """Refuse a blank text prompt (the native runtime calls this at submission;
+        TensorRT-LLM compatibility leaves what a prompt means to the controller)."""
+        if self.input_str is not None and not self.input_str.strip():
+            raise InvalidTaskError(
+                f"{type(self).__name__}.input_str", "prompt must be a non-empty string"
+            )
 
     def sampling_params(self, defaults: SamplingParams) -> SamplingParams:
         """These sampling parameters, with ``None`` fields taken from ``defaults``."""

@@ -127,6 +127,7 @@ class ScaffoldingLlm(_SyncScaffoldingLlm):
     """:class:`scaffold_actors.ScaffoldingLlm` with an asyncio loop by default."""
 
     default_backend = "asyncio"
+    default_check_prompts = False  # what a prompt means is the controller's business
     output_task_collection = False
 
     def enable_output_task_collection(self) -> None:

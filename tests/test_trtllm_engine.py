@@ -213,3 +213,34 @@ async def test_majority_vote_through_the_runtime() -> None:
         assert llm.stats()["engine_requests"] == 0
     assert r.output.details["answer"] == "4"
     assert r.output.details["samples_finished"] == 4  # early stop after 4 of 6 agree
+
+
+def test_trtllm_style_trtllm_worker_on_a_given_llm_and_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TensorRT-LLM's ``TRTLLMWorker(llm, tokenizer)`` and ``init_with_new_llm``,
+    unchanged, over the stand-in LLM API."""
+    monkeypatch.syspath_prepend(STANDINS)
+    import tensorrt_llm
+
+    from scaffold_actors.compat import (
+        MajorityVoteController,
+        NativeGenerationController,
+        ScaffoldingLlm,
+        TRTLLMWorker,
+    )
+
+    llm = tensorrt_llm.LLM("standin-model")
+    controller = MajorityVoteController(NativeGenerationController({"max_tokens": 4}), 3)
+    with ScaffoldingLlm(controller, {"generation": TRTLLMWorker(llm, llm.tokenizer)}) as sl:
+        assert sl.generate("q").output.output_str
+    assert llm.submitted == 3 and llm.live == 0
+    assert not llm.is_shutdown  # the caller's LLM: not shut down by the worker
+    worker = TRTLLMWorker.init_with_new_llm("standin-model", max_batch_size=8)
+    with ScaffoldingLlm(controller, {"generation": worker}) as sl:
+        assert sl.generate("q").output.output_str
+        owned = worker.engine.llm
+        assert owned.kwargs["max_batch_size"] == 8
+    assert owned.is_shutdown and worker.own_llm
+    with pytest.raises(ValueError, match="exactly one of model"):
+        TRTLLMWorker(None)

@@ -86,6 +86,8 @@ class TRTLLMEngine(BridgedEngine):
 
     Parameters:
         model: a model path or name, given to ``tensorrt_llm.LLM``.
+        llm: instead of ``model``, an ``LLM`` the caller made (and shuts down
+            itself: the engine drives it but does not shut it down).
         max_concurrent: requests admitted into the executor at once.
         max_context: prompt + max_tokens limit (default: the LLM's
             ``max_seq_len`` when it reports one).
@@ -111,8 +113,9 @@ class TRTLLMEngine(BridgedEngine):
 
     def __init__(
         self,
-        model: str,
+        model: str | None = None,
         *,
+        llm: Any = None,
         max_concurrent: int = 256,
         max_context: int | None = None,
         free_gpu_memory_fraction: float = 0.9,
@@ -122,9 +125,14 @@ class TRTLLMEngine(BridgedEngine):
         abort_timeout: float = 10.0,
     ) -> None:
         super().__init__(max_concurrent, abort_timeout)
+        if (model is None) == (llm is None):
+            raise ValueError(
+                "give exactly one of model (a path or name) or llm (a tensorrt_llm.LLM)"
+            )
         if not 0.0 < free_gpu_memory_fraction <= 1.0:
             raise ValueError("free_gpu_memory_fraction must be in (0, 1]")
-        self.model = model
+        self.model = model if model is not None else str(getattr(llm, "model", "llm"))
+        self._given_llm = llm
         self._max_context = max_context
         self.free_gpu_memory_fraction = free_gpu_memory_fraction
         self.enable_block_reuse = enable_block_reuse
@@ -336,17 +344,20 @@ class TRTLLMEngine(BridgedEngine):
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         trt = self._trt
-        kv = trt.llmapi.KvCacheConfig(
-            enable_block_reuse=self.enable_block_reuse,
-            free_gpu_memory_fraction=self.free_gpu_memory_fraction,
-        )
-        self.llm = trt.LLM(model=self.model, kv_cache_config=kv, **self.llm_kwargs)
+        if self._given_llm is not None:
+            self.llm = self._given_llm  # the caller's: not shut down here
+        else:
+            kv = trt.llmapi.KvCacheConfig(
+                enable_block_reuse=self.enable_block_reuse,
+                free_gpu_memory_fraction=self.free_gpu_memory_fraction,
+            )
+            self.llm = trt.LLM(model=self.model, kv_cache_config=kv, **self.llm_kwargs)
         ready.set_result(None)
         try:
             await self._stop.wait()
         finally:
             shutdown = getattr(self.llm, "shutdown", None)
-            if shutdown is not None and self._crash is None:
+            if shutdown is not None and self._crash is None and self._given_llm is None:
                 shutdown()
 
     async def _serve(self, state: _TRTRequest, prompt: str | list[int], params: Any) -> None:

@@ -68,7 +68,7 @@ from ._task_collection import (
     TaskTimer,
     with_task_collection,
 )
-from ._workers import OpenaiWorker, TRTOpenaiWorker
+from ._workers import OpenaiWorker, TRTLLMWorker, TRTOpenaiWorker
 
 __all__ = [
     "CONTROLLER_REGISTRY",
@@ -100,6 +100,7 @@ __all__ = [
     "ScaffoldingResult",
     "StreamGenerationTask",
     "SystemMessage",
+    "TRTLLMWorker",
     "TRTOpenaiWorker",
     "Task",
     "TaskCollection",

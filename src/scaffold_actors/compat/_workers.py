@@ -6,7 +6,7 @@ from typing import Any
 
 from .._engine_worker import EngineWorker
 
-__all__ = ["OpenaiWorker", "TRTOpenaiWorker"]
+__all__ = ["OpenaiWorker", "TRTLLMWorker", "TRTOpenaiWorker"]
 
 
 class OpenaiWorker(EngineWorker):
@@ -37,3 +37,55 @@ class OpenaiWorker(EngineWorker):
 class TRTOpenaiWorker(OpenaiWorker):
     """:class:`OpenaiWorker` for ``trtllm-serve`` (``top_k`` is passed as the
     server's extension, as every request of :class:`OpenAIEngine` already does)."""
+
+
+class TRTLLMWorker(EngineWorker):
+    """``TRTLLMWorker(llm, tokenizer)``: generation, streaming and chat tasks on
+    a ``tensorrt_llm.LLM`` (TensorRT-LLM compatible), through
+    :class:`engine_bridge.TRTLLMEngine` (its own bridge thread; aborts confirmed
+    by the executor's final response; logprobs never invented).
+
+    ``llm`` stays the caller's (``shutdown()`` of this worker does not shut it
+    down); the LLM's own tokenizer renders prompts, so ``tokenizer`` is kept only
+    as an attribute.  :meth:`init_with_new_llm` makes a worker that owns its LLM.
+    """
+
+    def __init__(self, llm: Any, tokenizer: Any = None, **engine_options: Any) -> None:
+        from engine_bridge import TRTLLMEngine
+
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.own_llm = False
+        super().__init__(TRTLLMEngine(llm=llm, **engine_options))
+
+    @classmethod
+    def init_with_new_llm(
+        cls,
+        model_dir: str,
+        backend: str = "pytorch",
+        max_batch_size: int = 32,
+        max_num_tokens: int = 4096,
+        kv_cache_free_gpu_memory_fraction: float = 0.9,
+        disable_overlap_scheduler: bool = False,
+        scheduler_config: Any = None,
+    ) -> TRTLLMWorker:
+        """A worker whose engine makes (and shuts down) its own ``LLM``."""
+        from engine_bridge import TRTLLMEngine
+
+        llm_kwargs: dict[str, Any] = {
+            "backend": backend,
+            "max_batch_size": max_batch_size,
+            "max_num_tokens": max_num_tokens,
+            "disable_overlap_scheduler": disable_overlap_scheduler,
+        }
+        if scheduler_config is not None:
+            llm_kwargs["scheduler_config"] = scheduler_config
+        engine = TRTLLMEngine(
+            model_dir,
+            free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
+            llm_kwargs=llm_kwargs,
+        )
+        worker = cls.__new__(cls)
+        EngineWorker.__init__(worker, engine)
+        worker.llm, worker.tokenizer, worker.own_llm = None, None, True
+        return worker

@@ -197,3 +197,19 @@ def test_trtllm_style_parallel_process_forks_scopes() -> None:
     assert result.output.output_str == f"{root}:0,{root}:1,{root}:2"
     assert sorted(worker.ended) == sorted([root, f"{root}:0", f"{root}:1", f"{root}:2"])
     assert worker.ended[-1] == root
+
+
+async def test_an_on_scope_end_that_outlives_cancel_grace_is_loud(autojump_clock: object) -> None:
+    from scaffold_actors import CancelGraceExceededWarning
+
+    class Stuck(SessionWorker):
+        async def on_scope_end(self, scope_id: str) -> None:
+            await anyio.sleep_forever()
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        await ctx.run(gen("a"))
+        return task
+
+    async with AsyncScaffoldingLlm(method, {"generation": Stuck()}, cancel_grace=5) as llm:
+        with pytest.warns(CancelGraceExceededWarning, match=r"on_scope_end\('req-0'\)"):
+            await llm.generate("q")

@@ -11,7 +11,7 @@ import attrs
 from engine_bridge import EngineRequest, InvalidRequestError, SamplingParams
 
 from ._errors import InvalidTaskError
-from ._tasks import StreamGenerationTask
+from ._tasks import StreamGenerationTask, Task
 
 __all__ = [
     "AssistantMessage",
@@ -225,6 +225,7 @@ class ChatTask(StreamGenerationTask):
     def validate(self) -> None:
         # what a prompt means is the controller's business: only the types that
         # would break the handler are refused
+        Task.validate(self)
         name = type(self).__name__
         if not isinstance(self.messages, list):
             raise InvalidTaskError(f"{name}.messages", "must be a list of RoleMessage")

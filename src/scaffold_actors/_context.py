@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ import anyio.abc
 from engine_bridge import raise_single
 
 from ._budget import TokenBudget, TokenBudgetExhaustedError
-from ._errors import RequestCancelledError, UnknownWorkerTagError
+from ._errors import CancelGraceExceededWarning, RequestCancelledError, UnknownWorkerTagError
 from ._scope import ExecutionScope, current_scope
 from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task, normalize_tag
 from ._trace import ExecutionTrace, TaskRecord, TokenUsage
@@ -248,7 +249,7 @@ class RequestContext:
         first error is raised after all ran (noted on ``failed`` instead when the
         scope already ended with an error)."""
         errors: list[BaseException] = []
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._scope_grace):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._scope_grace) as bound:
             for worker in self._scope_workers:
                 try:
                     outcome = worker.on_scope_end(scope_id)
@@ -256,6 +257,13 @@ class RequestContext:
                         await outcome
                 except Exception as exc:
                     errors.append(exc)
+        if bound.cancelled_caught:
+            warnings.warn(
+                f"on_scope_end({scope_id!r}) did not finish within cancel_grace="
+                f"{self._scope_grace} s; the scope ends while a worker still releases it",
+                CancelGraceExceededWarning,
+                stacklevel=2,
+            )
         for error in errors:
             note = f"{type(error).__name__} in on_scope_end({scope_id!r}): {error}"
             if failed is not None:

@@ -141,7 +141,7 @@ class Worker:
         ended, whether it succeeded, failed or was cancelled.
 
         Runs shielded from cancellation, bounded by the runtime's
-        ``cancel_grace``.  An exception it raises fails the request (or, when
+        ``cancel_grace`` (an overrun warns :class:`CancelGraceExceededWarning`).  An exception it raises fails the request (or, when
         the scope ended with an error already, is noted on that error).  The
         default does nothing; the runtime only calls workers that override it.
         """

@@ -6,7 +6,8 @@
 Tools: ``add(a, b)``; ``fail()`` (reports an error); ``slow(seconds)``;
 ``started()`` / ``cancelled()`` (how many ``slow`` calls the server saw cancelled);
 ``count()`` (calls of ``count`` in this process: over stdio, state per session); ``die()``
-(the process exits at once).
+(the process exits at once).  With ``TOOL_PREFIX=x_`` every tool name
+starts with ``x_``.
 """
 
 from __future__ import annotations
@@ -17,23 +18,24 @@ import sys
 import anyio
 from mcp.server.mcpserver import MCPServer
 
+PREFIX = os.environ.get("TOOL_PREFIX", "")  # two servers with distinct tool names
 app = MCPServer("scaffold-test-tools")
 _state = {"cancelled": 0, "started": 0, "count": 0}
 
 
-@app.tool()
+@app.tool(name=PREFIX + "add")
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
 
 
-@app.tool()
+@app.tool(name=PREFIX + "fail")
 def fail() -> str:
     """Always fails."""
     raise ValueError("this tool always fails")
 
 
-@app.tool()
+@app.tool(name=PREFIX + "slow")
 async def slow(seconds: float) -> str:
     """Sleep for a while."""
     _state["started"] += 1
@@ -45,26 +47,26 @@ async def slow(seconds: float) -> str:
     return "done"
 
 
-@app.tool()
+@app.tool(name=PREFIX + "started")
 def started() -> int:
     """How many slow calls started."""
     return _state["started"]
 
 
-@app.tool()
+@app.tool(name=PREFIX + "cancelled")
 def cancelled() -> int:
     """How many slow calls were cancelled."""
     return _state["cancelled"]
 
 
-@app.tool()
+@app.tool(name=PREFIX + "count")
 def count() -> int:
     """Calls of count in this server process (over stdio, a session is a process)."""
     _state["count"] += 1
     return _state["count"]
 
 
-@app.tool()
+@app.tool(name=PREFIX + "die")
 def die() -> str:
     """Exit the server process at once."""
     os._exit(3)

@@ -159,6 +159,36 @@ async def test_a_server_that_dies_mid_call_fails_that_call_and_is_reconnected() 
     assert out == {"server": "tools", "after": "2"}
 
 
+async def test_a_dead_server_leaves_the_other_servers_calls_running() -> None:
+    """Two servers; one dies while a call on the other is in flight: that call
+    finishes, the dead one's call fails naming it, and the dead one is reconnected."""
+
+    def prefixed(prefix: str) -> list[str]:
+        return ["env", f"TOOL_PREFIX={prefix}", sys.executable, SERVER, "stdio"]
+
+    worker = MCPWorker({"a": prefixed("a_"), "b": prefixed("b_")})
+    out: dict[str, Any] = {}
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        async def slow_on_b() -> None:
+            out["b"] = (await call(ctx, "b_slow", seconds=1.0)).result_str
+
+        with anyio.fail_after(60):  # a hang guard
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow_on_b)
+                # the server's own counter says b's call is running
+                while int((await call(ctx, "b_started")).result_str or 0) < 1:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                with pytest.raises(MCPServerError) as info:
+                    await call(ctx, "a_die")
+                out["dead"] = info.value.server
+        out["a_again"] = (await call(ctx, "a_add", a=1, b=2)).result_str
+        return task
+
+    await run(worker, method)
+    assert out == {"b": "done", "dead": "a", "a_again": "3"}
+
+
 async def test_sessions_per_scope_are_separate_and_closed_at_scope_end() -> None:
     worker = MCPWorker({"tools": STDIO}, per_scope=True)
     counts: dict[int, list[str | None]] = {}

@@ -509,3 +509,23 @@ def test_compat_accepts_any_prompt_the_way_tensorrt_llm_does() -> None:
     ) as llm:
         with pytest.raises(scaffold_actors.InvalidTaskError, match="non-empty"):
             llm.generate("")
+
+
+def test_system_prompt_keeps_its_id_through_formatting_and_copies() -> None:
+    import copy
+    import pickle
+    import uuid
+
+    from scaffold_actors.compat import SystemMessage, system_prompt
+
+    template = system_prompt("Today is {date}. Be brief.", name="demo.brief")
+    expected = str(uuid.uuid5(uuid.UUID("4f9c4d4e-1c7e-4d8a-9f8a-3c1c0e1c1f3d"), "demo.brief"))
+    rendered = template.format(date="Monday")
+    assert rendered == "Today is Monday. Be brief."
+    for value in (template, rendered, template.format_map({"date": "x"}), copy.deepcopy(rendered)):
+        assert value.system_prompt_id == expected  # type: ignore[attr-defined]
+    assert pickle.loads(pickle.dumps(rendered)).system_prompt_id == expected
+    assert not hasattr(rendered + "!", "system_prompt_id")  # other text, no identity
+    assert SystemMessage(rendered).content == rendered
+    with pytest.raises(TypeError):
+        system_prompt(3, name="x")  # type: ignore[arg-type]

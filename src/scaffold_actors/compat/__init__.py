@@ -59,6 +59,7 @@ from ._math import (
     extract_answer_with_regex,
     get_digit_majority_vote_result,
 )
+from ._prompts import system_prompt
 from ._task_collection import (
     ChatTokenCounter,
     GenerationTokenCounter,
@@ -120,6 +121,7 @@ __all__ = [
     "get_digit_majority_vote_result",
     "load_controller_config",
     "register_controller",
+    "system_prompt",
     "with_task_collection",
 ]
 

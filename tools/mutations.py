@@ -334,8 +334,8 @@ MUTATIONS = [
         SA + "_context.py",
         (
             (
-                "with anyio.CancelScope(shield=True), anyio.move_on_after(self._scope_grace):",
-                "with anyio.CancelScope(), anyio.move_on_after(self._scope_grace):",
+                "with anyio.CancelScope(shield=True), anyio.move_on_after(self._scope_grace) as bound:",
+                "with anyio.CancelScope(), anyio.move_on_after(self._scope_grace) as bound:",
             ),
         ),
         ("tests/test_scopes.py::test_scopes_end_when_a_request_fails_or_is_cancelled[cancel]",),

@@ -20,7 +20,6 @@ from scaffold_actors import (
     RoleMessage,
     SystemMessage,
     Task,
-    TaskNotSupportedError,
     UserMessage,
 )
 from scaffold_actors.compat import Controller, NativeChatController, ScaffoldingLlm
@@ -103,15 +102,72 @@ async def test_chat_tasks_in_a_native_controller_are_traced(autojump_clock: obje
     json.loads(r.trace.to_json())  # a chat trace is plain JSON
 
 
-async def test_tools_on_the_engine_worker_are_refused_at_submission(autojump_clock: object) -> None:
+def test_tool_calls_are_parsed_from_the_text_and_bounded() -> None:
+    from scaffold_actors import parse_tool_calls
+    from scaffold_actors._toolcalls import MAX_CALLS, MAX_SCAN_CHARS
+
+    text = (
+        'Let me add. <tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'
+        '<tool_call>{"name": "add", "arguments": "{\\"a\\": 3}"}</tool_call>'
+        "<tool_call>not json</tool_call> done"
+    )
+    content, calls = parse_tool_calls(text)
+    assert [c.function.name for c in calls] == ["add", "add"]
+    assert calls[0].parsed_arguments() == {"a": 1, "b": 2} and calls[1].parsed_arguments() == {
+        "a": 3
+    }
+    assert [c.id for c in calls] == ["call_0", "call_1"]
+    assert content == "Let me add. <tool_call>not json</tool_call> done"  # not a call: kept
+    many = '<tool_call>{"name": "f", "arguments": {}}</tool_call>' * (MAX_CALLS + 5)
+    assert len(parse_tool_calls(many)[1]) == MAX_CALLS
+    hostile = "<tool_call>" + "{" * (MAX_SCAN_CHARS * 2)  # never closed, huge: linear, no call
+    assert parse_tool_calls(hostile)[1] == []
+
+
+def scripted_tool_engine(turns: list[str]) -> SimulatedEngine:
+    """Turn i answers turns[i], i = the tool results in the conversation so far."""
+    from engine_bridge import SimulatedCall
+
+    def reply(call: SimulatedCall) -> str:
+        done = sum(1 for m in call.request.messages or () if m.role == "tool")
+        return turns[min(done, len(turns) - 1)]
+
+    return SimulatedEngine(reply)
+
+
+async def test_a_chat_turn_with_tools_gives_tool_calls(autojump_clock: object) -> None:
+    from scaffold_actors import ToolCall
+
+    engine = scripted_tool_engine(
+        ['Adding. <tool_call>{"name": "add", "arguments": {"a": 20, "b": 22}}</tool_call>']
+    )
+    seen: dict[str, Any] = {}
+
     async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
-        chat = ChatTask.create_from_prompt("Hi", tools=[OpenAIToolDescription("f", "d", {})])
+        tool = OpenAIToolDescription(
+            "add", "adds", {"a": {"type": "integer"}, "b": {"type": "integer"}}
+        )
+        chat = ChatTask.create_from_prompt("20 + 22?", [SystemMessage("Be brief.")], tools=[tool])
+        chat.max_tokens = 64
         await ctx.run(chat)
+        seen["chat"] = chat
+        seen["prompt"] = chat.rendered_messages()
         return task
 
-    async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(SimulatedEngine())}) as llm:
-        with pytest.raises(TaskNotSupportedError, match="tools"):
-            await llm.generate("q")
+    async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(engine)}) as llm:
+        await llm.generate("q")
+    chat = seen["chat"]
+    reply = chat.messages[-1]
+    assert isinstance(reply, AssistantMessage) and reply.content == "Adding."
+    assert chat.finish_reason == reply.finish_reason == "tool_calls"
+    (call,) = chat.tool_calls
+    assert isinstance(call, ToolCall) and call.function.name == "add"
+    assert call.parsed_arguments() == {"a": 20, "b": 22}
+    system = seen["prompt"][0]
+    assert system["role"] == "system" and system["content"].startswith("Be brief.")
+    assert '"name": "add"' in system["content"]  # the tools are offered to the model
+    # the call is part of the conversation the next turn renders
+    assert "<tool_call>" in seen["prompt"][-1]["content"]
 
 
 async def test_tokenize_task_counts_with_the_engines_tokenizer(autojump_clock: object) -> None:

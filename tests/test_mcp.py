@@ -268,3 +268,32 @@ async def test_a_react_agent_uses_mcp_tools_and_sees_its_mistakes() -> None:
         "result": "42",
         "is_error": False,
     }
+
+
+def test_trtllm_style_chat_with_mcp_tools() -> None:
+    """TensorRT-LLM's ChatWithMCPController: the model's tool calls run on a real MCP
+    server; a call with bad arguments is answered as an error the model corrects."""
+    from engine_bridge import SimulatedCall, SimulatedEngine
+    from scaffold_actors import EngineWorker
+    from scaffold_actors.compat import ChatWithMCPController, ScaffoldingLlm
+
+    turns = [
+        '<tool_call>{"name": "add", "arguments": {"a": "twenty", "b": 22}}</tool_call>',
+        '<tool_call>{"name": "add", "arguments": {"a": 20, "b": 22}}</tool_call>',
+        "The answer is 42.",
+    ]
+    seen: list[list[str]] = []
+
+    def reply(call: SimulatedCall) -> str:
+        messages = call.request.messages or ()
+        seen.append([m.role for m in messages])
+        return turns[min(sum(m.role == "tool" for m in messages), len(turns) - 1)]
+
+    workers = {
+        "generation": EngineWorker(SimulatedEngine(reply, max_context=4096)),
+        "mcp": MCPWorker({"tools": STDIO}),
+    }
+    with ScaffoldingLlm(ChatWithMCPController({"max_tokens": 64}), workers) as llm:
+        result = llm.generate("What is 20 + 22?")
+    assert result.output.output_str == "The answer is 42."
+    assert seen[-1] == ["system", "user", "assistant", "tool", "assistant", "tool"]

@@ -434,6 +434,30 @@ MUTATIONS = [
         (CONF + "test_counts_tokens_as_its_own_usage_reports_them[openai]",),
     ),
     Mutation(
+        "chat-tool-calls-parsed",
+        "a chat turn with tools keeps the model's <tool_call> blocks as plain text",
+        SA + "_engine_worker.py",
+        (
+            (
+                "        if task.tools:\n            content, found",
+                "        if False:\n            content, found",
+            ),
+        ),
+        ("tests/test_chat.py::test_a_chat_turn_with_tools_gives_tool_calls",),
+    ),
+    Mutation(
+        "chat-mcp-refusal-answered",
+        "ChatWithMCPController lets a refused tool call fail the request",
+        SA + "compat/_controllers.py",
+        (
+            (
+                "                    except InvalidTaskError as e:\n",
+                "                    except ZeroDivisionError as e:\n",
+            ),
+        ),
+        ("tests/test_mcp.py::test_trtllm_style_chat_with_mcp_tools",),
+    ),
+    Mutation(
         "worker-inbox-bounded",
         "a worker's inbox grows without bound (no backpressure)",
         SA + "_worker.py",

@@ -15,6 +15,7 @@ from ._chat import (
     RoleMessage,
     SystemMessage,
     ToolDescription,
+    ToolMessage,
     UserMessage,
 )
 from ._context import Handle, Parallel, RequestContext
@@ -49,6 +50,7 @@ from ._tasks import (
     TaskStatus,
     ToolCallTask,
 )
+from ._toolcalls import FunctionCall, ToolCall, parse_tool_calls
 from ._tools import PythonTool, ToolWorker
 from ._trace import ExecutionTrace, ReplayMismatchError, ReplayWorker, TaskRecord, TokenUsage
 from ._worker import Worker
@@ -64,6 +66,7 @@ __all__ = [
     "EngineWorker",
     "ExecutionScope",
     "ExecutionTrace",
+    "FunctionCall",
     "GenerationTask",
     "Handle",
     "InvalidTaskError",
@@ -100,12 +103,15 @@ __all__ = [
     "TokenUsage",
     "TokenizeTask",
     "TooManyRequestsError",
+    "ToolCall",
     "ToolCallTask",
     "ToolDescription",
+    "ToolMessage",
     "ToolWorker",
     "UnknownWorkerTagError",
     "UserMessage",
     "Worker",
     "current_scope",
+    "parse_tool_calls",
     "task_context",
 ]

@@ -12,6 +12,7 @@ from engine_bridge import EngineRequest, InvalidRequestError, SamplingParams
 
 from ._errors import InvalidTaskError
 from ._tasks import StreamGenerationTask, Task
+from ._toolcalls import ToolCall, tool_instructions
 
 __all__ = [
     "AssistantMessage",
@@ -20,6 +21,7 @@ __all__ = [
     "RoleMessage",
     "SystemMessage",
     "ToolDescription",
+    "ToolMessage",
     "UserMessage",
 ]
 
@@ -54,6 +56,8 @@ class RoleMessage:
             return UserMessage(content)
         if role == "system":
             return SystemMessage(content)
+        if role == "tool":
+            return ToolMessage(content, tool_call_id=data.get("tool_call_id"))
         return cls(role, content)
 
     def __str__(self) -> str:
@@ -97,7 +101,7 @@ class AssistantMessage(RoleMessage):
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
         if self.tool_calls is not None:
-            out["tool_calls"] = list(self.tool_calls)
+            out["tool_calls"] = [_call_dict(c) for c in self.tool_calls]
         return out
 
     def __str__(self) -> str:
@@ -112,6 +116,46 @@ class AssistantMessage(RoleMessage):
                 else [str(c) for c in self.tool_calls],
             }
         )
+
+
+@attrs.define(eq=True, init=False)
+class ToolMessage(RoleMessage):
+    """A tool's result, answering the assistant's call ``tool_call_id``."""
+
+    tool_call_id: str | None = None
+
+    def __init__(self, content: str | None, tool_call_id: str | None = None) -> None:
+        self.__attrs_init__("tool", content, None, tool_call_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+def _call_dict(call: Any) -> Any:
+    if isinstance(call, ToolCall):
+        return call.to_dict()
+    return call
+
+
+def _call_markup(call: Any) -> str:
+    """A tool call as the model writes it (see :func:`tool_instructions`)."""
+    name: Any
+    arguments: Any
+    if isinstance(call, ToolCall):
+        name, arguments = call.function.name, call.function.arguments
+    elif isinstance(call, Mapping):
+        fn = call.get("function") or {}
+        name, arguments = fn.get("name"), fn.get("arguments", "{}")
+    else:
+        return str(call)
+    try:
+        args = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        args = arguments
+    return f"<tool_call>{json.dumps({'name': name, 'arguments': args}, ensure_ascii=False)}</tool_call>"
 
 
 class ToolDescription:
@@ -163,6 +207,7 @@ class ChatTask(StreamGenerationTask):
     tools: Any = None
     enable_token_counting: bool = False
     reasoning_tokens_num: int = 0
+    tool_calls: list[ToolCall] | None = None  # output: the calls of the last turn
     sub_request_markers: list[tuple[str, int]] = attrs.field(factory=list)
     unique_id: int | None = None
 
@@ -235,11 +280,37 @@ class ChatTask(StreamGenerationTask):
                     f"{name}.messages", f"message {i} must be a RoleMessage, got {m!r}"
                 )
 
-    def engine_request(self, defaults: SamplingParams, *, stream: bool) -> EngineRequest:
-        messages = [
-            {"role": str(d["role"]), "content": str(d["content"])}
-            for d in self.messages_to_dict_content()
+    def tool_dicts(self) -> list[dict[str, Any]]:
+        """``tools`` as OpenAI ``{"type": "function", ...}`` dicts."""
+        return [
+            t.to_dict() if isinstance(t, ToolDescription) else dict(t) for t in self.tools or ()
         ]
+
+    def rendered_messages(self) -> list[dict[str, str]]:
+        """The conversation as plain ``{"role", "content"}`` messages for an engine
+        without a tool-call API: the tools offered in the system message, the
+        assistant's tool calls written as ``<tool_call>`` blocks, tool results as
+        ``tool`` messages."""
+        out: list[dict[str, str]] = []
+        for m in map(_message, self.messages):
+            content = m.content or ""
+            calls = getattr(m, "tool_calls", None)
+            if calls:
+                content = "\n".join([content, *(_call_markup(c) for c in calls)]).strip()
+            if not content and not calls:
+                continue
+            out.append({"role": str(m.role), "content": content})
+        tools = self.tool_dicts()
+        if tools:
+            offer = tool_instructions(tools)
+            if out and out[0]["role"] == "system":
+                out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{offer}"}
+            else:
+                out.insert(0, {"role": "system", "content": offer})
+        return out
+
+    def engine_request(self, defaults: SamplingParams, *, stream: bool) -> EngineRequest:
+        messages = self.rendered_messages()
         try:
             return EngineRequest(
                 self.sampling_params(defaults),

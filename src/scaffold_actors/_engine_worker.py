@@ -9,10 +9,11 @@ from typing import ClassVar
 from engine_bridge import Engine, EngineDelta, InvalidRequestError, SamplingParams
 
 from ._chat import AssistantMessage, ChatTask
-from ._errors import InvalidTaskError, TaskNotSupportedError
+from ._errors import InvalidTaskError
 from ._hints import TokenizeTask
 from ._task_context import task_context
 from ._tasks import GenerationTask, StreamGenerationTask, Task, TaskStatus
+from ._toolcalls import parse_tool_calls
 from ._worker import Handler, Worker
 
 __all__ = ["EngineWorker"]
@@ -105,11 +106,6 @@ class EngineWorker(Worker):
 
     def check_task(self, task: Task) -> None:
         super().check_task(task)
-        if isinstance(task, ChatTask) and task.tools:
-            raise TaskNotSupportedError(
-                "EngineWorker does not offer tools to the model yet (ChatTask.tools is set); "
-                "run tool calls with ReActAgent or a ToolWorker"
-            )
         if isinstance(task, GenerationTask):
             request = task.engine_request(self.default_params, stream=False)
             try:
@@ -150,7 +146,13 @@ class EngineWorker(Worker):
 
     async def chat_handler(self, task: ChatTask) -> TaskStatus:
         """One assistant turn: the reply is appended to ``task.messages`` as an
-        :class:`AssistantMessage` once generation ended."""
+        :class:`AssistantMessage` once generation ended.
+
+        With ``task.tools``, the tools are offered in the system message and the
+        ``<tool_call>`` blocks the model writes become the message's
+        ``tool_calls`` (and ``task.tool_calls``), with ``finish_reason``
+        ``"tool_calls"``; the content keeps the rest of the text.
+        """
         ctx = task_context()
         request = task.engine_request(self.default_params, stream=ctx.counts_tokens or ctx.streamed)
         _reset_outputs(task)
@@ -161,7 +163,16 @@ class EngineWorker(Worker):
                 ctx.report_tokens(delta.num_tokens)
                 ctx.notify_progress()
         task.end_flag = True
-        task.messages.append(AssistantMessage(task.output_str, finish_reason=task.finish_reason))
+        content, calls = task.output_str, None
+        if task.tools:
+            content, found = parse_tool_calls(task.output_str or "")
+            if found:
+                calls = found
+                task.finish_reason = "tool_calls"
+        task.tool_calls = calls
+        task.messages.append(
+            AssistantMessage(content, tool_calls=calls, finish_reason=task.finish_reason)
+        )
         ctx.notify_progress()
         return TaskStatus.SUCCESS
 

@@ -52,7 +52,7 @@ class MCPCallTask(Task):
 
     worker_tag: Any = "mcp"
     tool_name: str | None = None
-    args: dict[str, Any] | None = None
+    args: dict[str, Any] | str | None = None  # a dict, or its JSON text (a tool call's)
     tool_call_id: str | None = None
     result_str: str | None = None
     result_stdout: str | None = None
@@ -70,8 +70,27 @@ class MCPCallTask(Task):
         super().validate()
         if not isinstance(self.tool_name, str) or not self.tool_name:
             raise InvalidTaskError(f"{type(self).__name__}.tool_name", "must be a non-empty string")
-        if self.args is not None and not isinstance(self.args, dict):
-            raise InvalidTaskError(f"{type(self).__name__}.args", "must be a dict")
+        self.arguments()
+
+    def arguments(self) -> dict[str, Any]:
+        """``args`` as a dict (JSON text, as a model's tool call carries it, is
+        decoded).  Raises :class:`InvalidTaskError` naming ``args`` otherwise."""
+        args = self.args
+        if isinstance(args, str):
+            if len(args) > MAX_ARGUMENT_BYTES:
+                raise InvalidTaskError(
+                    "MCPCallTask.args",
+                    f"{len(args)} bytes of arguments, more than {MAX_ARGUMENT_BYTES}",
+                )
+            try:
+                args = json.loads(args or "{}")
+            except ValueError as e:
+                raise InvalidTaskError("MCPCallTask.args", f"not JSON: {e}") from None
+        if args is None:
+            return {}
+        if not isinstance(args, dict):
+            raise InvalidTaskError("MCPCallTask.args", f"must be a JSON object, got {args!r}")
+        return args
 
 
 @attrs.define(slots=False, eq=False)
@@ -290,8 +309,8 @@ class MCPWorker(Worker):
         super().check_task(task)
         if isinstance(task, (MCPCallTask, ToolCallTask)):
             name = task.tool_name or ""
-            args = task.args if isinstance(task, MCPCallTask) else task.arguments
-            self._check_call(type(task).__name__, name, args or {})
+            args = task.arguments() if isinstance(task, MCPCallTask) else task.arguments
+            self._check_call(type(task).__name__, name, args)
 
     def _check_call(self, kind: str, name: str, args: Mapping[str, Any]) -> None:
         if name not in self._tools:
@@ -343,7 +362,7 @@ class MCPWorker(Worker):
         return text, bool(result.is_error)
 
     async def call_handler(self, task: MCPCallTask) -> TaskStatus:
-        task.result_str, task.is_error = await self._call(task.tool_name or "", task.args or {})
+        task.result_str, task.is_error = await self._call(task.tool_name or "", task.arguments())
         return TaskStatus.SUCCESS
 
     async def tool_call_handler(self, task: ToolCallTask) -> TaskStatus:

@@ -20,6 +20,7 @@ from .._chat import (
     RoleMessage,
     SystemMessage,
     ToolDescription,
+    ToolMessage,
     UserMessage,
 )
 from .._hints import TokenizeTask
@@ -46,6 +47,7 @@ from ._config import (
 )
 from ._controllers import (
     BestOfNController,
+    ChatWithMCPController,
     Controller,
     MajorityVoteController,
     NativeChatController,
@@ -77,6 +79,7 @@ __all__ = [
     "BestOfNController",
     "ChatTask",
     "ChatTokenCounter",
+    "ChatWithMCPController",
     "Controller",
     "ExecutionScope",
     "GenerationTask",
@@ -111,6 +114,7 @@ __all__ = [
     "TokenizeTask",
     "ToolCallTask",
     "ToolDescription",
+    "ToolMessage",
     "UserMessage",
     "Worker",
     "async_scaffolding_benchmark",

@@ -8,15 +8,17 @@ import math
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
-from .._chat import ChatTask
+from .._chat import ChatTask, ToolMessage
 from .._context import RequestContext
 from .._controller import drive_generator
 from .._errors import InvalidTaskError
+from .._mcp import MCPCallTask, MCPListTask
 from .._tasks import GenerationTask, RewardTask, ScaffoldingOutput, Task
 from ._math import get_digit_majority_vote_result
 
 __all__ = [
     "BestOfNController",
+    "ChatWithMCPController",
     "Controller",
     "MajorityVoteController",
     "NativeChatController",
@@ -145,6 +147,99 @@ class NativeChatController(NativeGenerationController):
         task = ChatTask.create_from_prompt(prompt)
         yield from self.process([task], **kwargs)
         return task.create_scaffolding_output()
+
+
+class ChatWithMCPController(Controller):
+    """A chat that runs the model's tool calls on MCP servers (TensorRT-LLM
+    compatible): each turn the model sees the tools (listed from the MCP worker
+    unless ``tools`` is given); the tool calls it writes run as
+    :class:`MCPCallTask` (concurrently), their results come back as
+    :class:`ToolMessage` s, and the loop ends when a turn calls no tool (its text
+    is the answer) or after ``max_iterations`` turns.
+
+    A call the MCP worker refuses (unknown tool, arguments failing the tool's
+    schema) is answered to the model as an error result rather than failing the
+    request: it is the model's mistake to correct.
+    """
+
+    class WorkerTag(enum.Enum):
+        GENERATION = "generation"
+        MCP = "mcp"
+
+    def __init__(
+        self,
+        sampling_params: Mapping[str, Any] | None = None,
+        system_prompts: Sequence[Any] | None = None,
+        tools: Sequence[Any] | None = None,
+        max_iterations: int = 8,
+    ) -> None:
+        super().__init__()
+        if max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+        self.generation = NativeGenerationController(sampling_params)
+        self.system_prompts = list(system_prompts or ())
+        self.tools = None if tools is None else list(tools)
+        self.max_iterations = max_iterations
+
+    def generate(self, prompt: Any, **kwargs: Any) -> Generator[Any, Any, ScaffoldingOutput]:
+        task = ChatTask.create_from_prompt(prompt, self.system_prompts)
+        yield from self.process([task], **kwargs)
+        return task.create_scaffolding_output()
+
+    def process(self, tasks: list[Task], **kwargs: Any) -> TaskGen:
+        first = tasks[0]
+        if isinstance(first, ChatTask):
+            chat = first
+        else:
+            prompt: Any = first.input_str if isinstance(first, GenerationTask) else None
+            if prompt is None and isinstance(first, GenerationTask) and first.messages:
+                prompt = first.messages
+            chat = ChatTask.create_from_prompt(prompt, self.system_prompts)
+        tools = self.tools
+        if tools is None:
+            listing = MCPListTask(worker_tag=self.WorkerTag.MCP)
+            yield [listing]
+            tools = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t["name"],
+                        "description": t.get("description") or "",
+                        "parameters": t.get("input_schema") or {"type": "object"},
+                    },
+                }
+                for t in listing.result_tools or ()
+            ]
+        chat.tools = tools
+        for _ in range(self.max_iterations):
+            yield from self.generation.process([chat])
+            calls = chat.tool_calls or []
+            if not calls:
+                break
+            runs = [
+                MCPCallTask(
+                    worker_tag=self.WorkerTag.MCP,
+                    tool_name=c.function.name,
+                    args=c.function.arguments,
+                    tool_call_id=c.id,
+                )
+                for c in calls
+            ]
+            try:
+                yield runs
+            except InvalidTaskError:
+                for run in runs:  # one of them was refused: run each on its own
+                    try:
+                        yield [run]
+                    except InvalidTaskError as e:
+                        run.result_str, run.is_error = f"error: {e}", True
+            for run in runs:
+                chat.add_message(ToolMessage(run.result_str, tool_call_id=run.tool_call_id))
+        if chat is not first and isinstance(first, GenerationTask):
+            first.output_str = chat.output_str
+            first.output_tokens = chat.output_tokens
+            first.finish_reason = chat.finish_reason
+            first.customized_result_fields["messages"] = chat.messages_to_dict_content()
 
 
 class NativeRewardController(Controller):

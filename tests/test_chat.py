@@ -103,8 +103,8 @@ async def test_chat_tasks_in_a_native_controller_are_traced(autojump_clock: obje
 
 
 def test_tool_calls_are_parsed_from_the_text_and_bounded() -> None:
+    from engine_bridge._toolcalls import MAX_CALLS, MAX_SCAN_CHARS
     from scaffold_actors import parse_tool_calls
-    from scaffold_actors._toolcalls import MAX_CALLS, MAX_SCAN_CHARS
 
     text = (
         'Let me add. <tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'

@@ -398,3 +398,16 @@ async def test_counts_tokens_as_its_own_usage_reports_them(make_engine: Callable
                 async for d in deltas:
                     reported = d.prompt_tokens or reported
             assert counted == reported > 0
+
+
+async def test_offered_tools_reach_the_model(make_engine: Callable[[], Any]) -> None:
+    """Every engine offers a chat's ``tools`` to the model: the prompt the engine
+    counts (its own tokenizer, or its server's /tokenize) grows by them."""
+    chat = [{"role": "user", "content": PROMPT}]
+    tool = {"type": "function", "function": {"name": "lookup", "description": "looks a word up"}}
+    async with make_engine() as engine:
+        without = await engine.count_tokens(EngineRequest(greedy(2), messages=chat))
+        with_tools = await engine.count_tokens(
+            EngineRequest(greedy(2), messages=chat, tools=[tool])
+        )
+        assert with_tools > without

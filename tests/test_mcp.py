@@ -283,10 +283,12 @@ def test_trtllm_style_chat_with_mcp_tools() -> None:
         "The answer is 42.",
     ]
     seen: list[list[str]] = []
+    offered: list[list[str]] = []
 
     def reply(call: SimulatedCall) -> str:
         messages = call.request.messages or ()
         seen.append([m.role for m in messages])
+        offered.append([t["function"]["name"] for t in call.request.tools or ()])
         return turns[min(sum(m.role == "tool" for m in messages), len(turns) - 1)]
 
     workers = {
@@ -296,4 +298,5 @@ def test_trtllm_style_chat_with_mcp_tools() -> None:
     with ScaffoldingLlm(ChatWithMCPController({"max_tokens": 64}), workers) as llm:
         result = llm.generate("What is 20 + 22?")
     assert result.output.output_str == "The answer is 42."
-    assert seen[-1] == ["system", "user", "assistant", "tool", "assistant", "tool"]
+    assert seen[-1] == ["user", "assistant", "tool", "assistant", "tool"]
+    assert all("add" in names and "die" in names for names in offered)  # the MCP tools

@@ -458,3 +458,94 @@ async def test_counting_tokens_on_a_server_without_tokenize_is_a_clear_error(
     async with OpenAIEngine(f"http://127.0.0.1:{port}/v1", "m") as engine:
         with pytest.raises(EngineError, match="does not serve /tokenize"):
             await engine.count_tokens(EngineRequest(SamplingParams(), prompt="q"))
+
+
+TOOL_REPLY = 'Adding. <tool_call>{"name": "add", "arguments": {"a": 20, "b": 22}}</tool_call>'
+ADD_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "adds two integers",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}},
+    },
+}
+
+
+@pytest.fixture
+def tool_server() -> Iterator[LoopbackServer]:
+    s = LoopbackServer(reply=TOOL_REPLY, max_context=2048)
+    yield s
+    s.kill()
+
+
+def test_the_official_client_gets_tool_calls(tool_server: LoopbackServer) -> None:
+    """Our server answers a chat with ``tools`` in the OpenAI shape, whole and
+    streamed; without tools the same text is plain content."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=tool_server.url, api_key="unused")
+    messages = [{"role": "user", "content": "20 + 22?"}]
+    r = client.chat.completions.create(
+        model="scaffold", messages=messages, tools=[ADD_TOOL], max_tokens=64
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Adding."
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "add" and json.loads(call.function.arguments) == {"a": 20, "b": 22}
+    chunks = list(
+        client.chat.completions.create(
+            model="scaffold", messages=messages, tools=[ADD_TOOL], max_tokens=64, stream=True
+        )
+    )
+    streamed = [
+        c.choices[0].delta.tool_calls for c in chunks if c.choices and c.choices[0].delta.tool_calls
+    ]
+    assert streamed[0][0].function.name == "add"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    plain = client.chat.completions.create(model="scaffold", messages=messages, max_tokens=64)
+    assert plain.choices[0].message.tool_calls is None
+    assert "<tool_call>" in (plain.choices[0].message.content or "")
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        client.chat.completions.create(
+            model="scaffold", messages=messages, tools=[{"type": "function"}]
+        )
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_the_http_engine_passes_tools_and_reads_tool_calls(
+    tool_server: LoopbackServer, stream: bool
+) -> None:
+    """OpenAIEngine sends ``tools`` to the server and reports the server's tool
+    calls on the final delta (assembled from stream fragments); a chat over it
+    gets them as the AssistantMessage's calls."""
+    from scaffold_actors import ChatTask, GenerationTask, RequestContext, ToolCall
+
+    request = EngineRequest(
+        SamplingParams(max_tokens=64),
+        messages=[{"role": "user", "content": "20 + 22?"}],
+        tools=[ADD_TOOL],
+        stream=stream,
+    )
+    async with OpenAIEngine(tool_server.url, "scaffold") as engine:
+        final = None
+        async with engine.open_stream(request) as deltas:
+            async for d in deltas:
+                final = d
+        assert final is not None and final.finish_reason == "tool_calls"
+        (call,) = final.tool_calls or ()
+        assert call.function.name == "add" and call.parsed_arguments() == {"a": 20, "b": 22}
+
+    seen: dict[str, Any] = {}
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        chat = ChatTask.create_from_prompt("20 + 22?", tools=[ADD_TOOL])
+        chat.max_tokens = 64
+        await ctx.run(chat)
+        seen["chat"] = chat
+        return task
+
+    worker = EngineWorker(OpenAIEngine(tool_server.url, "scaffold"))
+    async with AsyncScaffoldingLlm(method, {"generation": worker}) as llm:
+        await llm.generate("q")
+    chat = seen["chat"]
+    assert chat.finish_reason == "tool_calls" and isinstance(chat.tool_calls[0], ToolCall)
+    assert chat.messages[-1].tool_calls[0].function.name == "add"

@@ -458,6 +458,49 @@ MUTATIONS = [
         ("tests/test_mcp.py::test_trtllm_style_chat_with_mcp_tools",),
     ),
     Mutation(
+        "http-engine-sends-tools",
+        "OpenAIEngine leaves a chat's tools out of the request body",
+        SRC + "_openai.py",
+        (
+            (
+                '            if request.tools:\n                body["tools"]',
+                '            if False:\n                body["tools"]',
+            ),
+        ),
+        (
+            "tests/test_openai_engine.py::test_the_http_engine_passes_tools_and_reads_tool_calls[False]",
+        ),
+    ),
+    Mutation(
+        "stream-tool-call-fragments",
+        "OpenAIEngine ignores the tool-call fragments of a streamed answer",
+        SRC + "_openai.py",
+        (
+            (
+                "                state.tool_fragments(choice)\n                state.add(_delta(choice, chat, state.request))",
+                "                state.add(_delta(choice, chat, state.request))",
+            ),
+        ),
+        (
+            "tests/test_openai_engine.py::test_the_http_engine_passes_tools_and_reads_tool_calls[True]",
+        ),
+    ),
+    Mutation(
+        "tools-offered-to-the-model",
+        "engines without a tool-call API render a chat without its tools",
+        SRC + "_toolcalls.py",
+        (
+            (
+                "    if tools:\n        offer = tool_instructions(tools)",
+                "    if False:\n        offer = tool_instructions(tools)",
+            ),
+        ),
+        (
+            CONF + "test_offered_tools_reach_the_model[simulated]",
+            CONF + "test_offered_tools_reach_the_model[openai]",
+        ),
+    ),
+    Mutation(
         "worker-inbox-bounded",
         "a worker's inbox grows without bound (no backpressure)",
         SA + "_worker.py",

@@ -20,6 +20,7 @@ from ._bridge import first_error, raise_single
 from ._pool import EnginePool, Replica, ReplicaState, prompt_key
 from ._protocol import Engine
 from ._simulated import CostModel, SimulatedCall, SimulatedEngine, SimulatedOutput
+from ._toolcalls import FunctionCall, ToolCall, parse_tool_calls, render_messages, tool_instructions
 from ._types import (
     SAMPLING_FIELDS,
     AbortNotAcknowledgedWarning,
@@ -44,6 +45,7 @@ __all__ = [
     "EngineError",
     "EnginePool",
     "EngineRequest",
+    "FunctionCall",
     "HFEngine",
     "InvalidRequestError",
     "OpenAIEngine",
@@ -55,11 +57,15 @@ __all__ = [
     "SimulatedEngine",
     "SimulatedOutput",
     "TRTLLMEngine",
+    "ToolCall",
     "check_sampling_field",
     "embedded_model_path",
     "first_error",
+    "parse_tool_calls",
     "prompt_key",
     "raise_single",
+    "render_messages",
+    "tool_instructions",
 ]
 
 # name -> private module, imported on first access (keeps torch/transformers optional)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import functools
 import importlib.util
+import json
 import os
 import queue
 import threading
@@ -39,6 +40,7 @@ import anyio
 import anyio.to_thread
 
 from ._bridge import BridgedEngine, RequestStream
+from ._toolcalls import render_messages
 from ._types import (
     EngineDelta,
     EngineError,
@@ -268,6 +270,7 @@ class HFEngine(BridgedEngine):
         key = (
             request.prompt if request.prompt is not None else request.messages,
             request.continuation,
+            None if request.tools is None else json.dumps(request.tools, sort_keys=True),
         )
         cached = self._token_cache.get(key)
         if cached is not None:
@@ -277,7 +280,7 @@ class HFEngine(BridgedEngine):
             self.chat_template and getattr(tok, "chat_template", None)
         ):
             messages = (
-                [m.to_dict() for m in request.messages]
+                render_messages(request.messages, request.tools)
                 if request.messages is not None
                 else [{"role": "user", "content": request.prompt}]
             )

@@ -9,8 +9,10 @@ from types import TracebackType
 from typing import Any, Self
 
 import anyio
+import attrs
 
 from ._bridge import RequestStream, raise_single
+from ._toolcalls import FunctionCall, ToolCall
 from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest, InvalidRequestError
 
 __all__ = ["OpenAIEngine"]
@@ -125,6 +127,8 @@ class OpenAIEngine:
         ask: dict[str, Any] = {"model": self.model}
         if path == "/chat/completions":
             ask["messages"] = body["messages"]
+            if request.tools:
+                ask["tools"] = body["tools"]
             if request.continuation:
                 ask["continue_final_message"] = True
                 ask["add_generation_prompt"] = False
@@ -214,6 +218,8 @@ class OpenAIEngine:
                 body["continue_final_message"] = True
                 body["add_generation_prompt"] = False
             body["messages"] = messages
+            if request.tools:
+                body["tools"] = [dict(t) for t in request.tools]
             if p.num_logprobs is not None:
                 body["logprobs"] = True
                 body["top_logprobs"] = p.num_logprobs
@@ -345,6 +351,7 @@ class OpenAIEngine:
             stream.fail(EngineError(f"bad answer from {self.base_url}: {exc!r}"))
             return
         state = _StreamState(request, stream)
+        state.tool_fragments(choice)
         state.add(delta)
         state.usage(answer.get("usage") or {})
         state.finish()
@@ -428,6 +435,7 @@ class OpenAIEngine:
                 message, _ = _error_message(json.dumps(chunk))
                 raise EngineError(f"server error mid-stream: {message}")
             for choice in chunk.get("choices") or ():
+                state.tool_fragments(choice)
                 state.add(_delta(choice, chat, state.request))
             usage = chunk.get("usage")
             if usage:
@@ -444,6 +452,39 @@ class _StreamState:
         self.counted = 0
         self.whole: list[EngineDelta] = []  # for stream=False requests: one delta at the end
         self.delivered = False  # something reached the consumer
+        self.calls: dict[int, dict[str, Any]] = {}  # tool calls, assembled from fragments
+
+    def tool_fragments(self, choice: dict[str, Any]) -> None:
+        """Gather the ``tool_calls`` of a chat choice: whole in a one-body answer,
+        in fragments keyed by ``index`` in a stream (name first, then pieces of
+        the arguments' JSON text).  Bounded: at most 64 calls of 256 KB each."""
+        message = choice.get("delta") or choice.get("message") or {}
+        for position, fragment in enumerate(message.get("tool_calls") or ()):
+            if not isinstance(fragment, dict):
+                raise EngineError(f"bad tool call from {self.request!r}: {fragment!r}")
+            index = fragment.get("index", position)
+            if not isinstance(index, int) or not 0 <= index < 64:
+                raise EngineError(f"tool call index out of range: {index!r}")
+            call = self.calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+            call["id"] = fragment.get("id") or call["id"]
+            fn = fragment.get("function") or {}
+            call["name"] = fn.get("name") or call["name"]
+            args = fn.get("arguments")
+            if isinstance(args, dict):  # some servers send an object
+                args = json.dumps(args)
+            if args:
+                call["arguments"] += args
+                if len(call["arguments"]) > 256_000:
+                    raise EngineError("a tool call's arguments exceed 256 KB")
+
+    def _with_calls(self, delta: EngineDelta) -> EngineDelta:
+        if not self.calls:
+            return delta
+        calls = tuple(
+            ToolCall(c["id"] or f"call_{i}", FunctionCall(c["name"], c["arguments"] or "{}"))
+            for i, c in sorted(self.calls.items())
+        )
+        return attrs.evolve(delta, tool_calls=calls)
 
     def push(self, delta: EngineDelta) -> None:
         if self.request.stream:
@@ -481,6 +522,7 @@ class _StreamState:
         pending = self.pending
         if pending is None:
             return False
+        pending = self._with_calls(pending)
         if self.request.stream:
             self.stream.push(pending)
             return True
@@ -497,6 +539,7 @@ class _StreamState:
                 pending.finish_reason,
                 pending.prompt_tokens,
                 None if ids else sum(d.num_tokens for d in parts),
+                pending.tool_calls,
             )
         )
         return True
@@ -506,7 +549,10 @@ def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> Engine
     if chat:
         text = (choice.get("delta") or choice.get("message") or {}).get("content") or ""
         lp_block = choice.get("logprobs") or {}
-        lps = [c.get("logprob", 0.0) for c in lp_block.get("content") or ()]
+        entries = lp_block.get("content") or ()
+        if any("logprob" not in c for c in entries):  # never filled in
+            raise EngineError(f"a logprob entry without its logprob: {entries!r:.200}")
+        lps = [c["logprob"] for c in entries]
     else:
         text = choice.get("text") or ""
         lp_block = choice.get("logprobs") or {}

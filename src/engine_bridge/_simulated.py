@@ -23,6 +23,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from ._toolcalls import render_messages
 from ._types import (
     EngineClosedError,
     EngineDelta,
@@ -277,7 +278,8 @@ class SimulatedEngine:
             base = self.tokenizer.decode(request.prompt_token_ids)
         else:
             assert request.messages is not None
-            base = "".join(f"<{m.role}>\n{m.content}\n" for m in request.messages) + "<assistant>\n"
+            messages = render_messages(request.messages, request.tools)
+            base = "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + "<assistant>\n"
         return base + (request.continuation or "")
 
     async def count_tokens(self, request: EngineRequest) -> int:

@@ -33,6 +33,7 @@ import anyio
 import anyio.to_thread
 
 from ._bridge import BridgedEngine, RequestStream
+from ._toolcalls import render_messages
 from ._types import (
     EngineClosedError,
     EngineDelta,
@@ -177,7 +178,7 @@ class TRTLLMEngine(BridgedEngine):
             self.chat_template and getattr(tok, "chat_template", None)
         ):
             messages = (
-                [m.to_dict() for m in request.messages]
+                render_messages(request.messages, request.tools)
                 if request.messages is not None
                 else [{"role": "user", "content": request.prompt}]
             )

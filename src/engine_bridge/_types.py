@@ -8,6 +8,8 @@ from typing import Any
 
 import attrs
 
+from ._toolcalls import ToolCall, check_tools
+
 __all__ = [
     "SAMPLING_FIELDS",
     "AbortNotAcknowledgedWarning",
@@ -183,11 +185,21 @@ class SamplingParams:
 
 @attrs.frozen(slots=True)
 class ChatMessage:
+    """One chat message.  An assistant message may carry the ``tool_calls`` it
+    made (OpenAI dicts), a ``tool`` message the ``tool_call_id`` it answers."""
+
     role: str
     content: str
+    tool_calls: tuple[Mapping[str, Any], ...] | None = None
+    tool_call_id: str | None = None
 
-    def to_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [dict(c) for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 def _freeze_messages(
@@ -200,16 +212,41 @@ def _freeze_messages(
         if isinstance(m, ChatMessage):
             out.append(m)
             continue
+        calls = m.get("tool_calls") if isinstance(m, Mapping) else None
+        content = m.get("content") if isinstance(m, Mapping) else None
+        if calls and content is None:
+            content = ""  # an assistant turn that only called tools
         if (
             not isinstance(m, Mapping)
             or not isinstance(m.get("role"), str)
-            or not isinstance(m.get("content"), str)
+            or not isinstance(content, str)
         ):
             raise InvalidRequestError(
                 "messages", f"message {i} must have str 'role' and 'content', got {m!r}"
             )
-        out.append(ChatMessage(m["role"], m["content"]))
+        if calls is not None and (
+            not isinstance(calls, Sequence) or not all(isinstance(c, Mapping) for c in calls)
+        ):
+            raise InvalidRequestError(
+                "messages", f"message {i}: tool_calls must be a list of objects"
+            )
+        call_id = m.get("tool_call_id")
+        out.append(
+            ChatMessage(
+                m["role"],
+                content,
+                tuple(dict(c) for c in calls) if calls else None,
+                str(call_id) if call_id is not None else None,
+            )
+        )
     return tuple(out)
+
+
+def _tools(value: Any) -> tuple[dict[str, Any], ...] | None:
+    try:
+        return check_tools(value)
+    except ValueError as e:
+        raise InvalidRequestError("tools", str(e)) from None
 
 
 @attrs.frozen(slots=True)
@@ -224,6 +261,12 @@ class EngineRequest:
     it instead of starting a new reply (a partial reasoning trace being probed or
     extended).  Engines render it as the beginning of the assistant turn; the
     output does not repeat it.
+
+    ``tools`` (optional, chat only) are OpenAI function tools offered to the
+    model: an HTTP engine passes them to its server's tool-call API, a local
+    engine offers them in the system message (:func:`render_messages`); the
+    calls come back on the final delta's ``tool_calls`` (an HTTP server's) or
+    are written in the text as ``<tool_call>`` blocks (:func:`parse_tool_calls`).
     """
 
     params: SamplingParams
@@ -234,6 +277,7 @@ class EngineRequest:
     messages: tuple[ChatMessage, ...] | None = attrs.field(default=None, converter=_freeze_messages)
     stream: bool = True
     continuation: str | None = None
+    tools: tuple[dict[str, Any], ...] | None = attrs.field(default=None, converter=_tools)
 
     def __attrs_post_init__(self) -> None:
         if self.continuation is not None and not isinstance(self.continuation, str):
@@ -249,6 +293,8 @@ class EngineRequest:
             raise InvalidRequestError("prompt_token_ids", "must not be empty")
         if self.messages is not None and not self.messages:
             raise InvalidRequestError("messages", "must not be empty")
+        if self.tools and self.messages is None:
+            raise InvalidRequestError("tools", "tools are offered in chats: give messages")
 
 
 @attrs.frozen(slots=True)
@@ -268,6 +314,8 @@ class EngineDelta:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     token_count: int | None = None
+    #: on the final delta: the tool calls an engine with a tool-call API reported
+    tool_calls: tuple[ToolCall, ...] | None = None
 
     @property
     def finished(self) -> bool:

@@ -30,6 +30,7 @@ from typing import Any
 
 import attrs
 
+from ._toolcalls import ToolCall, check_tools
 from ._types import EngineError, InvalidRequestError, check_sampling_field
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "sse",
     "sse_comment",
     "sse_error",
+    "tool_call_chunk_choice",
     "until_disconnected",
     "usage",
 ]
@@ -151,6 +153,7 @@ class CompletionRequest:
     include_usage: bool
     continue_final_message: bool
     body: Mapping[str, Any] = attrs.field(repr=False)
+    tools: tuple[dict[str, Any], ...] | None = None
 
 
 def _flag(body: Mapping[str, Any], name: str) -> bool:
@@ -251,6 +254,12 @@ def parse_request(body: Any, chat: bool) -> CompletionRequest:
         options = {}
     if not isinstance(options, Mapping):
         raise InvalidRequestError("stream_options", "must be an object")
+    try:
+        tools = check_tools(body.get("tools")) if chat else None
+    except ValueError as e:
+        raise InvalidRequestError("tools", str(e)) from None
+    if not chat and body.get("tools") is not None:
+        raise InvalidRequestError("tools", "tools are offered in chat completions only")
     continuation = chat and _flag(body, "continue_final_message")
     if continuation:
         assert messages is not None
@@ -269,6 +278,7 @@ def parse_request(body: Any, chat: bool) -> CompletionRequest:
         include_usage=bool(options.get("include_usage")),
         continue_final_message=continuation,
         body=body,
+        tools=tools or None,
         **values,
     )
 
@@ -315,11 +325,26 @@ def choice(
     token_ids: Sequence[int] | None = None,
     logprobs: Sequence[float] | None = None,
     extra: Mapping[str, Any] | None = None,
+    tool_calls: Sequence[ToolCall] | None = None,
 ) -> dict[str, Any]:
-    """The one choice of a whole (non-streamed) answer: ``message`` for chat,
-    ``text`` otherwise; ``token_ids`` and ``extra`` keys are extensions."""
-    body = ("message", {"role": "assistant", "content": text}) if chat else ("text", text)
+    """The one choice of a whole (non-streamed) answer: ``message`` for chat
+    (with ``tool_calls`` when the model called tools), ``text`` otherwise;
+    ``token_ids`` and ``extra`` keys are extensions."""
+    if chat:
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool_calls:
+            message["content"] = text or None
+            message["tool_calls"] = [c.to_dict() for c in tool_calls]
+        body: tuple[str, Any] = ("message", message)
+    else:
+        body = ("text", text)
     return _choice(finish_reason, body, chat, token_ids, logprobs, extra)
+
+
+def tool_call_chunk_choice(tool_calls: Sequence[ToolCall]) -> dict[str, Any]:
+    """A chat stream chunk's choice carrying whole tool calls (``index`` each)."""
+    calls = [{"index": i, **c.to_dict()} for i, c in enumerate(tool_calls)]
+    return {"index": 0, "finish_reason": None, "delta": {"tool_calls": calls}}
 
 
 def chunk_choice(

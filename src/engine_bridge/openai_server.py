@@ -9,7 +9,10 @@ the engine's token count of a prompt), ``POST /v1/completions`` and
 ``stream_options.include_usage``, ``logprobs``/``top_logprobs``, ``stop``, ``seed``,
 ``top_k`` as an extension).  Each choice also carries ``token_ids`` (an extension, as
 vLLM offers).  Bad requests get a 400 with ``{"error": {"message", "type", "param"}}``;
-an unhealthy engine a 503; a body over 16 MB a 413.  The protocol (parsing, bodies,
+an unhealthy engine a 503; a body over 16 MB a 413.  A chat with ``tools`` is
+answered with ``message.tool_calls`` parsed from the ``<tool_call>`` blocks the model
+wrote (the tools are offered to it in the system message); streamed, such an answer
+is sent whole at the end.  The protocol (parsing, bodies,
 SSE, errors) is :mod:`engine_bridge.openai_protocol`, shared with ``scaffold serve``.  A request with ``stream: false`` asks the engine for
 the final output only (no message per token).  When a client disconnects, mid-stream
 or while it waits for a one-body answer, the engine request is aborted.  Needs the ``server`` extra (starlette, uvicorn).
@@ -29,7 +32,8 @@ import anyio
 
 from . import openai_protocol as protocol
 from ._protocol import Engine
-from ._types import EngineError, EngineRequest, InvalidRequestError, SamplingParams
+from ._toolcalls import ToolCall, parse_tool_calls
+from ._types import EngineDelta, EngineError, EngineRequest, InvalidRequestError, SamplingParams
 from .openai_protocol import CompletionRequest
 
 __all__ = [
@@ -65,7 +69,11 @@ def engine_request(req: CompletionRequest) -> EngineRequest:
         if req.continue_final_message:
             messages, continuation = messages[:-1], messages[-1].get("content")
         return EngineRequest(
-            params, messages=messages, stream=req.stream, continuation=continuation
+            params,
+            messages=messages,
+            stream=req.stream,
+            continuation=continuation,
+            tools=req.tools,
         )
     if isinstance(req.prompt, tuple):
         ids: Any = req.prompt  # attrs' optional(tuple) converter confuses mypy
@@ -154,6 +162,7 @@ async def _complete(request: Any, chat: bool) -> Any:
     text, finish, prompt_tokens, count = "", None, 0, 0
     ids: list[int] = []
     lps: list[float] = []
+    reported: tuple[ToolCall, ...] | None = None
     failed: Any = None
     async with anyio.create_task_group() as tg:
 
@@ -171,6 +180,7 @@ async def _complete(request: Any, chat: bool) -> Any:
                     finish = d.finish_reason or finish
                     prompt_tokens = d.prompt_tokens or prompt_tokens
                     count += d.num_tokens
+                    reported = d.tool_calls or reported
         except (InvalidRequestError, EngineError) as e:
             failed = protocol.error_for(e)
         tg.cancel_scope.cancel()
@@ -179,8 +189,28 @@ async def _complete(request: Any, chat: bool) -> Any:
     if finish is None:  # the client left; nobody reads this
         return Response(status_code=499)
     logprobs = lps if ereq.params.num_logprobs is not None else None
-    answer = protocol.choice(chat, text, finish, token_ids=ids, logprobs=logprobs)
+    text, calls = _tool_calls(ereq, text, reported)
+    answer = protocol.choice(
+        chat,
+        text,
+        "tool_calls" if calls else finish,
+        token_ids=ids,
+        logprobs=logprobs,
+        tool_calls=calls,
+    )
     return JSONResponse(meta.completion([answer], protocol.usage(prompt_tokens, count)))
+
+
+def _tool_calls(
+    ereq: EngineRequest, text: str, reported: tuple[ToolCall, ...] | None
+) -> tuple[str, list[ToolCall]]:
+    """The answer's text and tool calls: the engine's own when it reported them,
+    else the ``<tool_call>`` blocks written in the text of a request with tools."""
+    if reported:
+        return text, list(reported)
+    if ereq.tools:
+        return parse_tool_calls(text)
+    return text, []
 
 
 async def _events(
@@ -189,11 +219,15 @@ async def _events(
     """One chunk per engine delta, then the usage chunk if asked and ``[DONE]``.
     Closing the stream (client gone) aborts the engine request."""
     prompt_tokens = completion_tokens = 0
+    held: list[EngineDelta] = []  # with tools, the answer is sent whole at the end
     try:
         async with engine.open_stream(ereq) as deltas:
             async for d in deltas:
                 prompt_tokens = d.prompt_tokens or prompt_tokens
                 completion_tokens += d.num_tokens
+                if ereq.tools:
+                    held.append(d)
+                    continue
                 piece = protocol.chunk_choice(
                     meta.chat, d.text, d.finish_reason, token_ids=d.token_ids, logprobs=d.logprobs
                 )
@@ -201,6 +235,17 @@ async def _events(
     except (EngineError, InvalidRequestError) as e:
         yield protocol.sse_error(str(e))
         return
+    if held:
+        reported = next((d.tool_calls for d in reversed(held) if d.tool_calls), None)
+        text, calls = _tool_calls(ereq, "".join(d.text for d in held), reported)
+        ids = [t for d in held for t in d.token_ids]
+        if text:
+            piece = protocol.chunk_choice(meta.chat, text, None, token_ids=ids)
+            yield protocol.sse(meta.chunk([piece]))
+        if calls:
+            yield protocol.sse(meta.chunk([protocol.tool_call_chunk_choice(calls)]))
+        finish = "tool_calls" if calls else held[-1].finish_reason
+        yield protocol.sse(meta.chunk([protocol.chunk_choice(meta.chat, "", finish)]))
     if include_usage:
         yield protocol.sse(meta.chunk([], protocol.usage(prompt_tokens, completion_tokens)))
     yield protocol.SSE_DONE

@@ -7,6 +7,8 @@ a :class:`RequestContext`; TensorRT-LLM style generator controllers live in
 (blocking, with its own event-loop thread).
 """
 
+from engine_bridge import FunctionCall, ToolCall, parse_tool_calls
+
 from ._budget import TokenBudget, TokenBudgetExhaustedError
 from ._chat import (
     AssistantMessage,
@@ -50,7 +52,6 @@ from ._tasks import (
     TaskStatus,
     ToolCallTask,
 )
-from ._toolcalls import FunctionCall, ToolCall, parse_tool_calls
 from ._tools import PythonTool, ToolWorker
 from ._trace import ExecutionTrace, ReplayMismatchError, ReplayWorker, TaskRecord, TokenUsage
 from ._worker import Worker

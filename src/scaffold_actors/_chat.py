@@ -8,11 +8,16 @@ from typing import Any, ClassVar
 
 import attrs
 
-from engine_bridge import EngineRequest, InvalidRequestError, SamplingParams
+from engine_bridge import (
+    EngineRequest,
+    InvalidRequestError,
+    SamplingParams,
+    ToolCall,
+    render_messages,
+)
 
 from ._errors import InvalidTaskError
 from ._tasks import StreamGenerationTask, Task
-from ._toolcalls import ToolCall, tool_instructions
 
 __all__ = [
     "AssistantMessage",
@@ -138,24 +143,6 @@ def _call_dict(call: Any) -> Any:
     if isinstance(call, ToolCall):
         return call.to_dict()
     return call
-
-
-def _call_markup(call: Any) -> str:
-    """A tool call as the model writes it (see :func:`tool_instructions`)."""
-    name: Any
-    arguments: Any
-    if isinstance(call, ToolCall):
-        name, arguments = call.function.name, call.function.arguments
-    elif isinstance(call, Mapping):
-        fn = call.get("function") or {}
-        name, arguments = fn.get("name"), fn.get("arguments", "{}")
-    else:
-        return str(call)
-    try:
-        args = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except ValueError:
-        args = arguments
-    return f"<tool_call>{json.dumps({'name': name, 'arguments': args}, ensure_ascii=False)}</tool_call>"
 
 
 class ToolDescription:
@@ -286,37 +273,41 @@ class ChatTask(StreamGenerationTask):
             t.to_dict() if isinstance(t, ToolDescription) else dict(t) for t in self.tools or ()
         ]
 
-    def rendered_messages(self) -> list[dict[str, str]]:
-        """The conversation as plain ``{"role", "content"}`` messages for an engine
-        without a tool-call API: the tools offered in the system message, the
-        assistant's tool calls written as ``<tool_call>`` blocks, tool results as
-        ``tool`` messages."""
-        out: list[dict[str, str]] = []
+    def engine_messages(self) -> list[dict[str, Any]]:
+        """The conversation as OpenAI message dicts (``tool_calls`` and
+        ``tool_call_id`` included), skipping messages with neither content nor
+        tool calls."""
+        out: list[dict[str, Any]] = []
         for m in map(_message, self.messages):
-            content = m.content or ""
             calls = getattr(m, "tool_calls", None)
-            if calls:
-                content = "\n".join([content, *(_call_markup(c) for c in calls)]).strip()
-            if not content and not calls:
+            if m.content is None and not calls:
                 continue
-            out.append({"role": str(m.role), "content": content})
-        tools = self.tool_dicts()
-        if tools:
-            offer = tool_instructions(tools)
-            if out and out[0]["role"] == "system":
-                out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{offer}"}
-            else:
-                out.insert(0, {"role": "system", "content": offer})
+            d: dict[str, Any] = {"role": str(m.role), "content": m.content or ""}
+            if calls:
+                d["tool_calls"] = [_call_dict(c) for c in calls]
+            call_id = getattr(m, "tool_call_id", None)
+            if call_id is not None:
+                d["tool_call_id"] = call_id
+            out.append(d)
         return out
 
+    def rendered_messages(self) -> list[dict[str, str]]:
+        """What an engine without a tool-call API renders (:func:`render_messages`):
+        the tools offered in the system message, the assistant's tool calls as
+        ``<tool_call>`` blocks, tool results as ``tool`` messages."""
+        request = self.engine_request(SamplingParams(max_tokens=1), stream=False)
+        return render_messages(request.messages or (), request.tools)
+
     def engine_request(self, defaults: SamplingParams, *, stream: bool) -> EngineRequest:
-        messages = self.rendered_messages()
+        messages = self.engine_messages()
+        tools = self.tool_dicts() or None
         try:
             return EngineRequest(
                 self.sampling_params(defaults),
                 messages=messages,
                 stream=stream,
                 continuation=self.continuation or None,
+                tools=tools,
             )
         except InvalidRequestError as e:
             if isinstance(e, InvalidTaskError):

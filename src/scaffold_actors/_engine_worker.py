@@ -6,14 +6,20 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import ClassVar
 
-from engine_bridge import Engine, EngineDelta, InvalidRequestError, SamplingParams
+from engine_bridge import (
+    Engine,
+    EngineDelta,
+    InvalidRequestError,
+    SamplingParams,
+    ToolCall,
+    parse_tool_calls,
+)
 
 from ._chat import AssistantMessage, ChatTask
 from ._errors import InvalidTaskError
 from ._hints import TokenizeTask
 from ._task_context import task_context
 from ._tasks import GenerationTask, StreamGenerationTask, Task, TaskStatus
-from ._toolcalls import parse_tool_calls
 from ._worker import Handler, Worker
 
 __all__ = ["EngineWorker"]
@@ -157,18 +163,22 @@ class EngineWorker(Worker):
         request = task.engine_request(self.default_params, stream=ctx.counts_tokens or ctx.streamed)
         _reset_outputs(task)
         task.end_flag = False
+        reported: tuple[ToolCall, ...] | None = None
         async with self.engine.open_stream(request) as stream:
             async for delta in stream:
                 _apply(task, delta)
+                reported = delta.tool_calls or reported
                 ctx.report_tokens(delta.num_tokens)
                 ctx.notify_progress()
         task.end_flag = True
         content, calls = task.output_str, None
-        if task.tools:
+        if reported:  # an engine with a tool-call API (an OpenAI-compatible server)
+            calls = list(reported)
+        elif task.tools:  # else the calls are written in the text
             content, found = parse_tool_calls(task.output_str or "")
-            if found:
-                calls = found
-                task.finish_reason = "tool_calls"
+            calls = found or None
+        if calls:
+            task.finish_reason = "tool_calls"
         task.tool_calls = calls
         task.messages.append(
             AssistantMessage(content, tool_calls=calls, finish_reason=task.finish_reason)

@@ -14,7 +14,14 @@ from typing import Any
 
 import attrs
 
-__all__ = ["FunctionCall", "ToolCall", "parse_tool_calls", "tool_instructions"]
+__all__ = [
+    "FunctionCall",
+    "ToolCall",
+    "check_tools",
+    "parse_tool_calls",
+    "render_messages",
+    "tool_instructions",
+]
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 MAX_SCAN_CHARS = 200_000
@@ -46,6 +53,25 @@ class ToolCall:
             "type": self.type,
             "function": {"name": self.function.name, "arguments": self.function.arguments},
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ToolCall:
+        """From the OpenAI shape ``{"id", "type", "function": {"name", "arguments"}}``
+        (``arguments`` as JSON text, or an object)."""
+        fn = data.get("function") or {}
+        args = fn.get("arguments", "{}")
+        if not isinstance(args, str):
+            args = json.dumps(args, ensure_ascii=False)
+        return cls(str(data.get("id") or ""), FunctionCall(str(fn.get("name") or ""), args))
+
+    def markup(self) -> str:
+        """The call as a model writes it (see :func:`tool_instructions`)."""
+        try:
+            args: Any = json.loads(self.function.arguments)
+        except ValueError:
+            args = self.function.arguments
+        body = json.dumps({"name": self.function.name, "arguments": args}, ensure_ascii=False)
+        return f"{OPEN}{body}{CLOSE}"
 
     def parsed_arguments(self) -> dict[str, Any]:
         """``arguments`` decoded (an object; the parser only accepts objects)."""
@@ -116,3 +142,55 @@ def _call(body: str, call_id: str) -> ToolCall | None:
     if not isinstance(args, dict):
         return None
     return ToolCall(call_id, FunctionCall(value["name"], json.dumps(args, ensure_ascii=False)))
+
+
+def check_tools(value: Any) -> tuple[dict[str, Any], ...] | None:
+    """``tools`` as a tuple of OpenAI function tools; raises ``ValueError`` naming
+    what is wrong (the caller turns it into its own error type)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"must be a list of tools, got {type(value).__name__}")
+    out = []
+    for i, tool in enumerate(value):
+        fn = tool.get("function") if isinstance(tool, Mapping) else None
+        if (
+            not isinstance(tool, Mapping)
+            or tool.get("type", "function") != "function"
+            or not isinstance(fn, Mapping)
+            or not isinstance(fn.get("name"), str)
+            or not fn["name"]
+        ):
+            raise ValueError(
+                f'tool {i} must be {{"type": "function", "function": {{"name": ...}}}}, got {tool!r}'
+            )
+        out.append(dict(tool))
+    return tuple(out)
+
+
+def render_messages(
+    messages: Sequence[Any], tools: Sequence[Mapping[str, Any]] | None
+) -> list[dict[str, str]]:
+    """Plain ``{"role", "content"}`` messages for a chat template without a tool
+    API: ``tools`` offered in the (first) system message, each assistant's tool
+    calls written as ``<tool_call>`` blocks after its text, tool results kept as
+    ``tool`` messages.  ``messages`` holds :class:`ChatMessage`-like objects
+    (``role``, ``content``, ``tool_calls``)."""
+    out: list[dict[str, str]] = []
+    for m in messages:
+        content = m.content or ""
+        calls = getattr(m, "tool_calls", None)
+        if calls:
+            marks = [
+                c.markup() if isinstance(c, ToolCall) else ToolCall.from_dict(c).markup()
+                for c in calls
+            ]
+            content = "\n".join([content, *marks]).strip()
+        out.append({"role": m.role, "content": content})
+    if tools:
+        offer = tool_instructions(tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{offer}"}
+        else:
+            out.insert(0, {"role": "system", "content": offer})
+    return out

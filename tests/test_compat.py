@@ -529,3 +529,65 @@ def test_system_prompt_keeps_its_id_through_formatting_and_copies() -> None:
     assert SystemMessage(rendered).content == rendered
     with pytest.raises(TypeError):
         system_prompt(3, name="x")  # type: ignore[arg-type]
+
+
+def test_execution_tracing_in_trtllm_style(tmp_path: Path) -> None:
+    from scaffold_actors.compat import (
+        ChatTask,
+        ExecutionTrace,
+        NativeChatController,
+        with_execution_tracing,
+    )
+
+    @with_execution_tracing("vote")
+    class Vote(MajorityVoteController):
+        pass
+
+    engine = SimulatedEngine(answers("4"))
+    with ScaffoldingLlm(
+        Vote(NativeChatController({"max_tokens": 16}), default_sample_num=3),
+        {"generation": EngineWorker(engine)},
+    ) as llm:
+        result = llm.generate("2 + 2?")
+    trace = result.task_collections["execution_tracer"].export_trace()
+    kinds = [(e.event_type, e.role, e.branch_path) for e in trace.events]
+    assert kinds[0] == ("parallel_start", None, []) and kinds[-1] == ("parallel_end", None, [])
+    assert trace.events[0].num_branches == 3
+    for i in range(3):  # each sample: its prompt, then its answer, on its own branch
+        assert ("message", "user", [i]) in kinds and ("message", "assistant", [i]) in kinds
+    answer = next(e for e in trace.events if e.role == "assistant")
+    assert answer.completion_tokens and answer.finish_reason and answer.duration_ms >= 0
+
+    @with_execution_tracing("pair")
+    class Pair(Controller):
+        def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+            chats = [ChatTask.create_from_prompt(f"q{i}") for i in range(2)]
+            for c in chats:
+                c.worker_tag, c.max_tokens = "generation", 8
+            yield chats  # two tasks at once: a fork of their own
+            chats[0].add_message(UserMessage("and?"))
+            yield [chats[0]]  # only the new message is recorded again
+            tasks[0].output_str = chats[0].output_str
+
+    from scaffold_actors.compat import UserMessage
+
+    with ScaffoldingLlm(Pair(), {"generation": EngineWorker(engine)}) as llm:
+        result = llm.generate("q")
+    trace = result.task_collections["execution_tracer"].export_trace()
+    kinds = [(e.event_type, e.role, e.conversation_id, e.branch_path) for e in trace.events]
+    assert kinds == [
+        ("message", "user", 0, []),
+        ("message", "user", 1, []),
+        ("parallel_start", None, None, []),
+        ("message", "assistant", 0, [0]),
+        ("message", "assistant", 1, [1]),
+        ("parallel_end", None, None, []),
+        ("message", "user", 0, []),
+        ("message", "assistant", 0, []),
+    ]
+    trace.save(tmp_path / "trace.json")
+    loaded = ExecutionTrace.load(tmp_path / "trace.json")
+    assert (
+        loaded == trace
+        and "conversation_id" not in json.loads((tmp_path / "trace.json").read_text())["events"][2]
+    )  # unset fields are left out

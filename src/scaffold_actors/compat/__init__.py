@@ -71,6 +71,7 @@ from ._task_collection import (
     TaskTimer,
     with_task_collection,
 )
+from ._tracing import ExecutionTrace, ExecutionTracer, TraceEvent, with_execution_tracing
 from ._workers import OpenaiWorker, TRTLLMWorker, TRTOpenaiWorker
 
 __all__ = [
@@ -82,6 +83,8 @@ __all__ = [
     "ChatWithMCPController",
     "Controller",
     "ExecutionScope",
+    "ExecutionTrace",
+    "ExecutionTracer",
     "GenerationTask",
     "GenerationTokenCounter",
     "MCPCallTask",
@@ -115,6 +118,7 @@ __all__ = [
     "ToolCallTask",
     "ToolDescription",
     "ToolMessage",
+    "TraceEvent",
     "UserMessage",
     "Worker",
     "async_scaffolding_benchmark",
@@ -126,6 +130,7 @@ __all__ = [
     "load_controller_config",
     "register_controller",
     "system_prompt",
+    "with_execution_tracing",
     "with_task_collection",
 ]
 

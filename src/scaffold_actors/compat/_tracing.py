@@ -1,0 +1,211 @@
+"""TensorRT-LLM's event traces: what a controller's conversations and tool
+calls did, in order, with the branch path of each event."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+
+from .._chat import AssistantMessage, ChatTask, RoleMessage
+from .._mcp import MCPCallTask
+from .._scope import current_scope
+from .._tasks import GenerationTask, Task
+from ._task_collection import TaskCollection, with_task_collection
+
+__all__ = ["ExecutionTrace", "ExecutionTracer", "TraceEvent", "with_execution_tracing"]
+
+C = TypeVar("C", bound=type)
+
+
+@attrs.define
+class TraceEvent:
+    """One event of an execution trace (TensorRT-LLM compatible).
+
+    ``event_type``: ``"message"`` (one message of a conversation:
+    ``conversation_id``, ``role``; an assistant's carries ``tool_calls``, token
+    counts and ``finish_reason``), ``"tool_call"`` (one MCP call: ``tool_call_id``,
+    ``tool_name``, ``duration_ms``), ``"parallel_start"`` / ``"parallel_end"``
+    (a fork: ``num_branches``; the events of branch ``i`` follow on
+    ``branch_path + [i]``).  ``branch_path`` is the execution scope's.
+    """
+
+    event_type: str = ""
+    branch_path: list[int] = attrs.field(factory=list)
+    conversation_id: int | None = None
+    role: str | None = None
+    tool_calls: list[str] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    finish_reason: str | None = None
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    duration_ms: float | None = None
+    num_branches: int | None = None
+    children: list[TraceEvent] | None = None
+    tokenize_count: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event without its unset fields (the compact JSON form)."""
+        out: dict[str, Any] = {}
+        for a in attrs.fields(TraceEvent):
+            value = getattr(self, a.name)
+            if value is None:
+                continue
+            if a.name == "children":
+                value = [c.to_dict() for c in value]
+            out[a.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TraceEvent:
+        known = {a.name for a in attrs.fields(TraceEvent)}
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("children") is not None:
+            values["children"] = [cls.from_dict(c) for c in values["children"]]
+        return cls(**values)
+
+
+@attrs.define
+class ExecutionTrace:
+    """A request's events, saved to and loaded from JSON (TensorRT-LLM's event
+    trace; :class:`scaffold_actors.ExecutionTrace` is the native task trace)."""
+
+    trace_id: str = attrs.field(factory=lambda: str(uuid.uuid4()))
+    events: list[TraceEvent] = attrs.field(factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trace_id": self.trace_id, "events": [e.to_dict() for e in self.events]}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, ensure_ascii=False, default=str)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ExecutionTrace:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or not isinstance(data.get("events", []), list):
+            raise ValueError(f"{path}: not an execution trace")
+        return cls(
+            trace_id=str(data.get("trace_id") or uuid.uuid4()),
+            events=[TraceEvent.from_dict(e) for e in data.get("events", [])],
+        )
+
+
+def _branch_path() -> list[int]:
+    scope = current_scope.get()
+    return scope.branch_path_list if scope is not None else []
+
+
+class ExecutionTracer(TaskCollection):
+    """Records a controller's execution as :class:`TraceEvent` s (TensorRT-LLM
+    compatible): each message of a :class:`ChatTask` conversation once (context
+    messages before the yield, the assistant's reply after it, with its token
+    counts and tool calls), a :class:`GenerationTask` as a user and an
+    assistant message, an :class:`MCPCallTask` as a ``tool_call`` with its
+    duration, and forks (``ParallelProcess``, or several tasks yielded at once)
+    as ``parallel_start`` / ``parallel_end`` around their branches' events.
+    :meth:`export_trace` gives the :class:`ExecutionTrace`.  Attach it with
+    :func:`with_execution_tracing`.
+    """
+
+    def __init__(self, controller_name: str = "root") -> None:
+        self.controller_name = controller_name
+        self.events: list[TraceEvent] = []
+        self._start: dict[int, float] = {}
+        self._conversations: dict[int, int] = {}
+        self._recorded: dict[int, int] = {}  # messages of a chat already recorded
+
+    def _conversation(self, task: Task) -> int:
+        return self._conversations.setdefault(id(task), len(self._conversations))
+
+    def before_yield(self, tasks: list[Task]) -> None:
+        now = time.perf_counter()
+        path = _branch_path()
+        for t in tasks:
+            self._start[id(t)] = now
+            if isinstance(t, ChatTask):
+                t.enable_token_counting = True
+                conv = self._conversation(t)
+                for m in t.messages[self._recorded.get(id(t), 0) :]:
+                    self.events.append(TraceEvent("message", list(path), conv, _role(m)))
+                self._recorded[id(t)] = len(t.messages)
+            elif isinstance(t, GenerationTask):
+                self.events.append(TraceEvent("message", list(path), self._conversation(t), "user"))
+
+    def _event_after(self, task: Task, duration_ms: float) -> TraceEvent | None:
+        path = _branch_path()
+        if isinstance(task, GenerationTask):
+            calls = None
+            if isinstance(task, ChatTask):
+                reply = task.messages[-1] if task.messages else None
+                if isinstance(reply, AssistantMessage) and reply.tool_calls:
+                    calls = [str(c) for c in reply.tool_calls]
+                self._recorded[id(task)] = len(task.messages)
+            return TraceEvent(
+                "message",
+                list(path),
+                self._conversation(task),
+                "assistant",
+                tool_calls=calls,
+                prompt_tokens=task.prompt_tokens_num,
+                completion_tokens=task.completion_tokens_num,
+                reasoning_tokens=getattr(task, "reasoning_tokens_num", None),
+                finish_reason=task.finish_reason,
+                duration_ms=duration_ms,
+            )
+        if isinstance(task, MCPCallTask):
+            return TraceEvent(
+                "tool_call",
+                list(path),
+                tool_call_id=task.tool_call_id,
+                tool_name=task.tool_name,
+                duration_ms=duration_ms,
+            )
+        return None
+
+    def after_yield(self, tasks: list[Task]) -> None:
+        now = time.perf_counter()
+        made = []
+        for t in tasks:
+            start = self._start.pop(id(t), now)
+            event = self._event_after(t, (now - start) * 1000)
+            if event is not None:
+                made.append(event)
+        if len(made) <= 1:
+            self.events.extend(made)
+            return
+        path = _branch_path()  # several tasks at once: a fork of their own
+        self.events.append(TraceEvent("parallel_start", list(path), num_branches=len(made)))
+        for i, event in enumerate(made):
+            event.branch_path = [*path, i]
+            self.events.append(event)
+        self.events.append(TraceEvent("parallel_end", list(path)))
+
+    def on_parallel_start(self, num_branches: int) -> None:
+        self.events.append(TraceEvent("parallel_start", _branch_path(), num_branches=num_branches))
+
+    def on_parallel_end(self, num_branches: int) -> None:
+        self.events.append(TraceEvent("parallel_end", _branch_path()))
+
+    def export_trace(self) -> ExecutionTrace:
+        return ExecutionTrace(events=list(self.events))
+
+
+def with_execution_tracing(controller_name: str = "root") -> Callable[[C], C]:
+    """Class decorator: trace the controller with an :class:`ExecutionTracer`
+    (its ``task_collections["execution_tracer"]``)."""
+    return with_task_collection(
+        "execution_tracer", ExecutionTracer, controller_name=controller_name
+    )
+
+
+def _role(m: RoleMessage | dict[str, Any]) -> str | None:
+    return m.role if isinstance(m, RoleMessage) else m.get("role")

@@ -591,3 +591,38 @@ def test_execution_tracing_in_trtllm_style(tmp_path: Path) -> None:
         loaded == trace
         and "conversation_id" not in json.loads((tmp_path / "trace.json").read_text())["events"][2]
     )  # unset fields are left out
+
+
+def test_sub_request_markers_and_tokenize_in_trtllm_style(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scaffold_actors.compat import (
+        ChatTask,
+        NativeChatController,
+        TokenizeTask,
+        TokenizeWorkerTag,
+        sub_request_node,
+    )
+
+    monkeypatch.setenv("ENABLE_SUB_REQUEST_MARKER", "1")
+    marks: list[list[tuple[str, int]]] = []
+
+    @sub_request_node("inner")
+    class Inner(NativeChatController):
+        pass
+
+    @sub_request_node("outer", is_top_level=True)
+    class Outer(Controller):
+        def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+            chat = ChatTask.create_from_prompt("q")
+            yield from Inner({"max_tokens": 8}).process([chat])
+            marks.append(list(chat.sub_request_markers))
+            count = TokenizeTask(content="How many tokens?", worker_tag=TokenizeWorkerTag.TOKENIZE)
+            yield [count]
+            tasks[0].output_str = str(count.token_count)
+
+    worker = EngineWorker(SimulatedEngine(answers("1")))
+    with ScaffoldingLlm(Outer(), {"generation": worker, "tokenize": worker}) as llm:
+        result = llm.generate("q")
+    (path,) = marks
+    assert [name for name, _ in path] == ["LeafNode", "inner", "outer"]
+    assert path[0] == ("LeafNode", 0)  # renumbered from 0 by the node that saw it
+    assert int(result.output.output_str) > 0

@@ -21,8 +21,9 @@ class TokenizeTask(Task):
     """Count a prompt's tokens with the generation engine's own tokenizer
     (TensorRT-LLM compatible).
 
-    Inputs: exactly one of ``input_str``, ``messages`` (OpenAI dicts or
-    :class:`RoleMessage`) or ``chat_task`` (its messages).  Output:
+    Inputs: exactly one of ``input_str`` (or ``content``, TensorRT-LLM's name),
+    ``messages`` (OpenAI dicts or :class:`RoleMessage`) or ``chat_task`` (its
+    messages); ``event`` (a trace event the count is for) is carried along.  Output:
     ``token_count``, as a generation of that prompt would see it (chat template
     included).  Every engine answers: local engines with their tokenizer, an
     HTTP engine by asking its server's ``/tokenize``.  An engine that cannot
@@ -34,6 +35,8 @@ class TokenizeTask(Task):
     input_str: str | None = None
     messages: list[Any] | None = None
     chat_task: ChatTask | None = None
+    content: str | None = None
+    event: Any = None
     token_count: int | None = None
     tokenize_error: str | None = None
 
@@ -42,6 +45,8 @@ class TokenizeTask(Task):
 
     def validate(self) -> None:
         super().validate()
+        if self.content is not None and self.input_str is None:
+            self.input_str = self.content
         given = [f for f in ("input_str", "messages", "chat_task") if getattr(self, f) is not None]
         if len(given) != 1:
             raise InvalidTaskError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import statistics
@@ -18,9 +19,12 @@ __all__ = [
     "ChatTokenCounter",
     "GenerationTokenCounter",
     "QueryCollector",
+    "SubRequestMarker",
     "TaskCollection",
     "TaskMetricsCollector",
     "TaskTimer",
+    "TokenizeWorkerTag",
+    "sub_request_node",
     "with_task_collection",
 ]
 
@@ -402,3 +406,70 @@ class TaskMetricsCollector(TaskCollection):
     @staticmethod
     def get_global_info() -> Any:
         return TaskMetricsCollector.statistics
+
+
+class SubRequestMarker(TaskCollection):
+    """Marks each :class:`ChatTask` with the path of controllers it went through
+    (``sub_request_markers``: ``(node_name, id)`` pairs, innermost first),
+    TensorRT-LLM compatible.  Off unless the environment has
+    ``ENABLE_SUB_REQUEST_MARKER=1`` (``SET_UNIQUE_ID_ZERO=1`` numbers every node 0)."""
+
+    _next_id: ClassVar[int] = 0
+    top_node_count: ClassVar[int] = 0
+
+    def __init__(self, node_name: str, is_top_level: bool = False) -> None:
+        self.node_name = node_name
+        if os.environ.get("SET_UNIQUE_ID_ZERO", "0") == "1":
+            self.unique_id = 0
+        elif is_top_level:
+            self.unique_id = SubRequestMarker.top_node_count
+            SubRequestMarker.top_node_count += 1
+        else:
+            self.unique_id = SubRequestMarker._new_id()
+        self._renumber: dict[str, dict[int, int]] = {}
+
+    @staticmethod
+    def _new_id() -> int:
+        value = SubRequestMarker._next_id
+        SubRequestMarker._next_id += 1
+        return value
+
+    @staticmethod
+    def enabled() -> bool:
+        return os.environ.get("ENABLE_SUB_REQUEST_MARKER", "0") == "1"
+
+    def before_yield(self, tasks: list[Task]) -> None:
+        if not self.enabled():
+            return
+        for t in tasks:
+            if not isinstance(t, ChatTask):
+                continue
+            if t.unique_id is None:  # a new request of this chat
+                t.unique_id = self._new_id()
+                t.sub_request_markers = [("LeafNode", t.unique_id)]
+            name, raw = t.sub_request_markers[-1]
+            ids = self._renumber.setdefault(name, {})
+            local = ids.setdefault(raw, len(ids))  # ids local to this node, from 0
+            t.sub_request_markers[-1] = (name, local)
+            t.sub_request_markers.append((self.node_name, self.unique_id))
+
+    def after_yield(self, tasks: list[Task]) -> None:
+        if not self.enabled():
+            return
+        for t in tasks:
+            if isinstance(t, ChatTask):
+                t.unique_id = None
+
+
+def sub_request_node(node_name: str, is_top_level: bool = False) -> Callable[[C], C]:
+    """Class decorator: mark the chats a controller yields (see :class:`SubRequestMarker`)."""
+    return with_task_collection(
+        "sub_request_marker", SubRequestMarker, node_name=node_name, is_top_level=is_top_level
+    )
+
+
+class TokenizeWorkerTag(enum.Enum):
+    """The worker tag TensorRT-LLM gives :class:`TokenizeTask` s (map it to a
+    generation worker: ``{"tokenize": engine_worker}``)."""
+
+    TOKENIZE = "tokenize"

@@ -6,7 +6,8 @@ MODE is an HTTP status to answer with (default 503), or one of:
 ``stall`` (send the headers, then nothing), ``stall-after-token`` (one chunk, then
 nothing), ``drop`` (one chunk, then the connection is cut mid-body).  A request with
 ``"stream": false`` gets one JSON body; ``stall`` then sends nothing at all, and
-``stall-after-token`` / ``drop`` send the first half of the body.
+``stall-after-token`` / ``drop`` send the first half of the body.  Chat
+completions always succeed, with the reasoning apart in ``reasoning_content``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,46 @@ async def completions(request: Request) -> object:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+REASONING_USAGE = {
+    "prompt_tokens": 5,
+    "completion_tokens": 6,
+    "completion_tokens_details": {"reasoning_tokens": 4},
+}
+
+
+async def chat_completions(request: Request) -> object:
+    """A chat answer with the reasoning apart (``reasoning_content``), as
+    servers with a reasoning parser send it: whole, or streamed in pieces."""
+    calls["n"] += 1
+    if not (await request.json()).get("stream"):
+        message = {"role": "assistant", "content": "4", "reasoning_content": "Let me think."}
+        return JSONResponse(
+            {
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": REASONING_USAGE,
+            }
+        )
+
+    async def events():  # type: ignore[no-untyped-def]
+        pieces = [
+            ({"reasoning_content": "Let me "}, None),
+            ({"reasoning_content": "think."}, None),
+            ({"content": "4"}, "stop"),
+        ]
+        for delta, finish in pieces:
+            chunk = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield f"data: {json.dumps({'choices': [], 'usage': REASONING_USAGE})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 app = Starlette(
-    routes=[Route("/health", health), Route("/v1/completions", completions, methods=["POST"])]
+    routes=[
+        Route("/health", health),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ]
 )
 uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning")

@@ -549,3 +549,30 @@ async def test_the_http_engine_passes_tools_and_reads_tool_calls(
     chat = seen["chat"]
     assert chat.finish_reason == "tool_calls" and isinstance(chat.tool_calls[0], ToolCall)
     assert chat.messages[-1].tool_calls[0].function.name == "add"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_reasoning_apart_from_the_answer_is_kept_apart(flaky: Any, stream: bool) -> None:
+    """A server's ``reasoning_content`` (and its reasoning token count) reach the
+    assistant message, not the answer; nothing is counted the server did not report."""
+    from scaffold_actors import ChatTask, GenerationTask, RequestContext
+
+    port = flaky(0)
+    seen: dict[str, Any] = {}
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        chat = ChatTask.create_from_prompt("2 + 2?")
+        chat.max_tokens = 32
+        await ctx.run(chat)
+        seen["chat"] = chat
+        return task
+
+    # stream_all: the engine reads the answer as a stream of pieces
+    engine = OpenAIEngine(f"http://127.0.0.1:{port}/v1", "m", chat=True, stream_all=stream)
+    async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(engine)}) as llm:
+        await llm.generate("q")
+    chat = seen["chat"]
+    reply = chat.messages[-1]
+    assert (reply.content, reply.reasoning_content) == ("4", "Let me think.")
+    assert chat.output_str == "4" and chat.reasoning_tokens_num == 4
+    assert chat.completion_tokens_num == 6

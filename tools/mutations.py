@@ -501,6 +501,21 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "reasoning-kept-apart",
+        "OpenAIEngine drops the reasoning a server sends apart from the answer",
+        SRC + "_openai.py",
+        (
+            (
+                'reasoning = message.get("reasoning_content") or message.get("reasoning") or ""',
+                'reasoning = ""',
+            ),
+        ),
+        (
+            "tests/test_openai_engine.py::test_reasoning_apart_from_the_answer_is_kept_apart[True]",
+            "tests/test_openai_engine.py::test_reasoning_apart_from_the_answer_is_kept_apart[False]",
+        ),
+    ),
+    Mutation(
         "worker-inbox-bounded",
         "a worker's inbox grows without bound (no backpressure)",
         SA + "_worker.py",

@@ -500,7 +500,7 @@ class _StreamState:
             self.pending = None
         if delta.finish_reason is not None:
             self.pending = delta
-        elif delta.text or delta.num_tokens:
+        elif delta.text or delta.reasoning or delta.num_tokens:
             self.push(delta)
 
     def usage(self, usage: dict[str, Any]) -> None:
@@ -508,13 +508,13 @@ class _StreamState:
         if pending is None:
             return
         extra = int(usage.get("completion_tokens", self.counted)) - self.counted
-        self.pending = EngineDelta(
-            pending.text,
-            pending.token_ids,
-            pending.logprobs,
-            pending.finish_reason,
-            int(usage.get("prompt_tokens", 0)),
-            pending.num_tokens + max(extra, 0) if not pending.token_ids else None,
+        details = usage.get("completion_tokens_details") or {}
+        reasoning_tokens = details.get("reasoning_tokens") if isinstance(details, dict) else None
+        self.pending = attrs.evolve(
+            pending,
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            token_count=pending.num_tokens + max(extra, 0) if not pending.token_ids else None,
+            reasoning_tokens=int(reasoning_tokens) if isinstance(reasoning_tokens, int) else None,
         )
 
     def finish(self) -> bool:
@@ -540,14 +540,20 @@ class _StreamState:
                 pending.prompt_tokens,
                 None if ids else sum(d.num_tokens for d in parts),
                 pending.tool_calls,
+                "".join(d.reasoning for d in parts),
+                pending.reasoning_tokens,
             )
         )
         return True
 
 
 def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> EngineDelta:
+    reasoning = ""
     if chat:
-        text = (choice.get("delta") or choice.get("message") or {}).get("content") or ""
+        message = choice.get("delta") or choice.get("message") or {}
+        text = message.get("content") or ""
+        # vLLM / SGLang / trtllm-serve reasoning parsers: apart from the answer
+        reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
         lp_block = choice.get("logprobs") or {}
         entries = lp_block.get("content") or ()
         if any("logprob" not in c for c in entries):  # never filled in
@@ -558,7 +564,7 @@ def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> Engine
         lp_block = choice.get("logprobs") or {}
         lps = list(lp_block.get("token_logprobs") or ())
     ids = tuple(int(t) for t in choice.get("token_ids") or ())
-    count = None if ids else (len(lps) if lps else (1 if text else 0))
+    count = None if ids else (len(lps) if lps else (1 if text or reasoning else 0))
     return EngineDelta(
         text,
         ids,
@@ -566,6 +572,7 @@ def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> Engine
         choice.get("finish_reason"),
         0,
         count,
+        reasoning=reasoning,
     )
 
 

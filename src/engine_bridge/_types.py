@@ -316,6 +316,10 @@ class EngineDelta:
     token_count: int | None = None
     #: on the final delta: the tool calls an engine with a tool-call API reported
     tool_calls: tuple[ToolCall, ...] | None = None
+    #: reasoning text a server reports apart from the answer (``reasoning_content``)
+    reasoning: str = ""
+    #: on the final delta: the reasoning tokens a server reported (``None``: unknown)
+    reasoning_tokens: int | None = None
 
     @property
     def finished(self) -> bool:

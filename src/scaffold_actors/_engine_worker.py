@@ -164,10 +164,16 @@ class EngineWorker(Worker):
         _reset_outputs(task)
         task.end_flag = False
         reported: tuple[ToolCall, ...] | None = None
+        reasoning: list[str] = []
+        task.reasoning_tokens_num = 0
         async with self.engine.open_stream(request) as stream:
             async for delta in stream:
                 _apply(task, delta)
                 reported = delta.tool_calls or reported
+                if delta.reasoning:
+                    reasoning.append(delta.reasoning)
+                if delta.reasoning_tokens is not None:  # only what the server reports
+                    task.reasoning_tokens_num = delta.reasoning_tokens
                 ctx.report_tokens(delta.num_tokens)
                 ctx.notify_progress()
         task.end_flag = True
@@ -181,7 +187,12 @@ class EngineWorker(Worker):
             task.finish_reason = "tool_calls"
         task.tool_calls = calls
         task.messages.append(
-            AssistantMessage(content, tool_calls=calls, finish_reason=task.finish_reason)
+            AssistantMessage(
+                content,
+                reasoning_content="".join(reasoning) or None,
+                tool_calls=calls,
+                finish_reason=task.finish_reason,
+            )
         )
         ctx.notify_progress()
         return TaskStatus.SUCCESS

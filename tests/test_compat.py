@@ -585,12 +585,41 @@ def test_execution_tracing_in_trtllm_style(tmp_path: Path) -> None:
         ("message", "user", 0, []),
         ("message", "assistant", 0, []),
     ]
-    trace.save(tmp_path / "trace.json")
-    loaded = ExecutionTrace.load(tmp_path / "trace.json")
-    assert (
-        loaded == trace
-        and "conversation_id" not in json.loads((tmp_path / "trace.json").read_text())["events"][2]
-    )  # unset fields are left out
+    trace.save(tmp_path / "full.json", full=True)
+    assert ExecutionTrace.load(tmp_path / "full.json") == trace
+    trace.save(tmp_path / "compact.json")
+    events = json.loads((tmp_path / "compact.json").read_text())["events"]
+    assert "conversation_id" not in events[2]  # unset fields are left out
+    assert all("content" not in e for e in events)  # compact: no message text
+    assert trace.events[0].content == "q0"
+
+
+def test_tokenize_trace_scope_counts_the_traced_messages() -> None:
+    from scaffold_actors.compat import (
+        ChatTask,
+        NativeChatController,
+        SystemMessage,
+        tokenize_trace_scope,
+        with_execution_tracing,
+    )
+
+    @tokenize_trace_scope()
+    @with_execution_tracing("chat")
+    class Chat(NativeChatController):
+        def generate(self, prompt: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            chat = ChatTask.create_from_prompt(prompt, [SystemMessage("Be brief.")])
+            yield from self.process([chat], **kwargs)
+            return chat.create_scaffolding_output()
+
+    engine = SimulatedEngine(answers("4"))
+    worker = EngineWorker(engine)
+    with ScaffoldingLlm(Chat({"max_tokens": 8}), {"generation": worker, "tokenize": worker}) as llm:
+        result = llm.generate("2 + 2?")
+    system, user, reply = result.task_collections["execution_tracer"].events
+    assert (system.role, user.role, reply.role) == ("system", "user", "assistant")
+    assert user.tokens == engine.tokenizer.count("2 + 2?")
+    assert user.tokens_source == "tokenize_endpoint"
+    assert system.tokens == reply.prompt_tokens - user.tokens
 
 
 def test_sub_request_markers_and_tokenize_in_trtllm_style(monkeypatch: pytest.MonkeyPatch) -> None:

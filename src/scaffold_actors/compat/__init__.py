@@ -74,7 +74,13 @@ from ._task_collection import (
     sub_request_node,
     with_task_collection,
 )
-from ._tracing import ExecutionTrace, ExecutionTracer, TraceEvent, with_execution_tracing
+from ._tracing import (
+    ExecutionTrace,
+    ExecutionTracer,
+    TraceEvent,
+    tokenize_trace_scope,
+    with_execution_tracing,
+)
 from ._workers import OpenaiWorker, TRTLLMWorker, TRTOpenaiWorker
 
 __all__ = [
@@ -136,6 +142,7 @@ __all__ = [
     "register_controller",
     "sub_request_node",
     "system_prompt",
+    "tokenize_trace_scope",
     "with_execution_tracing",
     "with_task_collection",
 ]

@@ -13,12 +13,19 @@ from typing import Any, TypeVar
 import attrs
 
 from .._chat import AssistantMessage, ChatTask, RoleMessage
+from .._hints import TokenizeTask
 from .._mcp import MCPCallTask
 from .._scope import current_scope
 from .._tasks import GenerationTask, Task
-from ._task_collection import TaskCollection, with_task_collection
+from ._task_collection import TaskCollection, TokenizeWorkerTag, with_task_collection
 
-__all__ = ["ExecutionTrace", "ExecutionTracer", "TraceEvent", "with_execution_tracing"]
+__all__ = [
+    "ExecutionTrace",
+    "ExecutionTracer",
+    "TraceEvent",
+    "tokenize_trace_scope",
+    "with_execution_tracing",
+]
 
 C = TypeVar("C", bound=type)
 
@@ -50,16 +57,22 @@ class TraceEvent:
     num_branches: int | None = None
     children: list[TraceEvent] | None = None
     tokenize_count: int | None = None
+    # full traces: the message's text, and its token count (tokenize_trace_scope)
+    content: str | None = None
+    tokens: int | None = None
+    tokens_source: str | None = None
+    tokenize_error: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The event without its unset fields (the compact JSON form)."""
+    def to_dict(self, full: bool = True) -> dict[str, Any]:
+        """The event without its unset fields; without ``full``, without the
+        message text either (the compact form)."""
         out: dict[str, Any] = {}
         for a in attrs.fields(TraceEvent):
             value = getattr(self, a.name)
-            if value is None:
+            if value is None or (a.name == "content" and not full):
                 continue
             if a.name == "children":
-                value = [c.to_dict() for c in value]
+                value = [c.to_dict(full) for c in value]
             out[a.name] = value
         return out
 
@@ -80,12 +93,13 @@ class ExecutionTrace:
     trace_id: str = attrs.field(factory=lambda: str(uuid.uuid4()))
     events: list[TraceEvent] = attrs.field(factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"trace_id": self.trace_id, "events": [e.to_dict() for e in self.events]}
+    def to_dict(self, full: bool = False) -> dict[str, Any]:
+        return {"trace_id": self.trace_id, "events": [e.to_dict(full) for e in self.events]}
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], full: bool = False) -> None:
+        """Write the trace as JSON; ``full`` keeps the messages' text."""
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, ensure_ascii=False, default=str)
+            json.dump(self.to_dict(full), f, indent=2, ensure_ascii=False, default=str)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ExecutionTrace:
@@ -135,10 +149,20 @@ class ExecutionTracer(TaskCollection):
                 t.enable_token_counting = True
                 conv = self._conversation(t)
                 for m in t.messages[self._recorded.get(id(t), 0) :]:
-                    self.events.append(TraceEvent("message", list(path), conv, _role(m)))
+                    self.events.append(
+                        TraceEvent("message", list(path), conv, _role(m), content=_text(m))
+                    )
                 self._recorded[id(t)] = len(t.messages)
             elif isinstance(t, GenerationTask):
-                self.events.append(TraceEvent("message", list(path), self._conversation(t), "user"))
+                self.events.append(
+                    TraceEvent(
+                        "message",
+                        list(path),
+                        self._conversation(t),
+                        "user",
+                        content=t.input_str,
+                    )
+                )
 
     def _event_after(self, task: Task, duration_ms: float) -> TraceEvent | None:
         path = _branch_path()
@@ -160,6 +184,7 @@ class ExecutionTracer(TaskCollection):
                 reasoning_tokens=getattr(task, "reasoning_tokens_num", None),
                 finish_reason=task.finish_reason,
                 duration_ms=duration_ms,
+                content=task.output_str,
             )
         if isinstance(task, MCPCallTask):
             return TraceEvent(
@@ -209,3 +234,67 @@ def with_execution_tracing(controller_name: str = "root") -> Callable[[C], C]:
 
 def _role(m: RoleMessage | dict[str, Any]) -> str | None:
     return m.role if isinstance(m, RoleMessage) else m.get("role")
+
+
+def _text(m: RoleMessage | dict[str, Any]) -> str | None:
+    value = m.content if isinstance(m, RoleMessage) else m.get("content")
+    return value if isinstance(value, str) else None
+
+
+def tokenize_trace_scope() -> Callable[[C], C]:
+    """Class decorator (TensorRT-LLM compatible): after the controller's
+    ``process``, count the tokens of every system, user and tool message its
+    :class:`ExecutionTracer` recorded, with :class:`TokenizeTask` s on the
+    ``"tokenize"`` worker (the engine's own tokenizer), into each event's
+    ``tokens`` (``tokens_source="tokenize_endpoint"``).  A conversation's system
+    message then gets the first assistant turn's prompt tokens minus its user
+    messages' (the template's own tokens are the system message's).  Apply it
+    outside :func:`with_execution_tracing`."""
+
+    def decorator(controller_cls: C) -> C:
+        original = controller_cls.process  # type: ignore[attr-defined]
+
+        def process(self: Any, tasks: list[Task], **kwargs: Any) -> Any:
+            yield from original(self, tasks, **kwargs)
+            tracer = getattr(self, "task_collections", {}).get("execution_tracer")
+            if tracer is None:
+                return
+            events = [
+                e
+                for e in tracer.events
+                if e.event_type == "message" and e.role in ("system", "user", "tool") and e.content
+            ]
+            if not events:
+                return
+            counts = [
+                TokenizeTask(content=e.content, event=e, worker_tag=TokenizeWorkerTag.TOKENIZE)
+                for e in events
+            ]
+            yield counts
+            for t in counts:
+                t.event.tokens, t.event.tokens_source = t.token_count, "tokenize_endpoint"
+            _balance_system_tokens(tracer.events)
+
+        controller_cls.process = process  # type: ignore[attr-defined]
+        return controller_cls
+
+    return decorator
+
+
+def _balance_system_tokens(events: list[TraceEvent]) -> None:
+    by_conversation: dict[int, list[TraceEvent]] = {}
+    for e in events:
+        if e.event_type == "message" and e.conversation_id is not None:
+            by_conversation.setdefault(e.conversation_id, []).append(e)
+    for messages in by_conversation.values():
+        system = next((m for m in messages if m.role == "system"), None)
+        first = next(
+            (i for i, m in enumerate(messages) if m.role == "assistant" and m.prompt_tokens),
+            None,
+        )
+        if system is None or first is None:
+            continue
+        users = [m for m in messages[:first] if m.role == "user"]
+        if all(u.tokens is not None for u in users):
+            prompt = messages[first].prompt_tokens or 0
+            system.tokens = prompt - sum(u.tokens or 0 for u in users)

@@ -13,7 +13,7 @@ import pytest
 import trio
 from helpers import answers
 
-from engine_bridge import SimulatedEngine
+from engine_bridge import CostModel, SimulatedEngine
 from scaffold_actors import AsyncScaffoldingLlm, EngineWorker, RequestContext
 from scaffold_actors.compat import (
     BestOfNController,
@@ -655,3 +655,21 @@ def test_sub_request_markers_and_tokenize_in_trtllm_style(monkeypatch: pytest.Mo
     assert [name for name, _ in path] == ["LeafNode", "inner", "outer"]
     assert path[0] == ("LeafNode", 0)  # renumbered from 0 by the node that saw it
     assert int(result.output.output_str) > 0
+
+
+async def test_streaming_output_flag_streams_partial_outputs_in_trtllm_style(
+    autojump_clock: object,
+) -> None:
+    """NativeGenerationController(streaming=True): the result streams the task's
+    partial outputs while it generates, then the final output."""
+    text = " ".join(f"w{i}" for i in range(12))
+    engine = SimulatedEngine(text, cost=CostModel(0.0, 0.005, 0.0))
+    controller = NativeGenerationController({"max_tokens": 32}, streaming=True)
+    async with AsyncScaffoldingLlm(controller, {"generation": EngineWorker(engine)}) as llm:
+        result = await llm.generate_async("q")
+        outputs = [o async for o in result]
+    partial = [o for o in outputs if not o.finished]
+    assert outputs[-1].finished and outputs[-1].output_str == text
+    sizes = [len(o.output_tokens or ()) for o in partial]
+    assert sizes == list(range(1, 12))  # every step, growing, before the end
+    assert all(text.startswith(o.output_str or "") for o in partial)

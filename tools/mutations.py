@@ -516,6 +516,20 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "streaming-output-shown",
+        "tasks with streaming_output_flag run without their partial outputs reaching the result",
+        SA + "_controller.py",
+        (
+            (
+                "        shown = [t for t in plain if t.streaming_output_flag]",
+                "        shown: list[Task] = []",
+            ),
+        ),
+        (
+            "tests/test_compat.py::test_streaming_output_flag_streams_partial_outputs_in_trtllm_style",
+        ),
+    ),
+    Mutation(
         "worker-inbox-bounded",
         "a worker's inbox grows without bound (no backpressure)",
         SA + "_worker.py",

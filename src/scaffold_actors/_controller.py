@@ -111,17 +111,42 @@ class _GeneratorDriver:
             t for t in obj if isinstance(t, StreamGenerationTask) and self._streams_in_background(t)
         ]
         plain = [t for t in obj if not any(t is s for s in streams)]
-        if not streams:
+        shown = [t for t in plain if t.streaming_output_flag]
+        if not streams and not shown:
             await self.ctx.run_all(plain)
             return
+        for t in shown:
+            self.ctx.resolve(t)
+        rest = [t for t in plain if not t.streaming_output_flag]
         try:
             async with anyio.create_task_group() as tg:
-                if plain:
-                    tg.start_soon(self.ctx.run_all, plain)
+                if rest:
+                    tg.start_soon(self.ctx.run_all, rest)
+                for t in shown:
+                    tg.start_soon(self._run_shown, t)
                 for t in streams:
                     tg.start_soon(self._step_stream, t)
         except BaseExceptionGroup as group:
             raise_single(group)
+
+    async def _run_shown(self, task: Task) -> None:
+        """Run a task with ``streaming_output_flag``: its partial outputs go to the
+        request's result as they come (TensorRT-LLM hands them over after the
+        yield); the worker's list of them is then emptied."""
+
+        shown = 0
+
+        def show() -> None:
+            nonlocal shown
+            outputs = task.streaming_output_list
+            if len(outputs) > shown:  # a new partial output
+                shown = len(outputs)
+                self.ctx.emit(outputs[-1])
+
+        try:
+            await self.ctx._run(task, show)
+        finally:
+            task.streaming_output_list = []
 
     def _streams_in_background(self, task: StreamGenerationTask) -> bool:
         return type(task) in self.ctx.resolve(task).worker.streaming_tasks

@@ -19,7 +19,7 @@ from ._chat import AssistantMessage, ChatTask
 from ._errors import InvalidTaskError
 from ._hints import TokenizeTask
 from ._task_context import task_context
-from ._tasks import GenerationTask, StreamGenerationTask, Task, TaskStatus
+from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task, TaskStatus
 from ._worker import Handler, Worker
 
 __all__ = ["EngineWorker"]
@@ -125,13 +125,23 @@ class EngineWorker(Worker):
 
     async def generation_handler(self, task: GenerationTask) -> TaskStatus:
         ctx = task_context()
-        # a task under a token budget streams, so the budget sees every step
-        request = task.engine_request(self.default_params, stream=ctx.counts_tokens)
+        # a task under a token budget streams, so the budget sees every step; so
+        # does one whose partial outputs somebody reads
+        partials = task.streaming_output_flag
+        stream = ctx.counts_tokens or ctx.streamed or partials
+        request = task.engine_request(self.default_params, stream=stream)
         _reset_outputs(task)
-        async with self.engine.open_stream(request) as stream:
-            async for delta in stream:
+        async with self.engine.open_stream(request) as deltas:
+            async for delta in deltas:
                 _apply(task, delta)
                 ctx.report_tokens(delta.num_tokens)
+                if partials and delta.finish_reason is None:
+                    task.streaming_output_list.append(
+                        ScaffoldingOutput(
+                            task.output_str, list(task.output_tokens or ()), finished=False
+                        )
+                    )
+                ctx.notify_progress()
         return TaskStatus.SUCCESS
 
     async def stream_generation_handler(self, task: StreamGenerationTask) -> TaskStatus:

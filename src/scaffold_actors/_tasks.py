@@ -98,11 +98,20 @@ def _stop_converter(value: str | Sequence[str] | None) -> list[str]:
 
 @attrs.define(slots=False, eq=False)
 class Task:
-    """Base of all tasks.  ``worker_tag`` names the worker role that runs it."""
+    """Base of all tasks.  ``worker_tag`` names the worker role that runs it.
+
+    ``streaming_output_flag`` (TensorRT-LLM compatible): the request's result
+    streams this task's partial outputs while it generates (a generator
+    controller yields it as one task, and ``async for`` / ``for`` over the
+    result sees them); the worker also appends them to
+    ``streaming_output_list``, which the runtime empties once they went out.
+    """
 
     worker_tag: Any = None
     custom_input_params: dict[str, Any] | None = None
     custom_output_params: dict[str, Any] | None = None
+    streaming_output_flag: bool = attrs.field(default=False, kw_only=True)
+    streaming_output_list: list[Any] = attrs.field(factory=list, kw_only=True)
 
     #: input / output attribute names, used by traces and replay
     input_fields: ClassVar[tuple[str, ...]] = ("custom_input_params",)

@@ -134,6 +134,8 @@ class NativeGenerationController(Controller):
             for key, value in self.sampling_params.items():
                 if getattr(task, key, None) in (None, []):
                     setattr(task, key, value)
+            if self.streaming:  # the result streams the task's partial outputs
+                task.streaming_output_flag = True
         yield tasks
 
 

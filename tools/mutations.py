@@ -253,8 +253,8 @@ MUTATIONS = [
         SA + "_engine_worker.py",
         (
             (
-                "                _apply(task, delta)\n                ctx.report_tokens(delta.num_tokens)\n        return",
-                "                _apply(task, delta)\n        return",
+                "                _apply(task, delta)\n                ctx.report_tokens(delta.num_tokens)\n                if partials",
+                "                _apply(task, delta)\n                if partials",
             ),
         ),
         (
@@ -363,7 +363,12 @@ MUTATIONS = [
         "chat-reply-appended",
         "the chat handler does not append the assistant's reply to the conversation",
         SA + "_engine_worker.py",
-        (("        task.messages.append(AssistantMessage(", "        (AssistantMessage("),),
+        (
+            (
+                "        task.messages.append(\n            AssistantMessage(",
+                "        (\n            AssistantMessage(",
+            ),
+        ),
         ("tests/test_chat.py::test_a_chat_loop_keeps_the_conversation",),
     ),
     Mutation(
@@ -439,8 +444,8 @@ MUTATIONS = [
         SA + "_engine_worker.py",
         (
             (
-                "        if task.tools:\n            content, found",
-                "        if False:\n            content, found",
+                "        elif task.tools:  # else the calls",
+                "        elif False:  # else the calls",
             ),
         ),
         ("tests/test_chat.py::test_a_chat_turn_with_tools_gives_tool_calls",),

@@ -440,15 +440,18 @@ MUTATIONS = [
     ),
     Mutation(
         "chat-tool-calls-parsed",
-        "a chat turn with tools keeps the model's <tool_call> blocks as plain text",
-        SA + "_engine_worker.py",
+        "an answer to a request with tools keeps the model's <tool_call> blocks as plain text",
+        SRC + "_toolcalls.py",
         (
             (
-                "        elif task.tools:  # else the calls",
-                "        elif False:  # else the calls",
+                "    if offered:\n        return parse_tool_calls(text)",
+                "    if False:\n        return parse_tool_calls(text)",
             ),
         ),
-        ("tests/test_chat.py::test_a_chat_turn_with_tools_gives_tool_calls",),
+        (
+            "tests/test_chat.py::test_a_chat_turn_with_tools_gives_tool_calls",
+            "tests/test_openai_engine.py::test_the_official_client_gets_tool_calls",
+        ),
     ),
     Mutation(
         "chat-mcp-refusal-answered",

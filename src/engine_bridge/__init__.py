@@ -20,7 +20,14 @@ from ._bridge import first_error, raise_single
 from ._pool import EnginePool, Replica, ReplicaState, prompt_key
 from ._protocol import Engine
 from ._simulated import CostModel, SimulatedCall, SimulatedEngine, SimulatedOutput
-from ._toolcalls import FunctionCall, ToolCall, parse_tool_calls, render_messages, tool_instructions
+from ._toolcalls import (
+    FunctionCall,
+    ToolCall,
+    answer_tool_calls,
+    parse_tool_calls,
+    render_messages,
+    tool_instructions,
+)
 from ._types import (
     SAMPLING_FIELDS,
     AbortNotAcknowledgedWarning,
@@ -58,6 +65,7 @@ __all__ = [
     "SimulatedOutput",
     "TRTLLMEngine",
     "ToolCall",
+    "answer_tool_calls",
     "check_sampling_field",
     "embedded_model_path",
     "first_error",

@@ -17,6 +17,7 @@ import attrs
 __all__ = [
     "FunctionCall",
     "ToolCall",
+    "answer_tool_calls",
     "check_tools",
     "parse_tool_calls",
     "render_messages",
@@ -122,6 +123,19 @@ def parse_tool_calls(text: str, first_id: int = 0) -> tuple[str, list[ToolCall]]
         pos = end + len(CLOSE)
     content.append(text[pos:])
     return "".join(content).strip(), calls
+
+
+def answer_tool_calls(
+    text: str, reported: Sequence[ToolCall] | None, offered: bool
+) -> tuple[str, list[ToolCall]]:
+    """An answer's text and tool calls: the calls an engine with a tool-call API
+    ``reported`` (the text as is), else, when tools were ``offered``, the
+    ``<tool_call>`` blocks written in the text (:func:`parse_tool_calls`)."""
+    if reported:
+        return text, list(reported)
+    if offered:
+        return parse_tool_calls(text)
+    return text, []
 
 
 def _call(body: str, call_id: str) -> ToolCall | None:

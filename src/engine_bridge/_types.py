@@ -42,12 +42,13 @@ class InvalidRequestError(ValueError):
     """A request was rejected before it reached the engine.
 
     ``field`` names the offending field (for example ``"max_tokens"``) so callers
-    can point the user at what to fix.
+    can point the user at what to fix; ``reason`` is the message without it.
     """
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.reason = message
 
 
 def _check_optional_number(

@@ -229,7 +229,7 @@ def parse_request(body: Any, chat: bool) -> CompletionRequest:
             check_sampling_field(name, value)
         except InvalidRequestError as e:
             shown = field if name == "max_tokens" else name
-            raise InvalidRequestError(shown, str(e).split(": ", 1)[1]) from None
+            raise InvalidRequestError(shown, e.reason) from None
         values[name] = value
     n = body.get("n")
     if n is not None and n != 1:

@@ -32,7 +32,7 @@ import anyio
 
 from . import openai_protocol as protocol
 from ._protocol import Engine
-from ._toolcalls import ToolCall, parse_tool_calls
+from ._toolcalls import ToolCall, answer_tool_calls
 from ._types import EngineDelta, EngineError, EngineRequest, InvalidRequestError, SamplingParams
 from .openai_protocol import CompletionRequest
 
@@ -189,7 +189,7 @@ async def _complete(request: Any, chat: bool) -> Any:
     if finish is None:  # the client left; nobody reads this
         return Response(status_code=499)
     logprobs = lps if ereq.params.num_logprobs is not None else None
-    text, calls = _tool_calls(ereq, text, reported)
+    text, calls = answer_tool_calls(text, reported, bool(ereq.tools))
     answer = protocol.choice(
         chat,
         text,
@@ -199,18 +199,6 @@ async def _complete(request: Any, chat: bool) -> Any:
         tool_calls=calls,
     )
     return JSONResponse(meta.completion([answer], protocol.usage(prompt_tokens, count)))
-
-
-def _tool_calls(
-    ereq: EngineRequest, text: str, reported: tuple[ToolCall, ...] | None
-) -> tuple[str, list[ToolCall]]:
-    """The answer's text and tool calls: the engine's own when it reported them,
-    else the ``<tool_call>`` blocks written in the text of a request with tools."""
-    if reported:
-        return text, list(reported)
-    if ereq.tools:
-        return parse_tool_calls(text)
-    return text, []
 
 
 async def _events(
@@ -237,7 +225,7 @@ async def _events(
         return
     if held:
         reported = next((d.tool_calls for d in reversed(held) if d.tool_calls), None)
-        text, calls = _tool_calls(ereq, "".join(d.text for d in held), reported)
+        text, calls = answer_tool_calls("".join(d.text for d in held), reported, True)
         ids = [t for d in held for t in d.token_ids]
         if text:
             piece = protocol.chunk_choice(meta.chat, text, None, token_ids=ids)

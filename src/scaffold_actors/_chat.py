@@ -9,8 +9,6 @@ from typing import Any, ClassVar
 import attrs
 
 from engine_bridge import (
-    EngineRequest,
-    InvalidRequestError,
     SamplingParams,
     ToolCall,
     render_messages,
@@ -298,20 +296,5 @@ class ChatTask(StreamGenerationTask):
         request = self.engine_request(SamplingParams(max_tokens=1), stream=False)
         return render_messages(request.messages or (), request.tools)
 
-    def engine_request(self, defaults: SamplingParams, *, stream: bool) -> EngineRequest:
-        messages = self.engine_messages()
-        tools = self.tool_dicts() or None
-        try:
-            return EngineRequest(
-                self.sampling_params(defaults),
-                messages=messages,
-                stream=stream,
-                continuation=self.continuation or None,
-                tools=tools,
-            )
-        except InvalidRequestError as e:
-            if isinstance(e, InvalidTaskError):
-                raise
-            raise InvalidTaskError(
-                f"{type(self).__name__}.{e.field}", str(e).split(": ", 1)[1]
-            ) from None
+    def request_inputs(self) -> dict[str, Any]:
+        return {"messages": self.engine_messages(), "tools": self.tool_dicts() or None}

@@ -12,7 +12,7 @@ from engine_bridge import (
     InvalidRequestError,
     SamplingParams,
     ToolCall,
-    parse_tool_calls,
+    answer_tool_calls,
 )
 
 from ._chat import AssistantMessage, ChatTask
@@ -117,11 +117,7 @@ class EngineWorker(Worker):
             try:
                 self.engine.check(request)
             except InvalidRequestError as e:
-                if isinstance(e, InvalidTaskError):
-                    raise
-                raise InvalidTaskError(
-                    f"{type(task).__name__}.{e.field}", str(e).split(": ", 1)[1]
-                ) from None
+                raise InvalidTaskError.of(type(task).__name__, e) from None
 
     async def generation_handler(self, task: GenerationTask) -> TaskStatus:
         ctx = task_context()
@@ -187,12 +183,9 @@ class EngineWorker(Worker):
                 ctx.report_tokens(delta.num_tokens)
                 ctx.notify_progress()
         task.end_flag = True
-        content, calls = task.output_str, None
-        if reported:  # an engine with a tool-call API (an OpenAI-compatible server)
-            calls = list(reported)
-        elif task.tools:  # else the calls are written in the text
-            content, found = parse_tool_calls(task.output_str or "")
-            calls = found or None
+        # an engine with a tool-call API reports the calls; else they are in the text
+        content, found = answer_tool_calls(task.output_str or "", reported, bool(task.tools))
+        calls = found or None
         if calls:
             task.finish_reason = "tool_calls"
         task.tool_calls = calls

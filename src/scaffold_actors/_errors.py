@@ -26,6 +26,15 @@ class ScaffoldError(Exception):
 class InvalidTaskError(InvalidRequestError, ScaffoldError):
     """A task or request was rejected at submission; ``field`` names what to fix."""
 
+    @classmethod
+    def of(cls, owner: str, error: InvalidRequestError) -> InvalidTaskError:
+        """``error`` (an engine's refusal of one field) as the refusal of
+        ``owner``'s field, ``"GenerationTask.max_tokens"``; an
+        :class:`InvalidTaskError` already names its owner and is returned as is."""
+        if isinstance(error, InvalidTaskError):
+            return error
+        return cls(f"{owner}.{error.field}", error.reason)
+
 
 class UnknownWorkerTagError(InvalidTaskError):
     """A task names a worker tag that no worker is registered for."""

@@ -182,6 +182,7 @@ class MCPWorker(Worker):
         self.call_timeout = call_timeout
         self.connect_timeout = connect_timeout
         self._tools: dict[str, tuple[str, Any]] = {}  # tool -> (server, mcp Tool)
+        self._validators: dict[str, Any] = {}  # tool -> its compiled argument schema
         self._connections: dict[tuple[str, str | None], _Connection] = {}
         self._locks: dict[tuple[str, str | None], anyio.Lock] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -215,6 +216,7 @@ class MCPWorker(Worker):
                             )
                         tools[tool.name] = (server, tool)
                 self._tools = tools
+                self._validators = {}
                 yield
             finally:
                 for conn in self._connections.values():
@@ -329,10 +331,11 @@ class MCPWorker(Worker):
             )
         import jsonschema
 
-        schema = self._tools[name][1].input_schema or {"type": "object"}
-        error = jsonschema.exceptions.best_match(
-            jsonschema.Draft202012Validator(schema).iter_errors(dict(args))
-        )
+        validator = self._validators.get(name)
+        if validator is None:  # compiled once per tool, not per call
+            schema = self._tools[name][1].input_schema or {"type": "object"}
+            validator = self._validators[name] = jsonschema.Draft202012Validator(schema)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(dict(args)))
         if error is not None:
             where = "/".join(map(str, error.absolute_path)) or "(top level)"
             raise InvalidTaskError(field, f"{name}: {where}: {error.message}")

@@ -83,9 +83,7 @@ def _sampling_validator(inst: Any, attribute: attrs.Attribute[Any], value: Any) 
     try:
         check_sampling_field(attribute.name, value)
     except InvalidRequestError as e:
-        raise InvalidTaskError(
-            f"{type(inst).__name__}.{e.field}", str(e).split(": ", 1)[1]
-        ) from None
+        raise InvalidTaskError.of(type(inst).__name__, e) from None
 
 
 def _stop_converter(value: str | Sequence[str] | None) -> list[str]:
@@ -277,22 +275,28 @@ class GenerationTask(Task):
             else defaults.num_logprobs,
         )
 
+    def request_inputs(self) -> dict[str, Any]:
+        """What the engine is asked to continue: the :class:`EngineRequest`
+        fields for this task's input (subclasses with other inputs override it)."""
+        return {
+            "prompt": self.input_str,
+            "prompt_token_ids": self.input_tokens,
+            "messages": self.messages,
+        }
+
     def engine_request(self, defaults: SamplingParams, *, stream: bool) -> EngineRequest:
+        """This task as an engine request, ``None`` sampling fields taken from
+        ``defaults``; a value the engine API refuses raises
+        :class:`InvalidTaskError` naming this task's field."""
         try:
             return EngineRequest(
                 self.sampling_params(defaults),
-                prompt=self.input_str,
-                prompt_token_ids=self.input_tokens,  # type: ignore[arg-type]
-                messages=self.messages,
                 stream=stream,
                 continuation=self.continuation or None,
+                **self.request_inputs(),
             )
         except InvalidRequestError as e:
-            if isinstance(e, InvalidTaskError):
-                raise
-            raise InvalidTaskError(
-                f"{type(self).__name__}.{e.field}", str(e).split(": ", 1)[1]
-            ) from None
+            raise InvalidTaskError.of(type(self).__name__, e) from None
 
 
 _SAMPLING_ATTRS = tuple(a for a in attrs.fields(GenerationTask) if a.name in SAMPLING_FIELDS)

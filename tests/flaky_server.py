@@ -111,8 +111,18 @@ async def chat_completions(request: Request) -> object:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+async def tokenize_without_count(request: Request) -> JSONResponse:
+    return JSONResponse({"tokens": [1, 2]})  # no "count": a malformed answer
+
+
+async def tokenize_failing(request: Request) -> JSONResponse:
+    return JSONResponse({"error": {"message": "tokenizer exploded"}}, status_code=500)
+
+
 app = Starlette(
     routes=[
+        Route("/bad/tokenize", tokenize_without_count, methods=["POST"]),
+        Route("/broken/tokenize", tokenize_failing, methods=["POST"]),
         Route("/health", health),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),

@@ -673,3 +673,14 @@ async def test_streaming_output_flag_streams_partial_outputs_in_trtllm_style(
     sizes = [len(o.output_tokens or ()) for o in partial]
     assert sizes == list(range(1, 12))  # every step, growing, before the end
     assert all(text.startswith(o.output_str or "") for o in partial)
+
+
+def test_benchmark_and_trace_refusals(tmp_path: Path) -> None:
+    from scaffold_actors.compat import ExecutionTrace, async_scaffolding_benchmark
+
+    with ScaffoldingLlm(NativeGenerationController(), {"generation": AsyncioWorker(["x"])}) as llm:
+        with pytest.raises(ValueError, match="strategies are not provided"):
+            asyncio.run(async_scaffolding_benchmark(llm, {}, [], concurrency=1, strategy=object()))
+    (tmp_path / "t.json").write_text('{"events": 3}')
+    with pytest.raises(ValueError, match="not an execution trace"):
+        ExecutionTrace.load(tmp_path / "t.json")

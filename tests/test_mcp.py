@@ -300,3 +300,23 @@ def test_trtllm_style_chat_with_mcp_tools() -> None:
     assert result.output.output_str == "The answer is 42."
     assert seen[-1] == ["user", "assistant", "tool", "assistant", "tool"]
     assert all("add" in names and "die" in names for names in offered)  # the MCP tools
+
+
+def test_mcp_call_arguments_are_refused_when_they_are_not_a_json_object() -> None:
+    from scaffold_actors.compat import ChatWithMCPController
+
+    assert MCPCallTask(tool_name="add", args='{"a": 1}').arguments() == {"a": 1}
+    for args, match in (
+        ("{not json", "not JSON"),
+        ("[1, 2]", "JSON object"),
+        ("x" * 70_000, "more than"),
+    ):
+        with pytest.raises(InvalidTaskError, match=match) as info:
+            MCPCallTask(tool_name="add", args=args).validate()
+        assert info.value.field == "MCPCallTask.args"
+    with pytest.raises(ValueError, match="max_iterations"):
+        ChatWithMCPController(max_iterations=0)
+    with pytest.raises(ValueError, match="at least one"):
+        MCPWorker({})
+    with pytest.raises(ValueError, match="URL or a non-empty command"):
+        MCPWorker({"x": []})

@@ -576,3 +576,44 @@ async def test_reasoning_apart_from_the_answer_is_kept_apart(flaky: Any, stream:
     assert (reply.content, reply.reasoning_content) == ("4", "Let me think.")
     assert chat.output_str == "4" and chat.reasoning_tokens_num == 4
     assert chat.completion_tokens_num == 6
+
+
+async def test_token_counts_are_never_made_up(flaky: Any) -> None:
+    """Every way /tokenize can fail is an EngineError naming it; a stopped engine
+    is an EngineClosedError."""
+    from engine_bridge import EngineClosedError, ProcessEngine
+
+    request = EngineRequest(SamplingParams(), prompt="q")
+    port = flaky(0)
+    for base, match in (
+        (f"http://127.0.0.1:{port}/bad/v1", "without an integer 'count'"),
+        (f"http://127.0.0.1:{port}/broken/v1", "HTTP 500 .*tokenizer exploded"),
+        ("http://127.0.0.1:9/v1", "cannot reach"),
+    ):
+        async with OpenAIEngine(base, "m", max_retries=0) as engine:
+            with pytest.raises(EngineError, match=match):
+                await engine.count_tokens(request)
+    with pytest.raises(EngineClosedError):
+        await OpenAIEngine(f"http://127.0.0.1:{port}/v1", "m").count_tokens(request)
+    with pytest.raises(EngineClosedError):
+        await ProcessEngine(engine="simulated").count_tokens(request)
+
+
+def test_a_server_answer_missing_a_logprob_or_with_bad_tool_calls_is_an_engine_error() -> None:
+    from engine_bridge._bridge import RequestStream
+    from engine_bridge._openai import _delta, _StreamState
+
+    asked = EngineRequest(
+        SamplingParams(num_logprobs=0), messages=[{"role": "user", "content": "q"}]
+    )
+    choice = {"delta": {"content": "a"}, "logprobs": {"content": [{"token": "a"}]}}
+    with pytest.raises(EngineError, match="without its logprob"):
+        _delta(choice, True, asked)
+    state = _StreamState(asked, RequestStream())
+    for fragment, match in (
+        ("not an object", "bad tool call"),
+        ({"index": 99, "function": {"name": "f"}}, "index out of range"),
+        ({"index": 0, "function": {"arguments": "x" * 300_000}}, "exceed 256 KB"),
+    ):
+        with pytest.raises(EngineError, match=match):
+            state.tool_fragments({"delta": {"tool_calls": [fragment]}})

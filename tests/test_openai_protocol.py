@@ -154,3 +154,23 @@ def test_both_servers_answer_in_one_shape(clients: dict[str, Any], server: str) 
     ) as s:
         lines = [line for line in s.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]" and len(lines) >= 2
+
+
+def test_tools_are_checked_where_they_are_given() -> None:
+    from engine_bridge import SamplingParams as Params
+
+    bad_tool = {"messages": MSG, "tools": [{"type": "function"}]}
+    with pytest.raises(InvalidRequestError) as info:
+        parse_request(bad_tool, chat=True)
+    assert info.value.field == "tools"
+    with pytest.raises(InvalidRequestError) as info:
+        parse_request({"prompt": "x", "tools": []}, chat=False)
+    assert info.value.field == "tools"
+    from engine_bridge import EngineRequest
+
+    with pytest.raises(InvalidRequestError) as info:  # tools are offered in chats
+        EngineRequest(Params(), prompt="x", tools=[{"function": {"name": "f"}}])
+    assert info.value.field == "tools"
+    with pytest.raises(InvalidRequestError) as info:
+        EngineRequest(Params(), messages=MSG, tools="f")
+    assert info.value.field == "tools"

@@ -538,6 +538,21 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "http-logprob-never-invented",
+        "OpenAIEngine fills a logprob the server left out with 0.0",
+        SRC + "_openai.py",
+        (
+            ('        if any("logprob" not in c for c in entries):', "        if False:"),
+            (
+                '        lps = [c["logprob"] for c in entries]',
+                '        lps = [c.get("logprob", 0.0) for c in entries]',
+            ),
+        ),
+        (
+            "tests/test_openai_engine.py::test_a_server_answer_missing_a_logprob_or_with_bad_tool_calls_is_an_engine_error",
+        ),
+    ),
+    Mutation(
         "worker-inbox-bounded",
         "a worker's inbox grows without bound (no backpressure)",
         SA + "_worker.py",

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
 import pytest
 import trio.testing
 
@@ -46,3 +51,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if item.get_closest_marker("anyio") is None and item.get_closest_marker("trio") is None:
             item.add_marker(pytest.mark.trio)
+
+
+@pytest.fixture
+def flaky() -> Iterator[Any]:
+    """Start tests/flaky_server.py with (failures, mode) on a free loopback port."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(failures: int, mode: int | str = 503) -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        script = Path(__file__).parent / "flaky_server.py"
+        procs.append(
+            subprocess.Popen([sys.executable, str(script), str(port), str(failures), str(mode)])
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                return port
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("flaky server did not start")
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait(10)

@@ -119,8 +119,18 @@ async def tokenize_failing(request: Request) -> JSONResponse:
     return JSONResponse({"error": {"message": "tokenizer exploded"}}, status_code=500)
 
 
+async def truncate_without_count(request: Request) -> JSONResponse:
+    return JSONResponse({})  # the hint taken, no count said (as trtllm-serve may answer)
+
+
+async def truncate_failing(request: Request) -> JSONResponse:
+    return JSONResponse({"error": {"message": "control queue closed"}}, status_code=500)
+
+
 app = Starlette(
     routes=[
+        Route("/bad/_control/kv_cache/truncate", truncate_without_count, methods=["POST"]),
+        Route("/broken/_control/kv_cache/truncate", truncate_failing, methods=["POST"]),
         Route("/bad/tokenize", tokenize_without_count, methods=["POST"]),
         Route("/broken/tokenize", tokenize_failing, methods=["POST"]),
         Route("/health", health),

@@ -189,7 +189,12 @@ async def test_stream_generation_task_to_the_end(autojump_clock: object) -> None
     assert r.output.output_str == "a b c d e"
 
 
-async def test_task_errors_are_thrown_into_the_generator(autojump_clock: object) -> None:
+@pytest.mark.parametrize("collected", [False, True])
+async def test_task_errors_are_thrown_into_the_generator(
+    autojump_clock: object, collected: bool
+) -> None:
+    """Also through a task collection's hooks (they forward what is thrown)."""
+
     class Recovering(Controller):
         def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
             bad = GenerationTask(input_str="q", worker_tag="nowhere")
@@ -200,6 +205,8 @@ async def test_task_errors_are_thrown_into_the_generator(autojump_clock: object)
                 tasks[0].customized_result_fields["recovered"] = type(e).__name__
                 yield tasks
 
+    if collected:
+        Recovering = with_task_collection("timer", TaskTimer)(Recovering)
     async with AsyncScaffoldingLlm(
         Recovering(), {"generation": EngineWorker(SimulatedEngine("ok"))}
     ) as llm:
@@ -207,9 +214,11 @@ async def test_task_errors_are_thrown_into_the_generator(autojump_clock: object)
     assert r.output.output_str == "ok" and r.output.details["recovered"] == "UnknownWorkerTagError"
 
 
-async def test_generators_are_closed_on_cancel(autojump_clock: object) -> None:
+@pytest.mark.parametrize("collected", [False, True])
+async def test_generators_are_closed_on_cancel(autojump_clock: object, collected: bool) -> None:
     """The driver closes the generator itself: the test keeps a reference to it, so
-    garbage collection cannot close it in the driver's place."""
+    garbage collection cannot close it in the driver's place (also through a task
+    collection's hooks)."""
     closed: list[str] = []
     alive: list[Generator[Any, Any, Any]] = []
 
@@ -228,6 +237,8 @@ async def test_generators_are_closed_on_cancel(autojump_clock: object) -> None:
             alive.append(gen)
             return gen
 
+    if collected:
+        Slow = with_task_collection("timer", TaskTimer)(Slow)
     engine = SimulatedEngine(" ".join(["w"] * 500))
     async with AsyncScaffoldingLlm(Slow(), {"generation": EngineWorker(engine)}) as llm:
         r = await llm.generate_async("q")

@@ -68,7 +68,11 @@ class LoopbackServer:
     """``python -m engine_bridge.openai_server`` (simulated engine) on a free loopback port."""
 
     def __init__(
-        self, port: int | None = None, reply: str = FRUITS, max_context: int = 512
+        self,
+        port: int | None = None,
+        reply: str = FRUITS,
+        max_context: int = 512,
+        prefix_cache_blocks: int = 0,
     ) -> None:
         import socket
         import subprocess
@@ -94,6 +98,8 @@ class LoopbackServer:
                 str(self.port),
                 "--max-context",
                 str(max_context),
+                "--prefix-cache-blocks",
+                str(prefix_cache_blocks),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

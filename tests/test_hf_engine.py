@@ -194,3 +194,32 @@ async def test_a_chat_turn_on_the_real_model() -> None:
     assert r.output.details["roles"] == ["system", "user", "assistant"]
     prompt_tokens, completion_tokens = r.output.details["tokens"]
     assert prompt_tokens > 5 and 1 <= completion_tokens <= 4 and r.output.output_str
+
+
+async def test_a_finished_chat_is_freed_from_transformers_prefix_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read back from transformers' own block ledger: the conversation's blocks
+    past the system message's go back to the pool, the system's stay, and the
+    next identical chat caches them again."""
+    from engine_bridge import ChatMessage, KVCacheDrop, NotSupportedError
+
+    system = ChatMessage("system", "You answer briefly and kindly. " * 30)  # < one 256-token page
+    user = ChatMessage("user", "Please greet everyone in the room today. " * 40)
+    request = EngineRequest(SamplingParams(max_tokens=2, temperature=0.0), messages=[system, user])
+    async with HFEngine(max_context=2048) as engine:
+        assert engine.count_prompt_tokens(EngineRequest(GREEDY, messages=[system])) < 256
+        reply, *_ = await collect(engine, request)
+        cached = engine.cached_blocks
+        assert cached >= 2  # the prompt's full pages, kept for reuse
+        drop = KVCacheDrop([system, user, ChatMessage("assistant", reply)], keep_messages=1)
+        assert await engine.drop_kv_cache(drop) == cached - 1
+        assert engine.cached_blocks == 1  # the system message's page
+        assert await engine.drop_kv_cache(drop) == 0  # already gone
+        again, *_ = await collect(engine, request)
+        assert again == reply and engine.cached_blocks == cached
+        manager = type(engine._manager)
+        monkeypatch.setattr(manager, "pause", None)  # transformers before 5.23: no loop pause
+        with pytest.raises(NotSupportedError, match=r"5\.23"):
+            await engine.drop_kv_cache(drop)
+        assert engine.cached_blocks == cached  # nothing was touched

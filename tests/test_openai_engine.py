@@ -168,39 +168,6 @@ async def calls(port: int) -> int:
         return int((await client.get(f"http://127.0.0.1:{port}/health")).json()["calls"])
 
 
-@pytest.fixture
-def flaky() -> Iterator[Any]:
-    """Start tests/flaky_server.py with (failures, mode) on a free loopback port."""
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(failures: int, mode: int | str = 503) -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        script = Path(__file__).parent / "flaky_server.py"
-        procs.append(
-            subprocess.Popen([sys.executable, str(script), str(port), str(failures), str(mode)])
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                return port
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("flaky server did not start")
-
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait(10)
-
-
 async def test_5xx_answers_are_retried_with_backoff(flaky: Any) -> None:
     port = flaky(2)
     async with OpenAIEngine(

@@ -37,6 +37,8 @@ from ._types import (
     EngineError,
     EngineRequest,
     InvalidRequestError,
+    KVCacheDrop,
+    NotSupportedError,
     SamplingParams,
     check_sampling_field,
 )
@@ -55,6 +57,8 @@ __all__ = [
     "FunctionCall",
     "HFEngine",
     "InvalidRequestError",
+    "KVCacheDrop",
+    "NotSupportedError",
     "OpenAIEngine",
     "ProcessEngine",
     "Replica",

@@ -42,10 +42,13 @@ import anyio.to_thread
 from ._bridge import BridgedEngine, RequestStream
 from ._toolcalls import render_messages
 from ._types import (
+    EngineClosedError,
     EngineDelta,
     EngineError,
     EngineRequest,
     InvalidRequestError,
+    KVCacheDrop,
+    NotSupportedError,
     check_context,
     stop_holdback,
 )
@@ -133,6 +136,47 @@ class _HFRequest:
         self.n_tokens = 0
         self.text = ""
         self.emitted = 0
+
+
+def _free_cached_blocks(manager: Any, ids: list[int], keep: int) -> int:
+    """(Worker thread.)  Free the cached blocks of ``ids`` past the first ``keep``
+    tokens' blocks, with the generation loop paused; returns how many."""
+    try:
+        from transformers.generation.continuous_batching.cache_allocators.cache_allocator import (
+            compute_block_hash,
+        )
+    except ImportError:
+        compute_block_hash = None
+    cache: Any = getattr(getattr(manager, "batch_processor", None), "cache", None)
+    pause = getattr(manager, "pause", None)
+    if compute_block_hash is None or pause is None or not hasattr(cache, "cache_allocators"):
+        import transformers
+
+        raise NotSupportedError(
+            f"transformers {transformers.__version__} offers no per-block release of its "
+            "prefix cache (a loop pause and a block ledger: transformers 5.23 or newer)"
+        )
+    if not getattr(cache, "use_prefix_sharing", False):
+        return 0  # nothing is kept for reuse
+    freed = 0
+    with pause():
+        for allocator in cache.cache_allocators.values():
+            ledger, page = allocator.ledger, allocator.tokens_per_page
+            first = -(-keep // page)  # blocks holding kept tokens stay
+            parent = None
+            for b in range(len(ids) // page):
+                parent = compute_block_hash(parent, ids[b * page : (b + 1) * page])
+                block = ledger.hash_to_block.get(parent)
+                if block is None:
+                    break  # the rest of the chain was never cached (or already gone)
+                if b < first or block not in ledger.cached_blocks:
+                    continue  # kept, or a live request holds it
+                del ledger.cached_blocks[block]
+                del ledger.hash_to_block[parent]
+                del ledger.block_to_hash[block]
+                cache.pool.free_blocks(allocator.index, [block])
+                freed += 1
+    return freed
 
 
 class HFEngine(BridgedEngine):
@@ -306,6 +350,41 @@ class HFEngine(BridgedEngine):
 
     def count_prompt_tokens(self, request: EngineRequest) -> int:
         return len(self.encode(request))
+
+    @property
+    def cached_blocks(self) -> int:
+        """KV blocks transformers keeps for prefix reuse now (no request holds
+        them; ``0`` when not started or block sharing is off)."""
+        cache = getattr(getattr(self._manager, "batch_processor", None), "cache", None)
+        allocators = getattr(cache, "cache_allocators", None) or {}
+        return sum(len(getattr(a.ledger, "cached_blocks", ())) for a in allocators.values())
+
+    async def drop_kv_cache(self, drop: KVCacheDrop) -> int | None:
+        """Free the blocks transformers cached for the conversation (its paged
+        cache keeps a finished request's full blocks for prefix reuse) past those
+        holding the first ``drop.keep_messages`` messages; returns how many.
+
+        Blocking: the conversation is tokenized here, then a worker thread pauses
+        the generation loop (``manager.pause()``; requests in flight keep their
+        state and resume), walks the conversation's block hashes and frees the
+        blocks no request holds.  Blocks a live request reads are left.
+
+        Raises :class:`NotSupportedError` when the installed transformers has no
+        loop pause or per-block ledger (before 5.23), :class:`EngineClosedError`
+        when the engine is not running.
+        """
+        manager = self._manager
+        if manager is None or self._stop.is_set():
+            raise EngineClosedError("engine is not running (use `async with engine:`)")
+        ids = [int(i) for i in self.encode(drop.conversation())]
+        keep = 0
+        if drop.keep_messages:
+            kept = render_messages(drop.messages[: drop.keep_messages], drop.tools)
+            out = self.tokenizer.apply_chat_template(
+                kept, add_generation_prompt=False, tokenize=True
+            )
+            keep = len(out["input_ids"] if not isinstance(out, list) else out)
+        return await anyio.to_thread.run_sync(_free_cached_blocks, manager, ids, keep)
 
     def check(self, request: EngineRequest) -> None:
         p = request.params

@@ -13,7 +13,15 @@ import attrs
 
 from ._bridge import RequestStream, raise_single
 from ._toolcalls import FunctionCall, ToolCall
-from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest, InvalidRequestError
+from ._types import (
+    EngineClosedError,
+    EngineDelta,
+    EngineError,
+    EngineRequest,
+    InvalidRequestError,
+    KVCacheDrop,
+    NotSupportedError,
+)
 
 __all__ = ["OpenAIEngine"]
 
@@ -134,7 +142,7 @@ class OpenAIEngine:
                 ask["add_generation_prompt"] = False
         else:
             ask["prompt"] = body["prompt"]
-        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        root = self._root()
         try:
             response = await self._clients[0].post(root + "/tokenize", json=ask)
         except httpx.TransportError as exc:
@@ -150,6 +158,46 @@ class OpenAIEngine:
                 f"{root}/tokenize answered without an integer 'count': {response.text[:200]}"
             )
         return count
+
+    async def drop_kv_cache(self, drop: KVCacheDrop) -> int | None:
+        """Send the hint to the server's KV-cache control endpoint
+        (``POST /_control/kv_cache/truncate`` at its root: trtllm-serve's, served
+        by ``engine_bridge.openai_server`` too) with the conversation and the
+        messages to retain.  Returns the server's ``freed_blocks`` when it says,
+        else ``None``.  Raises :class:`NotSupportedError` when the server does not
+        serve the endpoint (404) and :class:`EngineError` when it fails or cannot
+        be reached."""
+        import httpx
+
+        if not self._clients:
+            raise EngineClosedError("engine is not running (use `async with engine:`)")
+        body: dict[str, Any] = {
+            "action": "truncate",
+            "model": self.model,
+            "messages": [m.to_dict() for m in drop.messages],
+            "messages_to_retain": [m.to_dict() for m in drop.messages[: drop.keep_messages]],
+        }
+        if drop.tools:
+            body["tools"] = list(drop.tools)
+        url = self._root() + "/_control/kv_cache/truncate"
+        try:
+            response = await self._clients[0].post(url, json=body)
+        except httpx.TransportError as exc:
+            raise EngineError(f"cannot reach {url}: {exc!r}") from exc
+        if response.status_code in (404, 501):
+            raise NotSupportedError(f"{url} is not served: the server takes no KV-cache hints")
+        if response.status_code >= 400:
+            message, _ = _error_message(response.text)
+            raise EngineError(f"HTTP {response.status_code} from {url}: {message}")
+        try:
+            freed = response.json().get("freed_blocks")
+        except (ValueError, AttributeError):
+            freed = None
+        return freed if isinstance(freed, int) and not isinstance(freed, bool) else None
+
+    def _root(self) -> str:
+        """The server's root (``base_url`` without its ``/v1``)."""
+        return self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
 
     async def __aenter__(self) -> Self:
         import httpx

@@ -15,7 +15,14 @@ import anyio.abc
 
 from ._bridge import RequestStream, raise_single
 from ._protocol import Engine
-from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest
+from ._types import (
+    EngineClosedError,
+    EngineDelta,
+    EngineError,
+    EngineRequest,
+    KVCacheDrop,
+    NotSupportedError,
+)
 
 __all__ = ["EnginePool", "Replica", "ReplicaState", "prompt_key"]
 
@@ -152,6 +159,39 @@ class EnginePool:
         if engine is None:
             raise EngineError("no replica of the pool can count tokens now")
         return await engine.count_tokens(request)
+
+    async def drop_kv_cache(self, drop: KVCacheDrop) -> int | None:
+        """The hint to every live or draining replica (the conversation may have
+        been served by any), one after another; returns the blocks they freed in
+        all (``None`` if none said).  A replica that fails does not stop the
+        others: the first failure is raised after all were asked;
+        :class:`NotSupportedError` only when no replica takes the hint."""
+        engines = [
+            r.engine
+            for r in self._replicas
+            if r.state in (ReplicaState.LIVE, ReplicaState.DRAINING)
+        ]
+        if not engines:
+            raise EngineError("no replica of the pool is live")
+        freed: int | None = None
+        unsupported: list[NotSupportedError] = []
+        failure: BaseException | None = None
+        for engine in engines:
+            try:
+                n = await engine.drop_kv_cache(drop)
+            except NotSupportedError as exc:
+                unsupported.append(exc)
+                continue
+            except EngineError as exc:
+                failure = failure or exc
+                continue
+            if n is not None:
+                freed = (freed or 0) + n
+        if failure is not None:
+            raise failure
+        if len(unsupported) == len(engines):
+            raise unsupported[0]
+        return freed
 
     async def __aenter__(self) -> Self:
         if self._tg is not None:

@@ -16,7 +16,7 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ._openai import OpenAIEngine
-from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest
+from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest, KVCacheDrop
 
 __all__ = ["ProcessEngine"]
 
@@ -142,6 +142,12 @@ class ProcessEngine:
         if self._client is None:
             raise EngineClosedError("engine is not running (use `async with engine:`)")
         return await self._client.count_tokens(request)
+
+    async def drop_kv_cache(self, drop: KVCacheDrop) -> int | None:
+        """The hint to the child server (its ``/_control/kv_cache/truncate``)."""
+        if self._client is None:
+            raise EngineClosedError("engine is not running (use `async with engine:`)")
+        return await self._client.drop_kv_cache(drop)
 
     def open_stream(
         self, request: EngineRequest

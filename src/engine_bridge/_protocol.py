@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from ._types import EngineDelta, EngineRequest
+from ._types import EngineDelta, EngineRequest, KVCacheDrop
 
 __all__ = ["Engine"]
 
@@ -36,6 +36,13 @@ class Engine(Protocol):
     (an engine behind HTTP).  ``await count_tokens(request)`` always answers with
     the engine's own count (an HTTP engine asks its server's ``/tokenize``), or
     raises :class:`EngineError` when the engine has no way to know.
+
+    ``await drop_kv_cache(drop)`` is a hint that a conversation is over: the
+    engine releases the prefix-cache blocks holding it past those of its first
+    ``drop.keep_messages`` messages (blocks a live request still reads are
+    left), and returns how many blocks it freed, or ``None`` when it took the
+    hint without saying (a server that answers without a count).  An engine
+    with no releasable prefix cache raises :class:`NotSupportedError`.
     """
 
     @property
@@ -51,6 +58,8 @@ class Engine(Protocol):
     def count_prompt_tokens(self, request: EngineRequest) -> int: ...
 
     async def count_tokens(self, request: EngineRequest) -> int: ...
+
+    async def drop_kv_cache(self, drop: KVCacheDrop) -> int | None: ...
 
     def open_stream(
         self, request: EngineRequest

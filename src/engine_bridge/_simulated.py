@@ -30,6 +30,8 @@ from ._types import (
     EngineError,
     EngineRequest,
     InvalidRequestError,
+    KVCacheDrop,
+    NotSupportedError,
     check_context,
     stop_holdback,
 )
@@ -286,6 +288,46 @@ class SimulatedEngine:
         """The prompt's token count with this engine's tokenizer."""
         return self.count_prompt_tokens(request)
 
+    async def drop_kv_cache(self, drop: KVCacheDrop) -> int | None:
+        """Evict the conversation's cached prompt blocks past those of its first
+        ``drop.keep_messages`` messages; returns how many were cached.  Raises
+        :class:`NotSupportedError` without prefix caching
+        (``prefix_cache_blocks=0``)."""
+        if not self.prefix_cache_blocks:
+            raise NotSupportedError(
+                "this SimulatedEngine keeps no prefix cache (give prefix_cache_blocks > 0)"
+            )
+        if self._tg is None or self._closed:
+            raise EngineClosedError("engine is not running (use `async with engine:`)")
+        request = drop.conversation()  # the prompt as it was cached, then the reply
+        ids = self.tokenizer.encode(self.render(attrs.evolve(request, continuation=None)))
+        ids += self.tokenizer.encode(request.continuation or "")
+        chain = self._chain(ids)
+        kept = ""
+        if drop.keep_messages:
+            head = render_messages(drop.messages[: drop.keep_messages], drop.tools)
+            kept = "".join(f"<{m['role']}>\n{m['content']}\n" for m in head)
+        first = -(-self.tokenizer.count(kept) // self.block_size) if kept else 0
+        freed = 0
+        for h in chain[first:]:
+            if h in self._cache:
+                del self._cache[h]
+                freed += 1
+        return freed
+
+    @property
+    def cached_blocks(self) -> int:
+        """Prompt blocks in the prefix cache now."""
+        return len(self._cache)
+
+    def _chain(self, ids: Sequence[int]) -> list[int]:
+        """Hash chain of the full ``block_size`` blocks of ``ids``."""
+        chain, h = [], 0
+        for start in range(0, len(ids) - self.block_size + 1, self.block_size):
+            h = hash((h, *ids[start : start + self.block_size]))
+            chain.append(h)
+        return chain
+
     def count_prompt_tokens(self, request: EngineRequest) -> int:
         if request.prompt_token_ids is not None:
             return len(request.prompt_token_ids)
@@ -381,11 +423,7 @@ class SimulatedEngine:
                 if request.prompt_token_ids is not None
                 else self.tokenizer.encode(prompt)
             )
-            chain, h = [], 0
-            for start in range(0, len(ids) - self.block_size + 1, self.block_size):
-                h = hash((h, *ids[start : start + self.block_size]))
-                chain.append(h)
-            r.blocks = chain
+            r.blocks = self._chain(ids)
         return r
 
     def _prefill(self, r: _SimRequest) -> int:

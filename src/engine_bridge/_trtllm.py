@@ -39,6 +39,8 @@ from ._types import (
     EngineDelta,
     EngineError,
     EngineRequest,
+    KVCacheDrop,
+    NotSupportedError,
     check_context,
     stop_holdback,
 )
@@ -196,6 +198,15 @@ class TRTLLMEngine(BridgedEngine):
     async def count_tokens(self, request: EngineRequest) -> int:
         """The prompt's token count with this engine's tokenizer."""
         return self.count_prompt_tokens(request)
+
+    async def drop_kv_cache(self, drop: KVCacheDrop) -> int | None:
+        """Always raises :class:`NotSupportedError`: TensorRT-LLM's ``LLM`` API
+        has no call that releases prefix-cache blocks (its server's
+        ``/_control/kv_cache/truncate`` does: reach it with :class:`OpenAIEngine`)."""
+        raise NotSupportedError(
+            "TensorRT-LLM's LLM API offers no KV-cache release; run trtllm-serve and use "
+            "OpenAIEngine, whose hint reaches the server's /_control/kv_cache/truncate"
+        )
 
     def count_prompt_tokens(self, request: EngineRequest) -> int:
         prompt = self._prompt(request)

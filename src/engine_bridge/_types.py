@@ -19,6 +19,8 @@ __all__ = [
     "EngineError",
     "EngineRequest",
     "InvalidRequestError",
+    "KVCacheDrop",
+    "NotSupportedError",
     "SamplingParams",
     "check_sampling_field",
     "stop_holdback",
@@ -31,6 +33,12 @@ class EngineError(RuntimeError):
 
 class EngineClosedError(EngineError):
     """The engine was closed (or never started) when a request reached it."""
+
+
+class NotSupportedError(EngineError):
+    """The engine has no mechanism for what was asked (a KV-cache hint to an
+    engine that keeps no prefix cache it can release, a server without the
+    endpoint).  Nothing was changed."""
 
 
 class AbortNotAcknowledgedWarning(RuntimeWarning):
@@ -329,3 +337,58 @@ class EngineDelta:
     @property
     def num_tokens(self) -> int:
         return self.token_count if self.token_count is not None else len(self.token_ids)
+
+
+@attrs.frozen(slots=True)
+class KVCacheDrop:
+    """A hint that a conversation is over: release the prefix-cache blocks that
+    hold it, past those of its first ``keep_messages`` messages (typically the
+    leading system messages other conversations share).
+
+    ``messages`` is the conversation as the engine saw it, the last assistant
+    reply included.  Built (and checked) at the point of submission: an empty
+    conversation or a ``keep_messages`` outside ``0..len(messages)`` raises
+    :class:`InvalidRequestError` naming the field.
+    """
+
+    messages: tuple[ChatMessage, ...] = attrs.field(converter=_freeze_messages)
+    keep_messages: int = 0
+    tools: tuple[dict[str, Any], ...] | None = attrs.field(default=None, converter=_tools)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.messages:
+            raise InvalidRequestError("messages", "must not be empty")
+        keep = self.keep_messages
+        if (
+            isinstance(keep, bool)
+            or not isinstance(keep, int)
+            or not 0 <= keep <= len(self.messages)
+        ):
+            raise InvalidRequestError(
+                "keep_messages", f"must be an int in 0..{len(self.messages)}, got {keep!r}"
+            )
+
+    def conversation(self) -> EngineRequest:
+        """The whole conversation as a request whose prompt tokens are those the
+        engine cached: the last assistant reply becomes the ``continuation`` (the
+        prompt the engine rendered for it, then the reply)."""
+        msgs, last = self.messages, self.messages[-1]
+        params = SamplingParams(max_tokens=1)
+        if last.role == "assistant" and len(msgs) > 1 and not last.tool_calls:
+            return EngineRequest(
+                params, messages=msgs[:-1], continuation=last.content, tools=self.tools
+            )
+        return EngineRequest(params, messages=msgs, tools=self.tools)
+
+    @classmethod
+    def leading_system(cls, messages: Sequence[Any]) -> int:
+        """How many messages (dicts, or objects with a ``role``) lead the
+        conversation with role ``system`` (what TensorRT-LLM's
+        ``DropKVCacheTask`` retains)."""
+        n = 0
+        for m in messages:
+            role = m.get("role") if isinstance(m, Mapping) else getattr(m, "role", None)
+            if role != "system":
+                break
+            n += 1
+        return n

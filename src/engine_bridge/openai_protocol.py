@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 
 from ._toolcalls import ToolCall, check_tools
-from ._types import EngineError, InvalidRequestError, check_sampling_field
+from ._types import EngineError, InvalidRequestError, NotSupportedError, check_sampling_field
 
 __all__ = [
     "SSE_DONE",
@@ -91,12 +91,15 @@ def error_response(
 
 def error_for(exc: BaseException) -> Any:
     """The error answer for an exception: an :class:`HTTPError` answers as itself;
-    :class:`InvalidRequestError` is a 400 naming its field; :class:`EngineError` a 503;
+    :class:`InvalidRequestError` is a 400 naming its field; :class:`NotSupportedError`
+    a 501; :class:`EngineError` a 503;
     anything else a 500 naming the exception type."""
     if isinstance(exc, HTTPError):
         return error_response(exc.status, exc.message, exc.param, exc.kind)
     if isinstance(exc, InvalidRequestError):
         return error_response(400, str(exc), exc.field)
+    if isinstance(exc, NotSupportedError):
+        return error_response(501, str(exc), kind="not_supported")
     if isinstance(exc, EngineError):
         return error_response(503, str(exc), kind="server_error")
     return error_response(500, f"{type(exc).__name__}: {exc}", kind="server_error")

@@ -4,7 +4,9 @@
     python -m engine_bridge.openai_server --engine simulated --port 8000 # no model
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /tokenize`` (vLLM's:
-the engine's token count of a prompt), ``POST /v1/completions`` and
+the engine's token count of a prompt), ``POST /_control/kv_cache/truncate``
+(trtllm-serve's KV-cache hint: release a finished conversation's prefix-cache
+blocks; 501 where the engine keeps none), ``POST /v1/completions`` and
 ``POST /v1/chat/completions`` (``stream`` with server-sent events,
 ``stream_options.include_usage``, ``logprobs``/``top_logprobs``, ``stop``, ``seed``,
 ``top_k`` as an extension).  Each choice also carries ``token_ids`` (an extension, as
@@ -33,7 +35,14 @@ import anyio
 from . import openai_protocol as protocol
 from ._protocol import Engine
 from ._toolcalls import ToolCall, answer_tool_calls
-from ._types import EngineDelta, EngineError, EngineRequest, InvalidRequestError, SamplingParams
+from ._types import (
+    EngineDelta,
+    EngineError,
+    EngineRequest,
+    InvalidRequestError,
+    KVCacheDrop,
+    SamplingParams,
+)
 from .openai_protocol import CompletionRequest
 
 __all__ = [
@@ -98,6 +107,7 @@ async def health(request: Any) -> Any:
             "status": "ok" if ok else "unhealthy",
             "active": engine.num_active,
             "aborted": getattr(engine, "aborted", None),
+            "cached_blocks": getattr(engine, "cached_blocks", None),
         },
         status_code=200 if ok else 503,
     )
@@ -139,6 +149,43 @@ async def tokenize(request: Any) -> Any:
     except (protocol.HTTPError, InvalidRequestError, EngineError) as e:
         return protocol.error_for(e)
     return JSONResponse({"count": count})
+
+
+async def kv_cache_truncate(request: Any) -> Any:
+    """``POST /_control/kv_cache/truncate`` (trtllm-serve's KV-cache hint):
+    ``{"messages": [...], "messages_to_retain": [...]}`` -> ``{"freed_blocks": n}``
+    (``null`` when the engine does not say).  ``messages_to_retain`` must be the
+    conversation's first messages (400 otherwise); an engine that keeps no
+    releasable prefix cache answers 501."""
+    from starlette.responses import JSONResponse
+
+    state = request.app.state
+    engine: Engine = state.engine
+    try:
+        body = await protocol.read_json(request, state.max_body_bytes)
+        drop = _truncate_request(body)
+        freed = await engine.drop_kv_cache(drop)
+    except (protocol.HTTPError, InvalidRequestError, EngineError) as e:
+        return protocol.error_for(e)
+    return JSONResponse({"freed_blocks": freed})
+
+
+def _truncate_request(body: Any) -> KVCacheDrop:
+    if not isinstance(body, dict):
+        raise protocol.HTTPError(400, "the body must be a JSON object", "body")
+    if body.get("action", "truncate") != "truncate":
+        raise InvalidRequestError("action", f"only 'truncate' is served, got {body['action']!r}")
+    messages, retain = body.get("messages"), body.get("messages_to_retain", [])
+    for name, value in (("messages", messages), ("messages_to_retain", retain)):
+        if not isinstance(value, list):
+            raise InvalidRequestError(name, "must be a list of messages")
+    conversation = KVCacheDrop(messages, tools=body.get("tools"))
+    kept = KVCacheDrop(retain, 0).messages if retain else ()
+    if conversation.messages[: len(kept)] != kept:
+        raise InvalidRequestError(
+            "messages_to_retain", "must be the conversation's first messages, in order"
+        )
+    return KVCacheDrop(conversation.messages, len(kept), tools=conversation.tools)
 
 
 async def _complete(request: Any, chat: bool) -> Any:
@@ -254,6 +301,7 @@ def create_app(
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/tokenize", tokenize, methods=["POST"]),
+            Route("/_control/kv_cache/truncate", kv_cache_truncate, methods=["POST"]),
         ],
         lifespan=_lifespan,
     )
@@ -292,6 +340,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--max-context", type=int, default=512, help="context length of the simulated engine"
     )
+    ap.add_argument(
+        "--prefix-cache-blocks",
+        type=int,
+        default=0,
+        help="prefix-cache blocks of the simulated engine (0: none)",
+    )
     ap.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000, help="0: a free port (printed on stdout)")
@@ -302,7 +356,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.engine == "simulated":
         from ._simulated import SimulatedEngine
 
-        engine = SimulatedEngine(args.simulated_reply, max_context=args.max_context)
+        engine = SimulatedEngine(
+            args.simulated_reply,
+            max_context=args.max_context,
+            prefix_cache_blocks=args.prefix_cache_blocks,
+        )
     else:
         from ._hf import HFEngine
 

@@ -35,7 +35,7 @@ from ._errors import (
     TooManyRequestsError,
     UnknownWorkerTagError,
 )
-from ._hints import TokenizeTask
+from ._hints import DropKVCacheTask, TokenizeTask
 from ._mcp import MCPCallTask, MCPListTask, MCPServerError, MCPWorker
 from ._result import ScaffoldingResult
 from ._reward_worker import RewardWorker
@@ -63,6 +63,7 @@ __all__ = [
     "AsyncScaffoldingLlm",
     "CancelGraceExceededWarning",
     "ChatTask",
+    "DropKVCacheTask",
     "EngineError",
     "EngineWorker",
     "ExecutionScope",

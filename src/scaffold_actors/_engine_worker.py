@@ -17,7 +17,7 @@ from engine_bridge import (
 
 from ._chat import AssistantMessage, ChatTask
 from ._errors import InvalidTaskError
-from ._hints import TokenizeTask
+from ._hints import DropKVCacheTask, TokenizeTask
 from ._task_context import task_context
 from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task, TaskStatus
 from ._worker import Handler, Worker
@@ -205,6 +205,11 @@ class EngineWorker(Worker):
         task.token_count = await self.engine.count_tokens(task.engine_request())
         return TaskStatus.SUCCESS
 
+    async def drop_kv_cache_handler(self, task: DropKVCacheTask) -> TaskStatus:
+        """The engine frees the chat's prefix-cache blocks (past those retained)."""
+        task.freed_blocks = await self.engine.drop_kv_cache(task.hint())
+        return TaskStatus.SUCCESS
+
     # the generator-controller driver steps these while they run in the background
     streaming_tasks = (StreamGenerationTask,)
 
@@ -213,6 +218,7 @@ class EngineWorker(Worker):
         StreamGenerationTask: stream_generation_handler,
         ChatTask: chat_handler,
         TokenizeTask: tokenize_handler,
+        DropKVCacheTask: drop_kv_cache_handler,
     }
 
     def __repr__(self) -> str:

@@ -7,13 +7,13 @@ from typing import Any, ClassVar
 
 import attrs
 
-from engine_bridge import EngineRequest, SamplingParams
+from engine_bridge import EngineRequest, InvalidRequestError, KVCacheDrop, SamplingParams
 
 from ._chat import ChatTask, RoleMessage
 from ._errors import InvalidTaskError
 from ._tasks import Task
 
-__all__ = ["TokenizeTask"]
+__all__ = ["DropKVCacheTask", "TokenizeTask"]
 
 
 @attrs.define(slots=False, eq=False)
@@ -82,3 +82,86 @@ class TokenizeTask(Task):
         if messages is not None:
             return EngineRequest(SamplingParams(max_tokens=1), messages=messages)
         return EngineRequest(SamplingParams(max_tokens=1), prompt=self.input_str)
+
+
+@attrs.define(slots=False, eq=False, init=False)
+class DropKVCacheTask(Task):
+    """Tell the engine a chat is over, so it frees the prefix-cache blocks that
+    hold it (TensorRT-LLM compatible: ``DropKVCacheTask(chat_task, worker_tag)``).
+
+    Inputs: ``chat_task`` (the finished :class:`ChatTask`, its assistant reply
+    included); ``messages_to_retain`` defaults to the chat's leading system
+    messages, whose blocks stay (they are shared by other conversations); give
+    another list to keep more or less (it must be the chat's first messages).
+    Output: ``freed_blocks``, the blocks the engine says it freed (``None``
+    when it took the hint without a count, as an HTTP server may).
+
+    The generation worker hands it to its engine (:meth:`Engine.drop_kv_cache`):
+    :class:`~engine_bridge.HFEngine` frees transformers' cached blocks,
+    :class:`~engine_bridge.OpenAIEngine` posts it to the server's
+    ``/_control/kv_cache/truncate`` (trtllm-serve's, ours), the simulated engine
+    evicts from its prefix cache.  An engine without a releasable prefix cache
+    raises :class:`~engine_bridge.NotSupportedError`: the task fails with it,
+    it is never reported done.  A ``messages_to_retain`` that is not the chat's
+    first messages raises :class:`InvalidTaskError` at submission.
+    ``partial_prefix`` is TensorRT-LLM's placeholder (unused there too).
+    """
+
+    chat_task: ChatTask | None = None
+    messages_to_retain: list[Any] = attrs.field(factory=list)
+    partial_prefix: str | None = None
+    freed_blocks: int | None = None
+
+    input_fields: ClassVar[tuple[str, ...]] = ("messages_to_retain",)
+    output_fields: ClassVar[tuple[str, ...]] = ("freed_blocks",)
+
+    def __init__(
+        self,
+        chat_task: ChatTask | None = None,
+        worker_tag: Any = "generation",
+        *,
+        messages_to_retain: list[Any] | None = None,
+        **fields: Any,
+    ) -> None:
+        if messages_to_retain is None:
+            messages = chat_task.messages if chat_task is not None else []
+            messages_to_retain = list(messages[: KVCacheDrop.leading_system(messages)])
+        self.__attrs_init__(
+            worker_tag=worker_tag,
+            chat_task=chat_task,
+            messages_to_retain=messages_to_retain,
+            **fields,
+        )
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.chat_task, ChatTask):
+            raise InvalidTaskError(
+                f"{type(self).__name__}.chat_task",
+                f"must be the finished ChatTask, got {type(self.chat_task).__name__}",
+            )
+        self.hint()
+
+    def hint(self) -> KVCacheDrop:
+        """The hint as the engine takes it.  Raises :class:`InvalidTaskError`
+        naming the field when the chat is empty or ``messages_to_retain`` is not
+        its first messages."""
+        chat = self.chat_task
+        assert chat is not None
+        inputs = chat.request_inputs()
+        try:
+            drop = KVCacheDrop(inputs["messages"], 0, tools=inputs["tools"])
+            retain = _dicts(self.messages_to_retain)
+            kept = KVCacheDrop(retain, 0).messages if retain else ()
+        except InvalidRequestError as e:
+            raise InvalidTaskError.of(type(self).__name__, e) from None
+        if drop.messages[: len(kept)] != kept:
+            raise InvalidTaskError(
+                f"{type(self).__name__}.messages_to_retain",
+                "must be the chat's first messages, in order",
+            )
+        return KVCacheDrop(drop.messages, len(kept), tools=drop.tools)
+
+
+def _dicts(messages: list[Any]) -> list[Any]:
+    return [m.to_dict() if isinstance(m, RoleMessage) else m for m in messages]

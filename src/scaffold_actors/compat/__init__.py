@@ -23,7 +23,7 @@ from .._chat import (
     ToolMessage,
     UserMessage,
 )
-from .._hints import TokenizeTask
+from .._hints import DropKVCacheTask, TokenizeTask
 from .._mcp import MCPCallTask, MCPListTask, MCPWorker
 from .._result import ScaffoldingResult
 from .._scope import ExecutionScope, current_scope
@@ -63,7 +63,9 @@ from ._math import (
 )
 from ._prompts import system_prompt
 from ._task_collection import (
+    ChatCollection,
     ChatTokenCounter,
+    DropKVCacheWorkerTag,
     GenerationTokenCounter,
     QueryCollector,
     SubRequestMarker,
@@ -71,6 +73,7 @@ from ._task_collection import (
     TaskMetricsCollector,
     TaskTimer,
     TokenizeWorkerTag,
+    drop_kv_cache_scope,
     sub_request_node,
     with_task_collection,
 )
@@ -87,10 +90,13 @@ __all__ = [
     "CONTROLLER_REGISTRY",
     "AssistantMessage",
     "BestOfNController",
+    "ChatCollection",
     "ChatTask",
     "ChatTokenCounter",
     "ChatWithMCPController",
     "Controller",
+    "DropKVCacheTask",
+    "DropKVCacheWorkerTag",
     "ExecutionScope",
     "ExecutionTrace",
     "ExecutionTracer",
@@ -135,6 +141,7 @@ __all__ = [
     "async_scaffolding_benchmark",
     "build_controller",
     "current_scope",
+    "drop_kv_cache_scope",
     "extract_answer_from_boxed",
     "extract_answer_with_regex",
     "get_digit_majority_vote_result",

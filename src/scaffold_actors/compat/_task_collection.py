@@ -7,16 +7,20 @@ import json
 import os
 import statistics
 import time
+import weakref
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from .._chat import ChatTask
+from .._hints import DropKVCacheTask
 from .._mcp import MCPCallTask
 from .._tasks import GenerationTask, Task
 from ._controllers import Controller, ParallelProcess
 
 __all__ = [
+    "ChatCollection",
     "ChatTokenCounter",
+    "DropKVCacheWorkerTag",
     "GenerationTokenCounter",
     "QueryCollector",
     "SubRequestMarker",
@@ -24,6 +28,7 @@ __all__ = [
     "TaskMetricsCollector",
     "TaskTimer",
     "TokenizeWorkerTag",
+    "drop_kv_cache_scope",
     "sub_request_node",
     "with_task_collection",
 ]
@@ -50,25 +55,35 @@ class TaskCollection:
 
 
 def _observe(collection: TaskCollection, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """``gen`` with ``collection``'s hooks around each yield.  What the runtime
+    sends or throws in reaches ``gen`` (a controller's ``try``/``except`` around
+    a yield sees its task's failure as it would undecorated); closing closes it."""
     sent: Any = None
+    thrown: BaseException | None = None
     while True:
         try:
-            obj = gen.send(sent)
+            obj = gen.send(sent) if thrown is None else gen.throw(thrown)
         except StopIteration as stop:
             return stop.value
-        if isinstance(obj, ParallelProcess):
+        sent, thrown = None, None
+        parallel = isinstance(obj, ParallelProcess)
+        if parallel:
             n = len(obj.sub_gens)
             obj.sub_gens = [_observe(collection, g) for g in obj.sub_gens]
             collection.on_parallel_start(n)
-            try:
-                sent = yield obj
-            finally:
-                collection.on_parallel_end(n)
         else:
             collection.before_yield(obj)
-            try:
-                sent = yield obj
-            finally:
+        try:
+            sent = yield obj
+        except GeneratorExit:
+            gen.close()
+            raise
+        except BaseException as exc:  # the yield failed: ``gen`` decides what it means
+            thrown = exc
+        finally:
+            if parallel:
+                collection.on_parallel_end(n)
+            else:
                 collection.after_yield(obj)
 
 
@@ -473,3 +488,54 @@ class TokenizeWorkerTag(enum.Enum):
     generation worker: ``{"tokenize": engine_worker}``)."""
 
     TOKENIZE = "tokenize"
+
+
+class ChatCollection(TaskCollection):
+    """The chats a controller (and the controllers it runs) yielded, each
+    claimed by the innermost collection that saw it first: ``chat_tasks``."""
+
+    _claimed: ClassVar[weakref.WeakSet[ChatTask]] = weakref.WeakSet()
+
+    def __init__(self) -> None:
+        self.chat_tasks: list[ChatTask] = []
+
+    def before_yield(self, tasks: list[Task]) -> None:
+        for task in tasks:
+            if isinstance(task, ChatTask) and task not in ChatCollection._claimed:
+                ChatCollection._claimed.add(task)
+                self.chat_tasks.append(task)
+
+
+class DropKVCacheWorkerTag(enum.Enum):
+    """The worker tag TensorRT-LLM gives :class:`DropKVCacheTask` s (map it to
+    the generation worker: ``{"drop_kv_cache": engine_worker}``)."""
+
+    DROP_KV_CACHE = "drop_kv_cache"
+
+
+def drop_kv_cache_scope() -> Callable[[C], C]:
+    """Class decorator (TensorRT-LLM compatible): when the controller's
+    ``process`` returns, yield one :class:`DropKVCacheTask` for every chat it
+    (or a controller it ran) yielded and that no inner scope already dropped,
+    on the ``"drop_kv_cache"`` worker, so the engine frees those chats' cached
+    blocks (their leading system messages' blocks stay).  A ``process`` that
+    raises drops nothing (as there); a drop that fails fails the request."""
+
+    def decorator(controller_cls: C) -> C:
+        decorated = with_task_collection("ChatCollection", ChatCollection)(controller_cls)
+        original = decorated.process  # type: ignore[attr-defined]
+
+        def process(self: Any, tasks: list[Task], **kwargs: Any) -> Any:
+            result = yield from original(self, tasks, **kwargs)
+            chats = self.task_collections["ChatCollection"].chat_tasks
+            if chats:
+                yield [
+                    DropKVCacheTask(chat, worker_tag=DropKVCacheWorkerTag.DROP_KV_CACHE)
+                    for chat in chats
+                ]
+            return result
+
+        decorated.process = process  # type: ignore[attr-defined]
+        return decorated
+
+    return decorator

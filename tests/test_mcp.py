@@ -5,6 +5,7 @@ loopback server).  What a cancel or a death did is read from the server itself."
 from __future__ import annotations
 
 import functools
+import json
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
+import trio
 
 pytest.importorskip("mcp")
 
@@ -35,14 +37,13 @@ SERVER = str(Path(__file__).resolve().parent / "mcp_server.py")
 STDIO = [sys.executable, SERVER, "stdio"]
 
 
-@pytest.fixture(scope="module")
-def http_url() -> Iterator[str]:
+def _serve(kind: str, path: str) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen(
-        [sys.executable, SERVER, "http", str(port)],
+        [sys.executable, SERVER, kind, str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -53,13 +54,24 @@ def http_url() -> Iterator[str]:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                assert proc.poll() is None, "the MCP HTTP server exited"
-                assert time.monotonic() < deadline, "the MCP HTTP server never listened"
+                assert proc.poll() is None, f"the MCP {kind} server exited"
+                assert time.monotonic() < deadline, f"the MCP {kind} server never listened"
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield f"http://127.0.0.1:{port}{path}"
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def http_url() -> Iterator[str]:
+    yield from _serve("http", "/mcp")
+
+
+@pytest.fixture(scope="module")
+def sse_url() -> Iterator[str]:
+    """An Apiary-like SSE server that reports its open connections."""
+    yield from _serve("sse", "/sse")
 
 
 @pytest.fixture(params=["stdio", "http"])
@@ -320,3 +332,109 @@ def test_mcp_call_arguments_are_refused_when_they_are_not_a_json_object() -> Non
         MCPWorker({})
     with pytest.raises(ValueError, match="URL or a non-empty command"):
         MCPWorker({"x": []})
+
+
+# -- ApiaryMCPWorker (TensorRT-LLM's per-scope SSE sandbox worker) -------------------
+
+
+async def open_connections(ctx: RequestContext) -> list[str]:
+    return list(json.loads((await call(ctx, "connections")).result_str or "{}")["open"])
+
+
+async def test_apiary_gives_each_scope_its_own_sandbox_connection(sse_url: str) -> None:
+    from scaffold_actors.compat import ApiaryMCPWorker
+
+    worker = ApiaryMCPWorker(sse_url)
+    ready = trio.Event()
+    seen: dict[str, Any] = {}
+
+    async def branch(ctx: RequestContext, i: int) -> None:
+        seen[f"branch{i}"] = await open_connections(ctx)
+        ran = await call(ctx, "sandbox_run", cmd=f"ls {i}")
+        seen[f"run{i}"] = (ran.result_str, ran.result_stdout, ran.result_stderr, ran.is_error)
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        await ready.wait()
+        seen["root"] = await open_connections(ctx)
+        async with ctx.parallel() as par:
+            par.start(branch, ctx, 0)
+            par.start(branch, ctx, 1)
+        with trio.fail_after(30):  # a hang guard: the server sees the closes soon after
+            while len(after := await open_connections(ctx)) > 1:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        seen["after"] = after
+        seen["unknown"] = (await call(ctx, "no_such_tool")).is_error
+        with pytest.raises(InvalidTaskError, match="must be JSON"):
+            await call(ctx, "sandbox_run", cmd=object())
+        return task
+
+    async with AsyncScaffoldingLlm(method, {"mcp": worker}) as llm:
+        handle = await llm.generate_async("q")
+        worker.set_scope_params(handle.id, base_image=["/layer/base", "/layer/top"])
+        ready.set()
+        await handle
+        assert worker.stats()["mcp_sessions"] == 0  # the request's scope ended: all closed
+    rid = handle.id
+    layers = "base_image=%2Flayer%2Fbase&base_image=%2Flayer%2Ftop"
+    assert seen["root"] == [f"client_id=coder-{rid}&{layers}"]
+    for i in (0, 1):
+        mine = f"client_id=coder-{rid}%3A{i}&{layers}"
+        assert mine in seen[f"branch{i}"]  # its own connection, with the request's params
+        assert seen[f"run{i}"] == (f"ran ls {i}", f"ls {i}: ok\n", "", False)  # the envelope
+    assert seen["after"] == seen["root"]  # the branches' connections were closed
+    assert seen["unknown"] is True  # not listed at start: the server says it is unknown
+
+
+async def test_apiary_waits_for_a_free_connection(sse_url: str) -> None:
+    from scaffold_actors.compat import ApiaryMCPWorker
+
+    worker = ApiaryMCPWorker(sse_url, max_connections=1)
+    most: list[int] = []
+
+    async def branch(ctx: RequestContext, i: int) -> None:
+        most.append(worker.stats()["mcp_sessions"])
+        await call(ctx, "sandbox_run", cmd=str(i))
+        most.append(worker.stats()["mcp_sessions"])
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        async with ctx.parallel() as par:
+            for i in range(3):
+                par.start(branch, ctx, i)
+        task.output_str = "all ran"
+        return task
+
+    async with AsyncScaffoldingLlm(method, {"mcp": worker}) as llm:
+        assert (await llm.generate("q")).output.output_str == "all ran"
+    assert max(most) == 1  # one sandbox at a time, each scope in turn
+
+
+async def test_an_unreachable_apiary_fails_the_call_naming_it() -> None:
+    from scaffold_actors.compat import ApiaryMCPWorker
+
+    worker = ApiaryMCPWorker("http://127.0.0.1:9/sse", connect_timeout=30)
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        await call(ctx, "sandbox_run", cmd="ls")
+        return task
+
+    async with AsyncScaffoldingLlm(method, {"mcp": worker}) as llm:
+        with pytest.raises(MCPServerError, match="'apiary': cannot connect"):
+            await llm.generate("q")
+        assert worker.stats()["mcp_sessions"] == 0
+    with pytest.raises(ValueError, match="http"):
+        ApiaryMCPWorker("localhost:8082/sse")
+    with pytest.raises(ValueError, match="base_image"):
+        ApiaryMCPWorker("http://x/sse").set_scope_params("req-1", base_image=3)  # type: ignore[arg-type]
+
+
+def test_trtllm_style_apiary_controller(sse_url: str) -> None:
+    from scaffold_actors.compat import ApiaryMCPWorker, Controller, ScaffoldingLlm
+
+    class Coder(Controller):
+        def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+            t = MCPCallTask.create_mcptask("sandbox_run", '{"cmd": "pytest"}', "sandbox")
+            yield [t]
+            tasks[0].output_str = f"{t.result_str} | {t.result_stdout}"
+
+    with ScaffoldingLlm(Coder(), {"sandbox": ApiaryMCPWorker(sse_url)}) as llm:
+        assert llm.generate("q").output.output_str == "ran pytest | pytest: ok\n"

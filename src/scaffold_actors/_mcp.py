@@ -46,8 +46,9 @@ class MCPCallTask(Task):
     """Call the MCP tool ``tool_name`` with ``args`` (TensorRT-LLM compatible).
 
     Outputs: ``result_str`` (the text the tool returned), ``is_error`` (the tool
-    ran and reported a failure), ``result_stdout`` / ``result_stderr`` (left
-    ``None``: MCP results carry content, not streams).
+    ran and reported a failure), ``result_stdout`` / ``result_stderr`` (set
+    when the tool answers with a sandbox's ``{"content", "stdout", "stderr"}``
+    JSON envelope, whose ``content`` is then ``result_str``; ``None`` otherwise).
     """
 
     worker_tag: Any = "mcp"
@@ -134,6 +135,27 @@ def _transport(spec: ServerSpec) -> Any:
     return stdio_client(params)
 
 
+#: tool results longer than this are never parsed as a sandbox envelope
+MAX_ENVELOPE_CHARS = 1_000_000
+
+
+def _envelope(text: str) -> tuple[str, str | None, str | None]:
+    """``(content, stdout, stderr)`` of a sandbox's JSON envelope, else
+    ``(text, None, None)``.  Bounded: long texts are not parsed."""
+    if len(text) > MAX_ENVELOPE_CHARS or not text.lstrip().startswith("{"):
+        return text, None, None
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return text, None, None
+    if not isinstance(payload, dict) or not {"content", "stdout", "stderr"} <= payload.keys():
+        return text, None, None
+    content, out, err = payload["content"], payload["stdout"], payload["stderr"]
+    if not isinstance(content, str):
+        return text, None, None
+    return content, out if isinstance(out, str) else None, err if isinstance(err, str) else None
+
+
 class MCPWorker(Worker):
     """Serves MCP tools from one or more servers (the official ``mcp`` SDK).
 
@@ -152,6 +174,13 @@ class MCPWorker(Worker):
     With ``per_scope=True`` every execution scope gets its own session per
     server (for stateful servers), opened on its first call and closed in
     :meth:`on_scope_end`; otherwise all calls share one session per server.
+    ``max_sessions`` bounds the sessions open at once: a scope's first call
+    waits (cancellably, not counted in ``connect_timeout``) for one to close.
+
+    A tool result that is a JSON object with the fields ``content`` (a
+    string), ``stdout`` and ``stderr`` (a sandbox's envelope, as Apiary's)
+    fills :class:`MCPCallTask`'s ``result_str``, ``result_stdout`` and
+    ``result_stderr``; any other result is ``result_str`` as is.
 
     Cancellation: cancelling a call cancels it on the server too (the SDK sends
     ``notifications/cancelled``).  A server that dies or closes the connection
@@ -161,6 +190,10 @@ class MCPWorker(Worker):
     """
 
     max_concurrency = 64
+    #: connect and list the tools at start-up (a subclass for servers whose
+    #: sessions are costly, such as sandboxes, lists nothing: calls then go to
+    #: the first server, unchecked but for JSON and size)
+    lists_tools = True
 
     def __init__(
         self,
@@ -169,6 +202,7 @@ class MCPWorker(Worker):
         per_scope: bool = False,
         call_timeout: float | None = 60.0,
         connect_timeout: float = 30.0,
+        max_sessions: int | None = None,
     ) -> None:
         if not servers:
             raise ValueError("servers must name at least one MCP server")
@@ -177,8 +211,12 @@ class MCPWorker(Worker):
                 raise ValueError(
                     f"servers[{name!r}] must be a URL or a non-empty command, got {spec!r}"
                 )
+        if max_sessions is not None and max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1 or None, got {max_sessions!r}")
         self.servers = dict(servers)
         self.per_scope = per_scope
+        self.max_sessions = max_sessions
+        self._slots = anyio.Semaphore(max_sessions) if max_sessions is not None else None
         self.call_timeout = call_timeout
         self.connect_timeout = connect_timeout
         self._tools: dict[str, tuple[str, Any]] = {}  # tool -> (server, mcp Tool)
@@ -205,7 +243,7 @@ class MCPWorker(Worker):
             self._tg = tg
             try:
                 tools: dict[str, tuple[str, Any]] = {}
-                for server in self.servers:
+                for server in self.servers if self.lists_tools else ():
                     conn = await self._connection(server, None)
                     listed = await conn.session.list_tools()
                     for tool in listed.tools:
@@ -247,12 +285,18 @@ class MCPWorker(Worker):
             out[name] = f"{first} Arguments: {', '.join(props) or 'none'}."
         return out
 
-    async def _own(self, conn: _Connection, spec: ServerSpec) -> None:
+    def transport(self, server: str, scope_id: str | None) -> Any:
+        """The SDK transport (an async context manager giving the two streams)
+        for a session to ``server`` on behalf of ``scope_id`` (``None``: the
+        shared session).  Override to shape the connection per scope."""
+        return _transport(self.servers[server])
+
+    async def _own(self, conn: _Connection, transport: Any) -> None:
         from mcp import ClientSession
 
         try:
             async with (
-                _transport(spec) as streams,
+                transport as streams,
                 ClientSession(streams[0], streams[1]) as session,
             ):
                 await session.initialize()
@@ -262,6 +306,8 @@ class MCPWorker(Worker):
         except Exception as exc:
             conn.error = exc
         finally:
+            if self._slots is not None:
+                self._slots.release()
             conn.ended.set()
             conn.ready.set()
 
@@ -277,10 +323,17 @@ class MCPWorker(Worker):
                 return conn
             if self._tg is None:
                 raise MCPServerError(server, "the worker is not started")
+            transport = self.transport(server, scope_id)
+            if self._slots is not None:
+                await self._slots.acquire()  # released when the session ends
             conn = _Connection(server)
-            self._tg.start_soon(self._own, conn, self.servers[server])
-            with anyio.move_on_after(self.connect_timeout):
-                await conn.ready.wait()
+            self._tg.start_soon(self._own, conn, transport)
+            try:
+                with anyio.move_on_after(self.connect_timeout):
+                    await conn.ready.wait()
+            except BaseException:  # cancelled while connecting: the session is nobody's
+                conn.close.set()
+                raise
             if not conn.alive:
                 conn.close.set()
                 why = conn.error or f"no answer within {self.connect_timeout:g} s"
@@ -315,7 +368,8 @@ class MCPWorker(Worker):
             self._check_call(type(task).__name__, name, args)
 
     def _check_call(self, kind: str, name: str, args: Mapping[str, Any]) -> None:
-        if name not in self._tools:
+        listed = self.lists_tools
+        if listed and name not in self._tools:
             raise InvalidTaskError(
                 f"{kind}.tool_name",
                 f"unknown tool {name!r}; the servers offer: {sorted(self._tools)}",
@@ -329,6 +383,8 @@ class MCPWorker(Worker):
             raise InvalidTaskError(
                 field, f"{size} bytes of arguments, more than {MAX_ARGUMENT_BYTES}"
             )
+        if not listed:
+            return
         import jsonschema
 
         validator = self._validators.get(name)
@@ -344,7 +400,7 @@ class MCPWorker(Worker):
         from mcp import MCPError
         from mcp.types import CONNECTION_CLOSED
 
-        server = self._tools[name][0]
+        server = self._tools[name][0] if name in self._tools else next(iter(self.servers))
         scope = current_scope.get()
         conn = await self._connection(server, scope.scope_id if self.per_scope and scope else None)
         try:
@@ -365,7 +421,8 @@ class MCPWorker(Worker):
         return text, bool(result.is_error)
 
     async def call_handler(self, task: MCPCallTask) -> TaskStatus:
-        task.result_str, task.is_error = await self._call(task.tool_name or "", task.arguments())
+        text, task.is_error = await self._call(task.tool_name or "", task.arguments())
+        task.result_str, task.result_stdout, task.result_stderr = _envelope(text)
         return TaskStatus.SUCCESS
 
     async def tool_call_handler(self, task: ToolCallTask) -> TaskStatus:

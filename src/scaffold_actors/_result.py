@@ -63,6 +63,13 @@ class ScaffoldingResult:
 
     # -- state -----------------------------------------------------------
     @property
+    def id(self) -> str:
+        """The request's root execution scope id, ``"req-N"`` (TensorRT-LLM's
+        ``result.id``: the key workers see in ``on_scope_end`` and
+        ``set_scope_params``)."""
+        return f"req-{self.request_id}"
+
+    @property
     def done(self) -> bool:
         return self._done.is_set()
 

@@ -84,10 +84,11 @@ from ._tracing import (
     tokenize_trace_scope,
     with_execution_tracing,
 )
-from ._workers import OpenaiWorker, TRTLLMWorker, TRTOpenaiWorker
+from ._workers import ApiaryMCPWorker, OpenaiWorker, TRTLLMWorker, TRTOpenaiWorker
 
 __all__ = [
     "CONTROLLER_REGISTRY",
+    "ApiaryMCPWorker",
     "AssistantMessage",
     "BestOfNController",
     "ChatCollection",

@@ -78,7 +78,7 @@ async def async_scaffolding_benchmark(
                 for worker in {id(w): w for w in scaffolding_llm.workers.values()}.values():
                     setter = getattr(worker, "set_scope_params", None)
                     if callable(setter):
-                        setter(f"req-{result.request_id}", **request.scope_params)
+                        setter(result.id, **request.scope_params)
             await result.aresult()
             results.append(result)
             starts.append(start)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from .._engine_worker import EngineWorker
+from .._errors import InvalidTaskError
+from .._hints import DropKVCacheTask
+from .._mcp import MCPWorker
+from .._tasks import Task
 
-__all__ = ["OpenaiWorker", "TRTLLMWorker", "TRTOpenaiWorker"]
+__all__ = ["ApiaryMCPWorker", "OpenaiWorker", "TRTLLMWorker", "TRTOpenaiWorker"]
 
 
 class OpenaiWorker(EngineWorker):
@@ -18,9 +24,19 @@ class OpenaiWorker(EngineWorker):
     streaming, aborts on cancel, retries), which the runtime starts and stops.
     Unlike TensorRT-LLM's, a failed call raises :class:`EngineError` instead of
     printing and returning ``WORKER_EXECEPTION``.
+
+    ``kv_cache_hint_enabled=True`` lets :class:`DropKVCacheTask` s through to
+    the server's ``/_control/kv_cache/truncate``; without it they are refused
+    at submission (:class:`InvalidTaskError`), never silently dropped.
     """
 
-    def __init__(self, async_client: Any, model: str, **engine_options: Any) -> None:
+    def __init__(
+        self,
+        async_client: Any,
+        model: str,
+        kv_cache_hint_enabled: bool = False,
+        **engine_options: Any,
+    ) -> None:
         from engine_bridge import OpenAIEngine
 
         base_url = str(getattr(async_client, "base_url", "") or "")
@@ -31,7 +47,17 @@ class OpenaiWorker(EngineWorker):
         api_key = getattr(async_client, "api_key", None) or None
         self.async_client = async_client
         self.model = model
+        self.kv_cache_hint_enabled = kv_cache_hint_enabled
         super().__init__(OpenAIEngine(base_url, model, api_key=api_key, **engine_options))
+
+    def check_task(self, task: Task) -> None:
+        super().check_task(task)
+        if isinstance(task, DropKVCacheTask) and not self.kv_cache_hint_enabled:
+            raise InvalidTaskError(
+                "DropKVCacheTask.worker_tag",
+                "this OpenaiWorker sends no KV-cache hints: make it with "
+                "kv_cache_hint_enabled=True",
+            )
 
 
 class TRTOpenaiWorker(OpenaiWorker):
@@ -89,3 +115,71 @@ class TRTLLMWorker(EngineWorker):
         EngineWorker.__init__(worker, engine)
         worker.llm, worker.tokenizer, worker.own_llm = None, None, True
         return worker
+
+
+class ApiaryMCPWorker(MCPWorker):
+    """``ApiaryMCPWorker(base_url)``: MCP tools from an Apiary sandbox server
+    over SSE, one connection (so one sandbox) per execution scope
+    (TensorRT-LLM compatible).
+
+    Each request and each parallel branch gets its own session, opened on its
+    first call at ``base_url?client_id=coder-<scope id>`` plus the query
+    parameters given to :meth:`set_scope_params` for its request, and closed
+    when the scope ends (:meth:`on_scope_end`).  At most ``max_connections``
+    are open at once; a scope's first call waits for a free one.  Tools are not
+    listed at start (that would open a sandbox): a call's arguments are
+    checked for JSON and size only, and an unknown tool is the server's error
+    (``is_error``).  Results in the sandbox's ``{"content", "stdout",
+    "stderr"}`` envelope fill ``result_str``, ``result_stdout`` and
+    ``result_stderr``.  Stricter than there: a sandbox that cannot be reached
+    fails the call with :class:`MCPServerError` (it does not hang), and a
+    connection lost mid-call fails that call and reconnects on the next.
+    """
+
+    lists_tools = False
+
+    def __init__(self, base_url: str, max_connections: int = 200, **options: Any) -> None:
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._scope_params: dict[str, dict[str, str | Sequence[str]]] = {}
+        super().__init__(
+            {"apiary": self.base_url}, per_scope=True, max_sessions=max_connections, **options
+        )
+
+    def __repr__(self) -> str:
+        return f"ApiaryMCPWorker({self.base_url!r})"
+
+    def set_scope_params(self, request_id: str, **params: str | Sequence[str]) -> None:
+        """Extra query parameters for the connections of request ``request_id``
+        (a result's ``id``, ``"req-N"``) and its branches; list values repeat
+        the parameter.  Forgotten when the request's scope ends."""
+        for name, value in params.items():
+            if not isinstance(value, str) and not (
+                isinstance(value, Sequence) and all(isinstance(v, str) for v in value)
+            ):
+                raise ValueError(f"{name} must be a string or a list of strings, got {value!r}")
+        self._scope_params[str(request_id)] = dict(params)
+
+    def url_for(self, scope_id: str) -> str:
+        """The SSE URL of ``scope_id``'s connection."""
+        query = {"client_id": f"coder-{scope_id}", **self._scope_params.get(_root(scope_id), {})}
+        return f"{self.base_url}?{urlencode(query, doseq=True)}"
+
+    def transport(self, server: str, scope_id: str | None) -> Any:
+        from mcp.client.sse import sse_client
+
+        return sse_client(self.url_for(scope_id or "default"))
+
+    async def on_scope_end(self, scope_id: str) -> None:
+        await super().on_scope_end(scope_id)
+        if scope_id == _root(scope_id):
+            self._scope_params.pop(scope_id, None)
+
+    async def release_connection(self, scope_id: str) -> None:
+        """Close ``scope_id``'s connection now (TensorRT-LLM's name)."""
+        await MCPWorker.on_scope_end(self, scope_id)
+
+
+def _root(scope_id: str) -> str:
+    return scope_id.split(":", 1)[0]

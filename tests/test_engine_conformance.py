@@ -417,3 +417,21 @@ async def test_offered_tools_reach_the_model(make_engine: Callable[[], Any]) -> 
             EngineRequest(greedy(2), messages=chat, tools=[tool])
         )
         assert with_tools > without
+
+
+async def test_ignore_eos_generates_to_max_tokens(make_engine: Callable[[], Any]) -> None:
+    """Past the reply's end (its end-of-sequence token), to exactly max_tokens;
+    a stop string still ends it."""
+    limit = 40
+    async with make_engine() as engine:
+        _, natural, _, _, _ = await collect(engine, EngineRequest(greedy(limit), prompt=PROMPT))
+        text, ids, _, finish, _ = await collect(
+            engine, EngineRequest(greedy(limit, ignore_eos=True), prompt=PROMPT)
+        )
+        assert (len(ids), finish) == (limit, "length")
+        assert ids[: len(natural)] == natural  # the same reply, then past its end
+        stop = " " + text.split()[3]  # a whole token where stops are matched by token
+        cut, ids, _, finish, _ = await collect(
+            engine, EngineRequest(greedy(limit, ignore_eos=True, stop=[stop]), prompt=PROMPT)
+        )
+        assert finish == "stop" and len(ids) < limit and stop not in cut

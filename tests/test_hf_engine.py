@@ -51,6 +51,18 @@ async def test_bad_requests_are_rejected_before_the_engine() -> None:
         assert engine.num_active == 0
 
 
+def test_ignore_eos_needs_a_per_request_eos(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine_bridge import _hf
+
+    request = EngineRequest(SamplingParams(max_tokens=4, ignore_eos=True), prompt="hi")
+    HFEngine().check(request)  # this transformers takes one
+    monkeypatch.setattr(_hf, "_per_request_eos", lambda: False)  # an older one does not
+    with pytest.raises(InvalidRequestError, match="ignore_eos"):
+        HFEngine().check(request)
+    with pytest.raises(InvalidRequestError, match="ignore_eos"):
+        SamplingParams(ignore_eos=1)  # type: ignore[arg-type]
+
+
 async def test_majority_vote_on_the_real_model() -> None:
     worker = EngineWorker(HFEngine(), default_params=SamplingParams(max_tokens=8))
     mv = MajorityVote(Sampler(max_tokens=8, temperature=0.8), samples=3)

@@ -138,6 +138,16 @@ class _HFRequest:
         self.emitted = 0
 
 
+@functools.cache
+def _per_request_eos() -> bool:
+    """Whether transformers' batching manager takes an ``eos_token_id`` per request."""
+    import inspect
+
+    from transformers.generation.continuous_batching import ContinuousBatchingManager
+
+    return "eos_token_id" in inspect.signature(ContinuousBatchingManager.add_request).parameters
+
+
 def _free_cached_blocks(manager: Any, ids: list[int], keep: int) -> int:
     """(Worker thread.)  Free the cached blocks of ``ids`` past the first ``keep``
     tokens' blocks, with the generation loop paused; returns how many."""
@@ -399,6 +409,11 @@ class HFEngine(BridgedEngine):
                 "num_logprobs",
                 "the transformers engine returns only the sampled token's logprob (num_logprobs=0)",
             )
+        if p.ignore_eos and not _per_request_eos():
+            raise InvalidRequestError(
+                "ignore_eos",
+                "this transformers version takes no per-request end-of-sequence token",
+            )
         n = self.count_prompt_tokens(request)
         check_context(n, p.max_tokens, self.max_context)
         need = n + p.max_tokens
@@ -462,6 +477,8 @@ class HFEngine(BridgedEngine):
                 "streaming": request.stream or bool(request.params.stop),
                 **self._sampling_kwargs(request),
             }
+            if request.params.ignore_eos:
+                kwargs["eos_token_id"] = -1  # no end-of-sequence token for this request
             self._submit_q.put(("add", ids, kwargs))
             yield state.stream
 

@@ -254,6 +254,8 @@ class OpenAIEngine:
             body["stop"] = list(p.stop)
         if p.seed is not None:
             body["seed"] = p.seed
+        if p.ignore_eos:
+            body["ignore_eos"] = True  # vLLM's and trtllm-serve's extension
         if request.messages is not None or self.chat:
             messages = (
                 [m.to_dict() for m in request.messages]

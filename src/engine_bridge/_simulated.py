@@ -415,6 +415,13 @@ class SimulatedEngine:
             else:
                 logprobs = [-rng.random() * 2.0 for _ in pieces[skip:]]
         pieces = pieces[skip:]
+        limit = request.params.max_tokens
+        if request.params.ignore_eos and pieces and len(pieces) < limit:
+            # past the end of the reply, as a model past its EOS: the reply again
+            times = limit // len(pieces) + 1
+            pieces = (pieces * times)[:limit]
+            if logprobs is not None:
+                logprobs = (logprobs * times)[:limit]
         n_prompt = self.count_prompt_tokens(request)
         r = _SimRequest(request, n_prompt, pieces, logprobs)
         if self.prefix_cache_blocks:
@@ -520,7 +527,7 @@ class SimulatedEngine:
             r.pos += 1
             n_tok = 1
         if r.pos >= len(r.pieces):
-            finish = "stop"
+            finish = "length" if params.ignore_eos and r.pieces else "stop"
         elif r.pos >= params.max_tokens:
             finish = "length"
         text = r.text_so_far

@@ -236,6 +236,8 @@ class TRTLLMEngine(BridgedEngine):
             kw["stop"] = list(p.stop)
         if p.seed is not None:
             kw["seed"] = p.seed
+        if p.ignore_eos:
+            kw["ignore_eos"] = True
         if p.num_logprobs is not None:
             # TensorRT-LLM returns no logprobs for logprobs=0; k >= 1 gives the top k
             # and the sampled token, which is what num_logprobs=0 needs

@@ -171,6 +171,8 @@ class SamplingParams:
     ``temperature == 0`` means greedy decoding. ``num_logprobs`` asks for the log
     probability of each sampled token (``0`` means only the sampled token,
     ``k > 0`` also the ``k`` most likely alternatives where the engine supports it).
+    ``ignore_eos`` keeps generating past the end-of-sequence token, to exactly
+    ``max_tokens`` unless a ``stop`` string ends it (load replays, benchmarks).
     """
 
     max_tokens: int = 256
@@ -180,8 +182,11 @@ class SamplingParams:
     stop: tuple[str, ...] = attrs.field(default=(), converter=_normalise_stop)
     seed: int | None = None
     num_logprobs: int | None = None
+    ignore_eos: bool = False
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.ignore_eos, bool):
+            raise InvalidRequestError("ignore_eos", f"must be a bool, got {self.ignore_eos!r}")
         validate_sampling(
             max_tokens=self.max_tokens,
             temperature=self.temperature,

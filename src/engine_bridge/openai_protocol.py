@@ -157,6 +157,7 @@ class CompletionRequest:
     continue_final_message: bool
     body: Mapping[str, Any] = attrs.field(repr=False)
     tools: tuple[dict[str, Any], ...] | None = None
+    ignore_eos: bool = False  # vLLM's and trtllm-serve's extension
 
 
 def _flag(body: Mapping[str, Any], name: str) -> bool:
@@ -282,6 +283,7 @@ def parse_request(body: Any, chat: bool) -> CompletionRequest:
         continue_final_message=continuation,
         body=body,
         tools=tools or None,
+        ignore_eos=_flag(body, "ignore_eos"),
         **values,
     )
 

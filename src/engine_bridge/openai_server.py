@@ -70,6 +70,7 @@ def engine_request(req: CompletionRequest) -> EngineRequest:
         stop=req.stop,
         seed=req.seed,
         num_logprobs=req.logprobs,
+        ignore_eos=req.ignore_eos,
     )
     if req.chat:
         assert req.messages is not None

@@ -167,6 +167,7 @@ class GenerationTask(Task):
     num_logprobs: int | None = attrs.field(default=None, validator=_sampling_validator)
     continuation: str | None = None
     n: int = attrs.field(default=1, validator=_sampling_validator)
+    ignore_eos: bool = False
     skip_tokenizer: bool = False
     skip_detokenizer: bool = False
 
@@ -273,6 +274,7 @@ class GenerationTask(Task):
             num_logprobs=self.num_logprobs
             if self.num_logprobs is not None
             else defaults.num_logprobs,
+            ignore_eos=self.ignore_eos or defaults.ignore_eos,
         )
 
     def request_inputs(self) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     detokenize: bool = True
+    ignore_eos: bool = False
     _stop_word_ids: list[list[int]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -217,6 +218,8 @@ class RequestOutput:
                 pieces = pieces[i + 1 :]
                 break
         stops = p._get_stop_reasons_and_words()
+        if p.ignore_eos and pieces:  # past the end of the reply, as a model past its EOS
+            pieces = (pieces * (p.max_tokens // len(pieces) + 1))[: p.max_tokens]
         for i, piece in enumerate(pieces):
             await asyncio.sleep(llm.step_s)
             if self.request_id in llm._to_cancel:  # the executor drops it at this step
@@ -239,7 +242,7 @@ class RequestOutput:
                     if not p.include_stop_str_in_output:
                         out.token_ids = out.token_ids[: -len(ids)]
                     break
-            if finish is None and i + 1 == len(pieces):
+            if finish is None and i + 1 == len(pieces) and not p.ignore_eos:
                 finish = "stop"
             if finish is None and len(out.token_ids) >= p.max_tokens:
                 finish = "length"

@@ -586,11 +586,11 @@ def test_execution_tracing_in_trtllm_style(tmp_path: Path) -> None:
         result = llm.generate("q")
     trace = result.task_collections["execution_tracer"].export_trace()
     kinds = [(e.event_type, e.role, e.conversation_id, e.branch_path) for e in trace.events]
-    assert kinds == [
-        ("message", "user", 0, []),
-        ("message", "user", 1, []),
+    assert kinds == [  # two tasks at once: a fork, each task's messages on its branch
         ("parallel_start", None, None, []),
+        ("message", "user", 0, [0]),
         ("message", "assistant", 0, [0]),
+        ("message", "user", 1, [1]),
         ("message", "assistant", 1, [1]),
         ("parallel_end", None, None, []),
         ("message", "user", 0, []),
@@ -600,9 +600,9 @@ def test_execution_tracing_in_trtllm_style(tmp_path: Path) -> None:
     assert ExecutionTrace.load(tmp_path / "full.json") == trace
     trace.save(tmp_path / "compact.json")
     events = json.loads((tmp_path / "compact.json").read_text())["events"]
-    assert "conversation_id" not in events[2]  # unset fields are left out
+    assert "conversation_id" not in events[0]  # unset fields are left out
     assert all("content" not in e for e in events)  # compact: no message text
-    assert trace.events[0].content == "q0"
+    assert trace.events[1].content == "q0" and trace.events[1].message_index == 0
 
 
 def test_tokenize_trace_scope_counts_the_traced_messages() -> None:

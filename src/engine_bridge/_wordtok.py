@@ -11,7 +11,8 @@ _TOKEN = re.compile(r"\s*\S+|\s+")
 class WordTokenizer:
     """Splits text into whitespace-prefixed words; ids are assigned on first sight.
 
-    ``decode(encode(text)) == text`` for every string.
+    ``decode(encode(text)) == text`` for every string.  An id never assigned
+    (a replay's synthetic prompt, say) decodes as the word `` <id>``.
     """
 
     def __init__(self) -> None:
@@ -36,10 +37,13 @@ class WordTokenizer:
         return self.ids_for(self.split(text))
 
     def decode(self, ids: Sequence[int]) -> str:
-        try:
-            return "".join(self._pieces[i] for i in ids)
-        except IndexError:
-            raise ValueError("unknown token id") from None
+        pieces, n = self._pieces, len(self._pieces)
+        out = []
+        for i in ids:
+            if i < 0:
+                raise ValueError(f"token ids are >= 0, got {i}")
+            out.append(pieces[i] if i < n else f" <{i}>")
+        return "".join(out)
 
     def count(self, text: str) -> int:
         return len(_TOKEN.findall(text))

@@ -62,6 +62,13 @@ from ._math import (
     get_digit_majority_vote_result,
 )
 from ._prompts import system_prompt
+from ._replay import (
+    QueueExecutor,
+    QueueManager,
+    ReplayEngine,
+    ReplayGenerationStats,
+    make_seeded_rng_factory,
+)
 from ._task_collection import (
     ChatCollection,
     ChatTokenCounter,
@@ -115,6 +122,10 @@ __all__ = [
     "PRMController",
     "ParallelProcess",
     "QueryCollector",
+    "QueueExecutor",
+    "QueueManager",
+    "ReplayEngine",
+    "ReplayGenerationStats",
     "RewardTask",
     "RoleMessage",
     "ScaffoldingBenchRequest",
@@ -147,6 +158,7 @@ __all__ = [
     "extract_answer_with_regex",
     "get_digit_majority_vote_result",
     "load_controller_config",
+    "make_seeded_rng_factory",
     "register_controller",
     "sub_request_node",
     "system_prompt",

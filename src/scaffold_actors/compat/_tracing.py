@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .._chat import AssistantMessage, ChatTask, RoleMessage
-from .._hints import TokenizeTask
+from .._hints import DropKVCacheTask, TokenizeTask
 from .._mcp import MCPCallTask
 from .._scope import current_scope
 from .._tasks import GenerationTask, Task
@@ -39,7 +39,11 @@ class TraceEvent:
     counts and ``finish_reason``), ``"tool_call"`` (one MCP call: ``tool_call_id``,
     ``tool_name``, ``duration_ms``), ``"parallel_start"`` / ``"parallel_end"``
     (a fork: ``num_branches``; the events of branch ``i`` follow on
-    ``branch_path + [i]``).  ``branch_path`` is the execution scope's.
+    ``branch_path + [i]``), ``"drop_kv_cache"`` (the conversations of this
+    branch were released from the KV cache).  ``branch_path`` is the execution
+    scope's.  A message carries its ``message_index`` in its conversation and, for
+    a system message made with :func:`system_prompt`, its template's
+    ``system_prompt_id`` (so a replay shares that prefix across conversations).
     """
 
     event_type: str = ""
@@ -62,6 +66,8 @@ class TraceEvent:
     tokens: int | None = None
     tokens_source: str | None = None
     tokenize_error: str | None = None
+    message_index: int | None = None
+    system_prompt_id: str | None = None
 
     def to_dict(self, full: bool = True) -> dict[str, Any]:
         """The event without its unset fields; without ``full``, without the
@@ -136,6 +142,7 @@ class ExecutionTracer(TaskCollection):
         self._start: dict[int, float] = {}
         self._conversations: dict[int, int] = {}
         self._recorded: dict[int, int] = {}  # messages of a chat already recorded
+        self._context: dict[int, list[TraceEvent]] = {}  # a yielded task's prompt messages
 
     def _conversation(self, task: Task) -> int:
         return self._conversations.setdefault(id(task), len(self._conversations))
@@ -143,36 +150,52 @@ class ExecutionTracer(TaskCollection):
     def before_yield(self, tasks: list[Task]) -> None:
         now = time.perf_counter()
         path = _branch_path()
+        if any(isinstance(t, DropKVCacheTask) for t in tasks):
+            self.events.append(TraceEvent("drop_kv_cache", list(path)))
         for t in tasks:
             self._start[id(t)] = now
             if isinstance(t, ChatTask):
                 t.enable_token_counting = True
                 conv = self._conversation(t)
-                for m in t.messages[self._recorded.get(id(t), 0) :]:
-                    self.events.append(
-                        TraceEvent("message", list(path), conv, _role(m), content=_text(m))
+                first = self._recorded.get(id(t), 0)
+                context = self._context[id(t)] = []
+                for i, m in enumerate(t.messages[first:], first):
+                    text = _text(m)
+                    context.append(
+                        TraceEvent(
+                            "message",
+                            list(path),
+                            conv,
+                            _role(m),
+                            content=text,
+                            message_index=i,
+                            system_prompt_id=getattr(text, "system_prompt_id", None),
+                        )
                     )
                 self._recorded[id(t)] = len(t.messages)
             elif isinstance(t, GenerationTask):
-                self.events.append(
+                self._context[id(t)] = [
                     TraceEvent(
                         "message",
                         list(path),
                         self._conversation(t),
                         "user",
                         content=t.input_str,
+                        message_index=0,
                     )
-                )
+                ]
 
     def _event_after(self, task: Task, duration_ms: float) -> TraceEvent | None:
         path = _branch_path()
         if isinstance(task, GenerationTask):
             calls = None
+            index = 1  # a generation: its prompt, then this
             if isinstance(task, ChatTask):
                 reply = task.messages[-1] if task.messages else None
                 if isinstance(reply, AssistantMessage) and reply.tool_calls:
                     calls = [str(c) for c in reply.tool_calls]
                 self._recorded[id(task)] = len(task.messages)
+                index = len(task.messages) - 1
             return TraceEvent(
                 "message",
                 list(path),
@@ -185,6 +208,7 @@ class ExecutionTracer(TaskCollection):
                 finish_reason=task.finish_reason,
                 duration_ms=duration_ms,
                 content=task.output_str,
+                message_index=index,
             )
         if isinstance(task, MCPCallTask):
             return TraceEvent(
@@ -197,21 +221,28 @@ class ExecutionTracer(TaskCollection):
         return None
 
     def after_yield(self, tasks: list[Task]) -> None:
+        """Each task's prompt messages, then its reply (or tool call); several
+        tasks yielded at once are a fork: task ``i``'s events on branch ``i``."""
         now = time.perf_counter()
-        made = []
+        made: list[list[TraceEvent]] = []
         for t in tasks:
             start = self._start.pop(id(t), now)
+            events = self._context.pop(id(t), [])
             event = self._event_after(t, (now - start) * 1000)
             if event is not None:
-                made.append(event)
+                events.append(event)
+            if events:
+                made.append(events)
         if len(made) <= 1:
-            self.events.extend(made)
+            for events in made:
+                self.events.extend(events)
             return
-        path = _branch_path()  # several tasks at once: a fork of their own
+        path = _branch_path()
         self.events.append(TraceEvent("parallel_start", list(path), num_branches=len(made)))
-        for i, event in enumerate(made):
-            event.branch_path = [*path, i]
-            self.events.append(event)
+        for i, events in enumerate(made):
+            for event in events:
+                event.branch_path = [*path, i]
+            self.events.extend(events)
         self.events.append(TraceEvent("parallel_end", list(path)))
 
     def on_parallel_start(self, num_branches: int) -> None:

@@ -422,16 +422,17 @@ async def test_offered_tools_reach_the_model(make_engine: Callable[[], Any]) -> 
 async def test_ignore_eos_generates_to_max_tokens(make_engine: Callable[[], Any]) -> None:
     """Past the reply's end (its end-of-sequence token), to exactly max_tokens;
     a stop string still ends it."""
-    limit = 40
+    limit, prompt = 40, "What is 2+2? Answer with a number only."  # a short natural answer
     async with make_engine() as engine:
-        _, natural, _, _, _ = await collect(engine, EngineRequest(greedy(limit), prompt=PROMPT))
+        _, natural, _, _, _ = await collect(engine, EngineRequest(greedy(limit), prompt=prompt))
         text, ids, _, finish, _ = await collect(
-            engine, EngineRequest(greedy(limit, ignore_eos=True), prompt=PROMPT)
+            engine, EngineRequest(greedy(limit, ignore_eos=True), prompt=prompt)
         )
-        assert (len(ids), finish) == (limit, "length")
+        assert len(natural) < limit  # the engine's own reply ends before the limit ...
+        assert (len(ids), finish) == (limit, "length")  # ... and here goes on past it
         assert ids[: len(natural)] == natural  # the same reply, then past its end
         stop = " " + text.split()[3]  # a whole token where stops are matched by token
         cut, ids, _, finish, _ = await collect(
-            engine, EngineRequest(greedy(limit, ignore_eos=True, stop=[stop]), prompt=PROMPT)
+            engine, EngineRequest(greedy(limit, ignore_eos=True, stop=[stop]), prompt=prompt)
         )
         assert finish == "stop" and len(ids) < limit and stop not in cut

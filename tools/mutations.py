@@ -564,6 +564,110 @@ MUTATIONS = [
         ),
         ("tests/test_runtime.py::test_worker_inbox_and_concurrency_are_bounded",),
     ),
+    Mutation(
+        "hf-drop-returns-blocks",
+        "HFEngine.drop_kv_cache counts the blocks but leaves them in transformers' ledger",
+        SRC + "_hf.py",
+        (
+            ("                del ledger.cached_blocks[block]\n", ""),
+            ("                del ledger.hash_to_block[parent]\n", ""),
+            ("                del ledger.block_to_hash[block]\n", ""),
+            ("                cache.pool.free_blocks(allocator.index, [block])\n", ""),
+        ),
+        ("tests/test_hf_engine.py::test_a_finished_chat_is_freed_from_transformers_prefix_cache",),
+    ),
+    Mutation(
+        "drop-keeps-the-system-blocks",
+        "the simulated engine's drop frees the kept messages' blocks too",
+        SRC + "_simulated.py",
+        (("        for h in chain[first:]:", "        for h in chain:"),),
+        (
+            "tests/test_kv_hints.py::test_the_simulated_engine_frees_the_chat_past_its_system_blocks",
+        ),
+    ),
+    Mutation(
+        "drop-hint-reaches-the-server",
+        "OpenAIEngine.drop_kv_cache answers without asking the server",
+        SRC + "_openai.py",
+        (
+            (
+                "            response = await self._clients[0].post(url, json=body)",
+                "            return None",
+            ),
+        ),
+        ("tests/test_kv_hints.py::test_the_hint_reaches_a_servers_engine",),
+    ),
+    Mutation(
+        "drop-scope-claims-each-chat-once",
+        "drop_kv_cache_scope's collection claims no chat, so outer scopes drop inner chats again",
+        SA + "compat/_task_collection.py",
+        (("                ChatCollection._claimed.add(task)\n", ""),),
+        ("tests/test_kv_hints.py::test_trtllm_style_drop_kv_cache_scope_drops_each_chat_once",),
+    ),
+    Mutation(
+        "task-collection-forwards-throws",
+        "a task collection's hooks no longer throw a failed yield into the controller",
+        SA + "compat/_task_collection.py",
+        (("            thrown = exc\n", "            raise\n"),),
+        ("tests/test_compat.py::test_task_errors_are_thrown_into_the_generator",),
+    ),
+    Mutation(
+        "ignore-eos-reaches-the-engine",
+        "HFEngine does not pass the per-request end-of-sequence override",
+        SRC + "_hf.py",
+        (('                kwargs["eos_token_id"] = -1', "                pass"),),
+        (CONF + "test_ignore_eos_generates_to_max_tokens[hf]",),
+    ),
+    Mutation(
+        "replay-fork-waits-for-parent",
+        "ReplayEngine opens a fork's branches without waiting for the parent branch",
+        SA + "compat/_replay.py",
+        (("                await manager.drain_branch(path)\n", ""),),
+        (
+            "tests/test_trace_replay.py::"
+            "test_tool_calls_take_their_recorded_time_and_forks_wait_for_the_parent",
+        ),
+    ),
+    Mutation(
+        "replay-shares-system-prefixes",
+        "every conversation's system message gets fresh token ids (no shared template prefix)",
+        SA + "compat/_replay.py",
+        (
+            (
+                '        key = event.system_prompt_id or f"conv:{event.conversation_id}"',
+                "        key = str(id(event))",
+            ),
+        ),
+        ("tests/test_trace_replay.py::test_a_recorded_run_is_replayed_branch_by_branch",),
+    ),
+    Mutation(
+        "apiary-closes-branch-sandboxes",
+        "ApiaryMCPWorker keeps a branch's connection open after the branch ended",
+        SA + "_mcp.py",
+        (
+            (
+                "            conn.close.set()\n            await conn.ended.wait()",
+                "            pass",
+            ),
+        ),
+        ("tests/test_mcp.py::test_apiary_gives_each_scope_its_own_sandbox_connection",),
+    ),
+    Mutation(
+        "mcp-session-slots",
+        "MCPWorker ignores max_sessions",
+        SA + "_mcp.py",
+        (
+            (
+                "                await self._slots.acquire()  # released when the session ends",
+                "                pass",
+            ),
+            (
+                "            if self._slots is not None:\n                self._slots.release()\n",
+                "",
+            ),
+        ),
+        ("tests/test_mcp.py::test_apiary_waits_for_a_free_connection",),
+    ),
 ]
 
 

@@ -130,3 +130,25 @@ def test_tasks_accept_ad_hoc_attributes() -> None:
     t = GenerationTask(input_str="q")
     t._profiling_in_progress = True  # type: ignore[attr-defined]
     assert t._profiling_in_progress  # type: ignore[attr-defined]
+
+
+def test_a_deep_copy_shares_nothing_mutable() -> None:
+    """TensorRT-LLM's controllers deep-copy a task per sample: the copies must not
+    share lists, dicts or messages (a fast copy that shared them would mix samples)."""
+    import copy
+
+    from scaffold_actors import ChatTask, SystemMessage
+
+    chat = ChatTask.create_from_prompt("q", [SystemMessage("be brief")])
+    chat.stop = ["\n"]
+    chat.customized_result_fields["k"] = [1]
+    chat.max_tokens = 7
+    twin = copy.deepcopy(chat)
+    assert type(twin) is ChatTask and twin.max_tokens == 7 and twin.input_str == chat.input_str
+    assert twin.messages == chat.messages and twin.messages is not chat.messages
+    assert twin.messages[0] is not chat.messages[0]
+    twin.stop.append("x")
+    twin.customized_result_fields["k"].append(2)
+    assert chat.stop == ["\n"] and chat.customized_result_fields == {"k": [1]}
+    pair = copy.deepcopy([chat, chat])  # one object copied once, as deepcopy promises
+    assert pair[0] is pair[1]

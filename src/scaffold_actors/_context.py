@@ -298,10 +298,17 @@ class RequestContext:
         await self._run(task)
         return task
 
-    async def _run(self, task: Task, on_progress: Callable[[], None] | None = None) -> None:
+    async def _run(
+        self,
+        task: Task,
+        on_progress: Callable[[], None] | None = None,
+        actor: WorkerActor | None = None,
+    ) -> None:
         """:meth:`run`, with ``on_progress`` as the task's progress listener
-        (what its handler's :meth:`TaskContext.notify_progress` calls)."""
-        actor = self.resolve(task)
+        (what its handler's :meth:`TaskContext.notify_progress` calls); ``actor``
+        when the task was resolved (validated) already."""
+        if actor is None:
+            actor = self.resolve(task)
         budgets = _BUDGETS.get() if isinstance(task, GenerationTask) else ()
         if budgets:
             await self._run_budgeted(actor, task, budgets, on_progress)  # type: ignore[arg-type]
@@ -408,15 +415,14 @@ class RequestContext:
         Every task is validated before any starts, so a bad task rejects the whole
         batch without side effects.
         """
-        for t in tasks:
-            self.resolve(t)
+        actors = [self.resolve(t) for t in tasks]
         if len(tasks) == 1:
-            await self.run(tasks[0])
+            await self._run(tasks[0], None, actors[0])
         elif tasks:
             try:
                 async with anyio.create_task_group() as tg:
-                    for t in tasks:
-                        tg.start_soon(self.run, t)
+                    for t, actor in zip(tasks, actors, strict=True):
+                        tg.start_soon(self._run, t, None, actor)
             except BaseExceptionGroup as group:
                 raise_single(group)
         return list(tasks)

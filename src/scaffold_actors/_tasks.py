@@ -11,6 +11,7 @@ TensorRT-LLM attach ad-hoc attributes to tasks, and that must keep working.
 
 from __future__ import annotations
 
+import copy
 import enum
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -131,6 +132,22 @@ class Task:
             if k not in self.output_fields:
                 raise KeyError(f"{k!r} is not an output field of {type(self).__name__}")
             setattr(self, k, v)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Task:
+        """A deep copy (``copy.deepcopy``; TensorRT-LLM's controllers copy a
+        task per sample): immutable field values are shared, the rest copied
+        deeply.  The values are already valid, so no validator runs again."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        fields = new.__dict__
+        for name, value in self.__dict__.items():
+            fields[name] = value if type(value) in _IMMUTABLE else copy.deepcopy(value, memo)
+        return new
+
+
+#: values a deep copy can share
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, enum.Enum})
 
 
 def _plain(value: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 import trio
@@ -202,22 +202,24 @@ def test_sync_shutdown_is_bounded() -> None:
             llm.shutdown()
 
 
-def test_sync_generate_interrupted_cancels_its_requests(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A KeyboardInterrupt while ``generate`` waits: its requests do not run on."""
+def test_sync_generate_interrupted_cancels_its_requests() -> None:
+    """A KeyboardInterrupt (Ctrl-C) while ``generate`` waits: its requests do not
+    run on.  Read from the engine: every one aborted, none alive."""
+    import signal
+    import threading
+    import time
+
     engine = SimulatedEngine(LONG, cost=CostModel(step_base=0.01))
     with ScaffoldingLlm(one_shot, {"generation": EngineWorker(engine)}) as llm:
-        submitted: list[Any] = []
-        real = llm.generate_async
 
-        def submit(prompt: Any, **kw: Any) -> Any:
-            if len(submitted) == 2:
-                raise KeyboardInterrupt  # Ctrl-C while submitting the third
-            r = real(prompt, **kw)
-            submitted.append(r)
-            return r
+        def interrupt_once_all_run() -> None:
+            deadline = time.monotonic() + 60  # a hang guard: they run long before
+            while engine.num_active < 3 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)  # Ctrl-C
 
-        monkeypatch.setattr(llm, "generate_async", submit)
+        threading.Thread(target=interrupt_once_all_run, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             llm.generate(["a", "b", "c"])
-        assert all(r.cancelled for r in submitted)
+        assert engine.aborted == 3 and engine.num_active == 0
         assert llm.stats()["engine_requests"] == 0

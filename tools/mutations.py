@@ -668,6 +668,13 @@ MUTATIONS = [
         ),
         ("tests/test_mcp.py::test_apiary_waits_for_a_free_connection",),
     ),
+    Mutation(
+        "sync-generate-interrupt-cancels",
+        "a Ctrl-C during the sync generate(batch) leaves its requests running",
+        SA + "_sync.py",
+        (("                portal.call(cancel_all)", "                pass"),),
+        (RT + "test_sync_generate_interrupted_cancels_its_requests",),
+    ),
 ]
 
 

@@ -213,11 +213,34 @@ class ScaffoldingLlm:
         if self._core.check_prompts:
             for p in batch:
                 validate_prompt(p)
+        if self._closed:
+            raise RuntimeClosedError("ScaffoldingLlm is shut down")
+        self._loop.check_running()
+        portal = self._loop.portal
         results: list[ScaffoldingResult] = []
         errors: list[BaseException] = []
-        try:
+        halted = False
+
+        async def submit_and_wait() -> None:  # one trip to the loop for the whole batch
             for p in batch:
-                results.append(self.generate_async(p, **kwargs))
+                if halted:
+                    return
+                r = await self._core.generate_async(p, **kwargs)
+                r._portal = portal
+                results.append(r)
+            for r in results:
+                await r._done.wait()
+
+        async def cancel_all() -> None:  # in the loop: no submission slips past it
+            nonlocal halted
+            halted = True
+            for r in results:
+                r._cancel_now()
+            for r in results:
+                await r._done.wait()
+
+        try:
+            portal.call(submit_and_wait)
             for r in results:
                 try:
                     r.result()
@@ -226,9 +249,8 @@ class ScaffoldingLlm:
         except (
             BaseException
         ):  # KeyboardInterrupt, a refused prompt...: no request outlives the call
-            for r in results:
-                if not r.done and self._loop.thread.is_alive():
-                    r.cancel()
+            if self._loop.thread.is_alive():
+                portal.call(cancel_all)
             raise
         if errors:
             raise errors[0]

@@ -11,6 +11,7 @@ from engine_bridge import CostModel, SimulatedEngine
 from scaffold_actors import AsyncScaffoldingLlm, EngineWorker, RewardTask, Task, Worker
 from scaffold_actors._worker import Handler
 from scaffold_actors.methods import BestOfN, Sampler
+from scaffold_actors.testing import RewardFake, Script, simulated_runtime
 
 # sample i says "candidate i" with i+1 extra words, so later samples take longer
 REPLIES = [f"candidate {i}" + " pad" * (i * 5) for i in range(4)]
@@ -39,14 +40,17 @@ def workers(reward: Worker, engine: SimulatedEngine) -> dict[str, Any]:
     return {"generation": EngineWorker(engine), "reward": reward}
 
 
-async def test_picks_the_highest_score() -> None:
-    reward = ScriptedReward(
+def first_two_words(scores: dict[str, float]) -> RewardFake:
+    return RewardFake(lambda question, candidate: scores[" ".join(candidate.split()[:2])])
+
+
+async def test_picks_the_highest_score(autojump_clock: object) -> None:
+    reward = first_two_words(
         {"candidate 0": 0.1, "candidate 1": 0.9, "candidate 2": 0.4, "candidate 3": 0.2}
     )
-    async with AsyncScaffoldingLlm(
-        BestOfN(Sampler(max_tokens=64), samples=4), workers(reward, SimulatedEngine(REPLIES))
-    ) as llm:
-        r = await llm.generate("q")
+    best = BestOfN(Sampler(max_tokens=64), samples=4)
+    async with simulated_runtime(best, Script().then(*REPLIES), reward=reward) as rt:
+        r = await rt.generate("q")
     assert r.output.output_str.startswith("candidate 1")
     assert r.output.details["best_score"] == 0.9 and sorted(r.output.details["scores"]) == [
         0.1,
@@ -72,13 +76,14 @@ async def test_scoring_overlaps_generation(autojump_clock: object) -> None:
     assert r.output.output_str.startswith("candidate 3")
 
 
-async def test_ties_go_to_the_first_finished() -> None:
-    reward = ScriptedReward({f"candidate {i}": 1.0 for i in range(4)})
-    async with AsyncScaffoldingLlm(
-        BestOfN(Sampler(max_tokens=64), samples=4), workers(reward, SimulatedEngine(REPLIES))
-    ) as llm:
-        r = await llm.generate("q")
-    assert r.output.output_str.startswith("candidate 0")
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [2, 0, 3, 1]])
+async def test_ties_go_to_the_first_finished(autojump_clock: object, order: list[int]) -> None:
+    reward = RewardFake(lambda question, candidate: 1.0)
+    script = Script().then(*(f"candidate {i}" for i in range(4))).finish_order(order)
+    best = BestOfN(Sampler(max_tokens=64), samples=4)
+    async with simulated_runtime(best, script, reward=reward) as rt:
+        r = await rt.generate("q")
+    assert r.output.output_str == f"candidate {order[0]}"
 
 
 async def test_a_failing_score_fails_the_request_and_cancels_the_rest(
@@ -95,23 +100,14 @@ async def test_a_failing_score_fails_the_request_and_cancels_the_rest(
     assert engine.aborted >= 1
 
 
-async def test_chat_prompts_score_against_the_last_user_message() -> None:
-    seen: list[str] = []
-
-    class Recording(ScriptedReward):
-        async def score(self, task: RewardTask) -> None:
-            seen.append(task.input_str or "")
-            task.scores = [1.0]
-
-        task_handlers: ClassVar[dict[type[Task], Handler]] = {RewardTask: score}  # type: ignore[dict-item]
-
-    async with AsyncScaffoldingLlm(
-        BestOfN(Sampler(max_tokens=64), samples=2), workers(Recording({}), SimulatedEngine(REPLIES))
-    ) as llm:
-        await llm.generate(
+async def test_chat_prompts_score_against_the_last_user_message(autojump_clock: object) -> None:
+    reward = RewardFake(lambda question, candidate: 1.0)
+    best = BestOfN(Sampler(max_tokens=64), samples=2)
+    async with simulated_runtime(best, Script(default="4"), reward=reward) as rt:
+        await rt.generate(
             [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"}]
         )
-    assert seen == ["2+2?", "2+2?"]
+    assert [question for question, _ in reward.calls] == ["2+2?", "2+2?"]
 
 
 def test_bad_configuration() -> None:

@@ -66,10 +66,18 @@ class CostModel:
 
 @attrs.frozen(slots=True)
 class SimulatedOutput:
-    """What a responder returns when it wants to fix the logprobs too."""
+    """What a responder returns when it wants more than the text: the
+    ``logprobs``; a ``delay`` (seconds, on the loop's clock: virtual under a mock
+    clock) between admission and the first token, a stall; an ``error`` the
+    request fails with after ``error_after`` tokens (an engine dying
+    mid-answer; at the end of ``text`` if it is shorter).  Other requests are
+    served meanwhile."""
 
     text: str
     logprobs: Sequence[float] | None = None
+    delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    error: BaseException | None = None
+    error_after: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen(slots=True)
@@ -130,12 +138,14 @@ class _SimRequest:
         "emitted",
         "error",
         "event",
+        "fail",
         "finish",
         "logprobs",
         "pending",
         "pieces",
         "pos",
         "prompt_tokens",
+        "ready_at",
         "released",
         "request",
         "reserve",
@@ -164,6 +174,8 @@ class _SimRequest:
         self.finish: str | None = None
         self.done = False
         self.released = False
+        self.ready_at = 0.0  # no token before this time (a stall)
+        self.fail: tuple[int, BaseException] | None = None  # (after tokens, error)
 
     def wake(self) -> None:
         if self.event is not None:
@@ -257,6 +269,7 @@ class SimulatedEngine:
         #: statistics for benchmarks and tests
         self.steps = 0
         self.completed = 0
+        self.failed = 0  # requests failed on cue (SimulatedOutput.error)
         self.aborted = 0
         self.peak_batch = 0
         self.prefill_tokens = 0
@@ -424,6 +437,10 @@ class SimulatedEngine:
                 logprobs = (logprobs * times)[:limit]
         n_prompt = self.count_prompt_tokens(request)
         r = _SimRequest(request, n_prompt, pieces, logprobs)
+        if out.delay:
+            r.ready_at = anyio.current_time() + out.delay
+        if out.error is not None:
+            r.fail = (out.error_after, out.error)
         if self.prefix_cache_blocks:
             ids = (
                 list(request.prompt_token_ids)
@@ -505,21 +522,39 @@ class SimulatedEngine:
             if not self._running:
                 # Everything admitted was aborted during prefill.
                 continue
-            batch = len(self._running)
-            self.peak_batch = max(self.peak_batch, batch)
+            now = anyio.current_time()
+            ready = [(k, r) for k, r in self._running.items() if r.ready_at <= now]
+            if not ready:  # every running request stalls: wait for the first to wake
+                first = min(r.ready_at for r in self._running.values())
+                with anyio.move_on_after(first - now):
+                    self._wakeup = anyio.Event()
+                    await self._wakeup.wait()  # or a new request arrives
+                continue
+            batch = len(ready)
+            self.peak_batch = max(self.peak_batch, len(self._running))
             await self._sleep(self.cost.step_time(batch))
             self.steps += 1
-            for key, r in list(self._running.items()):
+            for key, r in ready:
+                if self._running.get(key) is not r:
+                    continue  # released while the step ran
                 if self._step(r):
                     del self._running[key]
                     self._kv_used -= r.reserve
-                    self.completed += 1
+                    if r.error is None:
+                        self.completed += 1
+                    else:
+                        self.failed += 1
 
     def _step(self, r: _SimRequest) -> bool:
         """Produce one token of ``r``; return True when it finished."""
         if r.done:
             return True
         params = r.request.params
+        if r.fail is not None and r.pos >= min(r.fail[0], len(r.pieces)):
+            r.error = r.fail[1]  # the engine fails this request here, as on cue
+            r.done = True
+            r.wake()
+            return True
         finish: str | None = None
         n_tok = 0
         if r.pos < len(r.pieces):

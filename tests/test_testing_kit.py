@@ -175,14 +175,15 @@ async def test_a_replay_refuses_what_was_not_recorded(
             await llm.generate("two")
 
 
-@pytest.mark.parametrize("order", [[1, 0], [0, 1]])
+@pytest.mark.parametrize("order", [[1, 0, 3, 2], [3, 2, 1, 0], [2, 3, 0, 1]])
 async def test_finish_order_decides_which_sample_counts_first(
     autojump_clock: object, order: list[int]
 ) -> None:
-    """Two samples tie 1-1: the vote goes to the answer seen first, so the chosen
-    interleaving decides the result (a race the kit makes testable)."""
-    vote = MajorityVote(Sampler(max_tokens=8), samples=2, early_stop=False)
-    script = Script().then("\\boxed{1}", "\\boxed{2}").finish_order(order)
+    """Four samples, four answers, one vote each: the vote goes to the answer
+    seen first, so the chosen interleaving decides the result (a race the kit
+    makes testable; left to chance, the three cases pass together 1 time in 64)."""
+    vote = MajorityVote(Sampler(max_tokens=8), samples=4, early_stop=False)
+    script = Script().then(*(f"\\boxed{{{i + 1}}}" for i in range(4))).finish_order(order)
     async with simulated_runtime(vote, script) as rt:
         result = await rt.generate("q")
     assert result.output.details["answer"] == str(order[0] + 1)

@@ -675,6 +675,39 @@ MUTATIONS = [
         (("                portal.call(cancel_all)", "                pass"),),
         (RT + "test_sync_generate_interrupted_cancels_its_requests",),
     ),
+    Mutation(
+        "script-refuses-the-unexpected",
+        "a Script answers a prompt it has no rule for with an empty answer",
+        SA + "testing/_script.py",
+        (
+            (
+                '            raise LookupError(f"the script has no answer for the prompt {prompt[-200:]!r}")',
+                '            return ""',
+            ),
+        ),
+        ("tests/test_testing_kit.py::test_a_script_answers_in_order_then_by_rule",),
+    ),
+    Mutation(
+        "stall-in-the-engine",
+        "the simulated engine ignores a stall (SimulatedOutput.delay)",
+        SRC + "_simulated.py",
+        (("            r.ready_at = anyio.current_time() + out.delay", "            pass"),),
+        ("tests/test_testing_kit.py::test_stalls_and_failures_happen_in_the_engine",),
+    ),
+    Mutation(
+        "finish-order-applied",
+        "Script.finish_order leaves the finishing order to chance",
+        SA + "testing/_script.py",
+        (("        if rank is not None:", "        if False:"),),
+        ("tests/test_testing_kit.py::test_finish_order_decides_which_sample_counts_first",),
+    ),
+    Mutation(
+        "kit-checks-leaks",
+        "simulated_runtime no longer checks for leaks on leaving",
+        SA + "testing/_runtime.py",
+        (("            assert_nothing_left(llm, engine)", "            pass"),),
+        ("tests/test_testing_kit.py::test_leaks_are_named",),
+    ),
 ]
 
 

@@ -249,3 +249,37 @@ def test_live_view_line() -> None:
     )
     line = _live_line(partial, TokenUsage(completion_tokens=120), started=0.0)
     assert line.startswith("samples 3/8 · votes 8: 2, 7: 1 · 120 tokens · ")
+
+
+@pytest.mark.parametrize(
+    ("details", "said"),
+    [
+        ({"votes": {"19": 2, "20": 1, "7": 1}, "samples_finished": 4}, "plurality: 2 of 4"),
+        ({"votes": {"19": 3, "20": 1}, "samples_finished": 4}, "majority: 3 of 4"),
+        ({"votes": {"20": 1, "9": 1}, "samples_finished": 4}, "tie between 20, 9: no majority"),
+        ({"votes": {}, "samples_finished": 4}, "no answer: none of 4 samples gave an answer"),
+        ({"votes": {"1": 1.7312345, "2": 0.5}}, "1: 1.73, 2: 0.5   majority: 1.73 of 2.23"),
+        ({"votes": {"5": 2}, "samples_finished": 4}, "majority: 2 of 2 answers, 4 samples"),
+    ],
+)
+def test_the_cli_says_what_a_vote_decided(details: dict[str, object], said: str) -> None:
+    from scaffold_actors.cli._main import vote_summary
+
+    assert said in vote_summary(details)
+
+
+def test_cli_cot_reports_the_answer_not_the_completion() -> None:
+    p = run(
+        "-m",
+        "scaffold_actors.cli",
+        "run",
+        "q",
+        "--engine",
+        "simulated",
+        "--method",
+        "cot",
+        "--json",
+    )
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["answer"] and data["answer"] != data["output"] and data["answer"] in data["output"]

@@ -584,3 +584,17 @@ def test_a_server_answer_missing_a_logprob_or_with_bad_tool_calls_is_an_engine_e
     ):
         with pytest.raises(EngineError, match=match):
             state.tool_fragments({"delta": {"tool_calls": [fragment]}})
+
+
+async def test_a_client_closed_under_a_request_is_an_engine_error(server: LoopbackServer) -> None:
+    """A replica closed while a request is being sent (its child process was
+    killed) fails that request with EngineClosedError, not httpx's RuntimeError."""
+    from engine_bridge import EngineClosedError
+
+    async with OpenAIEngine(server.url, "scaffold", max_retries=0) as engine:
+        for client in engine._clients:
+            await client.aclose()  # as the engine's own close does, mid-request
+        with pytest.raises(EngineClosedError, match="closed while sending"):
+            async with engine.open_stream(EngineRequest(SamplingParams(), prompt="q")) as s:
+                async for _ in s:
+                    pass

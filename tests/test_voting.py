@@ -219,3 +219,36 @@ async def test_the_loop_keeps_running_while_answers_are_compared(
     finally:
         checker.close()
         _answers._verify.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer"),
+    [
+        ("\\boxed{answer}", None),  # the README's first run: "answer" counted as a vote
+        ("I get 19. \\boxed{your answer}", "19"),  # the placeholder is skipped, not voted
+        ("So \\boxed{7}. (Format: \\boxed{answer})", "7"),  # the real box before the echo
+        ("\\boxed{}", None),
+        ("\\boxed{\\text{Your Final Answer}}", None),
+        ("\\boxed{...}", None),
+        ("\\boxed{<answer>}", None),
+        ("\\boxed{[answer]}", None),
+        ("\\boxed{x}", "x"),  # a variable is an answer
+        ("\\boxed{\\text{Paris}}", "\\text{Paris}"),
+        ("\\boxed{12}", "12"),
+    ],
+)
+def test_placeholders_are_not_answers(completion: str, answer: str | None) -> None:
+    from scaffold_actors.methods._answers import extract_answer
+
+    assert extract_answer(completion) == answer
+
+
+async def test_an_echoed_placeholder_does_not_vote(autojump_clock: object) -> None:
+    from scaffold_actors.testing import Script, simulated_runtime
+
+    script = Script().then("\\boxed{answer}", "It is \\boxed{19}.", "\\boxed{answer}")
+    vote = MajorityVote(Sampler(max_tokens=16), samples=3, early_stop=False)
+    async with simulated_runtime(vote, script) as rt:
+        result = await rt.generate("What is 12 + 7?")
+    assert result.output.details["votes"] == {"19": 1}
+    assert result.output.details["answer"] == "19"

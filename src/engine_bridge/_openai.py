@@ -308,6 +308,10 @@ class OpenAIEngine:
                 response = await client.send(
                     client.build_request("POST", path, json=body, **extra), stream=not whole
                 )
+            except RuntimeError as exc:  # httpx: "the client has been closed"
+                if not client.is_closed:
+                    raise
+                raise EngineClosedError(f"engine closed while sending to {self.base_url}") from exc
             except httpx.TransportError as exc:
                 if attempt >= self.max_retries:
                     tries = f" ({attempt + 1} attempts)" if attempt else ""

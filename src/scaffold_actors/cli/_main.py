@@ -16,6 +16,7 @@ import click
 from engine_bridge import EngineError, InvalidRequestError, SamplingParams
 
 from .. import EngineWorker, ScaffoldError, ScaffoldingLlm
+from ..methods import extract_answer
 from ._registry import COT, METHODS, build_method
 
 ENGINES = ("hf", "openai", "trtllm", "simulated")
@@ -299,6 +300,38 @@ def methods(as_json: bool) -> None:
     )
 
 
+def _count(value: Any) -> str:
+    """A vote count or weight for people: ``2``, ``1.73``."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.3g}"
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
+def vote_summary(details: dict[str, Any]) -> str:
+    """What a vote decided, in words: the majority and how strong it is, a tie
+    (no majority: the answer seen first is reported), or that no sample gave an
+    answer."""
+    votes = details.get("votes")
+    if votes is None:
+        return ""
+    finished = details.get("samples_finished", details.get("samples_requested"))
+    if not votes:
+        of = f" of {finished} samples" if finished else ""
+        return f"no answer: none{of} gave an answer that could be extracted"
+    ranked = sorted(votes.items(), key=lambda kv: -kv[1])
+    shown = ", ".join(f"{a}: {_count(v)}" for a, v in ranked)
+    top = ranked[0][1]
+    leaders = [a for a, v in ranked if v == top]
+    total = sum(v for _, v in ranked)
+    if len(leaders) > 1:
+        return f"votes: {shown}   tie between {', '.join(leaders)}: no majority (the first seen is reported)"
+    strength = f"{_count(top)} of {_count(total)}" + (
+        f" answers, {finished} samples" if finished and finished != total else ""
+    )
+    kind = "majority" if top * 2 > total else "plurality"
+    return f"votes: {shown}   {kind}: {strength}"
+
+
 def _live_line(partial: Any, usage: Any, started: float) -> str:
     d = partial.details or {}
     parts = []
@@ -365,10 +398,12 @@ def run(
         raise click.ClickException(_one_line(exc)) from None
     out = result.output
     assert out is not None
-    payload = {
+    payload: dict[str, Any] = {
         "question": question,
         "method": method,
-        "answer": out.details.get("answer", out.output_str),
+        "answer": out.details["answer"]
+        if "answer" in out.details
+        else extract_answer(out.output_str),
         "output": out.output_str,
         "details": dict(out.details),
         "usage": {
@@ -382,9 +417,11 @@ def run(
         click.echo(json.dumps(payload, default=str))
         return
     click.echo(out.output_str)
-    summary = [f"answer: {payload['answer']}"]
-    if "votes" in out.details:
-        summary.append(f"votes: {out.details['votes']}")
+    answer = payload["answer"]
+    summary = [f"answer: {answer}" if answer is not None else "answer: none found in the output"]
+    votes = vote_summary(dict(out.details))
+    if votes:
+        summary.append(votes)
     click.echo("\n" + "   ".join(summary))
     click.echo(
         f"tokens: {result.usage.completion_tokens} generated in {result.usage.tasks} task(s), "

@@ -10,7 +10,13 @@ from fractions import Fraction
 
 from ._mathcheck import MathChecker
 
-__all__ = ["extract_answer", "extract_boxed", "math_equivalent", "normalize_number"]
+__all__ = [
+    "extract_answer",
+    "extract_boxed",
+    "is_placeholder",
+    "math_equivalent",
+    "normalize_number",
+]
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _HASHES = re.compile(r"####\s*([^\n]+)")
@@ -19,7 +25,10 @@ log = logging.getLogger("scaffold_actors.methods")
 
 def extract_boxed(text: str) -> str | None:
     """The content of the last ``\\boxed{...}`` in ``text`` (nested braces allowed)."""
-    start = text.rfind("\\boxed")
+    return _boxed_at(text, text.rfind("\\boxed"))
+
+
+def _boxed_at(text: str, start: int) -> str | None:
     if start == -1:
         return None
     i = text.find("{", start)
@@ -37,6 +46,32 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
+#: how many ``\\boxed{}`` from the end are looked at for a real answer
+MAX_BOXES = 8
+
+_PLACEHOLDER = re.compile(
+    r"""(?ix)^(?:
+        \\text\{\s*(?P<inner>[^{}]*)\s*\}       # \text{...}: judged by its inner text
+      | (?:(?:your|the|my|final|correct)\s+)*
+        (?:answer|ans|result|solution|number|value)s?(?:\s+here)?
+      | [.\u2026?_\s-]*                          # empty, dots, question marks, blanks
+      | <[^<>]*> | \[[^\[\]]*\]                    # <answer>, [answer]
+    )$"""
+)
+
+
+def is_placeholder(answer: str) -> bool:
+    """Whether a boxed answer is a placeholder rather than an answer: empty,
+    ``answer``, ``your final answer``, ``...``, ``<answer>``, ``\\text{answer}``
+    (what a model copies from an instruction such as "give the answer as
+    ``\\boxed{answer}``")."""
+    m = _PLACEHOLDER.match(answer.strip())
+    if m is None:
+        return False
+    inner = m.group("inner")
+    return inner is None or is_placeholder(inner)
+
+
 def normalize_number(text: str) -> str | None:
     """``"1,000"`` -> ``"1000"``, ``"0.50"`` -> ``"1/2"``, ``"4/2"`` -> ``"2"``; else None."""
     s = text.strip().rstrip(".").replace(",", "").replace("$", "")
@@ -48,11 +83,23 @@ def normalize_number(text: str) -> str | None:
 
 
 def extract_answer(text: str | None) -> str | None:
-    """The final answer of a completion: ``\\boxed{}``, then ``#### x``, then the
-    last number.  Numbers are normalised so ``"1,000"`` and ``"1000.0"`` agree."""
+    """The final answer of a completion: the last ``\\boxed{}`` that is not a
+    placeholder (:func:`is_placeholder`: ``\\boxed{answer}`` echoed from the
+    instruction is no vote), then ``#### x``, then the last number.  Numbers are
+    normalised so ``"1,000"`` and ``"1000.0"`` agree; ``None`` when there is no
+    answer."""
     if not text:
         return None
-    candidate = extract_boxed(text)
+    candidate = None
+    start = len(text)
+    for _ in range(MAX_BOXES):  # the last boxed answer that is not a placeholder
+        start = text.rfind("\\boxed", 0, start)
+        if start == -1:
+            break
+        boxed = _boxed_at(text, start)
+        if boxed is not None and not is_placeholder(boxed):
+            candidate = boxed
+            break
     if candidate is None:
         m = _HASHES.findall(text)
         if m:

@@ -283,3 +283,9 @@ def test_cli_cot_reports_the_answer_not_the_completion() -> None:
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert data["answer"] and data["answer"] != data["output"] and data["answer"] in data["output"]
+
+
+def test_cli_refuses_an_empty_question_before_starting_an_engine() -> None:
+    p = run("-m", "scaffold_actors.cli", "run", "  ", "--engine", "hf")
+    assert p.returncode == 2 and "QUESTION must not be empty" in p.stderr
+    assert "starting the" not in p.stderr and "Traceback" not in p.stderr

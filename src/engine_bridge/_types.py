@@ -136,6 +136,12 @@ def stop_holdback(text: str, stops: Sequence[str]) -> int:
 def check_context(prompt_tokens: int, max_tokens: int, limit: int) -> None:
     """Reject a request whose prompt + ``max_tokens`` exceeds the context ``limit``."""
     need = prompt_tokens + max_tokens
+    if need > limit and prompt_tokens >= limit:
+        raise InvalidRequestError(
+            "prompt",
+            f"prompt is {prompt_tokens} tokens: it leaves no room to generate in the "
+            f"context length {limit}",
+        )
     if need > limit:
         raise InvalidRequestError(
             "prompt",

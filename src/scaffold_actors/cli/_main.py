@@ -365,6 +365,8 @@ def run(
     as_json: bool,
 ) -> None:
     """Answer QUESTION with an inference-time compute method."""
+    if not question.strip():  # before any engine starts
+        raise click.UsageError("QUESTION must not be empty")
     try:
         controller = build_method(
             method,

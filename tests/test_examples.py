@@ -90,6 +90,8 @@ def test_cli_rejects_bad_options() -> None:
             ["--engine", "hf", "--model", "/no/such/model", "--replica-processes"],
             "Error: model path '/no/such/model' does not exist",
         ),
+        (["--engine", "hf", "--devices", "cuda:99"], "Error: --devices cuda:99: this torch"),
+        (["--engine", "hf", "--devices", "gpu0"], "Error: --devices gpu0: not a torch device"),
     ],
 )
 def test_cli_errors_are_one_line(args: list[str], message: str) -> None:
@@ -289,3 +291,19 @@ def test_cli_refuses_an_empty_question_before_starting_an_engine() -> None:
     p = run("-m", "scaffold_actors.cli", "run", "  ", "--engine", "hf")
     assert p.returncode == 2 and "QUESTION must not be empty" in p.stderr
     assert "starting the" not in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_missing_extra_is_named_before_any_engine_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from scaffold_actors.cli._main import EngineOptions, check_engine_options
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "httpx" else real(name, *a)
+    )
+    with pytest.raises(ValueError, match=r"needs httpx: pip install 'scaffold-actors\[http\]'"):
+        check_engine_options(EngineOptions(engine="openai"), [])
+    with pytest.raises(ValueError, match=r"scaffold-actors\[hf,server\]"):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+        check_engine_options(EngineOptions(engine="hf", replica_processes=True), [])

@@ -93,6 +93,46 @@ def _dtype(device: str | None) -> str:
     return "bfloat16" if device and device.startswith("cuda") else "float32"
 
 
+#: what each engine imports, and the extra that installs it
+_NEEDS = {
+    "hf": (("torch", "transformers"), "hf"),
+    "openai": (("httpx",), "http"),
+    "trtllm": (("tensorrt_llm",), "trtllm"),
+}
+
+
+def check_engine_options(options: EngineOptions, devices: list[str]) -> None:
+    """What can be checked before an engine starts (the model loads for tens of
+    seconds): the engine's optional dependencies, a child server's, and the
+    devices.  Raises :class:`ValueError` with the fix in the message."""
+    import importlib.util
+
+    modules, extra = _NEEDS.get(options.engine, ((), ""))
+    if options.replica_processes:
+        modules, extra = (*modules, "starlette", "uvicorn"), f"{extra},server"
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(
+            f"--engine {options.engine} needs {', '.join(missing)}: "
+            f"pip install 'scaffold-actors[{extra.strip(',')}]'"
+        )
+    if not devices:
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for d in devices:
+        try:
+            device = torch.device(d)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"--devices {d}: not a torch device (cuda:0, cuda:1, cpu)") from None
+        if device.type == "cuda" and (device.index or 0) >= have:
+            raise ValueError(
+                f"--devices {d}: this torch ({torch.__version__}) sees {have} CUDA device(s)"
+                + ("; it is a CPU build" if not torch.backends.cuda.is_built() else "")
+            )
+
+
 def build_pool(options: EngineOptions) -> Any:
     """One engine, or an :class:`EnginePool` of replicas: one per device in
     ``devices`` (hf), one per URL in a comma-separated ``base_url`` (openai), or
@@ -102,6 +142,7 @@ def build_pool(options: EngineOptions) -> Any:
     devices = [d.strip() for d in (options.devices or "").split(",") if d.strip()]
     if devices and options.engine != "hf":
         raise ValueError("--devices is for --engine hf")
+    check_engine_options(options, devices)
     count = max(options.replicas, len(devices), len(urls) if options.engine == "openai" else 1)
     members = [
         build_engine(

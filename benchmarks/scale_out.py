@@ -247,6 +247,63 @@ async def gpu(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def simulated_processes(args: argparse.Namespace) -> dict[str, Any]:
+    """The client's side of N process replicas, with no GPU: each replica is an
+    ``openai_server`` child over a simulated engine that takes
+    ``--simulated-step-seconds`` per decode step of its whole batch (a GPU's
+    pace), so N replicas can serve N times the tokens and any shortfall is the
+    client's (one process, one event loop).  The workload grows with the
+    replicas (``--prompts`` per replica); runs of all sizes alternate.  Reports
+    tokens/s, the ratio to one replica, and the client's CPU seconds per request
+    (``time.process_time`` of this process: the children not counted)."""
+    from engine_bridge import ProcessEngine
+
+    sizes = [int(x) for x in args.sizes.split(",")]
+    reply = " ".join(["token"] * (args.max_tokens * 2))  # cut by max_tokens
+    engines = [
+        ProcessEngine(
+            "simulated", max_concurrent=args.max_concurrent, stream_all=args.stream_all,
+            extra_args=["--simulated-step-seconds", str(args.simulated_step_seconds),
+                        "--simulated-reply", reply, "--max-context", "4096"],
+        )
+        for _ in range(max(sizes))
+    ]  # fmt: skip
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+    async with EnginePool(engines):  # all started once, kept warm
+        members = [Borrowed(e) for e in engines]
+        for repeat in range(args.repeats + 1):  # the first round warms up, not counted
+            for n in sizes:
+                qs = prompts(args.prompts * n, start=repeat * 100_000 + n * 1_000)
+                async with EnginePool(members[:n], saturation=args.saturation) as pool:
+                    cpu = time.process_time()
+                    run = await vote_run(pool, qs, args.samples, args.max_tokens)
+                    run["client_cpu_s"] = time.process_time() - cpu
+                run["requests"] = len(qs) * args.samples
+                if repeat:
+                    runs[n].append(run)
+                print(json.dumps({n: run}), file=sys.stderr, flush=True)
+    one = rate(runs[sizes[0]])
+    return {
+        "replica_kind": "process (simulated engine)",
+        "wire": "sse" if args.stream_all else "body",
+        "simulated_step_seconds": args.simulated_step_seconds,
+        "cpus": os.cpu_count(),
+        "sizes": {
+            str(n): {
+                "tokens_per_s": [round(r["tokens_per_s"], 1) for r in rs],
+                "ratio_of_totals_to_one": round(rate(rs) / one, 3),
+                "client_cpu_us_per_request": round(
+                    1e6 * sum(r["client_cpu_s"] for r in rs) / sum(r["requests"] for r in rs), 1
+                ),
+                "client_cpu_share_of_wall": round(
+                    sum(r["client_cpu_s"] for r in rs) / sum(r["wall_s"] for r in rs), 3
+                ),
+            }
+            for n, rs in runs.items()
+        },
+    }
+
+
 def rate(runs: list[dict[str, Any]]) -> float:
     return float(sum(r["tokens"] for r in runs) / sum(r["wall_s"] for r in runs))
 
@@ -270,6 +327,15 @@ def main() -> None:
     ap.add_argument("--admission-window", type=float, default=0.005, help="process replicas")
     ap.add_argument("--admission-window-max", type=float, default=0.05, help="process replicas")
     ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument(
+        "--sizes", default="1,2,4,8", help="simulated process replicas: the replica counts"
+    )
+    ap.add_argument(
+        "--simulated-step-seconds",
+        type=float,
+        default=0.02,
+        help="simulated process replicas: seconds per decode step of a replica's batch",
+    )
     ap.add_argument("--tokenizer", default=".bench_assets/smollm2-tokenizer")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--prompts", type=int, default=32)
@@ -295,8 +361,12 @@ def main() -> None:
         "prompts": args.prompts,
         "samples": args.samples,
         "max_tokens": args.max_tokens,
-        "prefill_simulated": anyio.run(simulated_prefill, args, backend="trio"),
     }
+    if args.engine == "simulated" and args.replica_kind == "process":
+        out.update(anyio.run(simulated_processes, args, backend="trio"))
+        print(json.dumps(out, indent=2))
+        return
+    out["prefill_simulated"] = anyio.run(simulated_prefill, args, backend="trio")
     if args.engine == "hf":
         import torch
 

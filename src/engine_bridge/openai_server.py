@@ -342,6 +342,12 @@ def main(argv: list[str] | None = None) -> None:
         "--max-context", type=int, default=512, help="context length of the simulated engine"
     )
     ap.add_argument(
+        "--simulated-step-seconds",
+        type=float,
+        default=None,
+        help="simulated engine: seconds per decode step of the whole batch (a GPU's pace)",
+    )
+    ap.add_argument(
         "--prefix-cache-blocks",
         type=int,
         default=0,
@@ -357,10 +363,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.engine == "simulated":
         from ._simulated import SimulatedEngine
 
+        from ._simulated import CostModel
+
+        step = args.simulated_step_seconds
         engine = SimulatedEngine(
             args.simulated_reply,
             max_context=args.max_context,
             prefix_cache_blocks=args.prefix_cache_blocks,
+            cost=None if step is None else CostModel(0.0, step, 0.0),
+            max_batch_size=max(256, args.max_concurrent),
         )
     else:
         from ._hf import HFEngine

@@ -361,9 +361,7 @@ def main(argv: list[str] | None = None) -> None:
 
     engine: Any
     if args.engine == "simulated":
-        from ._simulated import SimulatedEngine
-
-        from ._simulated import CostModel
+        from ._simulated import CostModel, SimulatedEngine
 
         step = args.simulated_step_seconds
         engine = SimulatedEngine(

@@ -124,6 +124,21 @@ def test_clear_errors(server: Server) -> None:
     assert r.status_code == 413
     r = httpx.post(server.url + "/v1/completions", content=b"\xff\xfe", timeout=10)
     assert r.status_code == 400 and r.json()["error"]["param"] == "body"
+    # the rule of `scaffold run`: a question must say something
+    for path, body, param in (
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": " "}]}, "messages"),
+        ("/v1/completions", {"prompt": "  "}, "prompt"),
+    ):
+        r = httpx.post(server.url + path, json={"model": "cot", **body}, timeout=10)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    # a task's refusal names the request's own field, not the task's
+    long = {"role": "user", "content": "word " * 20_000}
+    r = httpx.post(
+        server.url + "/v1/chat/completions", json={"model": "cot", "messages": [long]}, timeout=30
+    )
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] == "messages", r.text
+    assert "GenerationTask" not in error["message"]
     assert server.health()["status"] == "ok"
 
 

@@ -76,6 +76,13 @@ def _controller_kwargs(req: CompletionRequest, methods: Mapping[str, Any]) -> di
         )
     if not req.chat and not isinstance(req.prompt, str):
         raise InvalidRequestError("prompt", "must be a non-empty string (methods read text)")
+    # the question must say something: the rule of `scaffold run` too
+    if not req.chat and not str(req.prompt).strip():
+        raise InvalidRequestError("prompt", "must not be empty")
+    if req.chat:
+        users = [m for m in req.messages or () if m.get("role") == "user"]
+        if not users or not str(users[-1].get("content") or "").strip():
+            raise InvalidRequestError("messages", "the last user message must not be empty")
     kwargs: dict[str, Any] = {"method": req.model}
     if req.max_tokens is not None:
         kwargs["max_tokens"] = req.max_tokens
@@ -102,10 +109,23 @@ def _answer(meta: protocol.ResponseMeta, result: ScaffoldingResult) -> dict[str,
     return meta.completion([choice], protocol.usage(u.prompt_tokens, u.completion_tokens))
 
 
-def _failure(exc: BaseException) -> Any:
+def _failure(exc: BaseException, chat: bool) -> Any:
     if isinstance(exc, RequestCancelledError):
         return protocol.error_response(503, str(exc), kind="cancelled")
+    if isinstance(exc, InvalidRequestError):
+        exc = _request_error(exc, chat)
     return protocol.error_for(exc)
+
+
+def _request_error(exc: InvalidRequestError, chat: bool) -> InvalidRequestError:
+    """A task's refusal (``GenerationTask.max_tokens``) as the refusal of the
+    request's own field (``max_tokens``; the prompt is ``prompt`` or ``messages``)."""
+    if "." not in exc.field:
+        return exc
+    name = exc.field.rsplit(".", 1)[1]
+    if name in ("input_str", "prompt", "messages", "input_tokens"):
+        name = "messages" if chat else "prompt"
+    return InvalidRequestError(name, exc.reason)
 
 
 @asynccontextmanager
@@ -164,8 +184,10 @@ async def _complete(request: Any, chat: bool) -> Any:
         result = await llm.generate_async(prompt, block=False, **kwargs)
     except TooManyRequestsError as e:
         return protocol.error_response(429, str(e), kind="rate_limit_error")
-    except (protocol.HTTPError, InvalidRequestError) as e:
+    except protocol.HTTPError as e:
         return protocol.error_for(e)
+    except InvalidRequestError as e:
+        return protocol.error_for(_request_error(e, chat))
     meta = protocol.ResponseMeta.new(chat, kwargs["method"])
     if req.stream:
         return StreamingResponse(
@@ -198,7 +220,7 @@ async def _complete(request: Any, chat: bool) -> Any:
             504, f"the request took longer than {timeout:g} s", kind="timeout"
         )
     if "error" in outcome:
-        return _failure(outcome["error"])
+        return _failure(outcome["error"], chat)
     return JSONResponse(json.loads(json.dumps(_answer(meta, outcome["result"]), default=str)))
 
 

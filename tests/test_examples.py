@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -307,3 +308,18 @@ def test_a_missing_extra_is_named_before_any_engine_starts(monkeypatch: pytest.M
     with pytest.raises(ValueError, match=r"scaffold-actors\[hf,server\]"):
         monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
         check_engine_options(EngineOptions(engine="hf", replica_processes=True), [])
+
+
+def test_cli_seed_draws_the_same_samples_and_help_shows_examples() -> None:
+    def votes(seed: str) -> Any:
+        p = run("-m", "scaffold_actors.cli", "run", "q", "--engine", "simulated",
+                "--samples", "8", "--seed", seed, "--json")  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)["details"]["votes"]
+
+    assert votes("1") == votes("1") != votes("2")
+    for command in ("run", "bench", "serve", "methods"):
+        p = run("-m", "scaffold_actors.cli", command, "--help")
+        assert "Example" in p.stdout, command
+    top = run("-m", "scaffold_actors.cli", "--help").stdout
+    assert "bench    Run methods over a dataset: accuracy, tokens, latency." in top

@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         help="--engine hf: the longest (s) a burst gathers",
     )
     ap.add_argument("--simulated-reply", default=None, help="fixed reply of the simulated engine")
+    ap.add_argument("--seed", type=int, default=0, help="the engine's sampling seed")
     ap.add_argument(
         "--max-context", type=int, default=512, help="context length of the simulated engine"
     )
@@ -369,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
             max_context=args.max_context,
             prefix_cache_blocks=args.prefix_cache_blocks,
             cost=None if step is None else CostModel(0.0, step, 0.0),
+            seed=args.seed,
             max_batch_size=max(256, args.max_concurrent),
         )
     else:
@@ -382,6 +384,7 @@ def main(argv: list[str] | None = None) -> None:
             kv_cache_tokens=args.kv_cache_tokens or None,
             admission_window=args.admission_window,
             admission_window_max=args.admission_window_max,
+            seed=args.seed,
         )
     if args.parent_pid is not None:
         _exit_with_parent(args.parent_pid)

@@ -53,23 +53,30 @@ class EngineOptions:
     replica_processes: bool = False
     reward_model: str | None = None
     step_seconds: float | None = None  # a slow simulated engine (serve's hidden option)
+    seed: int | None = None
 
 
 def build_engine(options: EngineOptions, url: str | None = None, device: str | None = None) -> Any:
     """One engine as the options name it (raises ValueError / FileNotFoundError)."""
     engine, model = options.engine, options.model
+    seed = options.seed if options.seed is not None else 0
+    if options.seed is not None and engine not in ("hf", "simulated"):
+        raise ValueError("--seed is for --engine hf or simulated (a server seeds itself)")
     if options.replica_processes:
         from engine_bridge import ProcessEngine
 
         if engine not in ("hf", "simulated"):
             raise ValueError("--replica-processes is for --engine hf or simulated")
-        return ProcessEngine(engine, model=model, device=device or "cpu", dtype=_dtype(device))
+        return ProcessEngine(
+            engine, model=model, device=device or "cpu", dtype=_dtype(device),
+            extra_args=["--seed", str(seed)],
+        )  # fmt: skip
     if engine == "simulated":
         from engine_bridge import CostModel, SimulatedEngine
 
         if options.step_seconds is not None:  # a slow engine, for timeouts and limits
-            return SimulatedEngine(cost=CostModel(0.0, options.step_seconds, 0.0))
-        return SimulatedEngine()
+            return SimulatedEngine(cost=CostModel(0.0, options.step_seconds, 0.0), seed=seed)
+        return SimulatedEngine(seed=seed)
     if engine == "openai":
         from engine_bridge import OpenAIEngine
 
@@ -86,7 +93,7 @@ def build_engine(options: EngineOptions, url: str | None = None, device: str | N
     _quiet_transformers()
     from engine_bridge import HFEngine
 
-    return HFEngine(model, device=device or "cpu", dtype=_dtype(device))
+    return HFEngine(model, device=device or "cpu", dtype=_dtype(device), seed=seed)
 
 
 def _dtype(device: str | None) -> str:
@@ -283,6 +290,12 @@ engine_options = [
         default=None,
         help="reward model folder for best-of-n and the tree searches",
     ),
+    click.option(
+        "--seed",
+        type=click.IntRange(min=0),
+        default=None,
+        help="the engine's sampling seed (hf, simulated; default 0): the same seed draws the same samples",
+    ),
 ]
 
 
@@ -314,7 +327,7 @@ def main() -> None:
     """Inference-time compute methods over LLMs."""
 
 
-@main.command()
+@main.command(epilog="Example: scaffold methods --json")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable list")
 def methods(as_json: bool) -> None:
     """List the methods and their parameters."""
@@ -390,7 +403,11 @@ def _live_line(partial: Any, usage: Any, started: float) -> str:
     return " · ".join(parts)
 
 
-@main.command()
+@main.command(
+    epilog="Examples:\n\n\b\n"
+    '  scaffold run "What is 12 + 7? Give the final answer as \\boxed{}." --samples 8\n'
+    '  scaffold run "What is 2 + 2?" --method dynasor --engine simulated --json'
+)
 @click.argument("question")
 @with_common
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable result")
@@ -473,7 +490,10 @@ def run(
     )
 
 
-@main.command()
+@main.command(
+    epilog="Example: scaffold serve --port 8000 --samples 8, then any OpenAI client at "
+    "http://127.0.0.1:8000/v1 with model='majority-vote' (GET /v1/models lists the methods)"
+)
 @with_common
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
@@ -561,7 +581,12 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-@main.command()
+@main.command(
+    short_help="Run methods over a dataset: accuracy, tokens, latency.",
+    epilog="Examples:\n\n\b\n"
+    "  scaffold bench --dataset arithmetic --limit 8\n"
+    "  scaffold bench --dataset arithmetic --compare cot,majority-vote --engine simulated",
+)
 @click.option("--dataset", required=True, help="a JSONL file, or the built-in set 'arithmetic'")
 @with_common
 @click.option(

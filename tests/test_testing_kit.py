@@ -40,14 +40,14 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
 
 def test_the_docs_examples_pass(tmp_path: Path) -> None:
     """Every code block of docs/testing.md, as a test file of a fresh project (no
-    conftest: the plugin comes with the package), passes, each in well under a
-    second."""
+    conftest: the plugin comes with the package), passes.  (How long they take is
+    a measurement, not a check: 11 tests in 0.19 s on our 2-core machine.)"""
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
     assert len(blocks) >= 8
     for i, block in enumerate(blocks):
         (tmp_path / f"test_doc_{i}.py").write_text(block)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=0"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -56,8 +56,6 @@ def test_the_docs_examples_pass(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     passed = re.search(r"(\d+) passed", proc.stdout)
     assert passed and int(passed.group(1)) >= 11, proc.stdout[-2000:]
-    durations = [float(d) for d in re.findall(r"^([\d.]+)s call", proc.stdout, re.M)]
-    assert durations and max(durations) < 1.0, proc.stdout[-3000:]
 
 
 def test_a_script_answers_in_order_then_by_rule() -> None:

@@ -323,3 +323,17 @@ def test_cli_seed_draws_the_same_samples_and_help_shows_examples() -> None:
         assert "Example" in p.stdout, command
     top = run("-m", "scaffold_actors.cli", "--help").stdout
     assert "bench    Run methods over a dataset: accuracy, tokens, latency." in top
+
+
+def test_cli_asks_a_server_the_question_as_a_chat_turn() -> None:
+    """As the local engines render a question with their chat template, an
+    OpenAI-compatible server gets it as a chat turn (a raw completion on a chat
+    model answered empty one-token outputs), unless --raw-completions."""
+    from scaffold_actors.cli._main import EngineOptions, build_engine
+
+    url = "http://127.0.0.1:9/v1"
+    assert build_engine(EngineOptions(engine="openai", base_url=url)).chat is True
+    raw = build_engine(EngineOptions(engine="openai", base_url=url, raw_completions=True))
+    assert raw.chat is False
+    with pytest.raises(ValueError, match="--raw-completions is for --engine openai"):
+        build_engine(EngineOptions(engine="simulated", raw_completions=True))

@@ -54,12 +54,15 @@ class EngineOptions:
     reward_model: str | None = None
     step_seconds: float | None = None  # a slow simulated engine (serve's hidden option)
     seed: int | None = None
+    raw_completions: bool = False
 
 
 def build_engine(options: EngineOptions, url: str | None = None, device: str | None = None) -> Any:
     """One engine as the options name it (raises ValueError / FileNotFoundError)."""
     engine, model = options.engine, options.model
     seed = options.seed if options.seed is not None else 0
+    if options.raw_completions and engine != "openai":
+        raise ValueError("--raw-completions is for --engine openai")
     if options.seed is not None and engine not in ("hf", "simulated"):
         raise ValueError("--seed is for --engine hf or simulated (a server seeds itself)")
     if options.replica_processes:
@@ -83,7 +86,15 @@ def build_engine(options: EngineOptions, url: str | None = None, device: str | N
         url = url or options.base_url
         if not url:
             raise ValueError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        return OpenAIEngine(url, model or "default", max_retries=2, connect_timeout=5.0)
+        # a question is a chat turn, as the local engines render it (their chat
+        # template), unless raw completions are asked for
+        return OpenAIEngine(
+            url,
+            model or "default",
+            max_retries=2,
+            connect_timeout=5.0,
+            chat=not options.raw_completions,
+        )
     if engine == "trtllm":
         from engine_bridge import TRTLLMEngine
 
@@ -289,6 +300,11 @@ engine_options = [
         "--reward-model",
         default=None,
         help="reward model folder for best-of-n and the tree searches",
+    ),
+    click.option(
+        "--raw-completions",
+        is_flag=True,
+        help="--engine openai: send questions to /v1/completions as raw text, not as a chat turn",
     ),
     click.option(
         "--seed",

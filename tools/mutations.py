@@ -432,8 +432,8 @@ MUTATIONS = [
         SRC + "_openai.py",
         (
             (
-                '        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url\n',
-                "        return 0\n        root = self.base_url\n",
+                '            response = await self._clients[0].post(root + "/tokenize", json=ask)',
+                "            return 0",
             ),
         ),
         (CONF + "test_counts_tokens_as_its_own_usage_reports_them[openai]",),

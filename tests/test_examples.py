@@ -261,6 +261,10 @@ def test_live_view_line() -> None:
         ({"votes": {"19": 3, "20": 1}, "samples_finished": 4}, "majority: 3 of 4"),
         ({"votes": {"20": 1, "9": 1}, "samples_finished": 4}, "tie between 20, 9: no majority"),
         ({"votes": {}, "samples_finished": 4}, "no answer: none of 4 samples gave an answer"),
+        (
+            {"votes": {}, "samples_finished": 4, "unanswered": {"empty": 1, "cut_by_length": 3}},
+            "(1 empty, 3 cut by --max-tokens before an answer)",
+        ),
         ({"votes": {"1": 1.7312345, "2": 0.5}}, "1: 1.73, 2: 0.5   majority: 1.73 of 2.23"),
         ({"votes": {"5": 2}, "samples_finished": 4}, "majority: 2 of 2 answers, 4 samples"),
     ],

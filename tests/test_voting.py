@@ -252,3 +252,14 @@ async def test_an_echoed_placeholder_does_not_vote(autojump_clock: object) -> No
         result = await rt.generate("What is 12 + 7?")
     assert result.output.details["votes"] == {"19": 1}
     assert result.output.details["answer"] == "19"
+
+
+async def test_the_vote_says_why_samples_did_not_vote(autojump_clock: object) -> None:
+    from scaffold_actors.testing import Script, simulated_runtime
+
+    script = Script().then("", "I am thinking about it and", "\\boxed{answer}", "So \\boxed{3}.")
+    vote = MajorityVote(Sampler(max_tokens=4), samples=4, early_stop=False)
+    async with simulated_runtime(vote, script) as rt:
+        result = await rt.generate("q")
+    assert result.output.details["votes"] == {"3": 1}
+    assert result.output.details["unanswered"] == {"empty": 1, "cut_by_length": 1, "no_answer": 1}

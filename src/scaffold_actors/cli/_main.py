@@ -387,7 +387,18 @@ def vote_summary(details: dict[str, Any]) -> str:
     finished = details.get("samples_finished", details.get("samples_requested"))
     if not votes:
         of = f" of {finished} samples" if finished else ""
-        return f"no answer: none{of} gave an answer that could be extracted"
+        why = details.get("unanswered") or {}
+        reasons = [
+            f"{why[k]} {label}"
+            for k, label in (
+                ("empty", "empty"),
+                ("cut_by_length", "cut by --max-tokens before an answer"),
+                ("no_answer", "with no answer to extract"),
+            )
+            if why.get(k)
+        ]
+        because = f" ({', '.join(reasons)})" if reasons else ""
+        return f"no answer: none{of} gave an answer that could be extracted{because}"
     ranked = sorted(votes.items(), key=lambda kv: -kv[1])
     shown = ", ".join(f"{a}: {_count(v)}" for a, v in ranked)
     top = ranked[0][1]

@@ -57,7 +57,9 @@ class MajorityVote:
     Ties go to the answer seen first.  Samples cut off by a token budget
     (:meth:`RequestContext.token_budget`) do not vote.  ``output_str`` is the first
     completion that gave the winning answer; ``details`` holds ``answer``,
-    ``votes``, ``weights``, ``samples_finished``, ``samples_requested``.
+    ``votes``, ``weights``, ``samples_finished``, ``samples_requested`` and
+    ``unanswered``: why finished samples did not vote (``empty`` outputs, outputs
+    ``cut_by_length`` before an answer, outputs with ``no_answer`` to extract).
 
     Paper: Wang et al., "Self-Consistency Improves Chain of Thought Reasoning in
     Language Models" (ICLR 2023).
@@ -90,6 +92,7 @@ class MajorityVote:
         first_output: dict[str, GenerationTask] = {}
         seen: list[str] = []
         finished = 0
+        unanswered = {"empty": 0, "cut_by_length": 0, "no_answer": 0}  # why samples did not vote
         slots = anyio.Semaphore(self.concurrency or n)
 
         async def one() -> GenerationTask | None:
@@ -103,6 +106,13 @@ class MajorityVote:
                 out: GenerationTask | None = handle.result()
                 finished += out is not None
                 answer = self.extract(out.output_str) if out is not None else None
+                if out is not None and answer is None:
+                    if not (out.output_str or "").strip():
+                        unanswered["empty"] += 1
+                    elif out.finish_reason == "length":
+                        unanswered["cut_by_length"] += 1
+                    else:
+                        unanswered["no_answer"] += 1
                 if answer is not None:
                     answer = await canonical(answer, seen, self.equivalent)
                     if answer not in seen:
@@ -131,5 +141,6 @@ class MajorityVote:
             "weights": dict(state.weights),
             "samples_finished": finished,
             "samples_requested": n,
+            "unanswered": unanswered,
         }
         return result_from(task, first_output.get(answer) if answer is not None else None, details)

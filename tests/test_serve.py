@@ -170,3 +170,36 @@ def test_saturation_timeout_and_disconnect(slow_server: Server) -> None:
     h = slow_server.health()
     assert h["requests_in_flight"] == 0 and h["engine_requests"] == 0
     del client
+
+
+def test_each_request_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """The access log: one line per completion request, with its method, status,
+    seconds and completion tokens (a stream's when it ends)."""
+    import logging
+
+    from starlette.testclient import TestClient
+
+    from engine_bridge import SimulatedEngine
+    from scaffold_actors import EngineWorker
+    from scaffold_actors.cli import build_method
+    from scaffold_actors.cli._serve import create_app
+
+    app = create_app(
+        {"cot": build_method("cot", samples=1, max_tokens=8, temperature=0.7)},
+        {"generation": EngineWorker(SimulatedEngine("So \\boxed{4}."))},
+    )
+    caplog.set_level(logging.INFO, logger="scaffold_actors.serve")
+    with TestClient(app) as client:
+        ok = client.post("/v1/completions", json={"model": "cot", "prompt": "2+2?"})
+        bad = client.post("/v1/completions", json={"model": "nope", "prompt": "2+2?"})
+        with client.stream(
+            "POST", "/v1/completions", json={"model": "cot", "prompt": "2+2?", "stream": True}
+        ) as s:
+            s.read()
+    assert (ok.status_code, bad.status_code) == (200, 404)
+    lines = [r.getMessage() for r in caplog.records if r.name == "scaffold_actors.serve"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("/v1/completions model=cot status=200 seconds=")
+    assert "completion_tokens=" in lines[0] and "completion_tokens=-" not in lines[0]
+    assert "model=nope status=404" in lines[1] and "completion_tokens=-" in lines[1]
+    assert lines[2].endswith(" stream") and "status=200" in lines[2]

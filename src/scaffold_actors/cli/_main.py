@@ -605,6 +605,13 @@ def serve(
         f"serving {', '.join(controllers)} on http://{host}:{port}/v1 ({options.engine} engine)",
         err=True,
     )
+    import logging
+
+    access = logging.getLogger("scaffold_actors.serve")  # one line per request, on stderr
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -19,6 +19,8 @@ Needs the ``server`` extra (starlette, uvicorn).
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,6 +40,24 @@ from .. import (
 )
 
 __all__ = ["MethodRouter", "chat_completions", "completions", "create_app", "health", "models"]
+
+#: the access log: one line per completion request (method, status, seconds, tokens)
+log = logging.getLogger("scaffold_actors.serve")
+_STREAMED = -1  # tokens of a response that is a stream: not known yet
+
+
+def _access(
+    path: str, model: Any, status: int, started: float, tokens: int | None, stream: bool
+) -> None:
+    log.info(
+        "%s model=%s status=%d seconds=%.3f completion_tokens=%s%s",
+        path,
+        model,
+        status,
+        time.perf_counter() - started,
+        "-" if tokens is None else tokens,
+        " stream" if stream else "",
+    )
 
 
 class MethodRouter:
@@ -173,26 +193,37 @@ async def chat_completions(request: Any) -> Any:
 
 
 async def _complete(request: Any, chat: bool) -> Any:
+    started = time.perf_counter()
+    response, model, tokens = await _completion(request, chat, started)
+    if tokens != _STREAMED:  # a stream writes its line when it ends
+        _access(request.url.path, model, response.status_code, started, tokens, False)
+    return response
+
+
+async def _completion(request: Any, chat: bool, started: float) -> tuple[Any, Any, int | None]:
+    """The response, the model asked for, and the completion tokens spent
+    (``_STREAMED`` for a stream, which logs itself when it ends)."""
     from starlette.responses import JSONResponse, StreamingResponse
 
     state = request.app.state
+    model: Any = None
     try:
         req = protocol.parse_request(await protocol.read_json(request, state.max_body_bytes), chat)
+        model = req.model
         kwargs = _controller_kwargs(req, state.methods)
         prompt: Any = list(req.messages or ()) if chat else req.prompt
         llm: AsyncScaffoldingLlm = state.llm
         result = await llm.generate_async(prompt, block=False, **kwargs)
     except TooManyRequestsError as e:
-        return protocol.error_response(429, str(e), kind="rate_limit_error")
+        return protocol.error_response(429, str(e), kind="rate_limit_error"), model, None
     except protocol.HTTPError as e:
-        return protocol.error_for(e)
+        return protocol.error_for(e), model, None
     except InvalidRequestError as e:
-        return protocol.error_for(_request_error(e, chat))
+        return protocol.error_for(_request_error(e, chat)), model, None
     meta = protocol.ResponseMeta.new(chat, kwargs["method"])
     if req.stream:
-        return StreamingResponse(
-            _events(result, meta, req.include_usage), media_type="text/event-stream"
-        )
+        events = _events(result, meta, req.include_usage, request.url.path, started)
+        return StreamingResponse(events, media_type="text/event-stream"), model, _STREAMED
     outcome: dict[str, Any] = {}
     timeout = state.request_timeout
 
@@ -215,20 +246,45 @@ async def _complete(request: Any, chat: bool) -> Any:
     if "result" not in outcome and "error" not in outcome:
         await result.acancel()  # timed out or the client left: stop the engine work
         if outcome.get("disconnected"):
-            return protocol.error_response(499, "client disconnected", kind="cancelled")
-        return protocol.error_response(
-            504, f"the request took longer than {timeout:g} s", kind="timeout"
+            return (
+                protocol.error_response(499, "client disconnected", kind="cancelled"),
+                model,
+                None,
+            )
+        return (
+            protocol.error_response(
+                504, f"the request took longer than {timeout:g} s", kind="timeout"
+            ),
+            model,
+            None,
         )
     if "error" in outcome:
-        return _failure(outcome["error"], chat)
-    return JSONResponse(json.loads(json.dumps(_answer(meta, outcome["result"]), default=str)))
+        return _failure(outcome["error"], chat), model, result.usage.completion_tokens
+    body = json.loads(json.dumps(_answer(meta, outcome["result"]), default=str))
+    return JSONResponse(body), model, result.usage.completion_tokens
 
 
 async def _events(
-    result: ScaffoldingResult, meta: protocol.ResponseMeta, include_usage: bool
+    result: ScaffoldingResult,
+    meta: protocol.ResponseMeta,
+    include_usage: bool,
+    path: str = "",
+    started: float = 0.0,
 ) -> AsyncIterator[str]:
     """SSE for one request: progress comments while the method works, then the
-    answer, usage and [DONE].  Closing the stream (client gone) cancels the request."""
+    answer, usage and [DONE].  Closing the stream (client gone) cancels the request.
+    The access log's line is written when the stream ends."""
+    try:
+        async for event in _event_stream(result, meta, include_usage):
+            yield event
+    finally:
+        status = 200 if result.done and result.exception() is None else 499
+        _access(path, meta.model, status, started, result.usage.completion_tokens, True)
+
+
+async def _event_stream(
+    result: ScaffoldingResult, meta: protocol.ResponseMeta, include_usage: bool
+) -> AsyncIterator[str]:
     try:
         if meta.chat:
             yield protocol.sse(meta.role_chunk())

@@ -19,6 +19,13 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_json(*args: str) -> Any:
+    """``scaffold run q --engine simulated --json`` with ``args``; its JSON."""
+    p = run("-m", "scaffold_actors.cli", "run", "q", "--engine", "simulated", "--json", *args)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
 def test_native_controller_example() -> None:
     p = run("examples/native_controller.py", "What is 3 * 4?", "--simulated")
     assert p.returncode == 0, p.stderr
@@ -276,19 +283,7 @@ def test_the_cli_says_what_a_vote_decided(details: dict[str, object], said: str)
 
 
 def test_cli_cot_reports_the_answer_not_the_completion() -> None:
-    p = run(
-        "-m",
-        "scaffold_actors.cli",
-        "run",
-        "q",
-        "--engine",
-        "simulated",
-        "--method",
-        "cot",
-        "--json",
-    )
-    assert p.returncode == 0, p.stderr
-    data = json.loads(p.stdout)
+    data = run_json("--method", "cot")
     assert data["answer"] and data["answer"] != data["output"] and data["answer"] in data["output"]
 
 
@@ -316,10 +311,7 @@ def test_a_missing_extra_is_named_before_any_engine_starts(monkeypatch: pytest.M
 
 def test_cli_seed_draws_the_same_samples_and_help_shows_examples() -> None:
     def votes(seed: str) -> Any:
-        p = run("-m", "scaffold_actors.cli", "run", "q", "--engine", "simulated",
-                "--samples", "8", "--seed", seed, "--json")  # fmt: skip
-        assert p.returncode == 0, p.stderr
-        return json.loads(p.stdout)["details"]["votes"]
+        return run_json("--samples", "8", "--seed", seed)["details"]["votes"]
 
     assert votes("1") == votes("1") != votes("2")
     for command in ("run", "bench", "serve", "methods"):

@@ -432,8 +432,8 @@ MUTATIONS = [
         SRC + "_openai.py",
         (
             (
-                '            response = await self._clients[0].post(root + "/tokenize", json=ask)',
-                "            return 0",
+                '        response = await self._post_root(\n            "/tokenize", ask,',
+                '        return 0\n        response = await self._post_root(\n            "/tokenize", ask,',
             ),
         ),
         (CONF + "test_counts_tokens_as_its_own_usage_reports_them[openai]",),
@@ -591,8 +591,8 @@ MUTATIONS = [
         SRC + "_openai.py",
         (
             (
-                "            response = await self._clients[0].post(url, json=body)",
-                "            return None",
+                "        response = await self._post_root(path, body, unsupported)",
+                "        return None",
             ),
         ),
         ("tests/test_kv_hints.py::test_the_hint_reaches_a_servers_engine",),

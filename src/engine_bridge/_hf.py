@@ -148,6 +148,18 @@ def _per_request_eos() -> bool:
     return "eos_token_id" in inspect.signature(ContinuousBatchingManager.add_request).parameters
 
 
+def _template_ids(tok: Any, messages: list[dict[str, Any]], **options: Any) -> list[int]:
+    """The token ids of ``messages`` through the tokenizer's chat template."""
+    out = tok.apply_chat_template(messages, tokenize=True, **options)
+    return list(out["input_ids"] if not isinstance(out, list) else out)
+
+
+def _paged_cache(manager: Any) -> Any:
+    """transformers' paged cache behind a batching manager (``None`` when the
+    manager has none yet, or keeps it elsewhere)."""
+    return getattr(getattr(manager, "batch_processor", None), "cache", None)
+
+
 def _free_cached_blocks(manager: Any, ids: list[int], keep: int) -> int:
     """(Worker thread.)  Free the cached blocks of ``ids`` past the first ``keep``
     tokens' blocks, with the generation loop paused; returns how many."""
@@ -157,7 +169,7 @@ def _free_cached_blocks(manager: Any, ids: list[int], keep: int) -> int:
         )
     except ImportError:
         compute_block_hash = None
-    cache: Any = getattr(getattr(manager, "batch_processor", None), "cache", None)
+    cache = _paged_cache(manager)
     pause = getattr(manager, "pause", None)
     if compute_block_hash is None or pause is None or not hasattr(cache, "cache_allocators"):
         import transformers
@@ -340,10 +352,9 @@ class HFEngine(BridgedEngine):
             )
             if request.continuation:
                 messages.append({"role": "assistant", "content": request.continuation})
-                out = tok.apply_chat_template(messages, continue_final_message=True, tokenize=True)
+                ids = _template_ids(tok, messages, continue_final_message=True)
             else:
-                out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            ids = out["input_ids"] if not isinstance(out, list) else out
+                ids = _template_ids(tok, messages, add_generation_prompt=True)
         else:
             ids = tok.encode(request.prompt)
             if request.continuation:
@@ -365,8 +376,7 @@ class HFEngine(BridgedEngine):
     def cached_blocks(self) -> int:
         """KV blocks transformers keeps for prefix reuse now (no request holds
         them; ``0`` when not started or block sharing is off)."""
-        cache = getattr(getattr(self._manager, "batch_processor", None), "cache", None)
-        allocators = getattr(cache, "cache_allocators", None) or {}
+        allocators = getattr(_paged_cache(self._manager), "cache_allocators", None) or {}
         return sum(len(getattr(a.ledger, "cached_blocks", ())) for a in allocators.values())
 
     async def drop_kv_cache(self, drop: KVCacheDrop) -> int | None:
@@ -390,10 +400,7 @@ class HFEngine(BridgedEngine):
         keep = 0
         if drop.keep_messages:
             kept = render_messages(drop.messages[: drop.keep_messages], drop.tools)
-            out = self.tokenizer.apply_chat_template(
-                kept, add_generation_prompt=False, tokenize=True
-            )
-            keep = len(out["input_ids"] if not isinstance(out, list) else out)
+            keep = len(_template_ids(self.tokenizer, kept, add_generation_prompt=False))
         return await anyio.to_thread.run_sync(_free_cached_blocks, manager, ids, keep)
 
     def check(self, request: EngineRequest) -> None:

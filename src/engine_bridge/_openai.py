@@ -126,11 +126,7 @@ class OpenAIEngine:
         """The server's own count of the prompt's tokens, from its ``/tokenize``
         (vLLM's endpoint, served by ``engine_bridge.openai_server`` too: at the
         server's root, beside ``/v1``).  Raises :class:`EngineError` when the
-        server does not serve it or cannot be reached."""
-        import httpx
-
-        if not self._clients:
-            raise EngineClosedError("engine is not running (use `async with engine:`)")
+        server does not serve it (:class:`NotSupportedError`) or cannot be reached."""
         path, body = self.body(request)
         ask: dict[str, Any] = {"model": self.model}
         if path == "/chat/completions":
@@ -143,15 +139,9 @@ class OpenAIEngine:
         else:
             ask["prompt"] = body["prompt"]
         root = self._root()
-        try:
-            response = await self._clients[0].post(root + "/tokenize", json=ask)
-        except httpx.TransportError as exc:
-            raise EngineError(f"cannot reach {root}/tokenize: {exc!r}") from exc
-        if response.status_code == 404:
-            raise EngineError(f"{root} does not serve /tokenize, so it cannot count tokens")
-        if response.status_code >= 400:
-            message, _ = _error_message(response.text)
-            raise EngineError(f"HTTP {response.status_code} from {root}/tokenize: {message}")
+        response = await self._post_root(
+            "/tokenize", ask, f"{root} does not serve /tokenize, so it cannot count tokens"
+        )
         count = response.json().get("count")
         if isinstance(count, bool) or not isinstance(count, int):
             raise EngineError(
@@ -167,10 +157,6 @@ class OpenAIEngine:
         else ``None``.  Raises :class:`NotSupportedError` when the server does not
         serve the endpoint (404) and :class:`EngineError` when it fails or cannot
         be reached."""
-        import httpx
-
-        if not self._clients:
-            raise EngineClosedError("engine is not running (use `async with engine:`)")
         body: dict[str, Any] = {
             "action": "truncate",
             "model": self.model,
@@ -179,21 +165,36 @@ class OpenAIEngine:
         }
         if drop.tools:
             body["tools"] = list(drop.tools)
-        url = self._root() + "/_control/kv_cache/truncate"
-        try:
-            response = await self._clients[0].post(url, json=body)
-        except httpx.TransportError as exc:
-            raise EngineError(f"cannot reach {url}: {exc!r}") from exc
-        if response.status_code in (404, 501):
-            raise NotSupportedError(f"{url} is not served: the server takes no KV-cache hints")
-        if response.status_code >= 400:
-            message, _ = _error_message(response.text)
-            raise EngineError(f"HTTP {response.status_code} from {url}: {message}")
+        path = "/_control/kv_cache/truncate"
+        unsupported = f"{self._root()}{path} is not served: the server takes no KV-cache hints"
+        response = await self._post_root(path, body, unsupported)
         try:
             freed = response.json().get("freed_blocks")
         except (ValueError, AttributeError):
             freed = None
         return freed if isinstance(freed, int) and not isinstance(freed, bool) else None
+
+    async def _post_root(self, path: str, body: dict[str, Any], unsupported: str) -> Any:
+        """POST ``body`` to ``path`` at the server's root (its extensions beside
+        ``/v1``) and return the response.  Raises :class:`EngineClosedError` when
+        the engine is not running, :class:`NotSupportedError` (``unsupported``)
+        for a 404 or 501, :class:`EngineError` when the server cannot be reached
+        or answers with another error."""
+        import httpx
+
+        if not self._clients:
+            raise EngineClosedError("engine is not running (use `async with engine:`)")
+        url = self._root() + path
+        try:
+            response = await self._clients[0].post(url, json=body)
+        except httpx.TransportError as exc:
+            raise EngineError(f"cannot reach {url}: {exc!r}") from exc
+        if response.status_code in (404, 501):
+            raise NotSupportedError(unsupported)
+        if response.status_code >= 400:
+            message, _ = _error_message(response.text)
+            raise EngineError(f"HTTP {response.status_code} from {url}: {message}")
+        return response
 
     def _root(self) -> str:
         """The server's root (``base_url`` without its ``/v1``)."""

@@ -17,7 +17,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import anyio
 import anyio.abc
@@ -115,6 +115,11 @@ def _make_responder(spec: str | Sequence[str] | Responder | None) -> Responder:
     if not items:
         raise ValueError("responder list must not be empty")
     return lambda call: items[call.index % len(items)]
+
+
+def _render_chat(messages: Sequence[Any], tools: Any) -> str:
+    """Chat messages as the simulated engine's prompt text (no generation prompt)."""
+    return "".join(f"<{m['role']}>\n{m['content']}\n" for m in render_messages(messages, tools))
 
 
 def _continued(pieces: Sequence[str], continuation: str | None) -> int:
@@ -293,8 +298,7 @@ class SimulatedEngine:
             base = self.tokenizer.decode(request.prompt_token_ids)
         else:
             assert request.messages is not None
-            messages = render_messages(request.messages, request.tools)
-            base = "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + "<assistant>\n"
+            base = _render_chat(request.messages, request.tools) + "<assistant>\n"
         return base + (request.continuation or "")
 
     async def count_tokens(self, request: EngineRequest) -> int:
@@ -316,10 +320,8 @@ class SimulatedEngine:
         ids = self.tokenizer.encode(self.render(attrs.evolve(request, continuation=None)))
         ids += self.tokenizer.encode(request.continuation or "")
         chain = self._chain(ids)
-        kept = ""
-        if drop.keep_messages:
-            head = render_messages(drop.messages[: drop.keep_messages], drop.tools)
-            kept = "".join(f"<{m['role']}>\n{m['content']}\n" for m in head)
+        keep = drop.messages[: drop.keep_messages]
+        kept = _render_chat(keep, drop.tools) if keep else ""
         first = -(-self.tokenizer.count(kept) // self.block_size) if kept else 0
         freed = 0
         for h in chain[first:]:

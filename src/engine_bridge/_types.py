@@ -392,6 +392,28 @@ class KVCacheDrop:
         return EngineRequest(params, messages=msgs, tools=self.tools)
 
     @classmethod
+    def retaining(
+        cls,
+        messages: Sequence[Mapping[str, Any] | ChatMessage],
+        retained: Sequence[Mapping[str, Any] | ChatMessage],
+        tools: Any = None,
+    ) -> KVCacheDrop:
+        """The drop of ``messages`` keeping the blocks of ``retained``, which
+        must be their first messages (TensorRT-LLM's ``messages_to_retain``).
+        Raises :class:`InvalidRequestError` naming ``messages`` or
+        ``messages_to_retain``."""
+        conversation = _freeze_messages(messages) or ()
+        try:
+            kept = _freeze_messages(retained) or ()
+        except InvalidRequestError as e:
+            raise InvalidRequestError("messages_to_retain", e.reason) from None
+        if conversation[: len(kept)] != kept:
+            raise InvalidRequestError(
+                "messages_to_retain", "must be the conversation's first messages, in order"
+            )
+        return cls(conversation, len(kept), tools=tools)
+
+    @classmethod
     def leading_system(cls, messages: Sequence[Any]) -> int:
         """How many messages (dicts, or objects with a ``role``) lead the
         conversation with role ``system`` (what TensorRT-LLM's

@@ -176,17 +176,12 @@ def _truncate_request(body: Any) -> KVCacheDrop:
         raise protocol.HTTPError(400, "the body must be a JSON object", "body")
     if body.get("action", "truncate") != "truncate":
         raise InvalidRequestError("action", f"only 'truncate' is served, got {body['action']!r}")
-    messages, retain = body.get("messages"), body.get("messages_to_retain", [])
+    messages: Any = body.get("messages")
+    retain: Any = body.get("messages_to_retain", [])
     for name, value in (("messages", messages), ("messages_to_retain", retain)):
         if not isinstance(value, list):
             raise InvalidRequestError(name, "must be a list of messages")
-    conversation = KVCacheDrop(messages, tools=body.get("tools"))
-    kept = KVCacheDrop(retain, 0).messages if retain else ()
-    if conversation.messages[: len(kept)] != kept:
-        raise InvalidRequestError(
-            "messages_to_retain", "must be the conversation's first messages, in order"
-        )
-    return KVCacheDrop(conversation.messages, len(kept), tools=conversation.tools)
+    return KVCacheDrop.retaining(messages, retain, tools=body.get("tools"))
 
 
 async def _complete(request: Any, chat: bool) -> Any:

@@ -149,19 +149,10 @@ class DropKVCacheTask(Task):
         chat = self.chat_task
         assert chat is not None
         inputs = chat.request_inputs()
+        retained = [
+            m.to_dict() if isinstance(m, RoleMessage) else m for m in self.messages_to_retain
+        ]
         try:
-            drop = KVCacheDrop(inputs["messages"], 0, tools=inputs["tools"])
-            retain = _dicts(self.messages_to_retain)
-            kept = KVCacheDrop(retain, 0).messages if retain else ()
+            return KVCacheDrop.retaining(inputs["messages"], retained, tools=inputs["tools"])
         except InvalidRequestError as e:
             raise InvalidTaskError.of(type(self).__name__, e) from None
-        if drop.messages[: len(kept)] != kept:
-            raise InvalidTaskError(
-                f"{type(self).__name__}.messages_to_retain",
-                "must be the chat's first messages, in order",
-            )
-        return KVCacheDrop(drop.messages, len(kept), tools=drop.tools)
-
-
-def _dicts(messages: list[Any]) -> list[Any]:
-    return [m.to_dict() if isinstance(m, RoleMessage) else m for m in messages]

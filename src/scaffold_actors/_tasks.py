@@ -147,7 +147,7 @@ class Task:
 
 
 #: values a deep copy can share
-_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, enum.Enum})
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def _plain(value: Any) -> Any:

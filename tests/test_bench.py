@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from scaffold_actors.cli import load_dataset
-from scaffold_actors.cli._bench import percentile, summarize
+from scaffold_actors.cli._bench import (
+    accuracy_interval,
+    compare,
+    paired_difference,
+    pareto_front,
+    percentile,
+    summarize,
+)
+from scaffold_actors.cli._registry import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,19 +113,95 @@ def test_bench_writes_results_resumes_and_refuses_to_overwrite(tmp_path: Path) -
     )
 
 
-def test_bench_compare_writes_a_table_and_a_plot(tmp_path: Path) -> None:
+def test_bench_compare_all_ranks_every_method_with_intervals(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
+    pytest.importorskip("scipy")
     p = scaffold(
-        "bench", "--dataset", "arithmetic", "--limit", "4", "--engine", "simulated",
-        "--compare", "cot,majority-vote", "--output", "r.jsonl", "--report-dir", "rep", cwd=tmp_path,
+        "bench", "--dataset", "arithmetic", "--limit", "3", "--engine", "simulated",
+        "--compare", "all", "--samples", "2", "--output", "r.jsonl",
+        "--report-dir", "rep", "--json", cwd=tmp_path,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)["report"]
+    ranking = report["ranking"]
+    assert {r["method"] for r in ranking} == set(METHODS)  # every method ran
+    assert all(r["problems"] == 3 and len(r["accuracy_95"]) == 2 for r in ranking)
+    keys = [(-r["accuracy"], r["tokens_mean"]) for r in ranking]
+    assert keys == sorted(keys)  # best accuracy first, fewer tokens among equals
+    assert all("vs_top" in r for r in ranking[1:]) and "vs_top" not in ranking[0]
     table = (tmp_path / "rep" / "comparison.md").read_text().splitlines()
-    assert (
-        table[0].startswith("| method |")
-        and table[2].startswith("| cot | 4 |")
-        and table[3].startswith("| majority-vote | 4 |")
-    )
+    assert table[0].startswith("| rank | method | accuracy | 95% interval |")
+    assert len(table) == 2 + len(METHODS)
     assert (tmp_path / "rep" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "r.cot.jsonl").exists() and (tmp_path / "r.majority-vote.jsonl").exists()
-    assert "cot: accuracy" in p.stdout and "comparison: rep/comparison.md" in p.stdout
+    assert (tmp_path / "r.cot.jsonl").exists() and (tmp_path / "r.mcts.jsonl").exists()
+
+
+def test_bench_compare_names_a_missing_extra_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from scaffold_actors.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a)
+    )
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(
+        main, ["bench", "--dataset", "arithmetic", "--engine", "simulated", "--compare", "all"]
+    )
+    assert r.exit_code == 1
+    assert "--compare needs scipy for the report: pip install 'scaffold-actors[bench]'" in r.output
+    assert not list(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def record(index: int, correct: bool) -> dict[str, object]:
+    return {"index": index, "correct": correct}
+
+
+def summary(method: str, correct: int, n: int, tokens: float) -> dict[str, object]:
+    return {
+        "method": method,
+        "problems": n,
+        "correct": correct,
+        "accuracy": correct / n,
+        "tokens_per_problem": {"mean": tokens, "p90": tokens},
+        "latency_s": {"p50": 1.0},
+    }
+
+
+def test_comparison_intervals_pareto_front_and_paired_differences() -> None:
+    pytest.importorskip("scipy")
+    n = 40
+    # "vote" is right on 30 problems, "cot" on 10 of those same ones; "wide" as
+    # "vote" but at more tokens; "cheap" is never right but costs nothing
+    records = {
+        "vote": [record(i, i < 30) for i in range(n)],
+        "cot": [record(i, i < 10) for i in range(n)],
+        "wide": [record(i, i < 30) for i in range(n)],
+        "cheap": [record(i, False) for i in range(n)],
+    }
+    summaries = [
+        summary("cot", 10, n, 30.0),
+        summary("wide", 30, n, 500.0),
+        summary("vote", 30, n, 200.0),
+        summary("cheap", 0, n, 1.0),
+    ]
+    rows = compare(summaries, records)
+    assert [r["method"] for r in rows] == ["vote", "wide", "cot", "cheap"]
+    assert {r["method"] for r in rows if r["pareto"]} == {"vote", "cot", "cheap"}
+    assert rows[0]["accuracy_95"] == pytest.approx([0.5981, 0.8581], abs=1e-4)  # Wilson
+    assert accuracy_interval(30, 40) == pytest.approx((0.5981, 0.8581), abs=1e-4)
+    cot = rows[2]["vs_top"]
+    assert cot["difference"] == -0.5 and cot["difference_95"][1] < 0  # a real difference
+    wide = rows[1]["vs_top"]
+    assert wide["difference"] == 0 and wide["difference_95"] == [0, 0]  # same answers
+    # a difference the problems do not support: one problem of 40
+    d, dlo, dhi = paired_difference([True] + [False] * 39, [False] * 40)
+    assert d == 0.025 and dlo <= 0 < dhi
+    assert pareto_front({"a": (1, 0.5), "b": (1, 0.5)}) == {"a", "b"}  # ties both stay
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference([True], [True, False])

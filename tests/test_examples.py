@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from scaffold_actors.cli._registry import METHODS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -80,8 +82,8 @@ def test_cli_rejects_bad_options() -> None:
             "Error: dynasor: parameter probe_interval must be int, got 'soon'",
         ),
         (
-            ["--method", "beam-search"],
-            "Error: method beam-search needs --reward-model PATH (a reward model folder)",
+            ["--method", "beam-search", "--reward-model", "/no/such/prm"],
+            "Error: reward model path '/no/such/prm' does not exist",
         ),
         (
             ["--engine", "openai"],
@@ -152,10 +154,10 @@ def test_cli_methods_lists_every_method() -> None:
     assert "-p probe_interval=32" in text
 
 
-@pytest.mark.parametrize(
-    "method", ["cot", "majority-vote", "adaptive-consistency", "dynasor", "deepconf"]
-)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_cli_runs_each_method_on_the_simulated_engine(method: str) -> None:
+    """Every method runs with no extra files: those that score candidates are
+    scored by the generation model itself when no --reward-model is given."""
     p = run(
         "-m",
         "scaffold_actors.cli",
@@ -170,6 +172,8 @@ def test_cli_runs_each_method_on_the_simulated_engine(method: str) -> None:
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert data["method"] == method and data["usage"]["completion_tokens"] > 0 and data["output"]
+    if METHODS[method].uses_reward:  # the self-verification verdicts are tasks too
+        assert data["usage"]["tasks"] > data["details"].get("samples_finished", 1)
 
 
 def test_cli_missing_model_is_one_line() -> None:

@@ -708,6 +708,61 @@ MUTATIONS = [
         (("            assert_nothing_left(llm, engine)", "            pass"),),
         ("tests/test_testing_kit.py::test_leaks_are_named",),
     ),
+    Mutation(
+        "self-verifier-counts-a-token-once",
+        "SelfVerifier adds a Yes token's probability once per draw (a sum of draws, not a probability)",
+        SA + "_self_verifier.py",
+        (
+            (
+                "mass[first if first is not None else text] = math.exp(lp)",
+                "mass[len(mass)] = math.exp(lp)",
+            ),
+        ),
+        ("tests/test_self_verifier.py::test_a_yes_token_drawn_several_times_counts_once",),
+    ),
+    Mutation(
+        "self-verifier-verdicts-abort",
+        "SelfVerifier's verdicts run outside the task's cancel scope (shielded)",
+        SA + "_self_verifier.py",
+        (
+            (
+                "            async with self.engine.open_stream(request) as deltas:",
+                "            with anyio.CancelScope(shield=True):\n"
+                "              async with self.engine.open_stream(request) as deltas:",
+            ),
+        ),
+        (
+            "tests/test_self_verifier.py::"
+            "test_cancelling_the_request_aborts_the_verdicts_in_the_engine",
+        ),
+    ),
+    Mutation(
+        "bench-ranks-by-accuracy",
+        "the comparison keeps the order the methods ran in",
+        SA + "cli/_bench.py",
+        (
+            (
+                'key=lambda s: (-(s["accuracy"] or 0.0), s["tokens_per_problem"]["mean"] or 0.0)',
+                "key=lambda s: 0",
+            ),
+        ),
+        (
+            "tests/test_bench.py::"
+            "test_comparison_intervals_pareto_front_and_paired_differences",
+        ),
+    ),
+    Mutation(
+        "verdict-tokens-in-usage",
+        "a RewardTask's tokens no longer count in the request's usage",
+        SA + "_context.py",
+        (
+            (
+                "if isinstance(task, (GenerationTask, RewardTask)):",
+                "if isinstance(task, GenerationTask):",
+            ),
+        ),
+        ("tests/test_self_verifier.py::test_verdict_tokens_count_in_the_usage",),
+    ),
 ]
 
 

@@ -41,6 +41,7 @@ from ._result import ScaffoldingResult
 from ._reward_worker import RewardWorker
 from ._runtime import AsyncScaffoldingLlm
 from ._scope import ExecutionScope, current_scope
+from ._self_verifier import SelfVerifier
 from ._sync import ScaffoldingLlm
 from ._task_context import TaskContext, task_context
 from ._tasks import (
@@ -92,6 +93,7 @@ __all__ = [
     "ScaffoldingLlm",
     "ScaffoldingOutput",
     "ScaffoldingResult",
+    "SelfVerifier",
     "StreamGenerationTask",
     "SystemMessage",
     "Task",

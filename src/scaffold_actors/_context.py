@@ -19,7 +19,14 @@ from engine_bridge import raise_single
 from ._budget import TokenBudget, TokenBudgetExhaustedError
 from ._errors import CancelGraceExceededWarning, RequestCancelledError, UnknownWorkerTagError
 from ._scope import ExecutionScope, current_scope
-from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task, normalize_tag
+from ._tasks import (
+    GenerationTask,
+    RewardTask,
+    ScaffoldingOutput,
+    StreamGenerationTask,
+    Task,
+    normalize_tag,
+)
 from ._trace import ExecutionTrace, TaskRecord, TokenUsage
 from ._worker import Worker, WorkerActor
 
@@ -392,7 +399,7 @@ class RequestContext:
     ) -> None:
         usage = self.usage
         usage.tasks += 1
-        if isinstance(task, GenerationTask):
+        if isinstance(task, (GenerationTask, RewardTask)):
             usage.prompt_tokens += task.prompt_tokens_num
             usage.completion_tokens += task.completion_tokens_num
         if self.trace is not None:

@@ -364,7 +364,10 @@ class RewardTask(Task):
     """Score candidate responses to ``input_str`` with a reward model.
 
     Outputs: ``scores`` (one per candidate) and, for process reward models asked
-    to split on ``step_separator``, ``step_scores`` (one list per candidate).
+    to split on ``step_separator``, ``step_scores`` (one list per candidate).  A
+    reward worker that generates to score (:class:`SelfVerifier`) reports the
+    tokens it used in ``prompt_tokens_num`` / ``completion_tokens_num``; they
+    count in the request's usage like a generation's.
     """
 
     worker_tag: Any = "reward"
@@ -373,9 +376,16 @@ class RewardTask(Task):
     step_separator: str | None = None
     scores: list[float] | None = None
     step_scores: list[list[float]] | None = None
+    prompt_tokens_num: int = 0
+    completion_tokens_num: int = 0
 
     input_fields: ClassVar[tuple[str, ...]] = ("input_str", "candidates", "step_separator")
-    output_fields: ClassVar[tuple[str, ...]] = ("scores", "step_scores")
+    output_fields: ClassVar[tuple[str, ...]] = (
+        "scores",
+        "step_scores",
+        "prompt_tokens_num",
+        "completion_tokens_num",
+    )
 
     def validate(self) -> None:
         super().validate()

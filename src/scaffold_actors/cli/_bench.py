@@ -3,6 +3,7 @@ resume, a summary, and comparisons of several methods."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -18,9 +19,21 @@ import attrs
 from .. import AsyncScaffoldingLlm
 from ..methods import extract_answer, math_equivalent
 
-__all__ = ["Problem", "load_dataset", "percentile", "run_bench", "summarize", "write_comparison"]
+__all__ = [
+    "Problem",
+    "accuracy_interval",
+    "compare",
+    "load_dataset",
+    "paired_difference",
+    "pareto_front",
+    "percentile",
+    "read_records",
+    "run_bench",
+    "summarize",
+    "write_comparison",
+]
 
-BUILTIN = {"arithmetic": "arithmetic.jsonl"}
+BUILTIN = {"arithmetic": "arithmetic.jsonl", "arithmetic-all": "arithmetic-all.jsonl"}
 
 
 @attrs.frozen
@@ -88,7 +101,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records = []
@@ -117,7 +130,7 @@ def run_bench(
     (runs its own trio loop).  Returns the summary of all records in ``output``."""
     if output.exists() and not resume:
         raise FileExistsError(f"{output} exists: pass --resume to continue it, or remove it")
-    done = {r["index"] for r in _read_records(output) if r.get("method") == method}
+    done = {r["index"] for r in read_records(output) if r.get("method") == method}
     todo = [p for p in problems if p.index not in done]
     engine = getattr(workers.get("generation"), "engine", None)
     samples: list[int] = []
@@ -130,7 +143,7 @@ def run_bench(
             _run, controller, workers, todo, method, sink, concurrency, engine, samples, on_done
         )
     wall = time.perf_counter() - started
-    records = [r for r in _read_records(output) if r.get("method") == method]
+    records = [r for r in read_records(output) if r.get("method") == method]
     capacity = getattr(engine, "max_concurrent", None) or getattr(engine, "max_batch_size", None)
     return summarize(
         records, method=method, wall=wall, ran=len(todo), engine_samples=samples, capacity=capacity
@@ -218,11 +231,15 @@ def summarize(
     n = len(records)
     correct = sum(1 for r in records if r.get("correct"))
     active = sum(engine_samples) / len(engine_samples) if engine_samples else None
+    interval = None
+    if n and importlib.util.find_spec("scipy") is not None:  # the bench extra
+        interval = [round(x, 4) for x in accuracy_interval(correct, n)]
     return {
         "method": method,
         "problems": n,
         "correct": correct,
         "accuracy": round(correct / n, 4) if n else None,
+        "accuracy_95": interval,
         "errors": sum(1 for r in records if "error" in r),
         "tokens_per_problem": {
             "mean": round(sum(tokens) / n, 1) if n else None,
@@ -247,20 +264,123 @@ def summarize(
     }
 
 
-def write_comparison(summaries: Sequence[Mapping[str, Any]], report_dir: Path) -> tuple[Path, Path]:
-    """A markdown table and a PNG plot (accuracy vs. tokens per problem)."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "| method | problems | accuracy | tokens/problem (mean) | p90 tokens | p50 latency (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for s in summaries:
-        lines.append(
-            f"| {s['method']} | {s['problems']} | {s['accuracy']:.3f} | {s['tokens_per_problem']['mean']} | "
-            f"{s['tokens_per_problem']['p90']} | {s['latency_s']['p50']} |"
-        )
-    table = report_dir / "comparison.md"
-    table.write_text("\n".join(lines) + "\n", encoding="utf-8")
+def accuracy_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy of ``correct`` out of ``n``
+    (scipy's ``binomtest``)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def paired_difference(
+    a: Sequence[bool], b: Sequence[bool], confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """Accuracy of ``a`` minus that of ``b`` on the same problems (``a[i]`` and
+    ``b[i]`` are one problem), with a paired bootstrap interval (scipy's
+    ``bootstrap``, percentile, 9,999 resamples, seeded: the same figures every
+    time).  An interval that excludes 0 is a difference the problems support."""
+    if len(a) != len(b) or not a:
+        raise ValueError("paired_difference needs two equally long, non-empty lists")
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    diff = float(x.mean() - y.mean())
+    if np.all(x - y == x[0] - y[0]):  # one value: no spread to resample
+        return diff, diff, diff
+    res = bootstrap(
+        (x, y),
+        lambda u, v, axis: u.mean(axis=axis) - v.mean(axis=axis),
+        paired=True,
+        vectorized=True,
+        confidence_level=confidence,
+        n_resamples=9999,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return diff, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def pareto_front(points: Mapping[str, tuple[float, float]]) -> set[str]:
+    """The names whose (tokens, accuracy) no other point beats: none has at most
+    the tokens and at least the accuracy, one of them strictly."""
+    front = set()
+    for name, (t, acc) in points.items():
+        if not any(
+            (t2 <= t and a2 >= acc) and (t2 < t or a2 > acc)
+            for other, (t2, a2) in points.items()
+            if other != name
+        ):
+            front.add(name)
+    return front
+
+
+def _fmt_interval(lo: float, hi: float) -> str:
+    return f"[{lo:.2f}, {hi:.2f}]"
+
+
+def compare(
+    summaries: Sequence[Mapping[str, Any]], records: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The comparison rows, best accuracy first (fewer tokens first among equals):
+    each method's accuracy with its 95% interval, its tokens, whether it is on
+    the accuracy-vs-tokens Pareto front, and its paired difference from the top
+    method on the problems both answered (95% bootstrap interval)."""
+    ranked = sorted(
+        summaries, key=lambda s: (-(s["accuracy"] or 0.0), s["tokens_per_problem"]["mean"] or 0.0)
+    )
+    front = pareto_front(
+        {
+            s["method"]: (s["tokens_per_problem"]["mean"] or 0.0, s["accuracy"] or 0.0)
+            for s in ranked
+        }
+    )
+    by_index = {
+        m: {int(r["index"]): bool(r.get("correct")) for r in recs} for m, recs in records.items()
+    }
+    top = ranked[0]["method"]
+    rows = []
+    for s in ranked:
+        m = s["method"]
+        lo, hi = accuracy_interval(s["correct"], s["problems"])
+        row: dict[str, Any] = {
+            "method": m,
+            "problems": s["problems"],
+            "correct": s["correct"],
+            "accuracy": s["accuracy"],
+            "accuracy_95": [round(lo, 4), round(hi, 4)],
+            "tokens_mean": s["tokens_per_problem"]["mean"],
+            "tokens_p90": s["tokens_per_problem"]["p90"],
+            "latency_p50_s": s["latency_s"]["p50"],
+            "pareto": m in front,
+        }
+        if m != top:
+            shared = sorted(set(by_index[m]) & set(by_index[top]))
+            if shared:
+                d, dlo, dhi = paired_difference(
+                    [by_index[m][i] for i in shared], [by_index[top][i] for i in shared]
+                )
+                row["vs_top"] = {
+                    "method": top,
+                    "problems": len(shared),
+                    "difference": round(d, 4),
+                    "difference_95": [round(dlo, 4), round(dhi, 4)],
+                }
+        rows.append(row)
+    return rows
+
+
+def write_comparison(
+    summaries: Sequence[Mapping[str, Any]],
+    report_dir: Path,
+    records: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> tuple[Path, Path, list[dict[str, Any]]]:
+    """``comparison.md`` (methods ranked by accuracy, with 95% intervals and the
+    paired difference from the top method) and ``comparison.png`` (accuracy vs.
+    tokens per problem, error bars, the Pareto front joined) in ``report_dir``;
+    returns both paths and the rows (:func:`compare`)."""
     try:
         import matplotlib
 
@@ -270,13 +390,40 @@ def write_comparison(summaries: Sequence[Mapping[str, Any]], report_dir: Path) -
         raise RuntimeError(
             "the plot needs matplotlib: pip install 'scaffold-actors[bench]'"
         ) from None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for s in summaries:
-        x, y = s["tokens_per_problem"]["mean"], s["accuracy"]
-        ax.scatter([x], [y], s=60)
-        ax.annotate(s["method"], (x, y), textcoords="offset points", xytext=(6, 4))
-    ax.set_xlabel("generated tokens per problem (mean)")
-    ax.set_ylabel("accuracy")
+    rows = compare(summaries, records)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    top = rows[0]["method"]
+    lines = [
+        "| rank | method | accuracy | 95% interval | tokens/problem (mean) | p90 tokens "
+        f"| p50 latency (s) | Pareto | vs {top} (paired, 95% interval) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rank, r in enumerate(rows, 1):
+        vs = r.get("vs_top")
+        diff = f"{vs['difference']:+.2f} {_fmt_interval(*vs['difference_95'])}" if vs else "—"
+        lines.append(
+            f"| {rank} | {r['method']} | {r['accuracy']:.3f} ({r['correct']}/{r['problems']}) | "
+            f"{_fmt_interval(*r['accuracy_95'])} | {r['tokens_mean']} | {r['tokens_p90']} | "
+            f"{r['latency_p50_s']} | {'yes' if r['pareto'] else ''} | {diff} |"
+        )
+    table = report_dir / "comparison.md"
+    table.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        x, y = r["tokens_mean"], r["accuracy"]
+        lo, hi = r["accuracy_95"]
+        ax.errorbar(
+            [x], [y], yerr=[[y - lo], [hi - y]], fmt="o" if r["pareto"] else "s",
+            capsize=3, markersize=7 if r["pareto"] else 5,
+        )  # fmt: skip
+        ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    front = sorted((r["tokens_mean"], r["accuracy"]) for r in rows if r["pareto"])
+    if len(front) > 1:
+        ax.plot(*zip(*front, strict=True), "--", color="grey", label="Pareto front")
+        ax.legend(loc="lower right")
+    ax.set_xscale("log")
+    ax.set_xlabel("generated tokens per problem (mean, log scale)")
+    ax.set_ylabel("accuracy (95% interval)")
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
     ax.set_title("accuracy vs. compute")
@@ -284,4 +431,4 @@ def write_comparison(summaries: Sequence[Mapping[str, Any]], report_dir: Path) -
     plot = report_dir / "comparison.png"
     fig.savefig(plot, dpi=120)
     plt.close(fig)
-    return table, plot
+    return table, plot, rows

@@ -183,14 +183,18 @@ def build_workers(options: EngineOptions, method: str, max_tokens: int) -> dict[
             build_pool(options), default_params=SamplingParams(max_tokens=max_tokens)
         )
     }
-    if METHODS[method].needs_reward:
-        workers["reward"] = _reward_worker(options, method)
+    if METHODS[method].uses_reward:
+        workers["reward"] = _reward_worker(options, method, workers["generation"])
     return workers
 
 
-def _reward_worker(options: EngineOptions, method: str) -> Any:
+def _reward_worker(options: EngineOptions, method: str, generation: Any) -> Any:
+    """The reward model named by --reward-model, else the generation model
+    judging its own candidates (:class:`SelfVerifier`)."""
     if not options.reward_model:
-        raise ValueError(f"method {method} needs --reward-model PATH (a reward model folder)")
+        from .. import SelfVerifier
+
+        return SelfVerifier(generation.engine)
     from .. import RewardWorker
 
     return RewardWorker(
@@ -299,7 +303,8 @@ engine_options = [
     click.option(
         "--reward-model",
         default=None,
-        help="reward model folder for best-of-n and the tree searches",
+        help="reward model folder for best-of-n (outcome) and the tree searches (process); "
+        "default: the generation model judges its own candidates (self-verification)",
     ),
     click.option(
         "--raw-completions",
@@ -350,7 +355,7 @@ def methods(as_json: bool) -> None:
     table: dict[str, dict[str, Any]] = {
         name: {
             "summary": spec.summary,
-            "needs_reward_model": spec.needs_reward,
+            "uses_reward": spec.uses_reward,
             "params": {
                 k: {"type": t.__name__, "default": d, "help": h}
                 for k, (t, d, h) in spec.params.items()
@@ -563,8 +568,9 @@ def serve(
 ) -> None:
     """Serve methods as models of an OpenAI-compatible API.
 
-    Every method that needs no reward model (all of them with --reward-model) is a
-    model; --method (with its -p parameters) is listed first.
+    Every method is a model; --method (with its -p parameters) is listed first.
+    Methods that score candidates use --reward-model, else the generation model's
+    own verdict (self-verification).
     """
     try:
         import uvicorn
@@ -578,20 +584,14 @@ def serve(
         given = parse_params(params)
         if method not in METHODS:
             build_method(method, samples=samples, max_tokens=max_tokens, temperature=temperature)
-        names = [method] + [
-            m
-            for m in METHODS
-            if m != method and (options.reward_model or not METHODS[m].needs_reward)
-        ]
+        names = [method] + [m for m in METHODS if m != method]
         controllers = build_controllers(
             names, method, given, samples, max_tokens, temperature, instruction
         )
         options = attrs.evolve(options, step_seconds=simulated_step_seconds)
         workers = build_workers(options, method, max_tokens)
-        if options.reward_model and "reward" not in workers:
-            from .. import RewardWorker
-
-            workers["reward"] = RewardWorker(options.reward_model)
+        if "reward" not in workers:  # the other methods' (best-of-n's kind of model)
+            workers["reward"] = _reward_worker(options, "best-of-n", workers["generation"])
         app = create_app(
             controllers,
             workers,
@@ -624,7 +624,10 @@ def serve(
 @click.option("--dataset", required=True, help="a JSONL file, or the built-in set 'arithmetic'")
 @with_common
 @click.option(
-    "--compare", default=None, metavar="M1,M2,...", help="run several methods on the same problems"
+    "--compare",
+    default=None,
+    metavar="M1,M2,...|all",
+    help="run several methods (or all) on the same problems; a ranked table with 95% intervals and a plot",
 )
 @click.option(
     "--concurrency",
@@ -673,11 +676,20 @@ def bench(
 ) -> None:
     """Run a method (or --compare several) over a JSONL dataset and summarise:
     accuracy, tokens per problem, latency, throughput, engine utilisation."""
+    import importlib.util
     from pathlib import Path
 
-    from ._bench import load_dataset, run_bench, write_comparison
+    from ._bench import load_dataset, read_records, run_bench, write_comparison
 
-    names = [m.strip() for m in compare.split(",") if m.strip()] if compare else [method]
+    if compare == "all":
+        names = list(METHODS)
+    else:
+        names = [m.strip() for m in compare.split(",") if m.strip()] if compare else [method]
+    missing = [m for m in ("matplotlib", "scipy") if importlib.util.find_spec(m) is None]
+    if len(names) > 1 and missing:  # before any compute
+        raise click.ClickException(
+            f"--compare needs {', '.join(missing)} for the report: pip install 'scaffold-actors[bench]'"
+        )
     try:
         problems = load_dataset(dataset, question_field, answer_field, limit)
         given = parse_params(params)
@@ -687,8 +699,8 @@ def bench(
         # one engine for every method (started for each run, the model loaded once)
         workers = build_workers(options, names[0], max_tokens)
         for m in names[1:]:
-            if METHODS[m].needs_reward and "reward" not in workers:
-                workers["reward"] = _reward_worker(options, m)
+            if METHODS[m].uses_reward and "reward" not in workers:
+                workers["reward"] = _reward_worker(options, m, workers["generation"])
         summaries = []
         out_path = Path(output)
         for m in names:
@@ -706,18 +718,26 @@ def bench(
                 )
             summary["results"] = str(path)
             summaries.append(summary)
-        report = None
+        report: dict[str, Any] | None = None
         if len(names) > 1:
-            table, plot = write_comparison(summaries, Path(report_dir))
-            report = {"table": str(table), "plot": str(plot)}
+            records = {
+                s["method"]: [
+                    r for r in read_records(Path(s["results"])) if r.get("method") == s["method"]
+                ]
+                for s in summaries
+            }
+            table, plot, rows = write_comparison(summaries, Path(report_dir), records)
+            report = {"table": str(table), "plot": str(plot), "ranking": rows}
     except (*USER_ERRORS, FileExistsError, RuntimeError) as exc:
         raise click.ClickException(_one_line(exc)) from None
     if as_json:
         click.echo(json.dumps({"summaries": summaries, "report": report}, indent=2))
         return
     for s in summaries:
+        ci = s.get("accuracy_95")
+        interval = f" 95% [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
         click.echo(
-            f"{s['method']}: accuracy {s['accuracy']:.3f} ({s['correct']}/{s['problems']}), "
+            f"{s['method']}: accuracy {s['accuracy']:.3f} ({s['correct']}/{s['problems']}){interval}, "
             f"tokens/problem mean {s['tokens_per_problem']['mean']} p50 {s['tokens_per_problem']['p50']} "
             f"p90 {s['tokens_per_problem']['p90']}, latency p50 {s['latency_s']['p50']} s "
             f"p90 {s['latency_s']['p90']} s, {s['this_run']['problems_per_s']} problems/s, "
@@ -725,6 +745,7 @@ def bench(
             f"  -> {s['results']}"
         )
     if report:
+        click.echo("\n" + Path(report["table"]).read_text("utf-8"))
         click.echo(f"comparison: {report['table']}, {report['plot']}")
 
 

@@ -30,13 +30,14 @@ COT = "Think step by step, then give the final answer as \\boxed{answer}."
 @attrs.frozen
 class MethodSpec:
     """A named method: how to build it from the common options and its own
-    parameters (name -> (type, default, help))."""
+    parameters (name -> (type, default, help)).  ``uses_reward``: it sends
+    :class:`RewardTask` s (a reward model, else the generation model's own verdict)."""
 
     name: str
     summary: str
     build: Callable[[Sampler, int, dict[str, Any]], Any]
     params: Mapping[str, tuple[type, Any, str]] = attrs.field(factory=dict)
-    needs_reward: bool = False
+    uses_reward: bool = False
 
 
 def _vote(s: Sampler, n: int, p: dict[str, Any]) -> Any:
@@ -79,9 +80,9 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "best-of-n",
-            "the candidate an outcome reward model scores highest (needs --reward-model)",
+            "the candidate a reward scores highest (--reward-model, else self-verification)",
             lambda s, n, p: BestOfN(s, samples=n),
-            needs_reward=True,
+            uses_reward=True,
         ),
         MethodSpec(
             "dynasor",
@@ -108,35 +109,35 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "beam-search",
-            "step-level beam search with a process reward model (needs --reward-model)",
+            "step-level beam search scored by a process reward (--reward-model, else self-verification)",
             lambda s, n, p: BeamSearch(_steps(s, p), beam_width=n, expansions=p["expansions"]),
             {**_TREE, "expansions": (int, 2, "next steps sampled per beam")},
-            needs_reward=True,
+            uses_reward=True,
         ),
         MethodSpec(
             "dvts",
-            "diverse verifier tree search: --samples independent subtrees (needs --reward-model)",
+            "diverse verifier tree search: --samples independent subtrees (process reward)",
             lambda s, n, p: DiverseVerifierTreeSearch(
                 _steps(s, p), subtrees=n, expansions=p["expansions"]
             ),
             {**_TREE, "expansions": (int, 2, "next steps sampled per node")},
-            needs_reward=True,
+            uses_reward=True,
         ),
         MethodSpec(
             "best-first",
-            "best-first search over steps (needs --reward-model)",
+            "best-first search over steps (process reward)",
             lambda s, n, p: BestFirstSearch(
                 _steps(s, p), expansions=n, max_expansions=p["max_expansions"]
             ),
             {**_TREE, "max_expansions": (int, 12, "nodes expanded at most")},
-            needs_reward=True,
+            uses_reward=True,
         ),
         MethodSpec(
             "mcts",
-            "Monte Carlo tree search over steps (needs --reward-model)",
+            "Monte Carlo tree search over steps (process reward)",
             lambda s, n, p: MCTS(_steps(s, p), iterations=p["iterations"], expansions=n),
             {**_TREE, "iterations": (int, 8, "MCTS iterations")},
-            needs_reward=True,
+            uses_reward=True,
         ),
     ]
 }

@@ -8,6 +8,28 @@ import httpx
 import pytest
 import trio.testing
 
+_CACHE_MADE: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The GGUF conversion cache of the whole run (child processes included) is
+    a fresh folder, so the suite neither reads nor writes the user's cache and
+    converts the embedded model once.  A ``SCAFFOLD_ACTORS_CACHE`` already set
+    is kept (a developer's warm cache)."""
+    import os
+    import tempfile
+
+    if not os.environ.get("SCAFFOLD_ACTORS_CACHE"):
+        _CACHE_MADE.append(tempfile.mkdtemp(prefix="scaffold-actors-cache-"))
+        os.environ["SCAFFOLD_ACTORS_CACHE"] = _CACHE_MADE[0]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    for folder in _CACHE_MADE:
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 @pytest.fixture(params=["trio", "asyncio"])
 def anyio_backend(request: pytest.FixtureRequest) -> object:

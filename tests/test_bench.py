@@ -205,3 +205,35 @@ def test_comparison_intervals_pareto_front_and_paired_differences() -> None:
     assert pareto_front({"a": (1, 0.5), "b": (1, 0.5)}) == {"a", "b"}  # ties both stay
     with pytest.raises(ValueError, match="equally long"):
         paired_difference([True], [True, False])
+
+
+def test_ctrl_c_stops_the_bench_with_one_line_and_resume_goes_on(tmp_path: Path) -> None:
+    """A real SIGINT mid-run: exit 130 at once, one line saying what is saved
+    and how to go on; --resume then says how many problems were done."""
+    import signal
+    import time
+
+    out = tmp_path / "r.jsonl"
+    args = [
+        sys.executable, "-m", "scaffold_actors.cli", "bench", "--dataset", "arithmetic-all",
+        "--engine", "simulated", "--simulated-step-seconds", "0.2", "--concurrency", "2",
+        "--output", "r.jsonl",
+    ]  # fmt: skip
+    p = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120  # a hang guard, not a budget: we wait for a result
+    while not (out.exists() and out.read_text().count("\n") >= 1):
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.stderr else ""
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    saved = sum(1 for line in out.read_text().splitlines() if line.strip())
+    assert err.strip() == (
+        f"interrupted: {saved} of 60 problems of majority-vote are saved in r.jsonl; "
+        "run the same command with --resume to go on"
+    )
+    again = scaffold(*args[3:], "--resume", "--limit", str(saved), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming majority-vote: {saved} of {saved} problems already done" in again.stderr

@@ -235,3 +235,76 @@ async def test_a_finished_chat_is_freed_from_transformers_prefix_cache(
         with pytest.raises(NotSupportedError, match=r"5\.23"):
             await engine.drop_kv_cache(drop)
         assert engine.cached_blocks == cached  # nothing was touched
+
+
+async def test_the_gguf_conversion_is_cached_on_disk(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first start converts the GGUF and stores it; a later start (another
+    process: the per-process memo is cleared here) reads the stored folder and
+    generates exactly the same greedy tokens."""
+    import os
+    from pathlib import Path
+
+    from engine_bridge import _hf
+
+    root = Path(str(tmp_path))
+    monkeypatch.setenv(_hf.CACHE_ENV, str(root))
+    _hf._load.cache_clear()
+    request = EngineRequest(GREEDY, prompt="Name a colour.")
+    async with HFEngine(seed=0) as first:
+        converted = await collect(first, request)
+    folder = _hf.conversion_cache_folder(first.model_path, _hf.EMBEDDED_GGUF, root)
+    assert first.loaded_from == first.model_path  # converted from the GGUF
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert os.listdir(root) == [folder.name]  # no temporary left behind
+    _hf._load.cache_clear()
+    async with HFEngine(seed=0) as second:
+        cached = await collect(second, request)
+    assert second.loaded_from == str(folder)
+    assert cached[:2] == converted[:2]  # same text, same token ids
+    _hf._load.cache_clear()
+    async with HFEngine(seed=0, conversion_cache=False) as third:
+        assert third.loaded_from == third.model_path
+    _hf._load.cache_clear()
+
+
+def test_a_conversion_cache_that_cannot_be_written_is_a_warning(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from engine_bridge import _hf
+
+    blocker = Path(str(tmp_path)) / "not-a-folder"
+    blocker.write_text("a file where the cache folder should go")
+
+    class Model:
+        hf_quantizer = object()
+
+        class config:
+            quantization_config = "gguf"
+
+        def save_pretrained(self, path: object) -> None:
+            raise AssertionError("never reached: the parent cannot be made")
+
+    model = Model()
+    with pytest.warns(UserWarning, match="could not cache the converted GGUF model"):
+        assert _hf._store_conversion(model, None, blocker / "x" / "model") is False
+    assert model.hf_quantizer is Model.hf_quantizer  # the model is left as it was
+    assert model.config.quantization_config == "gguf"
+
+
+def test_the_cache_folder_changes_with_the_file(tmp_path: object) -> None:
+    import os
+    from pathlib import Path
+
+    from engine_bridge import _hf
+
+    folder = Path(str(tmp_path))
+    gguf = folder / "m.gguf"
+    gguf.write_bytes(b"v1")
+    first = _hf.conversion_cache_folder(str(folder), "m.gguf", folder / "cache")
+    assert first.parent == folder / "cache" and first.name.startswith("m-")
+    assert _hf.conversion_cache_folder(str(folder), "m.gguf", folder / "cache") == first
+    gguf.write_bytes(b"v2 longer")
+    os.utime(gguf, ns=(1, 1))
+    assert _hf.conversion_cache_folder(str(folder), "m.gguf", folder / "cache") != first

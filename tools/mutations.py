@@ -746,10 +746,7 @@ MUTATIONS = [
                 "key=lambda s: 0",
             ),
         ),
-        (
-            "tests/test_bench.py::"
-            "test_comparison_intervals_pareto_front_and_paired_differences",
-        ),
+        ("tests/test_bench.py::test_comparison_intervals_pareto_front_and_paired_differences",),
     ),
     Mutation(
         "verdict-tokens-in-usage",

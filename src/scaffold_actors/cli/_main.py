@@ -98,7 +98,7 @@ def build_engine(options: EngineOptions, url: str | None = None, device: str | N
         return ProcessEngine(
             engine, model=model, device=device or "cpu", dtype=_dtype(device),
             extra_args=["--seed", str(seed)],
-            **({"kv_cache_tokens": CPU_KV_CACHE_TOKENS} if on_cpu else {}),
+            kv_cache_tokens=CPU_KV_CACHE_TOKENS if on_cpu else 32768,
         )  # fmt: skip
     if engine == "simulated":
         from engine_bridge import CostModel, SimulatedEngine
@@ -132,7 +132,7 @@ def build_engine(options: EngineOptions, url: str | None = None, device: str | N
     _say_if_converting(model)
     from engine_bridge import HFEngine
 
-    if (device or "cpu").startswith("cuda"):
+    if device is not None and device.startswith("cuda"):
         return HFEngine(model, device=device, dtype=_dtype(device), seed=seed)
     # a CPU run: a KV cache and batch buffers sized for a CPU's work (3.7 GB -> 1.5 GB
     # resident for the embedded model, same speed: docs/engines.md)

@@ -118,7 +118,7 @@ def test_bench_compare_all_ranks_every_method_with_intervals(tmp_path: Path) -> 
     pytest.importorskip("scipy")
     p = scaffold(
         "bench", "--dataset", "arithmetic", "--limit", "3", "--engine", "simulated",
-        "--compare", "all", "--samples", "2", "--output", "r.jsonl",
+        "--compare", "all", "--samples", "2", "-p", "max_steps=1", "--output", "r.jsonl",
         "--report-dir", "rep", "--json", cwd=tmp_path,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
@@ -134,6 +134,14 @@ def test_bench_compare_all_ranks_every_method_with_intervals(tmp_path: Path) -> 
     assert len(table) == 2 + len(METHODS)
     assert (tmp_path / "rep" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "r.cot.jsonl").exists() and (tmp_path / "r.mcts.jsonl").exists()
+    steps = [json.loads(x)["details"]["steps"] for x in (tmp_path / "r.mcts.jsonl").open()]
+    assert steps and all(s <= 1 for s in steps)  # -p max_steps=1 reached every tree search
+    bad = scaffold(
+        "bench", "--dataset", "arithmetic", "--engine", "simulated", "--compare", "cot,dynasor",
+        "-p", "max_steps=1", cwd=tmp_path,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "Error: no compared method takes parameter(s) max_steps"
 
 
 def test_bench_compare_names_a_missing_extra_before_any_work(

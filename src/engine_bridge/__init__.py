@@ -11,7 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._hf import HFEngine, embedded_model_path
+    from ._hf import (
+        HFEngine,
+        conversion_cache_folder,
+        conversion_cache_root,
+        embedded_model_path,
+    )
     from ._openai import OpenAIEngine
     from ._process import ProcessEngine
     from ._trtllm import TRTLLMEngine
@@ -71,6 +76,8 @@ __all__ = [
     "ToolCall",
     "answer_tool_calls",
     "check_sampling_field",
+    "conversion_cache_folder",
+    "conversion_cache_root",
     "embedded_model_path",
     "first_error",
     "parse_tool_calls",
@@ -87,6 +94,8 @@ _LAZY: dict[str, str] = {
     "ProcessEngine": "._process",
     "TRTLLMEngine": "._trtllm",
     "embedded_model_path": "._hf",
+    "conversion_cache_folder": "._hf",
+    "conversion_cache_root": "._hf",
 }
 
 

@@ -98,8 +98,11 @@ def conversion_cache_root() -> Path:
     return Path(base) / "scaffold-actors"
 
 
-def conversion_cache_folder(path: str, gguf_file: str, root: Path | None = None) -> Path:
-    """The cache folder of one GGUF file's conversion.  Its name holds a digest
+def conversion_cache_folder(
+    path: str, gguf_file: str = EMBEDDED_GGUF, root: Path | None = None
+) -> Path:
+    """The cache folder of one GGUF file's conversion (``root``: default
+    :func:`conversion_cache_root`).  Its name holds a digest
     of the file (absolute path, size, modification time) and of the transformers
     version that converts it, so a changed file, a new package version of the
     embedded model (a new file) or another transformers gets a fresh conversion."""

@@ -52,10 +52,10 @@ def _say_if_converting(model: str | None) -> None:
     converted (the first start only: later ones read the conversion cache)."""
     if model is not None:
         return
-    from engine_bridge._hf import EMBEDDED_GGUF, conversion_cache_folder, embedded_model_path
+    from engine_bridge import conversion_cache_folder, embedded_model_path
 
     try:
-        folder = conversion_cache_folder(embedded_model_path(), EMBEDDED_GGUF)
+        folder = conversion_cache_folder(embedded_model_path())
     except (OSError, ImportError):
         return  # the engine says what is missing
     if not (folder / "config.json").is_file():
@@ -250,15 +250,25 @@ def build_controllers(
     temperature: float,
     instruction: str,
 ) -> dict[str, Any]:
-    """A controller per method name; the ``-p`` parameters ``given`` go to
-    ``method`` (the one the command line chose) only."""
+    """A controller per method name.  The ``-p`` parameters ``given`` go to
+    ``method`` (the one the command line chose) when it is among ``names`` (a run,
+    a server); when several methods are compared and ``method`` is not one of
+    them, each gets those it takes (``-p max_steps=3`` reaches every tree
+    search), and a parameter none of them takes is an error."""
+    if len(names) > 1 and method not in names:
+        unknown = sorted(k for k in given if not any(k in METHODS[m].params for m in names))
+        if unknown:
+            raise ValueError(f"no compared method takes parameter(s) {', '.join(unknown)}")
+        shares = {m: {k: v for k, v in given.items() if k in METHODS[m].params} for m in names}
+    else:
+        shares = {m: given if m == method else {} for m in names}
     return {
         m: build_method(
             m,
             samples=samples,
             max_tokens=max_tokens,
             temperature=temperature,
-            params=given if m == method else None,
+            params=shares[m],
             instruction=instruction,
         )
         for m in names
@@ -730,8 +740,10 @@ def bench(
     try:
         problems = load_dataset(dataset, question_field, answer_field, limit)
         given = parse_params(params)
+        # compared methods share the -p parameters, each those it takes
+        chosen = "" if compare else method
         controllers = build_controllers(
-            names, method, given, samples, max_tokens, temperature, instruction
+            names, chosen, given, samples, max_tokens, temperature, instruction
         )
         # one engine for every method (started for each run, the model loaded once)
         workers = build_workers(options, names[0], max_tokens)

@@ -760,6 +760,25 @@ MUTATIONS = [
         ),
         ("tests/test_self_verifier.py::test_verdict_tokens_count_in_the_usage",),
     ),
+    Mutation(
+        "gguf-conversion-read-back",
+        "a start never reads the stored GGUF conversion (converts every time)",
+        SRC + "_hf.py",
+        (
+            (
+                'if folder is not None and (folder / "config.json").is_file():',
+                "if False:",
+            ),
+        ),
+        ("tests/test_hf_engine.py::test_the_gguf_conversion_is_cached_on_disk",),
+    ),
+    Mutation(
+        "bench-says-what-is-saved-on-ctrl-c",
+        "Ctrl-C in bench falls through to click's bare 'Aborted!'",
+        SA + "cli/_main.py",
+        (("            except KeyboardInterrupt:\n", "            except ZeroDivisionError:\n"),),
+        ("tests/test_bench.py::test_ctrl_c_stops_the_bench_with_one_line_and_resume_goes_on",),
+    ),
 ]
 
 

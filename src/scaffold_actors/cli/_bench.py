@@ -139,9 +139,10 @@ def run_bench(
     with output.open("a", encoding="utf-8") as sink:
         if output.stat().st_size and not output.read_bytes().endswith(b"\n"):
             sink.write("\n")  # end a line cut by an interruption; it is skipped on reading
-        anyio.run(
-            _run, controller, workers, todo, method, sink, concurrency, engine, samples, on_done
-        )
+        if todo:  # nothing left: the engine is not started at all
+            anyio.run(
+                _run, controller, workers, todo, method, sink, concurrency, engine, samples, on_done
+            )
     wall = time.perf_counter() - started
     records = [r for r in read_records(output) if r.get("method") == method]
     capacity = getattr(engine, "max_concurrent", None) or getattr(engine, "max_batch_size", None)

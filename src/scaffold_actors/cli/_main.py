@@ -45,6 +45,10 @@ def _quiet_transformers() -> None:
         return
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    import logging
+
+    # the continuous-batching manager logs on a logger of its own
+    logging.getLogger("ContinuousBatchingLogger").setLevel(logging.ERROR)
 
 
 def _say_if_converting(model: str | None) -> None:

@@ -113,3 +113,75 @@ def test_bad_parameters_are_rejected() -> None:
         DeepConf(keep_top=0.0)
     with pytest.raises(ValueError):
         DeepConf(measure="median")  # type: ignore[arg-type]
+
+
+PEAKED = (("a", -0.01), ("b", -6.0), ("c", -7.0))  # token confidence 4.34
+FLAT = (("a", -1.1), ("b", -1.1), ("c", -1.1))  # token confidence 1.1
+
+
+def topk_trace(answer: str, sampled: float, alts: tuple[tuple[str, float], ...]) -> SimulatedOutput:
+    text = "word " * 40 + f"so \\boxed{{{answer}}}"
+    return SimulatedOutput(text, [sampled] * 64, top_logprobs=[alts] * 64)
+
+
+# "1" once, from a peaked distribution but an unlikely sampled token; "2" twice,
+# from flat distributions with likely sampled tokens
+TOPK_PLAN = [("1", UNSURE, PEAKED), ("2", SURE, FLAT), ("2", SURE, FLAT)]
+
+
+def topk_engine() -> SimulatedEngine:
+    return SimulatedEngine(
+        lambda call: topk_trace(*TOPK_PLAN[call.index % 3]), cost=CostModel(0.0, 0.01, 0.0)
+    )
+
+
+@pytest.mark.parametrize(("top_k", "answer"), [(3, "1"), (0, "2")])
+async def test_top_k_confidence_is_the_papers(
+    autojump_clock: object, top_k: int, answer: str
+) -> None:
+    """With top_k the token confidence is minus the mean top-k logprob (the
+    peaked trace wins); without, the sampled token's logprob (the other two)."""
+    method = DeepConf(Sampler(max_tokens=64), samples=3, keep_top=0.33, window=8, top_k=top_k)
+    engine = topk_engine()
+    async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(engine)}) as llm:
+        r = await llm.generate("q")
+    assert r.output.details["answer"] == answer and r.output.details["kept"] == 1
+    expected = -sum(lp for _, lp in PEAKED) / 3 if top_k else SURE
+    assert r.output.details["threshold"] == pytest.approx(expected)
+
+
+async def test_top_k_without_alternatives_from_the_engine_fails_clearly(
+    autojump_clock: object,
+) -> None:
+    from contextlib import asynccontextmanager
+    from typing import Any
+
+    import attrs
+
+    inner = topk_engine()
+
+    class NoAlternatives:
+        """A server that ignores top_logprobs."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        @asynccontextmanager
+        async def open_stream(self, request: Any) -> Any:
+            async with inner.open_stream(request) as deltas:
+
+                async def strip() -> Any:
+                    async for d in deltas:
+                        yield attrs.evolve(d, top_logprobs=None)
+
+                yield strip()
+
+    method = DeepConf(Sampler(max_tokens=64), samples=3, top_k=3)
+    async with inner:
+        worker = EngineWorker(NoAlternatives(), manage_engine=False)  # type: ignore[arg-type]
+        async with AsyncScaffoldingLlm(method, {"generation": worker}) as llm:
+            with pytest.raises(
+                ValueError,
+                match=r"needs the engine's top-k logprobs; it reported them for 0 of 42 tokens",
+            ):
+                await llm.generate("q")

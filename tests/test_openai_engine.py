@@ -119,6 +119,34 @@ async def test_a_one_body_answer_carries_text_ids_logprobs_and_usage(
         assert got[0].prompt_tokens > 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_top_k_logprobs_cross_the_wire(server: LoopbackServer, stream: bool) -> None:
+    """The engine's top-k alternatives reach the client on both APIs, streamed
+    or whole, one set per token, as the engine behind the server gave them."""
+    import math
+
+    from engine_bridge import ChatMessage
+
+    for kw in ({"prompt": "q"}, {"messages": (ChatMessage("user", "fruits?"),)}):
+        params = SamplingParams(max_tokens=4, num_logprobs=3, seed=7)
+        async with OpenAIEngine(server.url, "scaffold") as engine:
+            req = EngineRequest(params, stream=stream, **kw)
+            async with engine.open_stream(req) as deltas:
+                got = [d async for d in deltas]
+        lps = [x for d in got for x in d.logprobs or ()]
+        top = [a for d in got for a in d.top_logprobs or ()]
+        assert len(lps) == len(top) == 4, kw
+        for lp, alts in zip(lps, top, strict=True):
+            assert len(alts) == 3 and alts[0][1] == pytest.approx(lp)  # the sampled token first
+            assert math.fsum(math.exp(x) for _, x in alts) <= 1.0 + 1e-9
+        # without num_logprobs > 0 no alternatives are invented
+        async with OpenAIEngine(server.url, "scaffold") as engine:
+            req = EngineRequest(SamplingParams(max_tokens=2, num_logprobs=0), stream=stream, **kw)
+            async with engine.open_stream(req) as deltas:
+                plain = [d async for d in deltas]
+            assert plain and all(d.top_logprobs is None for d in plain)
+
+
 def test_the_server_asks_the_engine_for_the_final_output_only() -> None:
     from engine_bridge.openai_protocol import parse_request
     from engine_bridge.openai_server import engine_request

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -82,14 +83,24 @@ async def test_sampling_params_mapping() -> None:
         )
 
 
-async def test_top_k_logprob_dicts_give_the_sampled_tokens_logprob() -> None:
+@pytest.mark.parametrize("stream", [True, False])
+async def test_top_k_logprob_dicts_give_the_sampled_tokens_logprob_and_the_alternatives(
+    stream: bool,
+) -> None:
     async with engine() as e:
-        lps = []
-        req = EngineRequest(SamplingParams(max_tokens=4, num_logprobs=2), prompt="q")
+        lps: list[float] = []
+        top: list[Any] = []
+        req = EngineRequest(SamplingParams(max_tokens=4, num_logprobs=2), prompt="q", stream=stream)
         async with e.open_stream(req) as s:
             async for d in s:
                 lps += d.logprobs or ()
+                top += d.top_logprobs or ()
         assert lps == pytest.approx([-0.05, -0.1, -0.15, -0.2])
+        # the executor's {token_id: Logprob} entries, most likely first, decoded
+        assert [lp for alts in top for _, lp in alts] == pytest.approx(
+            [x for lp in lps for x in (lp, lp - 1)]
+        )
+        assert all(alts[1][0].startswith("<") for alts in top)  # the made-up ids
 
 
 async def test_cancel_calls_abort_in_the_executor() -> None:

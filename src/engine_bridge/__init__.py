@@ -45,6 +45,7 @@ from ._types import (
     KVCacheDrop,
     NotSupportedError,
     SamplingParams,
+    TopLogprobs,
     check_sampling_field,
 )
 
@@ -74,6 +75,7 @@ __all__ = [
     "SimulatedOutput",
     "TRTLLMEngine",
     "ToolCall",
+    "TopLogprobs",
     "answer_tool_calls",
     "check_sampling_field",
     "conversion_cache_folder",

@@ -21,6 +21,7 @@ from ._types import (
     InvalidRequestError,
     KVCacheDrop,
     NotSupportedError,
+    TopLogprobs,
 )
 
 __all__ = ["OpenAIEngine"]
@@ -583,8 +584,11 @@ class _StreamState:
             return True
         parts = [*self.whole, pending]
         logprobs = None
+        top = None
         if self.request.params.num_logprobs is not None:
             logprobs = tuple(x for d in parts for x in (d.logprobs or ()))
+            if all(d.top_logprobs is not None for d in parts if d.logprobs):
+                top = tuple(a for d in parts for a in (d.top_logprobs or ())) or None
         ids = tuple(t for d in parts for t in d.token_ids)
         self.stream.push(
             EngineDelta(
@@ -597,6 +601,7 @@ class _StreamState:
                 pending.tool_calls,
                 "".join(d.reasoning for d in parts),
                 pending.reasoning_tokens,
+                top,
             )
         )
         return True
@@ -604,6 +609,7 @@ class _StreamState:
 
 def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> EngineDelta:
     reasoning = ""
+    top: list[TopLogprobs] = []
     if chat:
         message = choice.get("delta") or choice.get("message") or {}
         text = message.get("content") or ""
@@ -614,12 +620,23 @@ def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> Engine
         if any("logprob" not in c for c in entries):  # never filled in
             raise EngineError(f"a logprob entry without its logprob: {entries!r:.200}")
         lps = [c["logprob"] for c in entries]
+        top = [
+            tuple(
+                (str(a.get("token", "")), float(a["logprob"])) for a in c.get("top_logprobs") or ()
+            )
+            for c in entries
+        ]
     else:
         text = choice.get("text") or ""
         lp_block = choice.get("logprobs") or {}
         lps = list(lp_block.get("token_logprobs") or ())
+        top = [
+            tuple((str(t), float(x)) for t, x in (alts or {}).items())
+            for alts in lp_block.get("top_logprobs") or ()
+        ]
     ids = tuple(int(t) for t in choice.get("token_ids") or ())
     count = None if ids else (len(lps) if lps else (1 if text or reasoning else 0))
+    want_top = bool(request.params.num_logprobs)
     return EngineDelta(
         text,
         ids,
@@ -628,6 +645,8 @@ def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> Engine
         0,
         count,
         reasoning=reasoning,
+        # a server that left the alternatives out gives None: "not reported", not "none"
+        top_logprobs=tuple(top) if want_top and lps and any(top) else None,
     )
 
 

@@ -12,6 +12,7 @@ or a function of the request.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -32,6 +33,7 @@ from ._types import (
     InvalidRequestError,
     KVCacheDrop,
     NotSupportedError,
+    TopLogprobs,
     check_context,
     stop_holdback,
 )
@@ -67,7 +69,7 @@ class CostModel:
 @attrs.frozen(slots=True)
 class SimulatedOutput:
     """What a responder returns when it wants more than the text: the
-    ``logprobs``; a ``delay`` (seconds, on the loop's clock: virtual under a mock
+    ``logprobs`` (and ``top_logprobs``); a ``delay`` (seconds, on the loop's clock: virtual under a mock
     clock) between admission and the first token, a stall; an ``error`` the
     request fails with after ``error_after`` tokens (an engine dying
     mid-answer; at the end of ``text`` if it is shorter).  Other requests are
@@ -78,6 +80,10 @@ class SimulatedOutput:
     delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
     error: BaseException | None = None
     error_after: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    #: per token, its alternatives ``((token, logprob), ...)`` for requests asking
+    #: ``num_logprobs > 0`` (default: the sampled token, then made-up alternatives
+    #: sharing the rest of the probability, halving)
+    top_logprobs: Sequence[Sequence[tuple[str, float]]] | None = None
 
 
 @attrs.frozen(slots=True)
@@ -155,6 +161,7 @@ class _SimRequest:
         "request",
         "reserve",
         "text_so_far",
+        "top",
     )
 
     def __init__(
@@ -168,6 +175,7 @@ class _SimRequest:
         self.prompt_tokens = prompt_tokens
         self.pieces = pieces
         self.logprobs = logprobs
+        self.top: list[TopLogprobs] | None = None
         self.reserve = prompt_tokens + request.params.max_tokens
         self.pos = 0
         self.text_so_far = ""
@@ -439,6 +447,9 @@ class SimulatedEngine:
                 logprobs = (logprobs * times)[:limit]
         n_prompt = self.count_prompt_tokens(request)
         r = _SimRequest(request, n_prompt, pieces, logprobs)
+        k = request.params.num_logprobs or 0
+        if k and logprobs is not None:
+            r.top = _alternatives(out, pieces, logprobs, k, skip)
         if out.delay:
             r.ready_at = anyio.current_time() + out.delay
         if out.error is not None:
@@ -587,6 +598,7 @@ class SimulatedEngine:
                 logprobs=lps,
                 finish_reason=finish,
                 prompt_tokens=r.prompt_tokens,
+                top_logprobs=tuple(r.top[start_tok : r.pos]) if r.top is not None else None,
             )
             r.emitted = max(r.emitted, len(text))
             r.pending.append(delta)
@@ -594,3 +606,28 @@ class SimulatedEngine:
             r.done = True
         r.wake()
         return finish is not None
+
+
+def _alternatives(
+    out: SimulatedOutput, pieces: list[str], logprobs: list[float], k: int, skip: int
+) -> list[TopLogprobs]:
+    """Each token's ``k`` alternatives: the responder's, else the sampled token
+    and made-up ones (``<alt1>``, ...) sharing the rest of the probability, each
+    half the one before (a simulator's numbers, consistent: they sum to <= 1)."""
+    if out.top_logprobs is not None:
+        given = [tuple((str(t), float(lp)) for t, lp in alts)[:k] for alts in out.top_logprobs]
+        if len(given) < len(pieces) + skip:
+            raise EngineError("responder returned fewer top_logprobs than tokens")
+        given = given[skip:]
+        return (given * (len(pieces) // max(1, len(given)) + 1))[: len(pieces)]
+    top: list[TopLogprobs] = []
+    for piece, lp in zip(pieces, logprobs, strict=False):
+        rest = max(0.0, 1.0 - math.exp(lp))
+        alts = [(piece, lp)]
+        for j in range(1, k):
+            share = rest / 2**j
+            if share <= 0.0:
+                break  # the sampled token holds all of it
+            alts.append((f"<alt{j}>", math.log(share)))
+        top.append(tuple(alts))
+    return top

@@ -41,6 +41,7 @@ from ._types import (
     EngineRequest,
     KVCacheDrop,
     NotSupportedError,
+    TopLogprobs,
     check_context,
     stop_holdback,
 )
@@ -427,7 +428,14 @@ class TRTLLMEngine(BridgedEngine):
             if finish is None:
                 return None
             lps = self._logprobs(state, o, token_ids, 0)
-            return EngineDelta(o.text or "", tuple(token_ids), lps, finish, state.prompt_tokens)
+            return EngineDelta(
+                o.text or "",
+                tuple(token_ids),
+                lps,
+                finish,
+                state.prompt_tokens,
+                top_logprobs=self._top(state, o, token_ids, 0),
+            )
         new_tokens = token_ids[state.tokens :]
         if not new_tokens and finish is None:
             return None
@@ -441,6 +449,7 @@ class TRTLLMEngine(BridgedEngine):
             lps,
             finish,
             state.prompt_tokens,
+            top_logprobs=self._top(state, o, token_ids, state.tokens),
         )
         state.tokens = len(token_ids)
         state.emitted = max(state.emitted, end)
@@ -458,6 +467,28 @@ class TRTLLMEngine(BridgedEngine):
                 f"TensorRT-LLM returned {len(lps)} logprobs for {len(token_ids)} tokens"
             )
         return tuple(_logprob_value(lps[i], token_ids[i]) for i in range(start, len(token_ids)))
+
+    def _top(
+        self, state: _TRTRequest, o: Any, token_ids: list[int], start: int
+    ) -> tuple[TopLogprobs, ...] | None:
+        """Each new token's ``num_logprobs`` most likely alternatives from
+        TensorRT-LLM's ``{token_id: Logprob}`` entries (which also hold the
+        sampled token when it is outside the top k: the k most likely are kept),
+        decoded with the engine's tokenizer.  ``None`` unless ``num_logprobs > 0``
+        and the entries are dicts."""
+        k = state.request.params.num_logprobs or 0
+        entries = list(o.logprobs or ())[start : len(token_ids)]
+        if not k or not entries or not all(isinstance(e, dict) for e in entries):
+            return None
+        tok = self._tokenizer()
+        top: list[TopLogprobs] = []
+        for entry in entries:
+            values = sorted(
+                ((tid, float(getattr(lp, "logprob", lp))) for tid, lp in entry.items()),
+                key=lambda item: -item[1],
+            )[:k]
+            top.append(tuple((str(tok.decode([tid])), lp) for tid, lp in values))
+        return tuple(top)
 
     # -- event loop side -----------------------------------------------------------
     def _deliver(self, state: _TRTRequest, delta: EngineDelta) -> None:

@@ -317,6 +317,10 @@ class EngineRequest:
             raise InvalidRequestError("tools", "tools are offered in chats: give messages")
 
 
+#: one token's most likely alternatives: ``((token text, logprob), ...)``
+TopLogprobs = tuple[tuple[str, float], ...]
+
+
 @attrs.frozen(slots=True)
 class EngineDelta:
     """New output of one request since the previous delta.
@@ -340,6 +344,10 @@ class EngineDelta:
     reasoning: str = ""
     #: on the final delta: the reasoning tokens a server reported (``None``: unknown)
     reasoning_tokens: int | None = None
+    #: per new token, its most likely alternatives ``((token, logprob), ...)``, as
+    #: the engine reported them, when ``num_logprobs > 0`` was asked (``None``: not
+    #: asked, or an engine that gives only the sampled token's logprob)
+    top_logprobs: tuple[TopLogprobs, ...] | None = None
 
     @property
     def finished(self) -> bool:

@@ -31,7 +31,13 @@ from typing import Any
 import attrs
 
 from ._toolcalls import ToolCall, check_tools
-from ._types import EngineError, InvalidRequestError, NotSupportedError, check_sampling_field
+from ._types import (
+    EngineError,
+    InvalidRequestError,
+    NotSupportedError,
+    TopLogprobs,
+    check_sampling_field,
+)
 
 __all__ = [
     "SSE_DONE",
@@ -297,10 +303,28 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def _logprobs(chat: bool, logprobs: Sequence[float]) -> dict[str, Any]:
+def _logprobs(
+    chat: bool, logprobs: Sequence[float], top: Sequence[TopLogprobs] | None = None
+) -> dict[str, Any]:
+    """The ``logprobs`` block of a choice; ``top``: each token's alternatives,
+    when the engine gave them (else ``top_logprobs`` lists are empty / absent)."""
     if chat:
-        return {"content": [{"token": "", "logprob": lp, "top_logprobs": []} for lp in logprobs]}
-    return {"tokens": ["" for _ in logprobs], "token_logprobs": list(logprobs)}
+        return {
+            "content": [
+                {
+                    "token": "",
+                    "logprob": lp,
+                    "top_logprobs": [
+                        {"token": t, "logprob": x} for t, x in (top[i] if top else ())
+                    ],
+                }
+                for i, lp in enumerate(logprobs)
+            ]
+        }
+    out: dict[str, Any] = {"tokens": ["" for _ in logprobs], "token_logprobs": list(logprobs)}
+    if top:
+        out["top_logprobs"] = [dict(alts) for alts in top]
+    return out
 
 
 def _choice(
@@ -310,13 +334,14 @@ def _choice(
     token_ids: Sequence[int] | None,
     logprobs: Sequence[float] | None,
     extra: Mapping[str, Any] | None,
+    top_logprobs: Sequence[TopLogprobs] | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
     if token_ids is not None:
         out["token_ids"] = list(token_ids)
     out[body[0]] = body[1]
     if logprobs is not None:
-        out["logprobs"] = _logprobs(chat, logprobs)
+        out["logprobs"] = _logprobs(chat, logprobs, top_logprobs)
     if extra:
         out.update(extra)
     return out
@@ -331,6 +356,7 @@ def choice(
     logprobs: Sequence[float] | None = None,
     extra: Mapping[str, Any] | None = None,
     tool_calls: Sequence[ToolCall] | None = None,
+    top_logprobs: Sequence[TopLogprobs] | None = None,
 ) -> dict[str, Any]:
     """The one choice of a whole (non-streamed) answer: ``message`` for chat
     (with ``tool_calls`` when the model called tools), ``text`` otherwise;
@@ -343,7 +369,7 @@ def choice(
         body: tuple[str, Any] = ("message", message)
     else:
         body = ("text", text)
-    return _choice(finish_reason, body, chat, token_ids, logprobs, extra)
+    return _choice(finish_reason, body, chat, token_ids, logprobs, extra, top_logprobs)
 
 
 def tool_call_chunk_choice(tool_calls: Sequence[ToolCall]) -> dict[str, Any]:
@@ -360,6 +386,7 @@ def chunk_choice(
     token_ids: Sequence[int] | None = None,
     logprobs: Sequence[float] | None = None,
     extra: Mapping[str, Any] | None = None,
+    top_logprobs: Sequence[TopLogprobs] | None = None,
 ) -> dict[str, Any]:
     """The choice of one stream chunk: a ``delta`` for chat (empty on the final
     chunk when it brings no text), ``text`` otherwise."""
@@ -370,7 +397,7 @@ def chunk_choice(
         )
     else:
         body = ("text", text)
-    return _choice(finish_reason, body, chat, token_ids, logprobs, extra)
+    return _choice(finish_reason, body, chat, token_ids, logprobs, extra, top_logprobs)
 
 
 @attrs.frozen

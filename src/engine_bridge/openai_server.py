@@ -42,6 +42,7 @@ from ._types import (
     InvalidRequestError,
     KVCacheDrop,
     SamplingParams,
+    TopLogprobs,
 )
 from .openai_protocol import CompletionRequest
 
@@ -205,6 +206,7 @@ async def _complete(request: Any, chat: bool) -> Any:
     text, finish, prompt_tokens, count = "", None, 0, 0
     ids: list[int] = []
     lps: list[float] = []
+    top: list[TopLogprobs] = []
     reported: tuple[ToolCall, ...] | None = None
     failed: Any = None
     async with anyio.create_task_group() as tg:
@@ -220,6 +222,7 @@ async def _complete(request: Any, chat: bool) -> Any:
                     text += d.text
                     ids += d.token_ids
                     lps += d.logprobs or ()
+                    top += d.top_logprobs or ()
                     finish = d.finish_reason or finish
                     prompt_tokens = d.prompt_tokens or prompt_tokens
                     count += d.num_tokens
@@ -240,6 +243,7 @@ async def _complete(request: Any, chat: bool) -> Any:
         token_ids=ids,
         logprobs=logprobs,
         tool_calls=calls,
+        top_logprobs=top or None,
     )
     return JSONResponse(meta.completion([answer], protocol.usage(prompt_tokens, count)))
 
@@ -260,7 +264,12 @@ async def _events(
                     held.append(d)
                     continue
                 piece = protocol.chunk_choice(
-                    meta.chat, d.text, d.finish_reason, token_ids=d.token_ids, logprobs=d.logprobs
+                    meta.chat,
+                    d.text,
+                    d.finish_reason,
+                    token_ids=d.token_ids,
+                    logprobs=d.logprobs,
+                    top_logprobs=d.top_logprobs,
                 )
                 yield protocol.sse(meta.chunk([piece]))
     except (EngineError, InvalidRequestError) as e:

@@ -34,6 +34,10 @@ def _apply(task: GenerationTask, delta: EngineDelta) -> None:
         if task.logprobs is None:
             task.logprobs = []
         task.logprobs.extend(delta.logprobs)
+    if delta.top_logprobs is not None:
+        if task.top_logprobs is None:
+            task.top_logprobs = []
+        task.top_logprobs.extend(delta.top_logprobs)
     task.completion_tokens_num += delta.num_tokens
     task.prompt_tokens_num = delta.prompt_tokens or task.prompt_tokens_num
     if delta.finish_reason is not None:
@@ -44,6 +48,7 @@ def _reset_outputs(task: GenerationTask) -> None:
     task.output_str = ""
     task.output_tokens = []
     task.logprobs = None
+    task.top_logprobs = None
     task.finish_reason = None
     task.completion_tokens_num = 0
 

@@ -168,6 +168,9 @@ class GenerationTask(Task):
     default); ``continuation``: the start of the response, which the model
     continues (output excludes it).  Outputs, filled by the worker: ``output_str``, ``output_tokens``,
     ``logprobs`` (one per output token, when ``num_logprobs`` is set),
+    ``top_logprobs`` (per output token its ``num_logprobs`` most likely
+    alternatives ``((token, logprob), ...)``, when ``num_logprobs > 0`` and the
+    engine reports them; ``None`` where it gives only the sampled token's),
     ``finish_reason``, ``prompt_tokens_num``, ``completion_tokens_num``.
     """
 
@@ -191,6 +194,7 @@ class GenerationTask(Task):
     output_str: str | None = None
     output_tokens: list[int] | None = None
     logprobs: list[float] | None = None
+    top_logprobs: list[tuple[tuple[str, float], ...]] | None = None
     finish_reason: str | None = None
     prompt_tokens_num: int = 0
     completion_tokens_num: int = 0
@@ -213,6 +217,7 @@ class GenerationTask(Task):
         "output_str",
         "output_tokens",
         "logprobs",
+        "top_logprobs",
         "finish_reason",
         "prompt_tokens_num",
         "completion_tokens_num",

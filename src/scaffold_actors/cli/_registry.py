@@ -99,12 +99,23 @@ METHODS: dict[str, MethodSpec] = {
             "deepconf",
             "DeepConf: vote among the most confident traces (offline or online)",
             lambda s, n, p: DeepConf(
-                s, samples=n, mode=p["mode"], keep_top=p["keep_top"], window=p["window"]
+                s,
+                samples=n,
+                mode=p["mode"],
+                keep_top=p["keep_top"],
+                window=p["window"],
+                top_k=p["top_k"],
             ),
             {
                 "mode": (str, "offline", "offline | online"),
                 "keep_top": (float, 0.9, "fraction of traces kept"),
                 "window": (int, 64, "tokens per confidence window"),
+                "top_k": (
+                    int,
+                    0,
+                    "token confidence from the top-k logprobs (servers that give them); "
+                    "0: the sampled token's",
+                ),
             },
         ),
         MethodSpec(

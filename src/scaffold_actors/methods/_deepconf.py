@@ -70,11 +70,16 @@ def _percentile(values: Sequence[float], q: float) -> float:
 class DeepConf:
     """Parallel reasoning traces filtered and weighted by their own confidence.
 
-    Token confidence is the log-probability of each generated token (the engines
-    return the sampled token's log-probability; DeepConf's paper averages the
-    top-k log-probabilities, a close proxy with the same ordering of confident
-    and unsure stretches).  A trace's confidence is a ``measure`` over sliding
-    windows of ``window`` tokens (see :func:`trace_confidence`).
+    Token confidence, with ``top_k=k > 0``, is the paper's: minus the mean
+    log-probability of the token's ``k`` most likely alternatives (a peaked
+    distribution gives a high confidence), read from the engine's top-k
+    logprobs (OpenAI-compatible servers' ``top_logprobs``, the simulated
+    engine).  An engine that gives only the sampled token's logprob refuses
+    ``top_k > 0`` at submission (the transformers engine), or the request fails
+    with :class:`ValueError` when a server returned no alternatives.  With
+    ``top_k=0`` (the default, every engine) token confidence is the sampled
+    token's log-probability, a proxy.  A trace's confidence is a ``measure``
+    over sliding windows of ``window`` tokens (see :func:`trace_confidence`).
 
     ``mode="offline"``: generate ``samples`` traces, keep the ``keep_top``
     fraction with the highest confidence, and vote weighted by confidence
@@ -112,19 +117,36 @@ class DeepConf:
         default=0.95, validator=[attrs.validators.gt(0.5), attrs.validators.le(1.0)]
     )
     check_every: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    top_k: int = attrs.field(default=0, validator=[attrs.validators.ge(0), attrs.validators.le(20)])
     extract: Callable[[str | None], str | None] = extract_answer
     equivalent: Callable[[str, str], bool] | None = None
 
     def _sampler(self, stream: bool) -> Sampler:
         return attrs.evolve(
             self.sampler,
-            num_logprobs=0,
+            num_logprobs=self.top_k,
             stream=stream,
             streaming_step=self.check_every if stream else self.sampler.streaming_step,
         )
 
+    def token_confidences(self, out: GenerationTask) -> list[float]:
+        """Per generated token: minus the mean of its top-k logprobs
+        (``top_k > 0``), else its sampled logprob.  Raises :class:`ValueError`
+        when ``top_k > 0`` and the engine reported no alternatives."""
+        if not self.top_k:
+            return list(out.logprobs or [])
+        n = len(out.logprobs or ())
+        top = out.top_logprobs or []
+        if len(top) < n or any(not alts for alts in top[:n]):
+            raise ValueError(
+                f"DeepConf(top_k={self.top_k}) needs the engine's top-k logprobs; it reported "
+                f"them for {sum(1 for a in top if a)} of {n} tokens (use top_k=0: the sampled "
+                "token's logprob)"
+            )
+        return [-math.fsum(lp for _, lp in alts) / len(alts) for alts in top[:n]]
+
     def _confidence(self, out: GenerationTask) -> float:
-        return trace_confidence(out.logprobs or [], self.measure, self.window, self.tail)
+        return trace_confidence(self.token_confidences(out), self.measure, self.window, self.tail)
 
     async def run(
         self,
@@ -227,7 +249,7 @@ class DeepConf:
             t.streaming_step = self.check_every  # type: ignore[attr-defined]
             async with ctx.stream(t) as updates:  # type: ignore[arg-type]
                 async for partial in updates:
-                    lps = partial.logprobs or []
+                    lps = self.token_confidences(partial)
                     if len(lps) >= self.window and not partial.end_flag:
                         recent = math.fsum(lps[-self.window :]) / self.window
                         if recent < threshold:

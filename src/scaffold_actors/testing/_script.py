@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+import attrs
+
 from engine_bridge import SimulatedCall, SimulatedOutput
 
 __all__ = ["Answer", "Script", "fail", "reply", "stall"]
@@ -88,9 +90,7 @@ class Script:
         rank = self._order.get(call.index)
         if rank is not None:
             out = out if isinstance(out, SimulatedOutput) else SimulatedOutput(out)
-            out = SimulatedOutput(
-                out.text, out.logprobs, out.delay + float(rank), out.error, out.error_after
-            )
+            out = attrs.evolve(out, delay=out.delay + float(rank))
         return out
 
     def _match(self, prompt: str) -> Answer:

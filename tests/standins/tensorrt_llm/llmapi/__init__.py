@@ -130,8 +130,10 @@ class _Tokenizer:
         return [self._id(p) for p in _TOKEN.findall(text)]
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        # a real tokenizer decodes any id of its vocabulary; the stand-in's
+        # vocabulary is the words it has seen, plus the alternatives' ids it makes up
         with self._lock:
-            return "".join(self.pieces[i] for i in ids)
+            return "".join(self.pieces[i] if i < len(self.pieces) else f"<{i}>" for i in ids)
 
     def apply_chat_template(
         self,

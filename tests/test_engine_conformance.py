@@ -25,6 +25,7 @@ from engine_bridge import (
     EngineError,
     EngineRequest,
     InvalidRequestError,
+    NotSupportedError,
     SamplingParams,
     SimulatedEngine,
 )
@@ -164,18 +165,117 @@ def process() -> Any:
     )
 
 
+class TransformersServe:
+    """``transformers serve --continuous-batching`` (the OpenAI-compatible server
+    that ships with transformers; fastapi) on a free loopback port, holding the
+    embedded model's weights: a third-party server, started by the test."""
+
+    def __init__(self, port: int | None = None) -> None:
+        import socket
+        import subprocess
+        import time
+
+        import httpx
+
+        from engine_bridge import HFEngine, conversion_cache_folder
+
+        folder = conversion_cache_folder(HFEngine().model_path)
+        if not (folder / "config.json").is_file():
+            HFEngine().load()  # converts the embedded GGUF into the cache once
+        self.model = str(folder)
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.port = port
+        exe = Path(sys.executable).with_name("transformers")
+        args = [str(exe), "serve", self.model, "--continuous-batching", "--device", "cpu"]
+        args += ["--host", "127.0.0.1", "--port", str(self.port), "--cb-num-blocks", "16"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 180  # a hang guard: the model loads first
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health".replace("/v1", ""), timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"transformers serve did not start: "
+                    f"{self.proc.stderr.read()[-2000:] if self.proc.stderr else ''!r}"
+                )
+            time.sleep(0.2)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+_TS: list[TransformersServe] = []
+
+
+def transformers_serve() -> Any:
+    pytest.importorskip("transformers")
+    pytest.importorskip("fastapi")
+    from engine_bridge import OpenAIEngine
+
+    if not _TS or _TS[-1].proc.poll() is not None:
+        _TS.append(TransformersServe())
+    server = _TS[-1]
+
+    class KillableOpenAIEngine(OpenAIEngine):
+        def inject_failure(self) -> None:
+            server.kill()  # the server dies mid-stream
+
+        def revive(self) -> None:
+            _TS.append(TransformersServe(server.port))  # restarted, same address
+
+    return KillableOpenAIEngine(server.url, server.model, backoff=0.01, max_retries=2)
+
+
+#: what transformers serve (5.x) does not do; its tests check that each is a clear
+#: error instead of a silent gap, or skip where nothing can be observed
+transformers_serve.lacks = {  # type: ignore[attr-defined]
+    "token_ids",  # no token ids in its answers
+    "logprobs",  # ignores `logprobs`
+    "server_counts",  # no request counts to read
+    "context_check",  # the model's own 8k context, no /tokenize to count against it
+    "continuation",  # rejects continue_final_message
+    "tokenize",  # no /tokenize
+    "ignore_eos",  # rejects the extension
+}
+
+
+def lacks(make_engine: Callable[[], Any], feature: str) -> bool:
+    return feature in getattr(make_engine, "lacks", ())
+
+
 ENGINES: dict[str, Callable[[], Any]] = {
     "simulated": simulated,
     "hf": hf,
     "trtllm": trtllm,
     "openai": openai,
     "process": process,
+    "transformers-serve": transformers_serve,
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_transformers_serve() -> Any:
+    """One transformers serve per module (its model loads once), stopped at the end."""
+    yield
+    while _TS:
+        _TS.pop().kill()
 
 
 @pytest.fixture(params=list(ENGINES), ids=list(ENGINES))
 def make_engine(request: pytest.FixtureRequest) -> Callable[[], Any]:
-    if request.param == "hf":
+    if request.param in ("hf", "transformers-serve"):
         request.applymarker(pytest.mark.slow_model)
 
     def stop_servers() -> None:
@@ -195,7 +295,8 @@ async def test_generate_and_stream_agree(make_engine: Callable[[], Any]) -> None
         whole, ids, _, finish, n = await collect(
             engine, EngineRequest(greedy(), prompt=PROMPT, stream=False)
         )
-        assert n == 1 and finish in ("stop", "length") and 1 <= len(ids) <= 8 and whole
+        assert n == 1 and finish in ("stop", "length") and whole
+        assert 1 <= len(ids) <= 8 or lacks(make_engine, "token_ids")
         streamed, sids, _, sfinish, sn = await collect(
             engine, EngineRequest(greedy(), prompt=PROMPT)
         )
@@ -209,7 +310,7 @@ async def test_chat_messages(make_engine: Callable[[], Any]) -> None:
         text, ids, *_ = await collect(
             engine, EngineRequest(greedy(4), messages=[{"role": "user", "content": PROMPT}])
         )
-        assert text and 1 <= len(ids) <= 4
+        assert text and (1 <= len(ids) <= 4 or lacks(make_engine, "token_ids"))
 
 
 async def engine_holds(engine: Any) -> int:
@@ -248,8 +349,9 @@ async def test_leaving_early_aborts(make_engine: Callable[[], Any]) -> None:
                 assert engine.num_active == 1
                 break
         assert engine.num_active == 0 and engine.aborted == 1
-        with trio.fail_after(30):
-            assert await engine_holds(engine) == 0
+        if not lacks(make_engine, "server_counts"):  # else only our side is visible
+            with trio.fail_after(30):
+                assert await engine_holds(engine) == 0
         text, *_ = await collect(engine, EngineRequest(greedy(3), prompt=PROMPT))
         assert text  # still serving
 
@@ -259,6 +361,10 @@ async def test_logprobs_one_per_token(make_engine: Callable[[], Any]) -> None:
     distribution gives some token a logprob below 0, so invented zeros fail."""
     async with make_engine() as engine:
         params = SamplingParams(max_tokens=8, temperature=1.0, num_logprobs=0)
+        if lacks(make_engine, "logprobs"):  # a clear error, never a silent gap
+            with pytest.raises(EngineError, match="returned no logprobs"):
+                await collect(engine, EngineRequest(params, prompt=PROMPT))
+            return
         _, ids, lps, *_ = await collect(engine, EngineRequest(params, prompt=PROMPT))
         assert len(lps) == len(ids) > 0 and all(x <= 0.0 for x in lps)
         assert any(x < 0.0 for x in lps), lps
@@ -300,6 +406,8 @@ async def test_a_stop_string_never_leaks_into_a_stream(make_engine: Callable[[],
 
 
 async def test_bad_requests_rejected_before_admission(make_engine: Callable[[], Any]) -> None:
+    if lacks(make_engine, "context_check"):
+        pytest.skip("the server's model has an 8k context and no /tokenize to count against")
     async with make_engine() as engine:
         too_long = EngineRequest(SamplingParams(max_tokens=8), prompt="word " * 600)
         if engine.count_prompt_tokens(too_long):  # an engine over HTTP cannot count tokens
@@ -367,6 +475,10 @@ async def test_continuation_is_continued(make_engine: Callable[[], Any]) -> None
     rest of it: greedily, start + continued == one longer generation."""
     chat = [{"role": "user", "content": PROMPT}]
     async with make_engine() as engine:
+        if lacks(make_engine, "continuation"):  # refused clearly by the server
+            with pytest.raises(InvalidRequestError, match="continue_final_message"):
+                await collect(engine, EngineRequest(greedy(3), messages=chat, continuation="A"))
+            return
         start, *_ = await collect(engine, EngineRequest(greedy(3), messages=chat))
         whole, *_ = await collect(engine, EngineRequest(greedy(6), messages=chat))
         rest, ids, *_ = await collect(
@@ -394,6 +506,10 @@ async def test_counts_tokens_as_its_own_usage_reports_them(make_engine: Callable
     /tokenize): it equals the prompt tokens the engine reports when it generates."""
     chat = [{"role": "user", "content": PROMPT}]
     async with make_engine() as engine:
+        if lacks(make_engine, "tokenize"):
+            with pytest.raises(NotSupportedError, match="does not serve /tokenize"):
+                await engine.count_tokens(EngineRequest(greedy(2), messages=chat))
+            return
         for request in (
             EngineRequest(greedy(2), prompt=PROMPT),
             EngineRequest(greedy(2), messages=chat),
@@ -411,6 +527,8 @@ async def test_offered_tools_reach_the_model(make_engine: Callable[[], Any]) -> 
     counts (its own tokenizer, or its server's /tokenize) grows by them."""
     chat = [{"role": "user", "content": PROMPT}]
     tool = {"type": "function", "function": {"name": "lookup", "description": "looks a word up"}}
+    if lacks(make_engine, "tokenize"):
+        pytest.skip("no /tokenize to count the offered tools with")
     async with make_engine() as engine:
         without = await engine.count_tokens(EngineRequest(greedy(2), messages=chat))
         with_tools = await engine.count_tokens(
@@ -424,6 +542,10 @@ async def test_ignore_eos_generates_to_max_tokens(make_engine: Callable[[], Any]
     a stop string still ends it."""
     limit, prompt = 40, "What is 2+2? Answer with a number only."  # a short natural answer
     async with make_engine() as engine:
+        if lacks(make_engine, "ignore_eos"):  # refused clearly by the server
+            with pytest.raises(InvalidRequestError, match="ignore_eos"):
+                await collect(engine, EngineRequest(greedy(4, ignore_eos=True), prompt=prompt))
+            return
         _, natural, _, _, _ = await collect(engine, EngineRequest(greedy(limit), prompt=prompt))
         text, ids, _, finish, _ = await collect(
             engine, EngineRequest(greedy(limit, ignore_eos=True), prompt=prompt)
@@ -436,3 +558,32 @@ async def test_ignore_eos_generates_to_max_tokens(make_engine: Callable[[], Any]
             engine, EngineRequest(greedy(limit, ignore_eos=True, stop=[stop]), prompt=prompt)
         )
         assert finish == "stop" and len(ids) < limit and stop not in cut
+
+
+@pytest.mark.slow_model
+def test_scaffold_run_against_transformers_serve() -> None:
+    """The issue's case: `scaffold run --engine openai` against transformers serve
+    holding the embedded model.  A question is a chat turn: real answers.  With
+    --raw-completions this instruct model ends at once (empty one-token answers,
+    as the server really gives them): the CLI says so in words."""
+    import json
+    import subprocess
+
+    transformers_serve()  # starts the server, or reuses this module's
+    server = _TS[-1]
+    args = [
+        sys.executable, "-m", "scaffold_actors.cli", "run", "What is 2 + 2?",
+        "--engine", "openai", "--base-url", server.url, "--model", server.model,
+        "--samples", "2", "--max-tokens", "24",
+    ]  # fmt: skip
+    p = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    data = json.loads(p.stdout)
+    assert data["usage"]["tasks"] == 2 and data["usage"]["completion_tokens"] > 2
+    assert not data["details"]["unanswered"]["empty"], data["details"]
+    raw = subprocess.run([*args, "--raw-completions"], capture_output=True, text=True, timeout=300)
+    assert raw.returncode == 0, raw.stderr[-2000:]
+    assert (
+        "no answer: none of 2 samples gave an answer that could be extracted (2 empty)"
+        in raw.stdout
+    ), raw.stdout

@@ -773,6 +773,33 @@ MUTATIONS = [
         ("tests/test_hf_engine.py::test_the_gguf_conversion_is_cached_on_disk",),
     ),
     Mutation(
+        "openai-client-matches-stop-strings",
+        "OpenAIEngine trusts the server to honour stop strings (transformers serve does not)",
+        SRC + "_openai.py",
+        (
+            (
+                "        if not stops:\n            return delta\n",
+                "        if True:\n            return delta\n",
+            ),
+        ),
+        (
+            CONF + "test_stop_strings[transformers-serve]",
+            CONF + "test_a_stop_string_never_leaks_into_a_stream[transformers-serve]",
+        ),
+    ),
+    Mutation(
+        "openai-no-silent-logprob-gap",
+        "OpenAIEngine passes on an answer without the logprobs it asked for",
+        SRC + "_openai.py",
+        (
+            (
+                "if request.params.num_logprobs is not None and not lps and (text or ids):",
+                "if False:",
+            ),
+        ),
+        (CONF + "test_logprobs_one_per_token[transformers-serve]",),
+    ),
+    Mutation(
         "bench-says-what-is-saved-on-ctrl-c",
         "Ctrl-C in bench falls through to click's bare 'Aborted!'",
         SA + "cli/_main.py",

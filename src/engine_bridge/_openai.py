@@ -22,6 +22,7 @@ from ._types import (
     KVCacheDrop,
     NotSupportedError,
     TopLogprobs,
+    stop_holdback,
 )
 
 __all__ = ["OpenAIEngine"]
@@ -492,7 +493,8 @@ class OpenAIEngine:
                 raise EngineError(f"server error mid-stream: {message}")
             for choice in chunk.get("choices") or ():
                 state.tool_fragments(choice)
-                state.add(_delta(choice, chat, state.request))
+                if not state.add(_delta(choice, chat, state.request)):
+                    return  # a stop string ended it; closing the response aborts it
             usage = chunk.get("usage")
             if usage:
                 state.usage(usage)
@@ -509,6 +511,9 @@ class _StreamState:
         self.whole: list[EngineDelta] = []  # for stream=False requests: one delta at the end
         self.delivered = False  # something reached the consumer
         self.calls: dict[int, dict[str, Any]] = {}  # tool calls, assembled from fragments
+        self.seen = ""  # the answer's text so far, for stop strings
+        self.sent = 0  # characters of it handed on
+        self.stopped = False  # a stop string ended it here
 
     def tool_fragments(self, choice: dict[str, Any]) -> None:
         """Gather the ``tool_calls`` of a chat choice: whole in a one-body answer,
@@ -549,7 +554,12 @@ class _StreamState:
         else:
             self.whole.append(delta)
 
-    def add(self, delta: EngineDelta) -> None:
+    def add(self, delta: EngineDelta) -> bool:
+        """Take one delta; ``False`` once a stop string ended the answer here
+        (a server that ignores ``stop``): nothing more is read."""
+        if self.stopped:
+            return False
+        delta = self._stop(delta)
         self.counted += delta.num_tokens
         if self.pending is not None:
             self.push(self.pending)
@@ -558,6 +568,28 @@ class _StreamState:
             self.pending = delta
         elif delta.text or delta.reasoning or delta.num_tokens:
             self.push(delta)
+        return not self.stopped
+
+    def _stop(self, delta: EngineDelta) -> EngineDelta:
+        """Stop strings, matched on the text as it arrives, for servers that do
+        not honour ``stop`` (ours, vLLM and trtllm-serve cut before we see the
+        stop, so this never fires for them): the text ends before the first stop
+        string, the finish reason is ``"stop"``, and text that may be the start
+        of one is held back until the next delta."""
+        stops = self.request.params.stop
+        if not stops:
+            return delta
+        self.seen += delta.text
+        cut = min((i for i in (self.seen.find(s) for s in stops) if i != -1), default=-1)
+        if cut != -1:
+            self.stopped = True
+            text, self.sent = self.seen[self.sent : cut], cut
+            return attrs.evolve(delta, text=text, finish_reason="stop")
+        end = len(self.seen)
+        if delta.finish_reason is None:
+            end -= stop_holdback(self.seen, stops)
+        text, self.sent = self.seen[self.sent : end], max(self.sent, end)
+        return attrs.evolve(delta, text=text)
 
     def usage(self, usage: dict[str, Any]) -> None:
         pending = self.pending
@@ -635,6 +667,12 @@ def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> Engine
             for alts in lp_block.get("top_logprobs") or ()
         ]
     ids = tuple(int(t) for t in choice.get("token_ids") or ())
+    if request.params.num_logprobs is not None and not lps and (text or ids):
+        # never a silent gap: a server that ignores `logprobs` gives none at all
+        raise EngineError(
+            "the server returned no logprobs though they were asked for (it ignores "
+            "the request's logprobs field); use a method that needs none"
+        )
     count = None if ids else (len(lps) if lps else (1 if text or reasoning else 0))
     want_top = bool(request.params.num_logprobs)
     return EngineDelta(

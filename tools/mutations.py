@@ -485,8 +485,9 @@ MUTATIONS = [
         SRC + "_openai.py",
         (
             (
-                "                state.tool_fragments(choice)\n                state.add(_delta(choice, chat, state.request))",
-                "                state.add(_delta(choice, chat, state.request))",
+                "                state.tool_fragments(choice)\n"
+                "                if not state.add(_delta(choice, chat, state.request)):",
+                "                if not state.add(_delta(choice, chat, state.request)):",
             ),
         ),
         (

@@ -110,6 +110,35 @@ def test_completions_and_streaming(server: Server) -> None:
     assert "\\boxed{" in text and chunks[-1].usage.completion_tokens > 0
 
 
+def test_a_single_sample_method_streams_its_tokens(server: Server) -> None:
+    """cot streams its text as the engine generates it (several content chunks,
+    each a few tokens), not in one chunk at the end; the pieces add up to the
+    answer and the last chunk carries the method's details."""
+    client = server.client()
+    chunks = list(
+        client.chat.completions.create(
+            model="cot",
+            messages=[{"role": "user", "content": "What is 5 + 1?"}],
+            max_tokens=24,
+            stream=True,
+        )
+    )
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert len(pieces) >= 2, pieces  # the simulated reply: 9 tokens, 4 a step
+    whole = client.chat.completions.create(
+        model="cot", messages=[{"role": "user", "content": "What is 5 + 1?"}], max_tokens=24
+    )
+    assert len("".join(pieces)) == len(whole.choices[0].message.content)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert "scaffold" in (chunks[-1].choices[0].model_extra or {})
+    text = client.completions.create(
+        model="cot", prompt="What is 5 + 1?", max_tokens=24, stream=True
+    )
+    assert sum(1 for c in text if c.choices and c.choices[0].text) >= 2
+
+
 def test_clear_errors(server: Server) -> None:
     client = server.client()
     with pytest.raises(openai.NotFoundError, match="unknown model"):

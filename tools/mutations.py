@@ -801,6 +801,18 @@ MUTATIONS = [
         (CONF + "test_logprobs_one_per_token[transformers-serve]",),
     ),
     Mutation(
+        "serve-streams-single-sample-tokens",
+        "scaffold serve sends a single-sample method's text only at the end",
+        SA + "cli/_serve.py",
+        (
+            (
+                "            if not partial.details and text.startswith(sent):",
+                "            if False:",
+            ),
+        ),
+        ("tests/test_serve.py::test_a_single_sample_method_streams_its_tokens",),
+    ),
+    Mutation(
         "bench-says-what-is-saved-on-ctrl-c",
         "Ctrl-C in bench falls through to click's bare 'Aborted!'",
         SA + "cli/_main.py",

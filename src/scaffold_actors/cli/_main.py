@@ -640,6 +640,11 @@ def serve(
         controllers = build_controllers(
             names, method, given, samples, max_tokens, temperature, instruction
         )
+        from ..methods import Sampler
+
+        for name, c in controllers.items():  # one sample: streamed token by token
+            if isinstance(c, Sampler):
+                controllers[name] = attrs.evolve(c, stream=True, streaming_step=4)
         workers = build_workers(options, method, max_tokens)
         if "reward" not in workers:  # the other methods' (best-of-n's kind of model)
             workers["reward"] = _reward_worker(options, "best-of-n", workers["generation"])

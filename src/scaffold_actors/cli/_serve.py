@@ -271,8 +271,10 @@ async def _events(
     path: str = "",
     started: float = 0.0,
 ) -> AsyncIterator[str]:
-    """SSE for one request: progress comments while the method works, then the
-    answer, usage and [DONE].  Closing the stream (client gone) cancels the request.
+    """SSE for one request: a single-sample method's text as it is generated (a
+    streaming :class:`Sampler`, as ``scaffold serve`` runs ``cot``), progress
+    comments while a method of several samples works, then the answer (the
+    rest of it), usage and [DONE].  Closing the stream (client gone) cancels the request.
     The access log's line is written when the stream ends."""
     try:
         async for event in _event_stream(result, meta, include_usage):
@@ -285,14 +287,22 @@ async def _events(
 async def _event_stream(
     result: ScaffoldingResult, meta: protocol.ResponseMeta, include_usage: bool
 ) -> AsyncIterator[str]:
+    sent = ""  # the answer's text already streamed (single-sample methods)
     try:
         if meta.chat:
             yield protocol.sse(meta.role_chunk())
         async for partial in result:
-            if not partial.finished:
-                yield protocol.sse_comment(
-                    f"progress {json.dumps(dict(partial.details), default=str)}"
-                )
+            if partial.finished:
+                continue
+            text = partial.output_str or ""
+            if not partial.details and text.startswith(sent):
+                # one sample's tokens as they come (a streaming Sampler: cot)
+                if len(text) > len(sent):
+                    piece = protocol.chunk_choice(meta.chat, text[len(sent) :], None)
+                    yield protocol.sse(meta.chunk([piece]))
+                    sent = text
+                continue
+            yield protocol.sse_comment(f"progress {json.dumps(dict(partial.details), default=str)}")
         final = await result
     except Exception as exc:  # the method failed: tell the client in-band
         yield protocol.sse_error(f"{type(exc).__name__}: {exc}")
@@ -304,6 +314,8 @@ async def _event_stream(
     body = _answer(meta, final)
     whole = body["choices"][0]
     text = whole["message"]["content"] if meta.chat else whole["text"]
+    if sent and text.startswith(sent):
+        text = text[len(sent) :]  # the rest of a streamed sample
     piece = protocol.chunk_choice(
         meta.chat, text, whole["finish_reason"], extra={"scaffold": whole["scaffold"]}
     )

@@ -50,6 +50,20 @@ def test_overhead_benchmark_prints_json() -> None:
     assert all(v > 0 for v in data["tasks_per_second"].values())
 
 
+def test_method_benchmarks_print_json_on_the_simulated_engine() -> None:
+    p = run("benchmarks/early_stopping.py", "--engine", "simulated", "--limit", "2")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert set(data["early_stopping"]) == {
+        "LeaderDecided", "Adaptive-Consistency", "ESC (window 4)", "Dynasor-CoT", "DeepConf online",
+    }  # fmt: skip
+    assert all(c["tokens_per_problem"] > 0 for c in data["configs"].values())
+    p = run("benchmarks/self_verify.py", "--engine", "simulated", "--limit", "2")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["problems"] == 2 and data["verdict_tokens"]["completion"] == 2 * 2 * 8
+
+
 def test_http_client_benchmark_prints_json() -> None:
     pytest.importorskip("uvicorn")
     p = run("benchmarks/http_client.py", "--requests", "48", "--in-flight", "48", "--repeats", "1")

@@ -135,6 +135,17 @@ async def test_python_tool_limits() -> None:
     assert "more characters" in await PythonTool(max_output=10)("print('x' * 100)")
 
 
+async def test_python_tool_shows_a_last_bare_expression() -> None:
+    """As a Python prompt: a last bare expression's value is printed (a model
+    that writes `2**20 - 1` gets the number back), not None, not twice."""
+    tool = PythonTool(timeout=20)
+    assert await tool("2**20 - 1") == "1048575\n"
+    assert await tool("x = 6\nx * 7") == "42\n"
+    assert await tool("print('hi')") == "hi\n"  # print() returns None: nothing more
+    assert await tool("'a' + 'b'") == "'ab'\n"
+    assert await tool("x = 1") == ""
+
+
 async def test_cancelling_the_tool_kills_its_process(tmp_path: Any) -> None:
     pidfile = tmp_path / "pid"
     tool = PythonTool(timeout=60, confine_writes=False)  # it reports its pid in a file

@@ -266,6 +266,17 @@ def test_method_examples(args: list[str], expect: str) -> None:
     assert expect in p.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow_model
+def test_the_react_agent_calls_python_on_the_embedded_model() -> None:
+    """The README's agent example on the embedded SmolLM2-135M (greedy): it calls
+    the python tool and answers with the tool's result."""
+    pytest.importorskip("transformers")
+    p = run("examples/react_agent.py")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert 'Action Input: {"code": "print(2**20 - 1)"}\nObservation: 1048575' in p.stdout
+    assert p.stdout.strip().endswith("answer='1048575' turns=2 tool_calls=1 finished=True")
+
+
 def test_live_view_line() -> None:
     from scaffold_actors import ScaffoldingOutput, TokenUsage
     from scaffold_actors.cli._main import _live_line

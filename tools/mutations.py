@@ -813,6 +813,13 @@ MUTATIONS = [
         ("tests/test_serve.py::test_a_single_sample_method_streams_its_tokens",),
     ),
     Mutation(
+        "agent-shows-the-format",
+        "ReActAgent describes the format only (no worked example) to a small model",
+        SA + "methods/_agent.py",
+        (('        shown = self.example and "python" in self.tools', "        shown = False"),),
+        ("tests/test_examples.py::test_the_react_agent_calls_python_on_the_embedded_model",),
+    ),
+    Mutation(
         "bench-says-what-is-saved-on-ctrl-c",
         "Ctrl-C in bench falls through to click's bare 'Aborted!'",
         SA + "cli/_main.py",

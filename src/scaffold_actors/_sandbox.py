@@ -116,7 +116,6 @@ def confine(workdir: str, *, writes: bool, network: bool) -> None:
 def main(argv: list[str]) -> None:
     """``_sandbox.py MEMORY CPU FSIZE WRITES NETWORK SCRIPT``: limit, confine, run."""
     import resource
-    import runpy
 
     mem, cpu, fsize = (int(x) for x in argv[:3])
     writes, network = argv[3] == "1", argv[4] == "1"
@@ -129,7 +128,26 @@ def main(argv: list[str]) -> None:
     if writes or network:
         confine(os.path.dirname(script), writes=writes, network=network)
     sys.argv = [script]
-    runpy.run_path(script, run_name="__main__")
+    run_like_a_repl(script)
+
+
+def run_like_a_repl(script: str) -> None:
+    """Run ``script`` as ``__main__``; when its last statement is a bare
+    expression, print that value's repr (unless ``None``), as a Python prompt or
+    a notebook cell does: ``2**20 - 1`` shows ``1048575`` without a print()."""
+    import ast
+
+    with open(script, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=script)
+    last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    if last is not None:
+        tree.body.pop()
+    namespace: dict[str, object] = {"__name__": "__main__", "__file__": script}
+    exec(compile(tree, script, "exec"), namespace)
+    if last is not None:
+        value = eval(compile(ast.Expression(last.value), script, "eval"), namespace)
+        if value is not None:
+            print(repr(value))
 
 
 if __name__ == "__main__":

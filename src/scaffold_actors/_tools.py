@@ -103,7 +103,9 @@ class ToolWorker(Worker):
 
 @attrs.frozen
 class PythonTool:
-    """Run Python code in a fresh subprocess and return what it printed.
+    """Run Python code in a fresh subprocess and return what it printed (and,
+    when the code ends with a bare expression, that value's repr, as a Python
+    prompt shows it).
 
     The code runs with the interpreter's isolated mode (``-I``: no user site,
     no environment variables), in a new empty temporary directory that is its
@@ -128,7 +130,9 @@ class PythonTool:
     """
 
     name: ClassVar[str] = "python"
-    description: ClassVar[str] = "Run Python code and return what it prints (use print())."
+    description: ClassVar[str] = (
+        "Run Python code and return what it prints (a last bare expression's value is printed)."
+    )
     timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     confine_writes: bool = True
     isolate_network: bool = True

@@ -27,6 +27,21 @@ Then stop; the result comes back as "Observation: <result>". Repeat as needed.
 When you know the answer, write:
 Final Answer: <the answer>"""
 
+#: the system message when a ``python`` tool is offered: the format shown by a
+#: worked exchange instead of described (the embedded 135M model follows a shown
+#: exchange, and ignores the described format: docs/methods/agents.md)
+EXAMPLE_INSTRUCTIONS = """You can use these tools:
+{tools}
+
+Answer in this format. Example:
+Question: What is 3**4 + 1?
+Thought: I will compute it with python.
+Action: python
+Action Input: {"code": "print(3**4 + 1)"}
+Observation: 82
+Thought: The tool printed 82.
+Final Answer: 82"""
+
 _ACTION = re.compile(r"Action:\s*(\S+)\s*\n+\s*Action Input:\s*(.*)", re.DOTALL)
 _FINAL = re.compile(r"Final Answer:\s*(.*)", re.DOTALL)
 
@@ -37,7 +52,12 @@ class ReActAgent:
 
     ``tools`` maps tool names to one-line descriptions (``tool_worker.specs()``);
     they are listed in a system message together with the Thought / Action /
-    Action Input / Observation / Final Answer format.  Each turn continues the
+    Action Input / Observation / Final Answer format, and, when a ``python`` tool
+    is offered and ``example`` is set, one worked exchange (the question is then
+    asked as ``Question: ...``, as in the example).  The reply starts with
+    ``primer`` (``"Thought:"``; ``""`` for none), so the model begins in the
+    format: on the embedded 135M model this is what makes it call tools (see
+    docs/methods/agents.md for the measurement).  Each turn continues the
     assistant's transcript (the engine's ``continuation``) until the model writes
     ``Observation:``; the named tool runs (worker ``tool_tag``) and its result is
     appended as the observation.  A tool the model names wrongly, or arguments
@@ -58,6 +78,8 @@ class ReActAgent:
     max_turns: int = attrs.field(default=6, validator=attrs.validators.ge(1))
     tool_tag: Any = "tool"
     max_observation: int = attrs.field(default=2000, validator=attrs.validators.ge(1))
+    primer: str = "Thought:"
+    example: bool = True
 
     @tools.validator
     def _check_tools(self, attribute: Any, value: dict[str, str]) -> None:
@@ -66,18 +88,23 @@ class ReActAgent:
 
     def _chat(self, task: GenerationTask) -> list[dict[str, str]]:
         listing = "\n".join(f"- {name}: {desc}" for name, desc in self.tools.items())
-        system = {"role": "system", "content": INSTRUCTIONS.format(tools=listing)}
+        shown = self.example and "python" in self.tools
+        content = (EXAMPLE_INSTRUCTIONS if shown else INSTRUCTIONS).replace("{tools}", listing)
+        system = {"role": "system", "content": content}
         if task.messages is not None:
             return [system, *(dict(m) for m in task.messages)]
         if task.input_str is None:
             raise ValueError("ReActAgent needs a text prompt or chat messages")
-        return [system, {"role": "user", "content": task.input_str}]
+        question = task.input_str
+        if shown:
+            question = f"Question: {question}"  # as in the example
+        return [system, {"role": "user", "content": question}]
 
     async def run(
         self, ctx: RequestContext, task: GenerationTask, /, **kwargs: Any
     ) -> GenerationTask:
         messages = self._chat(task)
-        transcript = ""
+        transcript = self.primer  # the reply starts in the format (the engine continues it)
         calls: list[dict[str, Any]] = []
         answer: str | None = None
         turns = 0
@@ -101,7 +128,7 @@ class ReActAgent:
             observation = await self._act(ctx, name, raw, calls)
             if not transcript.endswith("\n"):
                 transcript += "\n"
-            transcript += f"Observation: {observation}\n"
+            transcript += f"Observation: {observation}\n{self.primer}"
             ctx.emit(ScaffoldingOutput(transcript, finished=False))
         finished = answer is not None and _FINAL.search(transcript) is not None
         winner = fresh_task(task)

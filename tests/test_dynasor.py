@@ -68,6 +68,19 @@ async def test_hedging_probes_do_not_count(autojump_clock: object) -> None:
     assert set(r.output.details["probes"]) == {None}
 
 
+async def test_placeholder_probes_do_not_count(autojump_clock: object) -> None:
+    """A small model copies "\\boxed{answer}" from the instruction into every probe:
+    agreeing placeholders are not certainty (it once stopped on the word "answer")."""
+    eng = engine("answer}")
+    async with AsyncScaffoldingLlm(
+        method(certainty_window=2), {"generation": EngineWorker(eng)}
+    ) as llm:
+        r = await llm.generate("q")
+    d = r.output.details
+    assert d["early_exit"] is False and d["answer"] == "42"
+    assert set(d["probes"]) == {None}
+
+
 async def test_majority_vote_over_dynasor(autojump_clock: object) -> None:
     eng = engine("42}")
     vote = MajorityVote(method(certainty_window=3), samples=3, early_stop=False)

@@ -820,6 +820,13 @@ MUTATIONS = [
         ("tests/test_examples.py::test_the_react_agent_calls_python_on_the_embedded_model",),
     ),
     Mutation(
+        "dynasor-placeholder-probes",
+        'Dynasor-CoT counts a placeholder probe ("answer") as an answer',
+        SA + "methods/_dynasor.py",
+        (("        if is_placeholder(answer):  #", "        if False:  #"),),
+        ("tests/test_dynasor.py::test_placeholder_probes_do_not_count",),
+    ),
+    Mutation(
         "bench-says-what-is-saved-on-ctrl-c",
         "Ctrl-C in bench falls through to click's bare 'Aborted!'",
         SA + "cli/_main.py",

@@ -410,18 +410,20 @@ def write_comparison(
     table = report_dir / "comparison.md"
     table.write_text("\n".join(lines) + "\n", encoding="utf-8")
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
+    for i, r in enumerate(rows):
         x, y = r["tokens_mean"], r["accuracy"]
         lo, hi = r["accuracy_95"]
         ax.errorbar(
             [x], [y], yerr=[[y - lo], [hi - y]], fmt="o" if r["pareto"] else "s",
             capsize=3, markersize=7 if r["pareto"] else 5,
         )  # fmt: skip
-        ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        # labels of neighbours alternate above and below their point
+        offset = (6, 4) if i % 2 == 0 else (6, -11)
+        ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=offset, fontsize=8)
     front = sorted((r["tokens_mean"], r["accuracy"]) for r in rows if r["pareto"])
     if len(front) > 1:
         ax.plot(*zip(*front, strict=True), "--", color="grey", label="Pareto front")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left")
     ax.set_xscale("log")
     ax.set_xlabel("generated tokens per problem (mean, log scale)")
     ax.set_ylabel("accuracy (95% interval)")

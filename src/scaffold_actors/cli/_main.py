@@ -808,13 +808,17 @@ def bench(
     for s in summaries:
         ci = s.get("accuracy_95")
         interval = f" 95% [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        this_run = (
+            f", {s['this_run']['problems_per_s']} problems/s, {s['this_run']['tokens_per_s']} "
+            f"tokens/s, engine utilisation {s['engine']['utilisation']}"
+            if s["this_run"]["problems"]
+            else " (all resumed: nothing ran now)"
+        )
         click.echo(
             f"{s['method']}: accuracy {s['accuracy']:.3f} ({s['correct']}/{s['problems']}){interval}, "
             f"tokens/problem mean {s['tokens_per_problem']['mean']} p50 {s['tokens_per_problem']['p50']} "
             f"p90 {s['tokens_per_problem']['p90']}, latency p50 {s['latency_s']['p50']} s "
-            f"p90 {s['latency_s']['p90']} s, {s['this_run']['problems_per_s']} problems/s, "
-            f"{s['this_run']['tokens_per_s']} tokens/s, engine utilisation {s['engine']['utilisation']}"
-            f"  -> {s['results']}"
+            f"p90 {s['latency_s']['p90']} s{this_run}  -> {s['results']}"
         )
     if report:
         click.echo("\n" + Path(report["table"]).read_text("utf-8"))

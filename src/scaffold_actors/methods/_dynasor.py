@@ -10,7 +10,7 @@ import attrs
 
 from .._context import RequestContext
 from .._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask
-from ._answers import extract_boxed
+from ._answers import extract_boxed, is_placeholder
 from ._sampler import Sampler, result_from
 
 __all__ = ["DynasorCoT"]
@@ -54,6 +54,8 @@ class DynasorCoT:
         # the probe ends with "\\boxed{": the answer runs to "}" (or the probe's end)
         answer = probe_output.split("}", 1)[0].split("\\]", 1)[0].strip().strip("$").strip()
         if not answer or any(h in probe_output.lower() for h in self.hedges):
+            return None
+        if is_placeholder(answer):  # "answer}" copied from an instruction: no answer
             return None
         return answer
 

@@ -15,8 +15,9 @@ the same engine (started once) and the same seed:
   offline with the same number of traces.
 
 Prints one JSON object: per configuration the accuracy, samples finished and
-completion tokens per problem (verdict and probe tokens included: the engine's
-counts); per early-stopping method the samples and tokens saved against its
+completion tokens per problem (probe tokens included: the engine's counts), and
+for votes how much the samples agree (``leader_share``: the leading answer's share
+of the votes cast, averaged over problems); per early-stopping method the samples and tokens saved against its
 baseline and the paired accuracy difference with a 95% bootstrap interval.
 
     python benchmarks/early_stopping.py --dataset arithmetic --samples 16
@@ -93,16 +94,24 @@ async def run_one(
             correct = predicted is not None and await anyio.to_thread.run_sync(
                 math_equivalent, str(predicted), problems[i].answer
             )
+            votes = (out.details or {}).get("votes") or {}
             rows[i] = {
                 "correct": bool(correct),
                 "tokens": r.usage.completion_tokens,
                 "samples": (out.details or {}).get("samples_finished", 1),
+                # how much the samples agree: the leader's share of the votes cast
+                "leader_share": max(votes.values()) / sum(votes.values()) if votes else None,
             }
 
         async with anyio.create_task_group() as tg:
             for i in range(len(problems)):
                 tg.start_soon(one, i)
     return rows
+
+
+def _mean(values: list[float | None]) -> float | None:
+    xs = [v for v in values if v is not None]
+    return round(sum(xs) / len(xs), 3) if xs else None
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,6 +127,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, list[dict[str, Any]]] = {}
     seconds: dict[str, float] = {}
     plan = configs(args.samples, args.max_tokens)
+    if args.only:
+        wanted = {n.strip() for n in args.only.split(",")}
+        unknown = wanted - set(plan)
+        if unknown:
+            raise SystemExit(f"unknown configuration(s): {', '.join(sorted(unknown))}")
+        keep = wanted | {plan[n][1] for n in wanted if plan[n][1]}
+        plan = {n: v for n, v in plan.items() if n in keep}
     async with engine:
         for name, (controller, _) in plan.items():
             t0 = time.perf_counter()
@@ -131,6 +147,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "accuracy": round(sum(r["correct"] for r in rows) / n, 4),
             "samples_per_problem": round(sum(r["samples"] for r in rows) / n, 2),
             "tokens_per_problem": round(sum(r["tokens"] for r in rows) / n, 1),
+            "leader_share": _mean([r["leader_share"] for r in rows]),
             "seconds": seconds[name],
         }
         for name, rows in results.items()
@@ -173,4 +190,7 @@ if __name__ == "__main__":
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=4, help="problems in flight")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--only", default=None, help="comma-separated configurations (their baselines run too)"
+    )
     print(json.dumps(anyio.run(main, parser.parse_args()), indent=2))

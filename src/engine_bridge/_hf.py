@@ -330,7 +330,7 @@ class HFEngine(BridgedEngine):
         conversion_cache: keep a GGUF model's de-quantised weights on disk (in
             :func:`conversion_cache_root`, ``$SCAFFOLD_ACTORS_CACHE`` to move it),
             so that later starts read safetensors instead of converting again
-            (the embedded model: ~25 s -> ~5 s, see docs/engines.md).  The folder
+            (the embedded model: 34 s -> 6 s on our CPU, docs/engines.md).  The folder
             name holds a digest of the file and of the transformers version; a
             cache that cannot be written is a warning.  ``loaded_from`` says which
             folder the weights were read from.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from engine_bridge import CostModel, SimulatedCall, SimulatedEngine
@@ -58,20 +59,14 @@ async def test_changing_probes_let_the_reasoning_finish(autojump_clock: object) 
     assert r.output.output_str == REASONING
 
 
-async def test_hedging_probes_do_not_count(autojump_clock: object) -> None:
-    eng = engine("wait, maybe 42}")
-    async with AsyncScaffoldingLlm(
-        method(certainty_window=2), {"generation": EngineWorker(eng)}
-    ) as llm:
-        r = await llm.generate("q")
-    assert r.output.details["early_exit"] is False
-    assert set(r.output.details["probes"]) == {None}
-
-
-async def test_placeholder_probes_do_not_count(autojump_clock: object) -> None:
-    """A small model copies "\\boxed{answer}" from the instruction into every probe:
-    agreeing placeholders are not certainty (it once stopped on the word "answer")."""
-    eng = engine("answer}")
+@pytest.mark.parametrize("probe", ["wait, maybe 42}", "answer}"])
+async def test_hedging_and_placeholder_probes_do_not_count(
+    autojump_clock: object, probe: str
+) -> None:
+    """A hedge is not certainty, nor a placeholder: a small model copies
+    "\\boxed{answer}" from the instruction into every probe (agreeing probes of
+    the word "answer" once stopped the reasoning)."""
+    eng = engine(probe)
     async with AsyncScaffoldingLlm(
         method(certainty_window=2), {"generation": EngineWorker(eng)}
     ) as llm:

@@ -65,57 +65,36 @@ def trtllm() -> Any:
     return TRTLLMEngine("standin-model", llm_kwargs={"max_seq_len": 256})
 
 
-class LoopbackServer:
-    """``python -m engine_bridge.openai_server`` (simulated engine) on a free loopback port."""
+def free_port() -> int:
+    import socket
 
-    def __init__(
-        self,
-        port: int | None = None,
-        reply: str = FRUITS,
-        max_context: int = 512,
-        prefix_cache_blocks: int = 0,
-    ) -> None:
-        import socket
-        import subprocess
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """A server in a child process on a loopback port: waits until its /health
+    answers (a hang guard of ``startup_s``, not a budget), ``url``, ``kill``."""
+
+    port: int
+    proc: Any
+
+    def wait_healthy(self, what: str, startup_s: float) -> None:
         import time
 
         import httpx
 
-        if port is None:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-        self.port = port
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "engine_bridge.openai_server",
-                "--engine",
-                "simulated",
-                "--simulated-reply",
-                reply,
-                "--port",
-                str(self.port),
-                "--max-context",
-                str(max_context),
-                "--prefix-cache-blocks",
-                str(prefix_cache_blocks),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + startup_s
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    break
+                    return
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"server did not start: {self.proc.stderr.read() if self.proc.stderr else ''}"
-                )
+                err = self.proc.stderr.read()[-2000:] if self.proc.stderr else ""
+                raise RuntimeError(f"{what} did not start: {err!r}")
             time.sleep(0.05)
 
     @property
@@ -126,6 +105,27 @@ class LoopbackServer:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class LoopbackServer(ServerProcess):
+    """``python -m engine_bridge.openai_server`` (simulated engine) on a free loopback port."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        reply: str = FRUITS,
+        max_context: int = 512,
+        prefix_cache_blocks: int = 0,
+    ) -> None:
+        import subprocess
+
+        self.port = port if port is not None else free_port()
+        args = [sys.executable, "-m", "engine_bridge.openai_server", "--engine", "simulated"]
+        args += ["--simulated-reply", reply, "--port", str(self.port)]
+        args += ["--max-context", str(max_context)]
+        args += ["--prefix-cache-blocks", str(prefix_cache_blocks)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.wait_healthy("server", 30)
 
 
 SERVERS: list[LoopbackServer] = []
@@ -165,17 +165,13 @@ def process() -> Any:
     )
 
 
-class TransformersServe:
+class TransformersServe(ServerProcess):
     """``transformers serve --continuous-batching`` (the OpenAI-compatible server
     that ships with transformers; fastapi) on a free loopback port, holding the
     embedded model's weights: a third-party server, started by the test."""
 
     def __init__(self, port: int | None = None) -> None:
-        import socket
         import subprocess
-        import time
-
-        import httpx
 
         from engine_bridge import HFEngine, conversion_cache_folder
 
@@ -183,37 +179,12 @@ class TransformersServe:
         if not (folder / "config.json").is_file():
             HFEngine().load()  # converts the embedded GGUF into the cache once
         self.model = str(folder)
-        if port is None:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-        self.port = port
+        self.port = port if port is not None else free_port()
         exe = Path(sys.executable).with_name("transformers")
         args = [str(exe), "serve", self.model, "--continuous-batching", "--device", "cpu"]
         args += ["--host", "127.0.0.1", "--port", str(self.port), "--cb-num-blocks", "16"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 180  # a hang guard: the model loads first
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health".replace("/v1", ""), timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"transformers serve did not start: "
-                    f"{self.proc.stderr.read()[-2000:] if self.proc.stderr else ''!r}"
-                )
-            time.sleep(0.2)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        self.wait_healthy("transformers serve", 180)  # the model loads first
 
 
 _TS: list[TransformersServe] = []

@@ -824,7 +824,7 @@ MUTATIONS = [
         'Dynasor-CoT counts a placeholder probe ("answer") as an answer',
         SA + "methods/_dynasor.py",
         (("        if is_placeholder(answer):  #", "        if False:  #"),),
-        ("tests/test_dynasor.py::test_placeholder_probes_do_not_count",),
+        ("tests/test_dynasor.py::test_hedging_and_placeholder_probes_do_not_count",),
     ),
     Mutation(
         "bench-says-what-is-saved-on-ctrl-c",

@@ -487,6 +487,9 @@ def test_async_scaffolding_benchmark_in_trtllm_style() -> None:
             asyncio.run(async_scaffolding_benchmark(llm, {}, requests))
     assert len(results) == len(starts) == len(durations) == 6 and total >= max(durations)
     assert all(r.task_collections["tokens"].generation_token_count == 10 for r in results)
+    assert sorted(p["k"] for p in worker.scope_params.values()) == [str(i) for i in range(6)]
+    # a second runtime numbers its requests from req-1 again: its scopes are its own
+    worker.scope_params.clear()
     with ScaffoldingLlm(controller, {"generation": worker}) as llm:  # a second run: no double count
         again, *_ = asyncio.run(
             async_scaffolding_benchmark(
@@ -494,7 +497,7 @@ def test_async_scaffolding_benchmark_in_trtllm_style() -> None:
             )
         )
     assert all(r.task_collections["tokens"].generation_token_count == 10 for r in again)
-    assert sorted(p["k"] for p in worker.scope_params.values()) == [str(i) for i in range(6)]
+    assert sorted(p["k"] for p in worker.scope_params.values()) == ["0", "1"]
 
 
 def test_compat_accepts_any_prompt_the_way_tensorrt_llm_does() -> None:

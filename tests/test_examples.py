@@ -197,6 +197,14 @@ def test_cli_missing_model_is_one_line() -> None:
     )
 
 
+def test_votes_default_to_16_samples_and_searches_to_4() -> None:
+    """Defaults chosen by measurement: a vote of 4 on the embedded model gave a
+    wrong plurality on the README's question, a vote of 16 the right one."""
+    assert run_json()["details"]["samples_requested"] == 16
+    assert run_json("--method", "best-of-n")["details"]["samples_finished"] == 4
+    assert run_json("--samples", "3")["details"]["samples_requested"] == 3
+
+
 def test_cli_simulated_json() -> None:
     p = run(
         "-m",

@@ -249,7 +249,7 @@ def build_controllers(
     names: list[str],
     method: str,
     given: dict[str, str],
-    samples: int,
+    samples: int | None,
     max_tokens: int,
     temperature: float,
     instruction: str,
@@ -296,9 +296,9 @@ common_options = [
     click.option(
         "--samples",
         type=click.IntRange(min=1),
-        default=4,
-        show_default=True,
-        help="samples / width of the method",
+        default=None,
+        help="samples / width of the method (default: 16 for majority-vote, "
+        "adaptive-consistency and deepconf, 4 for the others)",
     ),
     click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True),
     click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True),
@@ -410,6 +410,7 @@ def methods(as_json: bool) -> None:
         name: {
             "summary": spec.summary,
             "uses_reward": spec.uses_reward,
+            "default_samples": spec.default_samples,
             "params": {
                 k: {"type": t.__name__, "default": d, "help": h}
                 for k, (t, d, h) in spec.params.items()
@@ -500,7 +501,7 @@ def _live_line(partial: Any, usage: Any, started: float) -> str:
 def run(
     question: str,
     method: str,
-    samples: int,
+    samples: int | None,
     max_tokens: int,
     temperature: float,
     instruction: str,
@@ -606,7 +607,7 @@ def run(
 )
 def serve(
     method: str,
-    samples: int,
+    samples: int | None,
     max_tokens: int,
     temperature: float,
     instruction: str,
@@ -714,7 +715,7 @@ def serve(
 def bench(
     dataset: str,
     method: str,
-    samples: int,
+    samples: int | None,
     max_tokens: int,
     temperature: float,
     instruction: str,

@@ -38,6 +38,10 @@ class MethodSpec:
     build: Callable[[Sampler, int, dict[str, Any]], Any]
     params: Mapping[str, tuple[type, Any, str]] = attrs.field(factory=dict)
     uses_reward: bool = False
+    #: --samples when it is not given: votes need many samples on a small model
+    #: (the README's question: a vote of 16 right 10 runs of 10, of 4 wrong;
+    #: docs/cli.md), searches and best-of-n stay narrow (each candidate is scored)
+    default_samples: int = 4
 
 
 def _vote(s: Sampler, n: int, p: dict[str, Any]) -> Any:
@@ -68,6 +72,7 @@ METHODS: dict[str, MethodSpec] = {
             "self-consistency: the most voted answer of --samples samples; stops once decided",
             _vote,
             {"math_equivalence": (bool, True, "group equal answers with math-verify")},
+            default_samples=16,
         ),
         MethodSpec(
             "adaptive-consistency",
@@ -77,6 +82,7 @@ METHODS: dict[str, MethodSpec] = {
                 "threshold": (float, 0.95, "confidence that stops sampling"),
                 "concurrency": (int, 4, "samples in flight at once"),
             },
+            default_samples=16,
         ),
         MethodSpec(
             "best-of-n",
@@ -117,6 +123,7 @@ METHODS: dict[str, MethodSpec] = {
                     "0: the sampled token's",
                 ),
             },
+            default_samples=16,
         ),
         MethodSpec(
             "beam-search",
@@ -174,14 +181,15 @@ def _convert(method: str, key: str, kind: type, raw: Any) -> Any:
 def build_method(
     name: str,
     *,
-    samples: int,
+    samples: int | None,
     max_tokens: int,
     temperature: float,
     params: Mapping[str, Any] | None = None,
     instruction: str | None = COT,
 ) -> Any:
-    """The controller for method ``name``; ``instruction`` is appended to every
-    prompt (``None`` or empty: none).  Raises ``ValueError`` naming what is
+    """The controller for method ``name``; ``samples`` ``None`` is the method's
+    own default (:attr:`MethodSpec.default_samples`); ``instruction`` is appended
+    to every prompt (``None`` or empty: none).  Raises ``ValueError`` naming what is
     wrong (unknown method, unknown or badly typed parameter, bad value)."""
     spec = METHODS.get(name)
     if spec is None:
@@ -198,4 +206,4 @@ def build_method(
     sampler = Sampler(
         max_tokens=max_tokens, temperature=temperature, instruction=instruction or None
     )
-    return spec.build(sampler, samples, values)
+    return spec.build(sampler, samples if samples is not None else spec.default_samples, values)

@@ -52,6 +52,7 @@ from ._types import (
     KVCacheDrop,
     NotSupportedError,
     check_context,
+    first_stop,
     stop_holdback,
 )
 
@@ -799,11 +800,10 @@ class HFEngine(BridgedEngine):
         elif text.endswith("\ufffd"):
             text = text.rstrip("\ufffd")  # an incomplete character: wait for the rest
         stops = state.request.params.stop
-        for s in stops:
-            cut = text.find(s)
-            if cut != -1:
-                text = text[:cut]
-                finish = "stop"
+        cut = first_stop(text, stops)
+        if cut != -1:
+            text = text[:cut]
+            finish = "stop"
         # text that may be the start of a stop string waits for the next token
         end = len(text) if finish is not None else len(text) - stop_holdback(text, stops)
         delta = EngineDelta(

@@ -22,6 +22,7 @@ from ._types import (
     KVCacheDrop,
     NotSupportedError,
     TopLogprobs,
+    first_stop,
     stop_holdback,
 )
 
@@ -580,7 +581,8 @@ class _StreamState:
         if not stops:
             return delta
         self.seen += delta.text
-        cut = min((i for i in (self.seen.find(s) for s in stops) if i != -1), default=-1)
+        # text before `sent` was handed on: it held no stop nor the start of one
+        cut = first_stop(self.seen, stops, self.sent)
         if cut != -1:
             self.stopped = True
             text, self.sent = self.seen[self.sent : cut], cut
@@ -652,20 +654,23 @@ def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> Engine
         if any("logprob" not in c for c in entries):  # never filled in
             raise EngineError(f"a logprob entry without its logprob: {entries!r:.200}")
         lps = [c["logprob"] for c in entries]
-        top = [
-            tuple(
-                (str(a.get("token", "")), float(a["logprob"])) for a in c.get("top_logprobs") or ()
-            )
-            for c in entries
-        ]
+        if request.params.num_logprobs:  # alternatives asked for
+            top = [
+                tuple(
+                    (str(a.get("token", "")), float(a["logprob"]))
+                    for a in c.get("top_logprobs") or ()
+                )
+                for c in entries
+            ]
     else:
         text = choice.get("text") or ""
         lp_block = choice.get("logprobs") or {}
         lps = list(lp_block.get("token_logprobs") or ())
-        top = [
-            tuple((str(t), float(x)) for t, x in (alts or {}).items())
-            for alts in lp_block.get("top_logprobs") or ()
-        ]
+        if request.params.num_logprobs:
+            top = [
+                tuple((str(t), float(x)) for t, x in (alts or {}).items())
+                for alts in lp_block.get("top_logprobs") or ()
+            ]
     ids = tuple(int(t) for t in choice.get("token_ids") or ())
     if request.params.num_logprobs is not None and not lps and (text or ids):
         # never a silent gap: a server that ignores `logprobs` gives none at all
@@ -674,7 +679,6 @@ def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> Engine
             "the request's logprobs field); use a method that needs none"
         )
     count = None if ids else (len(lps) if lps else (1 if text or reasoning else 0))
-    want_top = bool(request.params.num_logprobs)
     return EngineDelta(
         text,
         ids,
@@ -684,7 +688,7 @@ def _delta(choice: dict[str, Any], chat: bool, request: EngineRequest) -> Engine
         count,
         reasoning=reasoning,
         # a server that left the alternatives out gives None: "not reported", not "none"
-        top_logprobs=tuple(top) if want_top and lps and any(top) else None,
+        top_logprobs=tuple(top) if lps and any(top) else None,
     )
 
 

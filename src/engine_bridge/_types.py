@@ -120,6 +120,13 @@ def check_sampling_field(name: str, value: Any) -> None:
     _FIELD_CHECKS[name](value)
 
 
+def first_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
+    """Where the earliest of ``stops`` begins in ``text`` (searched from
+    ``start``), or ``-1`` when none occurs: the text an engine delivers ends there."""
+    found = [i for i in (text.find(s, start) for s in stops) if i != -1]
+    return min(found) if found else -1
+
+
 def stop_holdback(text: str, stops: Sequence[str]) -> int:
     """How many characters at the end of ``text`` could be the start of one of
     ``stops`` (and so must not be streamed yet: the stop string may complete in the

@@ -67,6 +67,23 @@ async def test_logprobs_one_per_token(autojump_clock: object) -> None:
         assert lps == []
 
 
+async def test_scripted_alternatives_follow_their_tokens_past_the_eos(
+    autojump_clock: object,
+) -> None:
+    """A responder's top_logprobs are per token of its reply: cut to k, and with
+    ignore_eos repeated with the reply (as the logprobs are), one set per token."""
+    alts = [(("a", -0.1), ("x", -3.0), ("y", -4.0)), (("b", -0.2), ("z", -2.5))]
+    out = SimulatedOutput("a b", logprobs=[-0.1, -0.2], top_logprobs=alts)
+    params = SamplingParams(max_tokens=5, num_logprobs=2, ignore_eos=True)
+    async with SimulatedEngine(lambda call: out) as engine:
+        top = []
+        async with engine.open_stream(EngineRequest(params, prompt="p")) as deltas:
+            async for d in deltas:
+                top += d.top_logprobs or ()
+    assert [t[0][0] for t in top] == ["a", "b", "a", "b", "a"]
+    assert top[0] == (("a", -0.1), ("x", -3.0)) and top[1] == alts[1]
+
+
 async def test_virtual_time_follows_the_cost_model(autojump_clock: object) -> None:
     cost = CostModel(prefill_per_token=0.001, step_base=0.01, step_per_seq=0.001)
     async with SimulatedEngine("t" + " t" * 9, cost=cost) as engine:

@@ -35,6 +35,7 @@ from ._types import (
     NotSupportedError,
     TopLogprobs,
     check_context,
+    first_stop,
     stop_holdback,
 )
 from ._wordtok import WordTokenizer
@@ -438,6 +439,9 @@ class SimulatedEngine:
             else:
                 logprobs = [-rng.random() * 2.0 for _ in pieces[skip:]]
         pieces = pieces[skip:]
+        top = None
+        if request.params.num_logprobs and logprobs is not None:
+            top = _alternatives(out, pieces, logprobs, request.params.num_logprobs, skip)
         limit = request.params.max_tokens
         if request.params.ignore_eos and pieces and len(pieces) < limit:
             # past the end of the reply, as a model past its EOS: the reply again
@@ -445,11 +449,11 @@ class SimulatedEngine:
             pieces = (pieces * times)[:limit]
             if logprobs is not None:
                 logprobs = (logprobs * times)[:limit]
+            if top is not None:
+                top = (top * times)[:limit]
         n_prompt = self.count_prompt_tokens(request)
         r = _SimRequest(request, n_prompt, pieces, logprobs)
-        k = request.params.num_logprobs or 0
-        if k and logprobs is not None:
-            r.top = _alternatives(out, pieces, logprobs, k, skip)
+        r.top = top
         if out.delay:
             r.ready_at = anyio.current_time() + out.delay
         if out.error is not None:
@@ -579,11 +583,10 @@ class SimulatedEngine:
         elif r.pos >= params.max_tokens:
             finish = "length"
         text = r.text_so_far
-        for s in params.stop:
-            cut = text.find(s)
-            if cut != -1:
-                text = text[:cut]
-                finish = "stop"
+        cut = first_stop(text, params.stop)
+        if cut != -1:
+            text = text[:cut]
+            finish = "stop"
         if finish is None:  # what may be the start of a stop string waits for the next token
             text = text[: len(text) - stop_holdback(text, params.stop)]
         if finish is None and not r.request.stream:
@@ -618,8 +621,7 @@ def _alternatives(
         given = [tuple((str(t), float(lp)) for t, lp in alts)[:k] for alts in out.top_logprobs]
         if len(given) < len(pieces) + skip:
             raise EngineError("responder returned fewer top_logprobs than tokens")
-        given = given[skip:]
-        return (given * (len(pieces) // max(1, len(given)) + 1))[: len(pieces)]
+        return given[skip : skip + len(pieces)]
     top: list[TopLogprobs] = []
     for piece, lp in zip(pieces, logprobs, strict=False):
         rest = max(0.0, 1.0 - math.exp(lp))

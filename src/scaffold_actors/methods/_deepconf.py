@@ -129,21 +129,22 @@ class DeepConf:
             streaming_step=self.check_every if stream else self.sampler.streaming_step,
         )
 
-    def token_confidences(self, out: GenerationTask) -> list[float]:
-        """Per generated token: minus the mean of its top-k logprobs
-        (``top_k > 0``), else its sampled logprob.  Raises :class:`ValueError`
-        when ``top_k > 0`` and the engine reported no alternatives."""
+    def token_confidences(self, out: GenerationTask, start: int = 0) -> list[float]:
+        """Per generated token from ``start`` on: minus the mean of its top-k
+        logprobs (``top_k > 0``), else its sampled logprob.  Raises
+        :class:`ValueError` when ``top_k > 0`` and the engine reported no
+        alternatives."""
         if not self.top_k:
-            return list(out.logprobs or [])
+            return list((out.logprobs or [])[start:])
         n = len(out.logprobs or ())
         top = out.top_logprobs or []
-        if len(top) < n or any(not alts for alts in top[:n]):
+        if len(top) < n or any(not alts for alts in top[start:n]):
             raise ValueError(
                 f"DeepConf(top_k={self.top_k}) needs the engine's top-k logprobs; it reported "
                 f"them for {sum(1 for a in top if a)} of {n} tokens (use top_k=0: the sampled "
                 "token's logprob)"
             )
-        return [-math.fsum(lp for _, lp in alts) / len(alts) for alts in top[:n]]
+        return [-math.fsum(lp for _, lp in alts) / len(alts) for alts in top[start:n]]
 
     def _confidence(self, out: GenerationTask) -> float:
         return trace_confidence(self.token_confidences(out), self.measure, self.window, self.tail)
@@ -249,9 +250,11 @@ class DeepConf:
             t.streaming_step = self.check_every  # type: ignore[attr-defined]
             async with ctx.stream(t) as updates:  # type: ignore[arg-type]
                 async for partial in updates:
-                    lps = self.token_confidences(partial)
-                    if len(lps) >= self.window and not partial.end_flag:
-                        recent = math.fsum(lps[-self.window :]) / self.window
+                    n = len(partial.logprobs or ())
+                    if n >= self.window and not partial.end_flag:
+                        # the latest window only: earlier tokens were checked before
+                        last = self.token_confidences(partial, n - self.window)
+                        recent = math.fsum(last) / self.window
                         if recent < threshold:
                             terminated += 1
                             return None  # leaving the stream aborts the engine request

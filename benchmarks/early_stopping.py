@@ -36,6 +36,7 @@ import anyio
 from engine_bridge import SamplingParams
 from scaffold_actors import AsyncScaffoldingLlm, EngineWorker
 from scaffold_actors.cli._bench import load_dataset, paired_difference
+from scaffold_actors.cli._main import EngineOptions, build_engine
 from scaffold_actors.cli._registry import COT
 from scaffold_actors.methods import (
     AdaptiveConsistency,
@@ -116,14 +117,8 @@ def _mean(values: list[float | None]) -> float | None:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     problems = load_dataset(args.dataset, limit=args.limit)
-    if args.engine == "simulated":
-        from engine_bridge import SimulatedEngine
-
-        engine: Any = SimulatedEngine(seed=args.seed)
-    else:
-        from engine_bridge import HFEngine
-
-        engine = HFEngine(seed=args.seed, kv_cache_tokens=8192, batching={"max_batch_tokens": 2048})
+    # the engine `scaffold run --engine ...` starts (on a CPU: its CPU sizing)
+    engine = build_engine(EngineOptions(engine=args.engine, seed=args.seed))
     results: dict[str, list[dict[str, Any]]] = {}
     seconds: dict[str, float] = {}
     plan = configs(args.samples, args.max_tokens)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar, NamedTuple
 
 import anyio
+import attrs
 
-from engine_bridge import EngineRequest
+from engine_bridge import EngineDelta, EngineRequest
 from scaffold_actors import GenerationTask, RequestContext, Task, Worker
 from scaffold_actors._worker import Handler
 
@@ -75,3 +78,28 @@ async def collect(engine: Any, request: EngineRequest) -> Collected:
             lps += d.logprobs or ()
             finish = d.finish_reason
     return Collected(text, ids, lps, finish, deltas)
+
+
+class Stripped:
+    """An engine whose deltas lose some fields (``Stripped(engine, logprobs=None)``):
+    a server that ignores part of what was asked.  Everything else is the inner
+    engine's (start it with ``async with inner:``)."""
+
+    def __init__(self, inner: Any, **cleared: Any) -> None:
+        self.inner = inner
+        self.cleared = cleared
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @asynccontextmanager
+    async def open_stream(
+        self, request: EngineRequest
+    ) -> AsyncIterator[AsyncIterator[EngineDelta]]:
+        async with self.inner.open_stream(request) as deltas:
+
+            async def strip() -> AsyncIterator[EngineDelta]:
+                async for d in deltas:
+                    yield attrs.evolve(d, **self.cleared)
+
+            yield strip()

@@ -153,32 +153,13 @@ async def test_top_k_confidence_is_the_papers(
 async def test_top_k_without_alternatives_from_the_engine_fails_clearly(
     autojump_clock: object,
 ) -> None:
-    from contextlib import asynccontextmanager
-    from typing import Any
-
-    import attrs
+    from helpers import Stripped
 
     inner = topk_engine()
-
-    class NoAlternatives:
-        """A server that ignores top_logprobs."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(inner, name)
-
-        @asynccontextmanager
-        async def open_stream(self, request: Any) -> Any:
-            async with inner.open_stream(request) as deltas:
-
-                async def strip() -> Any:
-                    async for d in deltas:
-                        yield attrs.evolve(d, top_logprobs=None)
-
-                yield strip()
-
+    no_alternatives = Stripped(inner, top_logprobs=None)  # a server that ignores top_logprobs
     method = DeepConf(Sampler(max_tokens=64), samples=3, top_k=3)
     async with inner:
-        worker = EngineWorker(NoAlternatives(), manage_engine=False)  # type: ignore[arg-type]
+        worker = EngineWorker(no_alternatives, manage_engine=False)  # type: ignore[arg-type]
         async with AsyncScaffoldingLlm(method, {"generation": worker}) as llm:
             with pytest.raises(
                 ValueError,

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import pytest
 import trio
+from helpers import Stripped
 
 from engine_bridge import (
     CostModel,
-    EngineDelta,
-    EngineRequest,
     SimulatedCall,
     SimulatedEngine,
     SimulatedOutput,
@@ -88,32 +84,10 @@ async def test_verdict_tokens_count_in_the_usage() -> None:
     assert r.usage.prompt_tokens >= verdict_prompt_tokens > 0
 
 
-class NoLogprobs:
-    """An engine that drops log probabilities (a server that ignores them)."""
-
-    def __init__(self, inner: SimulatedEngine) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @asynccontextmanager
-    async def open_stream(
-        self, request: EngineRequest
-    ) -> AsyncIterator[AsyncIterator[EngineDelta]]:
-        async with self.inner.open_stream(request) as deltas:
-
-            async def strip() -> AsyncIterator[EngineDelta]:
-                async for d in deltas:
-                    yield attrs.evolve(d, logprobs=None)
-
-            yield strip()
-
-
 async def test_without_logprobs_the_score_is_the_fraction_of_yes() -> None:
     script = Script().then("Yes", "No", "Yes", "No sir")
     inner = SimulatedEngine(script, cost=CostModel.instant())
-    engine: Any = NoLogprobs(inner)
+    engine: Any = Stripped(inner, logprobs=None)  # a server that ignores logprobs
     task = RewardTask(input_str="Which one?", candidates=["candidate 0"])
     async with inner:
         verifier = SelfVerifier(engine, samples=4)

@@ -767,8 +767,8 @@ MUTATIONS = [
         SRC + "_hf.py",
         (
             (
-                'if folder is not None and (folder / "config.json").is_file():',
-                "if False:",
+                "    if stored:\n        source, kw = str(folder), {}",
+                "    if False:\n        source, kw = str(folder), {}",
             ),
         ),
         ("tests/test_hf_engine.py::test_the_gguf_conversion_is_cached_on_disk",),

@@ -170,10 +170,11 @@ def _load(
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
     source, kw = path, {"gguf_file": gguf_file} if gguf_file else {}
     folder = conversion_cache_folder(path, gguf_file) if gguf_file and cache else None
-    if folder is not None and (folder / "config.json").is_file():
+    stored = folder is not None and (folder / "config.json").is_file()
+    if stored:
         source, kw = str(folder), {}
     tokenizer = AutoTokenizer.from_pretrained(source, **kw)
-    if folder is not None and kw:  # convert in float32, store, then cast as asked
+    if folder is not None and not stored:  # convert in float32, store, then cast as asked
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch.float32, attn_implementation=attn, **kw
         )

@@ -224,9 +224,12 @@ def test_ctrl_c_stops_the_bench_with_one_line_and_resume_goes_on(tmp_path: Path)
     out = tmp_path / "r.jsonl"
     args = [
         sys.executable, "-m", "scaffold_actors.cli", "bench", "--dataset", "arithmetic-all",
-        "--engine", "simulated", "--simulated-step-seconds", "0.2", "--concurrency", "2",
+        "--engine", "simulated", "--simulated-step-seconds", "0.2", "--concurrency", "1",
         "--output", "r.jsonl",
     ]  # fmt: skip
+    # one problem at a time, so the saved records are the first problems and
+    # "--limit saved" below names exactly them (with two at a time, problem 1
+    # may finish first and the resumed first problem was never done)
     p = subprocess.Popen(
         args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

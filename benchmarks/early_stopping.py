@@ -102,6 +102,8 @@ async def run_one(
                 "samples": (out.details or {}).get("samples_finished", 1),
                 # how much the samples agree: the leader's share of the votes cast
                 "leader_share": max(votes.values()) / sum(votes.values()) if votes else None,
+                # no majority: the two leading answers have as many votes
+                "tie": len(votes) > 1 and sorted(votes.values())[-1] == sorted(votes.values())[-2],
             }
 
         async with anyio.create_task_group() as tg:

@@ -16,6 +16,7 @@ import anyio.abc
 
 from engine_bridge import raise_single
 
+from ._backend import Backend, current_backend
 from ._budget import TokenBudget, TokenBudgetExhaustedError
 from ._errors import CancelGraceExceededWarning, RequestCancelledError, UnknownWorkerTagError
 from ._scope import ExecutionScope, current_scope
@@ -51,28 +52,44 @@ class Handle(Generic[T]):
     :class:`RequestCancelledError` if it was cancelled.
     """
 
-    __slots__ = ("_done", "_error", "_scope", "_value", "cancelled", "index")
+    __slots__ = (
+        "_backend",
+        "_done",
+        "_error",
+        "_finished",
+        "_scope",
+        "_value",
+        "cancelled",
+        "index",
+    )
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, backend: Backend | None = None) -> None:
         self.index = index
-        self._scope = anyio.CancelScope()
-        self._done = anyio.Event()
+        self._backend = backend if backend is not None else current_backend()
+        self._scope = self._backend.CancelScope()
+        self._finished = False
+        self._done: Any = None  # an event, made only when somebody waits
         self._value: T | None = None
         self._error: BaseException | None = None
         self.cancelled = False
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._finished
 
     def cancel(self) -> None:
-        if not self._done.is_set():
+        if not self._finished:
             self.cancelled = True
             self._scope.cancel()
 
+    def _finish(self) -> None:
+        self._finished = True
+        if self._done is not None:
+            self._done.set()
+
     def result(self) -> T:
         """The value of a finished child (raises if it failed or was cancelled)."""
-        if not self._done.is_set():
+        if not self._finished:
             raise RuntimeError("handle is not done yet")
         if self._error is not None:
             raise self._error
@@ -81,7 +98,10 @@ class Handle(Generic[T]):
         return self._value  # type: ignore[return-value]
 
     async def wait(self) -> T:
-        await self._done.wait()
+        if not self._finished:
+            if self._done is None:
+                self._done = self._backend.Event()
+            await self._done.wait()
         return self.result()
 
 
@@ -101,14 +121,16 @@ class Parallel:
 
     def __init__(self, ctx: RequestContext | None = None) -> None:
         self._ctx = ctx
-        self._tg = anyio.create_task_group()
+        self._backend = ctx._backend if ctx is not None else current_backend()
+        self._group_cm = self._backend.open_group()
+        self._tg: Any = None
         self._handles: list[Handle[Any]] = []
         self._finished: deque[Handle[Any]] = deque()
-        self._wake: anyio.Event | None = None
+        self._wake: Any = None
         self._running = 0
 
     async def __aenter__(self) -> Self:
-        await self._tg.__aenter__()
+        self._tg = await self._group_cm.__aenter__()
         return self
 
     async def __aexit__(
@@ -118,7 +140,7 @@ class Parallel:
         tb: TracebackType | None,
     ) -> bool | None:
         try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            return bool(await self._group_cm.__aexit__(exc_type, exc, tb))
         except BaseExceptionGroup as group:
             raise_single(group)
             raise  # pragma: no cover
@@ -128,7 +150,7 @@ class Parallel:
         return self._handles
 
     def start(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Handle[T]:
-        handle: Handle[T] = Handle(len(self._handles))
+        handle: Handle[T] = Handle(len(self._handles), self._backend)
         self._handles.append(handle)
         self._running += 1
         parent = current_scope.get()
@@ -157,7 +179,7 @@ class Parallel:
             raise
         finally:
             self._running -= 1
-            handle._done.set()
+            handle._finish()
             if not handle.cancelled:
                 self._finished.append(handle)
             if self._wake is not None:
@@ -194,7 +216,7 @@ class _Completed:
                     return h
             if par._running == 0:
                 raise StopAsyncIteration
-            par._wake = anyio.Event()
+            par._wake = par._backend.Event()
             await par._wake.wait()
             par._wake = None
 
@@ -217,6 +239,7 @@ class RequestContext:
         scope_workers: Sequence[Worker] = (),
         scope_grace: float = 30.0,
         check_prompts: bool = True,
+        backend: Backend | None = None,
     ) -> None:
         self.request_id = request_id
         self._actors = actors
@@ -227,6 +250,14 @@ class RequestContext:
         self._scope_workers = scope_workers
         self._scope_grace = scope_grace
         self._check_prompts = check_prompts
+        self._loop: Backend | None = backend
+
+    @property
+    def _backend(self) -> Backend:
+        """The event loop's primitives (looked up once, from inside the loop)."""
+        if self._loop is None:
+            self._loop = current_backend()
+        return self._loop
 
     # -- execution scopes --------------------------------------------------
     @property

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Self
 import anyio
 import anyio.abc
 
+from ._backend import current_backend
 from ._errors import CancelGraceExceededWarning, TaskFailedError, TaskNotSupportedError
 from ._scope import current_scope
 from ._task_context import _CURRENT, TaskContext
@@ -205,11 +206,12 @@ class _Job(TaskContext):
         request_id: int | None,
         on_tokens: Callable[[int], None] | None,
         on_progress: Callable[[], None] | None,
+        done: Any,
     ) -> None:
         super().__init__(task, request_id, on_tokens, on_progress, current_scope.get())
-        self.done = anyio.Event()
+        self.done = done
         self.error: BaseException | None = None
-        self.cancel_scope: anyio.CancelScope | None = None
+        self.cancel_scope: Any = None
         self.started = False
 
     def cancel(self) -> None:
@@ -245,6 +247,7 @@ class WorkerActor:
         """Create the inbox and limiter (in the event loop that will serve them)."""
         self._send, self._recv = anyio.create_memory_object_stream[_Job](self.worker.inbox_size)
         self._slots = anyio.Semaphore(self.worker.max_concurrency)
+        self._loop = current_backend()
 
     @property
     def queued(self) -> int:
@@ -252,7 +255,7 @@ class WorkerActor:
 
     async def serve(self) -> None:
         recv, slots = self._recv, self._slots
-        async with anyio.create_task_group() as tg, recv:
+        async with self._loop.open_group() as tg, recv:
             async for job in recv:
                 # Drain what is already queued without a checkpoint per message;
                 # block only when the inbox is empty or every slot is busy.
@@ -284,7 +287,7 @@ class WorkerActor:
         token = _CURRENT.set(job)
         scope_token = current_scope.set(job.scope)
         try:
-            with anyio.CancelScope() as job.cancel_scope:
+            with self._loop.CancelScope() as job.cancel_scope:
                 if job.cancel_requested:
                     job.cancel_scope.cancel()
                 handler = worker.find_handler(type(task))
@@ -330,7 +333,7 @@ class WorkerActor:
         ``on_tokens`` and ``on_progress`` are what the handler's
         :class:`TaskContext` calls for ``report_tokens`` and ``notify_progress``.
         """
-        job = _Job(task, request_id, on_tokens, on_progress)
+        job = _Job(task, request_id, on_tokens, on_progress, self._loop.Event())
         finished = False
         try:
             try:

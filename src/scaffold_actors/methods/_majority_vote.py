@@ -93,9 +93,14 @@ class MajorityVote:
         seen: list[str] = []
         finished = 0
         unanswered = {"empty": 0, "cut_by_length": 0, "no_answer": 0}  # why samples did not vote
-        slots = anyio.Semaphore(self.concurrency or n)
+        # a limit only where one was asked for below the sample count (an
+        # unneeded semaphore costs a checkpoint per sample)
+        limit = self.concurrency
+        slots = anyio.Semaphore(limit) if limit is not None and limit < n else None
 
         async def one() -> GenerationTask | None:
+            if slots is None:
+                return await sample_within_budget(self.sampler, ctx, fresh_task(task))
             async with slots:
                 return await sample_within_budget(self.sampler, ctx, fresh_task(task))
 

@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import anyio
+import anyio.lowlevel
 import pytest
 from helpers import EchoWorker, answers, one_shot
 
@@ -13,8 +14,10 @@ from engine_bridge import CostModel, SimulatedEngine
 from scaffold_actors import (
     AsyncScaffoldingLlm,
     EngineWorker,
+    GenerationTask,
     InvalidTaskError,
     RequestCancelledError,
+    RequestContext,
     RuntimeClosedError,
     ScaffoldingLlm,
     TooManyRequestsError,
@@ -78,6 +81,51 @@ async def test_errors_and_rejections_on_both_backends() -> None:
         assert (await llm.generate("ok")).output.output_str == "echo: ok"
     with pytest.raises(RuntimeClosedError):
         await llm.generate_async("after")
+
+
+@pytest.mark.anyio
+async def test_parallel_children_on_both_backends() -> None:
+    """ctx.parallel() runs on each loop's own primitives (trio's nursery, scope
+    and event; anyio's group and scope with asyncio's event): a cancelled handle
+    is aborted in the engine while its siblings finish, as_completed skips it,
+    wait() returns a value, and a child's error leaves the block unchanged."""
+    engine = SimulatedEngine(LONG, cost=FAST)
+    seen: dict[str, object] = {}
+
+    class Boom(Exception):
+        pass
+
+    async def controller(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        async def sample(tokens: int) -> str:
+            t = GenerationTask(input_str="q", max_tokens=tokens)
+            return (await ctx.run(t)).output_str or ""
+
+        async with ctx.parallel() as par:
+            long = par.start(sample, 2000)
+            short = [par.start(sample, 2) for _ in range(2)]
+            assert await short[0].wait() == "w0 w1"
+            long.cancel()
+            seen["done"] = [h.index async for h in par.as_completed()]
+        seen["long"] = (long.done, long.cancelled)
+        seen["active"] = engine.num_active
+
+        async def fails() -> None:
+            await anyio.lowlevel.checkpoint()
+            raise Boom("child")
+
+        with pytest.raises(Boom, match="child"):
+            async with ctx.parallel() as par:
+                par.start(sample, 2000)
+                par.start(fails)
+        seen["active after error"] = engine.num_active
+        return task
+
+    async with AsyncScaffoldingLlm(controller, {"generation": EngineWorker(engine)}) as llm:
+        await llm.generate("q")
+    assert seen["done"] == [1, 2]  # the cancelled one is skipped
+    assert seen["long"] == (True, True)
+    assert seen["active"] == 0 and seen["active after error"] == 0
+    assert engine.aborted >= 2  # the engine saw both long generations aborted
 
 
 # --- the sync facade ----------------------------------------------------------------

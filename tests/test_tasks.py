@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from engine_bridge import InvalidRequestError, SamplingParams
@@ -152,3 +153,32 @@ def test_a_deep_copy_shares_nothing_mutable() -> None:
     assert chat.stop == ["\n"] and chat.customized_result_fields == {"k": [1]}
     pair = copy.deepcopy([chat, chat])  # one object copied once, as deepcopy promises
     assert pair[0] is pair[1]
+
+
+def test_fresh_task_copies_inputs_like_a_constructed_task() -> None:
+    """fresh_task skips attrs' __init__ for speed: the copy must equal a task
+    built from the same inputs, share no mutable output, and a subclass of
+    somebody's still goes through its own __init__ (validators)."""
+    from scaffold_actors._tasks import StreamGenerationTask
+    from scaffold_actors.methods import fresh_task
+
+    messages = [{"role": "user", "content": "hi"}]
+    t = GenerationTask(messages=messages, max_tokens=5, stop=["x"], temperature=0.3, seed=1)
+    t.output_str, t.finish_reason = "out", "stop"
+    t.customized_result_fields["votes"] = {"1": 2}
+    for cls in (GenerationTask, StreamGenerationTask):
+        copy = fresh_task(t, cls)
+        built = cls(messages=messages, max_tokens=5, stop=["x"], temperature=0.3, seed=1)
+        assert type(copy) is cls and copy.__dict__ == built.__dict__
+        assert copy.stop is not t.stop and copy.messages is not t.messages
+        assert copy.customized_result_fields == {}
+        assert fresh_task(t, cls).customized_result_fields is not copy.customized_result_fields
+        with pytest.raises(InvalidTaskError, match="max_tokens"):
+            copy.max_tokens = 0  # still validated on assignment
+
+    @attrs.define(slots=False, eq=False)
+    class Checked(GenerationTask):
+        def __attrs_post_init__(self) -> None:
+            self.customized_result_fields["made"] = True
+
+    assert fresh_task(t, Checked).customized_result_fields == {"made": True}

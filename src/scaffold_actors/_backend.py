@@ -41,16 +41,23 @@ class Backend:
 
 
 TRIO = Backend("trio", trio.open_nursery, trio.CancelScope, trio.Event)
-ASYNCIO = Backend("asyncio", anyio.create_task_group, anyio.CancelScope, asyncio.Event)
+_ASYNCIO: Backend | None = None
 # any other loop anyio supports: anyio's own primitives
 _PORTABLE = Backend("anyio", anyio.create_task_group, anyio.CancelScope, anyio.Event)
 
 
 def current_backend() -> Backend:
     """The primitives of the running event loop (call from inside it)."""
+    global _ASYNCIO
     name = sniffio.current_async_library()
     if name == "trio":
         return TRIO
     if name == "asyncio":
-        return ASYNCIO
+        if _ASYNCIO is None:
+            # anyio.CancelScope() looks the backend up on every construction;
+            # its asyncio class, taken from an instance, is built directly
+            _ASYNCIO = Backend(
+                "asyncio", anyio.create_task_group, type(anyio.CancelScope()), asyncio.Event
+            )
+        return _ASYNCIO
     return _PORTABLE

@@ -13,6 +13,7 @@ import anyio.abc
 
 from engine_bridge import raise_single
 
+from ._backend import Backend, current_backend
 from ._context import RequestContext
 from ._controller import run_controller
 from ._errors import InvalidTaskError, RuntimeClosedError, TooManyRequestsError
@@ -146,6 +147,7 @@ class AsyncScaffoldingLlm:
         self._in_flight: set[ScaffoldingResult] = set()
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._loop: Backend | None = None
         self._closing = False
         self.completed = 0
 
@@ -155,6 +157,7 @@ class AsyncScaffoldingLlm:
             raise RuntimeError("AsyncScaffoldingLlm is already started")
         self._slots = anyio.Semaphore(self.max_in_flight)
         self._idle = anyio.Event()
+        self._loop = current_backend()
         self._idle.set()
         for actor in self._actors.values():
             actor.open()
@@ -266,6 +269,7 @@ class AsyncScaffoldingLlm:
             scope_workers=self._scope_workers,
             scope_grace=self.cancel_grace,
             check_prompts=self.check_prompts,
+            backend=self._loop,
         )
         result.usage = ctx.usage
         result.trace = ctx.trace

@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 import attrs
 
 from engine_bridge import (
-    SAMPLING_FIELDS,
     EngineRequest,
     InvalidRequestError,
     SamplingParams,
@@ -264,8 +263,8 @@ class GenerationTask(Task):
             raise InvalidTaskError(f"{name}.input_tokens", "must not be empty")
         if self.messages is not None:
             _check_messages(f"{name}.messages", self.messages)
-        for a in _SAMPLING_ATTRS:
-            _sampling_validator(self, a, getattr(self, a.name))
+        # the sampling fields need no check here: attrs validates each one on
+        # __init__ and on every assignment (on_setattr), naming the field
         if self.n != 1:
             raise InvalidTaskError(
                 f"{name}.n", f"must be 1 (submit one task per sample), got {self.n!r}"
@@ -321,9 +320,6 @@ class GenerationTask(Task):
             )
         except InvalidRequestError as e:
             raise InvalidTaskError.of(type(self).__name__, e) from None
-
-
-_SAMPLING_ATTRS = tuple(a for a in attrs.fields(GenerationTask) if a.name in SAMPLING_FIELDS)
 
 
 def _check_messages(field: str, messages: Any) -> None:

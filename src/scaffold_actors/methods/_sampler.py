@@ -15,6 +15,24 @@ __all__ = ["Sampler", "fresh_task", "result_from", "sample_count", "sample_withi
 COT_INSTRUCTION = "Think step by step, then give the final answer as \\boxed{answer}."
 
 
+def _blank(cls: type[GenerationTask]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
+    """``cls``'s defaults: plain values, and the factories of mutable ones."""
+    plain: dict[str, Any] = {}
+    factories: list[tuple[str, Any]] = []
+    for a in attrs.fields(cls):
+        if isinstance(a.default, attrs.Factory):  # type: ignore[arg-type]
+            factories.append((a.name, a.default.factory))
+        else:
+            plain[a.name] = a.default
+    return plain, tuple(factories)
+
+
+# every sample copies a task (often twice): the copy skips attrs' __init__,
+# whose validators already passed on the values copied (attrs checks each
+# field on assignment too), for the two classes whose fields are known here
+_BLANKS = {cls: _blank(cls) for cls in (GenerationTask, StreamGenerationTask)}
+
+
 def fresh_task(task: GenerationTask, cls: type[GenerationTask] = GenerationTask) -> GenerationTask:
     """A new task with ``task``'s inputs and sampling parameters, outputs empty."""
     fields = {f: getattr(task, f) for f in GenerationTask.input_fields}
@@ -22,7 +40,17 @@ def fresh_task(task: GenerationTask, cls: type[GenerationTask] = GenerationTask)
     if fields["messages"] is not None:
         fields["messages"] = [dict(m) for m in fields["messages"]]
     fields["worker_tag"] = task.worker_tag
-    return cls(**fields)
+    blank = _BLANKS.get(cls)
+    if blank is None:  # a subclass of somebody's: its own __init__ and validators
+        return cls(**fields)
+    plain, factories = blank
+    new = cls.__new__(cls)
+    values = new.__dict__
+    values.update(plain)
+    for name, factory in factories:
+        values[name] = factory()
+    values.update(fields)
+    return new
 
 
 async def sample_within_budget(

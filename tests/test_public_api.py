@@ -122,7 +122,7 @@ async def test_parallel_children_on_both_backends() -> None:
 
     async with AsyncScaffoldingLlm(controller, {"generation": EngineWorker(engine)}) as llm:
         await llm.generate("q")
-    assert seen["done"] == [1, 2]  # the cancelled one is skipped
+    assert sorted(seen["done"]) == [1, 2]  # the cancelled one is skipped
     assert seen["long"] == (True, True)
     assert seen["active"] == 0 and seen["active after error"] == 0
     assert engine.aborted >= 2  # the engine saw both long generations aborted

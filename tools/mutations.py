@@ -833,6 +833,26 @@ MUTATIONS = [
         (("            except KeyboardInterrupt:\n", "            except ZeroDivisionError:\n"),),
         ("tests/test_bench.py::test_ctrl_c_stops_the_bench_with_one_line_and_resume_goes_on",),
     ),
+    Mutation(
+        "fresh-task-fresh-mutables",
+        "a task copied without attrs' __init__ shares its class's mutable defaults",
+        SA + "methods/_sampler.py",
+        (
+            (
+                "        values[name] = factory()\n",
+                "        values[name] = _SHARED.setdefault(name, factory())\n",
+            ),
+            ("_BLANKS = {", "_SHARED: dict[str, Any] = {}\n_BLANKS = {"),
+        ),
+        ("tests/test_tasks.py::test_fresh_task_copies_inputs_like_a_constructed_task",),
+    ),
+    Mutation(
+        "handle-wakes-its-waiter",
+        "a finished Parallel child does not wake a handle.wait() already waiting",
+        SA + "_context.py",
+        (("        if self._done is not None:\n            self._done.set()\n", "        pass\n"),),
+        ("tests/test_public_api.py::test_parallel_children_on_both_backends",),
+    ),
 ]
 
 

@@ -23,6 +23,7 @@ as a TensorRT-LLM program runs) and the native ``MajorityVote`` through
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import platform
@@ -31,6 +32,9 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
+import sniffio
+import trio
 
 from engine_bridge import CostModel, EngineRequest, SamplingParams, SimulatedEngine
 from scaffold_actors import AsyncScaffoldingLlm, EngineWorker, GenerationTask, Worker
@@ -99,6 +103,77 @@ class InstantWorker(Worker):
     task_handlers = {GenerationTask: generate}
 
 
+async def loop_floor(prompts: int, samples: int, hop: bool, native: bool) -> float:
+    """The event loop alone, shaped as the runtime's work: a task per prompt, a
+    task per sample under it and, with ``hop``, each sample handed through a
+    queue to a server task that spawns a handler task per sample, which sets an
+    event the sample waits on (the actor hop).  No framework code at all: what
+    the loop charges for that shape, on the loop's own primitives (``native``:
+    trio's nursery, event and channel; asyncio's TaskGroup, Event and Queue) or
+    on anyio's portable ones (needed on asyncio for cancel scopes)."""
+    loop = sniffio.current_async_library()
+    if native and loop == "trio":
+        group: Any = trio.open_nursery
+        event: Any = trio.Event
+        checkpoint: Any = trio.lowlevel.checkpoint
+        send, recv = trio.open_memory_channel[Any](prompts * samples)
+        put: Any = send.send_nowait
+    elif native:
+        group, event, checkpoint = asyncio.TaskGroup, asyncio.Event, lambda: asyncio.sleep(0)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        put = queue.put_nowait
+    else:
+        group, event, checkpoint = anyio.create_task_group, anyio.Event, anyio.lowlevel.checkpoint
+        send, recv = anyio.create_memory_object_stream[Any](prompts * samples)
+        put = send.send_nowait
+
+    async def handler(done: Any) -> None:
+        done.set()
+
+    async def serve(tg: Any) -> None:
+        if native and loop == "asyncio":
+            while True:
+                tg.create_task(handler(await queue.get()))
+        async for done in recv:
+            tg.start_soon(handler, done)
+
+    def spawn(tg: Any, fn: Any, *args: Any) -> None:
+        if native and loop == "asyncio":
+            tg.create_task(fn(*args))
+        else:
+            tg.start_soon(fn, *args)
+
+    async def sample() -> None:
+        if hop:
+            done = event()
+            put(done)
+            await done.wait()
+        else:
+            await checkpoint()
+
+    async def prompt() -> None:
+        async with group() as tg:
+            for _ in range(samples):
+                spawn(tg, sample)
+
+    try:
+        async with group() as outer:
+            spawn(outer, serve, outer)
+            start = time.perf_counter()
+            async with group() as tg:
+                for _ in range(prompts):
+                    spawn(tg, prompt)
+            elapsed = time.perf_counter() - start
+            raise _Done
+    except* _Done:
+        pass
+    return elapsed
+
+
+class _Done(Exception):
+    """Stops the floor's server task (every loop's group cancels on an error)."""
+
+
 def instant(args: argparse.Namespace) -> dict[str, Any]:
     """tasks/s of the three instant-handler modes, best of ``--repeats``."""
     prompts = [f"Question {i}: what is 2 + 2?" for i in range(args.prompts)]
@@ -137,6 +212,15 @@ def instant(args: argparse.Namespace) -> dict[str, Any]:
         ):
             gc.collect()
             best[name] = min(best.get(name, float("inf")), run())
+        for backend in ("trio", "asyncio"):
+            for own in (True, False):
+                for hop in (False, True):
+                    name = f"floor-{backend}{'' if own else '-anyio'}-{'hop' if hop else 'spawn'}"
+                    gc.collect()
+                    took = anyio.run(
+                        loop_floor, args.prompts, args.samples, hop, own, backend=backend
+                    )
+                    best[name] = min(best.get(name, float("inf")), took)
     return {
         "benchmark": "overhead",
         "workload": "instant",

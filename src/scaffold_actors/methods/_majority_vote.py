@@ -98,11 +98,15 @@ class MajorityVote:
         limit = self.concurrency
         slots = anyio.Semaphore(limit) if limit is not None and limit < n else None
 
+        # our Sampler copies the task it is given; any other sampler gets a copy
+        # of its own, so what it changes stays in its sample
+        copy = (lambda t: t) if type(self.sampler) is Sampler else fresh_task
+
         async def one() -> GenerationTask | None:
             if slots is None:
-                return await sample_within_budget(self.sampler, ctx, fresh_task(task))
+                return await sample_within_budget(self.sampler, ctx, copy(task))
             async with slots:
-                return await sample_within_budget(self.sampler, ctx, fresh_task(task))
+                return await sample_within_budget(self.sampler, ctx, copy(task))
 
         async with ctx.parallel() as par:
             for _ in range(n):

@@ -133,7 +133,3 @@ async def canonical(
         return next((other for other in earlier if equivalent(answer, other)), answer)
 
     return await anyio.to_thread.run_sync(first_equivalent, abandon_on_cancel=True)
-    for other in seen:
-        if equivalent(answer, other):
-            return other
-    return answer

@@ -94,7 +94,7 @@ class _GeneratorDriver:
                 await self.ctx._in_scope(parent.child(0), self.drive, gens[0])
                 return
             try:
-                async with anyio.create_task_group() as tg:
+                async with self.ctx._backend.open_group() as tg:
                     for i, g in enumerate(gens):
                         tg.start_soon(self.ctx._in_scope, parent.child(i), self.drive, g)
             except BaseExceptionGroup as group:

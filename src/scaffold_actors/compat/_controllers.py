@@ -128,6 +128,20 @@ class NativeGenerationController(Controller):
         self.sampling_params = params
         self.streaming = streaming
 
+    def clone(self) -> Controller:
+        """A copy per sample, as TensorRT-LLM's deep copy makes, without walking
+        the object graph: the state is known here (plain sampling values, a
+        stop list, task collections).  A subclass may hold more: it is deep
+        copied."""
+        if type(self) is not NativeGenerationController or self.task_collections:
+            return super().clone()
+        new = copy.copy(self)
+        new.task_collections = {}
+        new.sampling_params = {
+            k: list(v) if isinstance(v, list) else v for k, v in self.sampling_params.items()
+        }
+        return new
+
     def process(self, tasks: list[Task], **kwargs: Any) -> TaskGen:
         for task in tasks:
             task.worker_tag = self.WorkerTag.GENERATION

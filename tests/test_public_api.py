@@ -21,6 +21,7 @@ from scaffold_actors import (
     RuntimeClosedError,
     ScaffoldingLlm,
     TooManyRequestsError,
+    Worker,
 )
 from scaffold_actors.methods import MajorityVote, Sampler
 
@@ -127,6 +128,51 @@ async def test_parallel_children_on_both_backends() -> None:
     assert seen["long"] == (True, True)
     assert seen["active"] == 0 and seen["active after error"] == 0
     assert engine.aborted >= 2  # the engine saw both long generations aborted
+
+
+@pytest.mark.anyio
+async def test_a_task_handed_to_an_idle_runner_is_cancelled_in_the_engine() -> None:
+    """After a first task, its runner waits for work and the next task is handed
+    to it straight from the requester (no trip through the inbox): cancelling
+    that request still aborts the generation in the engine before it returns."""
+    engine = SimulatedEngine(LONG, cost=FAST)
+    async with AsyncScaffoldingLlm(
+        Sampler(max_tokens=2000), {"generation": EngineWorker(engine)}
+    ) as llm:
+        actor = llm._actors["generation"]
+        short = await llm.generate_async("q", max_tokens=1)
+        await short
+        assert len(actor._idle) == 1  # the first task's runner waits for work
+        r = await llm.generate_async("q")
+        await anyio.sleep(0.01)
+        assert engine.num_active == 1 and not actor._idle  # handed to that runner
+        await r.acancel()
+        assert engine.num_active == 0 and engine.aborted == 1
+        with pytest.raises(RequestCancelledError):
+            await r
+
+
+@pytest.mark.anyio
+async def test_a_context_variable_a_handler_leaves_set_does_not_reach_the_next_task() -> None:
+    """Runners are reused across tasks: one whose handler left a context variable
+    set retires, so the next task (on another runner) does not see it."""
+    import contextvars
+
+    leaked: contextvars.ContextVar[str] = contextvars.ContextVar("leaked", default="clean")
+    seen: list[str] = []
+
+    class Leaky(Worker):
+        async def generate(self, task: GenerationTask) -> None:
+            seen.append(leaked.get())
+            leaked.set(f"left by task {len(seen)}")  # never reset
+            task.output_str = "x"
+
+        task_handlers = {GenerationTask: generate}
+
+    async with AsyncScaffoldingLlm(one_shot, {"generation": Leaky()}) as llm:
+        for _ in range(3):
+            await llm.generate("q")
+    assert seen == ["clean", "clean", "clean"]
 
 
 # --- the sync facade ----------------------------------------------------------------

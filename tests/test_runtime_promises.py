@@ -223,3 +223,37 @@ def test_sync_generate_interrupted_cancels_its_requests() -> None:
             llm.generate(["a", "b", "c"])
         assert engine.aborted == 3 and engine.num_active == 0
         assert llm.stats()["engine_requests"] == 0
+
+
+async def test_a_task_goes_to_an_idle_runner_only_when_nothing_waits_before_it() -> None:
+    """The hand-off straight to an idle runner skips the inbox, so it must not
+    overtake: while a task sits in the inbox (serve has not taken it yet), a
+    sender waits on a full inbox, no slot is free or the actor is closing, a new
+    task takes the inbox like the others."""
+    from scaffold_actors._worker import _Job
+
+    async with AsyncScaffoldingLlm(one_shot, {"generation": EchoWorker()}) as llm:
+        await llm.generate("warm")
+        actor = llm._actors["generation"]
+        assert len(actor._idle) == 1
+
+        def job() -> _Job:
+            return _Job(GenerationTask(input_str="q"), None, None, None, trio.Event())
+
+        for name in ("_in_inbox", "_waiting_senders"):
+            setattr(actor, name, 1)  # as if a task were ahead of this one
+            try:
+                assert not actor._hand_to_idle_runner(job())
+            finally:
+                setattr(actor, name, 0)
+        slots = actor.worker.max_concurrency
+        for _ in range(slots):
+            actor._slots.acquire_nowait()
+        assert not actor._hand_to_idle_runner(job())  # every slot busy
+        for _ in range(slots):
+            actor._slots.release()
+        assert len(actor._idle) == 1  # nothing was handed over
+        handed = job()
+        assert actor._hand_to_idle_runner(handed)  # nothing ahead: straight to it
+        await handed.done.wait()
+        assert handed.task.output_str == "echo: q"

@@ -853,6 +853,28 @@ MUTATIONS = [
         (("        if self._done is not None:\n            self._done.set()\n", "        pass\n"),),
         ("tests/test_public_api.py::test_parallel_children_on_both_backends",),
     ),
+    Mutation(
+        "runner-retires-on-a-leaked-context-variable",
+        "a runner whose handler left a context variable set takes the next task anyway",
+        SA + "_worker.py",
+        (("                or not _same_context(clean, contextvars.copy_context())\n", ""),),
+        (
+            "tests/test_public_api.py::"
+            "test_a_context_variable_a_handler_leaves_set_does_not_reach_the_next_task",
+        ),
+    ),
+    Mutation(
+        "idle-runner-hand-off-waits-its-turn",
+        "a task is handed to an idle runner even while others wait in the inbox before it",
+        SA + "_worker.py",
+        (
+            (
+                "if not self._idle or self._in_inbox or self._waiting_senders or self._closed:",
+                "if not self._idle or self._closed:",
+            ),
+        ),
+        (RT + "test_a_task_goes_to_an_idle_runner_only_when_nothing_waits_before_it",),
+    ),
 ]
 
 

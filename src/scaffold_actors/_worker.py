@@ -11,6 +11,7 @@ reaches the worker through the methods and attributes of the worker protocol
 
 from __future__ import annotations
 
+import contextvars
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -220,6 +221,20 @@ class _Job(TaskContext):
             self.cancel_scope.cancel()
 
 
+def _same_context(a: contextvars.Context, b: contextvars.Context) -> bool:
+    return len(a) == len(b) and all(a.get(var, a) is value for var, value in b.items())
+
+
+class _Runner:
+    """An idle runner task's mailbox: the job it is handed, and its wake-up."""
+
+    __slots__ = ("job", "wake")
+
+    def __init__(self) -> None:
+        self.job: _Job | None = None
+        self.wake: Any = None
+
+
 class WorkerActor:
     """The actor around one worker (internal to the runtime).
 
@@ -243,11 +258,23 @@ class WorkerActor:
         self.completed = 0
         self.grace_overruns = 0
 
+    #: runners kept waiting for work at most (more exit when they finish)
+    max_idle_runners = 256
+
     def open(self) -> None:
         """Create the inbox and limiter (in the event loop that will serve them)."""
         self._send, self._recv = anyio.create_memory_object_stream[_Job](self.worker.inbox_size)
         self._slots = anyio.Semaphore(self.worker.max_concurrency)
         self._loop = current_backend()
+        # Runner tasks run the handlers: each takes the next job when its handler
+        # returns, so a task costs no spawn of its own; an idle runner is handed a
+        # job straight from the requester (no trip through serve) when the inbox
+        # is empty, nobody waits to send and a slot is free.
+        self._idle: list[_Runner] = []
+        self._group: Any = None
+        self._closed = False
+        self._in_inbox = 0  # jobs sent and not yet taken by serve
+        self._waiting_senders = 0
 
     @property
     def queued(self) -> int:
@@ -255,30 +282,85 @@ class WorkerActor:
 
     async def serve(self) -> None:
         recv, slots = self._recv, self._slots
-        async with self._loop.open_group() as tg, recv:
-            async for job in recv:
-                # Drain what is already queued without a checkpoint per message;
-                # block only when the inbox is empty or every slot is busy.
-                while True:
-                    if job.cancel_requested:
-                        job.done.set()
-                    else:
+        try:
+            async with self._loop.open_group() as group, recv:
+                self._group = group
+                async for job in recv:
+                    # Drain what is already queued without a checkpoint per message;
+                    # block only when the inbox is empty or every slot is busy.
+                    while True:
+                        self._in_inbox -= 1
+                        if job.cancel_requested:
+                            job.done.set()
+                        else:
+                            try:
+                                slots.acquire_nowait()
+                            except anyio.WouldBlock:
+                                await slots.acquire()
+                            self._dispatch(job)
                         try:
-                            slots.acquire_nowait()
-                        except anyio.WouldBlock:
-                            await slots.acquire()
-                        self.running += 1
-                        # started from now on: a requester cancelled before _run
-                        # begins still waits for it (it may reach the engine first)
-                        job.started = True
-                        tg.start_soon(self._run, job)
-                    try:
-                        job = recv.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
+                            job = recv.receive_nowait()
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                self._release_idle()  # the inbox is closed: idle runners exit
+        finally:
+            self._closed = True
+            self._release_idle()
+
+    def _dispatch(self, job: _Job) -> None:
+        """Start ``job`` (its slot taken) on an idle runner or a new one."""
+        self.running += 1
+        # started from now on: a requester cancelled before _run begins still
+        # waits for it (it may reach the engine first)
+        job.started = True
+        if self._idle:
+            runner = self._idle.pop()
+            runner.job = job
+            runner.wake.set()
+        else:
+            self._group.start_soon(self._runner, job)
+
+    def _hand_to_idle_runner(self, job: _Job) -> bool:
+        """Start ``job`` at once on an idle runner, when nothing is queued or
+        waiting before it and a slot is free (else it goes through the inbox)."""
+        if not self._idle or self._in_inbox or self._waiting_senders or self._closed:
+            return False
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            return False
+        self._dispatch(job)
+        return True
+
+    def _release_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for runner in idle:
+            runner.job = None
+            runner.wake.set()
+
+    async def _runner(self, job: _Job | None) -> None:
+        runner: _Runner | None = None
+        clean = contextvars.copy_context()  # what every job of this runner starts from
+        while job is not None:
+            await self._run(job)
+            if (
+                self._closed
+                or len(self._idle) >= self.max_idle_runners
+                # a handler that left a context variable set would leak it into
+                # the next job: this runner retires and a fresh one takes over
+                or not _same_context(clean, contextvars.copy_context())
+            ):
+                return
+            if runner is None:
+                runner = _Runner()
+            runner.job, runner.wake = None, self._loop.Event()
+            self._idle.append(runner)
+            await runner.wake.wait()
+            job = runner.job
 
     def close(self) -> None:
         """Stop taking tasks; ``serve`` returns once running tasks finish."""
+        self._closed = True
         self._send.close()
 
     async def _run(self, job: _Job) -> None:
@@ -336,10 +418,20 @@ class WorkerActor:
         job = _Job(task, request_id, on_tokens, on_progress, self._loop.Event())
         finished = False
         try:
-            try:
-                self._send.send_nowait(job)
-            except anyio.WouldBlock:
-                await self._send.send(job)  # inbox full: wait (backpressure)
+            if not self._hand_to_idle_runner(job):
+                self._in_inbox += 1
+                try:
+                    try:
+                        self._send.send_nowait(job)
+                    except anyio.WouldBlock:
+                        self._waiting_senders += 1
+                        try:
+                            await self._send.send(job)  # inbox full: wait (backpressure)
+                        finally:
+                            self._waiting_senders -= 1
+                except BaseException:
+                    self._in_inbox -= 1  # never sent
+                    raise
             await job.done.wait()
             finished = True
         finally:

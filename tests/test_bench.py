@@ -231,7 +231,14 @@ def test_ctrl_c_stops_the_bench_with_one_line_and_resume_goes_on(tmp_path: Path)
     # "--limit saved" below names exactly them (with two at a time, problem 1
     # may finish first and the resumed first problem was never done)
     p = subprocess.Popen(
-        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        args,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell's background job ignores SIGINT and its children inherit that:
+        # give the child Python's own Ctrl-C back, however the suite was started
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler),
     )
     deadline = time.monotonic() + 120  # a hang guard, not a budget: we wait for a result
     while not (out.exists() and out.read_text().count("\n") >= 1):

@@ -178,8 +178,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def common_arguments(description: str) -> argparse.ArgumentParser:
+    """The options this benchmark shares with ``vote_defaults.py``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--engine", choices=["hf", "simulated"], default="hf")
     parser.add_argument("--dataset", default="arithmetic")
     parser.add_argument("--limit", type=int, default=None)
@@ -187,6 +188,11 @@ if __name__ == "__main__":
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=4, help="problems in flight")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+if __name__ == "__main__":
+    parser = common_arguments(__doc__.splitlines()[0])
     parser.add_argument(
         "--only", default=None, help="comma-separated configurations (their baselines run too)"
     )

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 import anyio
-from early_stopping import _mean, run_one
+from early_stopping import _mean, common_arguments, run_one
 
 from scaffold_actors.cli._bench import accuracy_interval, load_dataset, paired_difference
 from scaffold_actors.cli._main import EngineOptions, build_engine
@@ -102,14 +102,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", choices=["hf", "simulated"], default="hf")
-    parser.add_argument("--dataset", default="arithmetic")
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser = common_arguments(__doc__.splitlines()[0])
     parser.add_argument("--temperatures", default="0.3,0.7,1.0")
     parser.add_argument("--instructions", default="cot,short,none")
-    parser.add_argument("--concurrency", type=int, default=4, help="problems in flight")
-    parser.add_argument("--seed", type=int, default=0)
     print(json.dumps(anyio.run(main, parser.parse_args()), indent=2))

@@ -48,6 +48,13 @@ def test_overhead_benchmark_prints_json() -> None:
     assert data["tasks"] == 320
     assert set(data["tasks_per_second"]) == {"direct", "native", "compat"}
     assert all(v > 0 for v in data["tasks_per_second"].values())
+    p = run("benchmarks/overhead.py", "--workload", "instant", "--prompts", "20", "--repeats", "1")
+    assert p.returncode == 0, p.stderr
+    rates = json.loads(p.stdout)["tasks_per_second"]
+    assert {"compat-asyncio", "native-trio", "native-asyncio"} <= set(rates)
+    assert {f"floor-{b}-{k}" for b in ("trio", "asyncio", "trio-anyio", "asyncio-anyio")
+            for k in ("spawn", "hop")} <= set(rates)  # fmt: skip
+    assert all(v > 0 for v in rates.values())
 
 
 def test_method_benchmarks_print_json_on_the_simulated_engine() -> None:
@@ -62,6 +69,15 @@ def test_method_benchmarks_print_json_on_the_simulated_engine() -> None:
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert data["problems"] == 2 and data["verdict_tokens"]["completion"] == 2 * 2 * 8
+    p = run(
+        "benchmarks/vote_defaults.py", "--engine", "simulated", "--limit", "2", "--samples", "3",
+        "--temperatures", "0.7,1.0", "--instructions", "cot,none",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert set(data["configs"]) == {"T=0.7 cot", "T=0.7 none", "T=1.0 cot", "T=1.0 none"}
+    assert "vs_default" not in data["configs"]["T=0.7 cot"]  # the default is the baseline
+    assert all("vs_default" in c for n, c in data["configs"].items() if n != "T=0.7 cot")
 
 
 def test_http_client_benchmark_prints_json() -> None:

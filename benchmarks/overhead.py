@@ -174,6 +174,79 @@ class _Done(Exception):
     """Stops the floor's server task (every loop's group cancels on an error)."""
 
 
+def breakdown(args: argparse.Namespace) -> dict[str, Any]:
+    """Where a task's microseconds go on the instant workload: the same 8 tasks
+    per prompt through less and less of the stack, best of ``--repeats``, on
+    trio and on asyncio (``--workload breakdown``).
+
+    * ``vote``: ``MajorityVote(Sampler())`` (what ``instant`` measures natively);
+    * ``vote-no-extraction``: the same with an answer extractor that returns a
+      constant (what parsing the answers costs);
+    * ``parallel-run``: a controller that starts 8 ``ctx.parallel()`` children,
+      each ``await ctx.run(GenerationTask(...))`` (the runtime alone: a branch task,
+      an execution scope, validation, the actor, accounting);
+    * ``sequential-run``: 8 ``ctx.run`` one after another (no branch task);
+    * and the loop's floors for the same shape (see ``instant``).
+    """
+    prompts = [f"Question {i}: what is 2 + 2?" for i in range(args.prompts)]
+    n = args.samples
+
+    async def parallel_run(ctx: Any, task: GenerationTask) -> GenerationTask:
+        async def one() -> None:
+            await ctx.run(GenerationTask(input_str=task.input_str, max_tokens=64))
+
+        async with ctx.parallel() as par:
+            for _ in range(n):
+                par.start(one)
+        return task
+
+    async def sequential_run(ctx: Any, task: GenerationTask) -> GenerationTask:
+        for _ in range(n):
+            await ctx.run(GenerationTask(input_str=task.input_str, max_tokens=64))
+        return task
+
+    shapes = {
+        "vote": MajorityVote(Sampler(max_tokens=64), samples=n, early_stop=False),
+        "vote-no-extraction": MajorityVote(
+            Sampler(max_tokens=64), samples=n, early_stop=False, extract=lambda _: "4"
+        ),
+        "parallel-run": parallel_run,
+        "sequential-run": sequential_run,
+    }
+
+    async def timed(controller: Any) -> float:
+        async with AsyncScaffoldingLlm(controller, {"generation": InstantWorker()}) as llm:
+            await llm.generate(prompts[:50])
+            start = time.perf_counter()
+            await llm.generate(prompts)
+            return time.perf_counter() - start
+
+    best: dict[str, float] = {}
+    for _ in range(args.repeats):
+        for backend in ("trio", "asyncio"):
+            for name, controller in shapes.items():
+                gc.collect()
+                key = f"{name}-{backend}"
+                best[key] = min(
+                    best.get(key, float("inf")), anyio.run(timed, controller, backend=backend)
+                )
+            for own, label in ((True, ""), (False, "-anyio")):
+                key = f"floor-{backend}{label}-hop"
+                took = anyio.run(loop_floor, args.prompts, n, True, own, backend=backend)
+                best[key] = min(best.get(key, float("inf")), took)
+    tasks = args.prompts * n
+    return {
+        "benchmark": "overhead",
+        "workload": "breakdown",
+        "prompts": args.prompts,
+        "samples_per_prompt": n,
+        "tasks": tasks,
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "per_task_us": {k: round(v / tasks * 1e6, 1) for k, v in best.items()},
+    }
+
+
 def instant(args: argparse.Namespace) -> dict[str, Any]:
     """tasks/s of the three instant-handler modes, best of ``--repeats``."""
     prompts = [f"Question {i}: what is 2 + 2?" for i in range(args.prompts)]
@@ -243,13 +316,14 @@ def main() -> None:
     ap.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
     ap.add_argument(
         "--workload",
-        choices=["engine", "instant"],
+        choices=["engine", "instant", "breakdown"],
         default="engine",
-        help="engine: the simulated instant engine; instant: handlers answer at once",
+        help="engine: the simulated instant engine; instant: handlers answer at once; "
+        "breakdown: the instant workload through less and less of the stack",
     )
     args = ap.parse_args()
-    if args.workload == "instant":
-        print(json.dumps(instant(args), indent=2))
+    if args.workload in ("instant", "breakdown"):
+        print(json.dumps((instant if args.workload == "instant" else breakdown)(args), indent=2))
         return
 
     prompts = [f"Question {i}: what is 2 + 2?" for i in range(args.prompts)]

@@ -55,6 +55,12 @@ def test_overhead_benchmark_prints_json() -> None:
     assert {f"floor-{b}-{k}" for b in ("trio", "asyncio", "trio-anyio", "asyncio-anyio")
             for k in ("spawn", "hop")} <= set(rates)  # fmt: skip
     assert all(v > 0 for v in rates.values())
+    p = run(
+        "benchmarks/overhead.py", "--workload", "breakdown", "--prompts", "10", "--repeats", "1"
+    )
+    assert p.returncode == 0, p.stderr
+    shares = json.loads(p.stdout)["per_task_us"]
+    assert {"vote-trio", "parallel-run-asyncio", "floor-trio-hop"} <= set(shares)
 
 
 def test_method_benchmarks_print_json_on_the_simulated_engine() -> None:

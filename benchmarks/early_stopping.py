@@ -120,7 +120,7 @@ def _mean(values: list[float | None]) -> float | None:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     problems = load_dataset(args.dataset, limit=args.limit)
     # the engine `scaffold run --engine ...` starts (on a CPU: its CPU sizing)
-    engine = build_engine(EngineOptions(engine=args.engine, seed=args.seed))
+    engine = build_engine(EngineOptions(engine=args.engine, seed=args.seed), device=args.device)
     results: dict[str, list[dict[str, Any]]] = {}
     seconds: dict[str, float] = {}
     plan = configs(args.samples, args.max_tokens)
@@ -188,6 +188,7 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=4, help="problems in flight")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="torch device for --engine hf (cuda:0)")
     return parser
 
 

@@ -52,7 +52,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"unknown instruction form(s): {', '.join(sorted(unknown))}")
     grid = [(t, f) for t in temperatures for f in forms]
-    engine = build_engine(EngineOptions(engine=args.engine, seed=args.seed))
+    engine = build_engine(EngineOptions(engine=args.engine, seed=args.seed), device=args.device)
     results: dict[str, list[dict[str, Any]]] = {}
     seconds: dict[str, float] = {}
     async with engine:

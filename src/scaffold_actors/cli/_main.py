@@ -17,7 +17,7 @@ from engine_bridge import EngineError, InvalidRequestError, SamplingParams
 
 from .. import EngineWorker, ScaffoldError, ScaffoldingLlm
 from ..methods import extract_answer
-from ._registry import COT, METHODS, build_method
+from ._registry import METHODS, SHORT, build_method
 
 ENGINES = ("hf", "openai", "trtllm", "simulated")
 #: the hf engine's KV cache (tokens) and batch size (tokens per step) on a CPU
@@ -256,8 +256,8 @@ def build_controllers(
     given: dict[str, str],
     samples: int | None,
     max_tokens: int,
-    temperature: float,
-    instruction: str,
+    temperature: float | None,
+    instruction: str | None,
 ) -> dict[str, Any]:
     """A controller per method name.  The ``-p`` parameters ``given`` go to
     ``method`` (the one the command line chose) when it is among ``names`` (a run,
@@ -306,11 +306,18 @@ common_options = [
         "adaptive-consistency and deepconf, 4 for the others)",
     ),
     click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True),
-    click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True),
+    click.option(
+        "--temperature",
+        type=click.FloatRange(min=0.0),
+        default=None,
+        help="sampling temperature (default: 0.3 for majority-vote and adaptive-consistency, "
+        "0.7 for the others)",
+    ),
     click.option(
         "--instruction",
-        default=COT,
-        help="appended to every question (default: think step by step, answer in \\boxed{}; '' for none)",
+        default=None,
+        help="appended to every question (default: the votes ask for the boxed answer "
+        "alone, the others to think step by step first; '' for none)",
     ),
     click.option(
         "-p",
@@ -416,6 +423,8 @@ def methods(as_json: bool) -> None:
             "summary": spec.summary,
             "uses_reward": spec.uses_reward,
             "default_samples": spec.default_samples,
+            "default_temperature": spec.default_temperature,
+            "default_instruction": spec.default_instruction,
             "params": {
                 k: {"type": t.__name__, "default": d, "help": h}
                 for k, (t, d, h) in spec.params.items()
@@ -428,6 +437,11 @@ def methods(as_json: bool) -> None:
         return
     for name, info in table.items():
         click.echo(f"{name:22} {info['summary']}")
+        click.echo(
+            f"{'':22}   defaults: --samples {info['default_samples']} "
+            f"--temperature {info['default_temperature']}"
+            + ("  (asks for the answer alone)" if info["default_instruction"] == SHORT else "")
+        )
         for key, p in info["params"].items():
             click.echo(f"{'':22}   -p {key}={p['default']}  ({p['type']}) {p['help']}")
     click.echo(
@@ -508,8 +522,8 @@ def run(
     method: str,
     samples: int | None,
     max_tokens: int,
-    temperature: float,
-    instruction: str,
+    temperature: float | None,
+    instruction: str | None,
     params: tuple[str, ...],
     options: EngineOptions,
     as_json: bool,
@@ -614,8 +628,8 @@ def serve(
     method: str,
     samples: int | None,
     max_tokens: int,
-    temperature: float,
-    instruction: str,
+    temperature: float | None,
+    instruction: str | None,
     params: tuple[str, ...],
     options: EngineOptions,
     host: str,
@@ -722,8 +736,8 @@ def bench(
     method: str,
     samples: int | None,
     max_tokens: int,
-    temperature: float,
-    instruction: str,
+    temperature: float | None,
+    instruction: str | None,
     params: tuple[str, ...],
     options: EngineOptions,
     compare: str | None,

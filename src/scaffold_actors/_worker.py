@@ -222,6 +222,7 @@ class _Job(TaskContext):
 
 
 def _same_context(a: contextvars.Context, b: contextvars.Context) -> bool:
+    """Whether two contexts hold the same variables with the same values."""
     return len(a) == len(b) and all(a.get(var, a) is value for var, value in b.items())
 
 
@@ -246,6 +247,14 @@ class WorkerActor:
     cancellation returns.  A handler that is still running when the grace runs out
     is reported with :class:`CancelGraceExceededWarning` naming the worker and the
     task, and counted in ``grace_overruns``.
+
+    Handlers run in runner tasks under ``serve``'s task group, never in the
+    requester's task: a runner takes the next job when its handler returns, and
+    ``execute`` hands a job straight to an idle runner (skipping the inbox) only
+    when no job is queued or waiting to be queued before it and a slot is free.
+    A runner whose handler left a context variable set retires, so the next job
+    starts from a clean context.  Closing the actor wakes the idle runners, which
+    exit; busy ones exit when their handler returns.
     """
 
     def __init__(self, tag: object, worker: Worker, *, cancel_grace: float = 30.0) -> None:

@@ -167,14 +167,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "accuracy_difference": round(d, 4),
             "accuracy_difference_95": [round(lo, 4), round(hi, 4)],
         }
+    return {**run_header(args, n), "configs": table, "early_stopping": savings}
+
+
+def run_header(args: argparse.Namespace, problems: int) -> dict[str, Any]:
+    """What a run of these benchmarks was: engine, set, sizes, seed."""
     return {
         "engine": args.engine,
         "dataset": args.dataset,
-        "problems": n,
+        "problems": problems,
         "samples": args.samples,
         "max_tokens": args.max_tokens,
-        "configs": table,
-        "early_stopping": savings,
+        "seed": args.seed,
     }
 
 

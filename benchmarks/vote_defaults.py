@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 import anyio
-from early_stopping import _mean, common_arguments, run_one
+from early_stopping import _mean, common_arguments, run_header, run_one
 
 from scaffold_actors.cli._bench import accuracy_interval, load_dataset, paired_difference
 from scaffold_actors.cli._main import EngineOptions, build_engine
@@ -89,12 +89,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             row["vs_default"] = [round(d, 4), [round(dlo, 4), round(dhi, 4)]]
         table[name] = row
     return {
-        "engine": args.engine,
-        "dataset": args.dataset,
-        "problems": n,
-        "samples": args.samples,
-        "max_tokens": args.max_tokens,
-        "seed": args.seed,
+        **run_header(args, n),
         "default": base,
         "instructions": {f: INSTRUCTIONS[f] for f in forms},
         "configs": table,

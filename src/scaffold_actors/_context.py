@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from engine_bridge import raise_single
 
@@ -98,7 +99,11 @@ class Handle(Generic[T]):
         return self._value  # type: ignore[return-value]
 
     async def wait(self) -> T:
-        if not self._finished:
+        """Block until the child finished, then :meth:`result`.  A checkpoint even
+        when it already has (cancellation is seen here either way)."""
+        if self._finished:
+            await anyio.lowlevel.checkpoint()
+        else:
             if self._done is None:
                 self._done = self._backend.Event()
             await self._done.wait()

@@ -28,10 +28,9 @@ __all__ = ["Backend", "current_backend"]
 class Backend:
     """The three primitives, for one event loop."""
 
-    __slots__ = ("CancelScope", "Event", "name", "open_group")
+    __slots__ = ("CancelScope", "Event", "open_group")
 
-    def __init__(self, name: str, open_group: Any, cancel_scope: Any, event: Any) -> None:
-        self.name = name
+    def __init__(self, open_group: Any, cancel_scope: Any, event: Any) -> None:
         # ``async with backend.open_group() as group: group.start_soon(fn, *args)``
         self.open_group = open_group
         # ``with backend.CancelScope() as scope``: cancel(), cancelled_caught, shield
@@ -40,10 +39,10 @@ class Backend:
         self.Event = event
 
 
-TRIO = Backend("trio", trio.open_nursery, trio.CancelScope, trio.Event)
+TRIO = Backend(trio.open_nursery, trio.CancelScope, trio.Event)
 _ASYNCIO: Backend | None = None
 # any other loop anyio supports: anyio's own primitives
-_PORTABLE = Backend("anyio", anyio.create_task_group, anyio.CancelScope, anyio.Event)
+_PORTABLE = Backend(anyio.create_task_group, anyio.CancelScope, anyio.Event)
 
 
 def current_backend() -> Backend:
@@ -56,8 +55,6 @@ def current_backend() -> Backend:
         if _ASYNCIO is None:
             # anyio.CancelScope() looks the backend up on every construction;
             # its asyncio class, taken from an instance, is built directly
-            _ASYNCIO = Backend(
-                "asyncio", anyio.create_task_group, type(anyio.CancelScope()), asyncio.Event
-            )
+            _ASYNCIO = Backend(anyio.create_task_group, type(anyio.CancelScope()), asyncio.Event)
         return _ASYNCIO
     return _PORTABLE

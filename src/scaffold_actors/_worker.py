@@ -313,8 +313,7 @@ class WorkerActor:
                             break
                 self._release_idle()  # the inbox is closed: idle runners exit
         finally:
-            self._closed = True
-            self._release_idle()
+            self._closed = True  # (on an error the group has cancelled every runner)
 
     def _dispatch(self, job: _Job) -> None:
         """Start ``job`` (its slot taken) on an idle runner or a new one."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -103,9 +104,7 @@ class MajorityVote:
         copy = (lambda t: t) if type(self.sampler) is Sampler else fresh_task
 
         async def one() -> GenerationTask | None:
-            if slots is None:
-                return await sample_within_budget(self.sampler, ctx, copy(task))
-            async with slots:
+            async with slots or contextlib.nullcontext():
                 return await sample_within_budget(self.sampler, ctx, copy(task))
 
         async with ctx.parallel() as par:

@@ -32,6 +32,7 @@ CONF = "tests/test_engine_conformance.py::"
 TRT = "tests/test_trtllm_engine.py::"
 RT = "tests/test_runtime_promises.py::"
 WP = "tests/test_worker_protocol.py::"
+SUB = "tests/test_submit.py::"
 
 
 @dataclass(frozen=True)
@@ -874,6 +875,83 @@ MUTATIONS = [
             ),
         ),
         (RT + "test_a_task_goes_to_an_idle_runner_only_when_nothing_waits_before_it",),
+    ),
+    Mutation(
+        "submitted-jobs-waited-for-at-exit",
+        "leaving a Parallel block no longer waits for its submitted tasks to be over",
+        SA + "_context.py",
+        (
+            (
+                "            if self._jobs:\n                await self._wait_jobs()",
+                "            pass",
+            ),
+        ),
+        (SUB + "test_leaving_the_block_waits_for_submitted_tasks",),
+    ),
+    Mutation(
+        "submitted-jobs-cancelled-with-the-block",
+        "a block left by an error or a cancellation does not cancel its submitted tasks",
+        SA + "_context.py",
+        (("        for handle in list(self._jobs):\n            handle.cancel()", "        pass"),),
+        (
+            SUB + "test_cancelling_the_request_aborts_submitted_tasks_before_it_returns",
+            SUB + "test_a_failing_submitted_task_fails_the_block_and_aborts_the_rest",
+        ),
+    ),
+    Mutation(
+        "submitted-failure-fails-the-block",
+        "a submitted task's error stays on its handle instead of leaving the block",
+        SA + "_context.py",
+        (
+            (
+                "if handle._error is not None and self._failure is None:",
+                "if handle._error is not None and self._failure is None and False:",
+            ),
+        ),
+        (SUB + "test_a_failing_submitted_task_fails_the_block_and_aborts_the_rest",),
+    ),
+    Mutation(
+        "queued-submitted-task-over-when-cancelled",
+        "a submitted task cancelled while still queued is not over until the actor gets to it",
+        SA + "_context.py",
+        (
+            (
+                "                self.set()  # never reached a runner",
+                "                pass  # never reached a runner",
+            ),
+        ),
+        (SUB + "test_a_queued_submitted_task_cancelled_never_reaches_the_engine",),
+    ),
+    Mutation(
+        "submit-keeps-token-budgets",
+        "a task submitted under a token budget goes to the actor as a job the budget cannot see",
+        SA + "_context.py",
+        (("            or (_BUDGETS.get() and isinstance(task, GenerationTask))\n", ""),),
+        (SUB + "test_under_a_token_budget_submit_is_cut_like_ctx_run",),
+    ),
+    Mutation(
+        "submit-waits-for-room-in-a-child",
+        "a task submitted to a full inbox is taken as sent (lost) instead of waiting for room",
+        SA + "_worker.py",
+        (
+            (
+                "        except anyio.WouldBlock:\n            return False\n        self._in_inbox += 1",
+                "        except anyio.WouldBlock:\n            return True\n        self._in_inbox += 1",
+            ),
+        ),
+        (SUB + "test_a_full_inbox_makes_submit_wait_in_a_child_in_order",),
+    ),
+    Mutation(
+        "submitted-grace-overrun-is-loud",
+        "a submitted task that outlives cancel_grace is neither warned about nor counted",
+        SA + "_context.py",
+        (
+            (
+                "            for handle in self._jobs:\n                actor = self._actor_of(handle)",
+                "            for handle in ():\n                actor = self._actor_of(handle)",
+            ),
+        ),
+        (SUB + "test_a_submitted_task_that_outlives_cancel_grace_is_loud",),
     ),
 ]
 

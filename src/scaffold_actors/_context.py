@@ -30,7 +30,7 @@ from ._tasks import (
     normalize_tag,
 )
 from ._trace import ExecutionTrace, TaskRecord, TokenUsage
-from ._worker import Worker, WorkerActor
+from ._worker import Worker, WorkerActor, _Job
 
 if TYPE_CHECKING:
     from ._result import ScaffoldingResult
@@ -43,6 +43,11 @@ _BUDGETS: contextvars.ContextVar[tuple[TokenBudget, ...]] = contextvars.ContextV
     "scaffold_token_budgets", default=()
 )
 TaskT = TypeVar("TaskT", bound=Task)
+
+
+def under_token_budget() -> bool:
+    """Whether code running now is inside a :meth:`RequestContext.token_budget`."""
+    return bool(_BUDGETS.get())
 
 
 class Handle(Generic[T]):
@@ -110,6 +115,49 @@ class Handle(Generic[T]):
         return self.result()
 
 
+class _TaskHandle(Handle[Any]):
+    """A child that is one task run as a job on its worker's actor, with no task
+    of its own in the request (:meth:`Parallel.submit`).  It is the job's
+    ``done``: the runner (or the inbox, for a job cancelled before it began)
+    calls :meth:`set` once the job is over."""
+
+    __slots__ = ("_job", "_par", "_start")
+
+    def __init__(self, index: int, par: Parallel, start: float) -> None:
+        self.index = index
+        self._backend = par._backend
+        self._scope = None  # cancelling cancels the job (its runner's scope)
+        self._finished = False
+        self._done = None
+        self._value = None
+        self._error = None
+        self.cancelled = False
+        self._par = par
+        self._start = start
+        self._job: Any = None
+
+    def cancel(self) -> None:
+        if not self._finished:
+            self.cancelled = True
+            self._job.cancel()
+            if not self._job.started:
+                self.set()  # never reached a runner, and never will: over now
+
+    def is_set(self) -> bool:
+        return self._finished
+
+    def set(self) -> None:
+        if self._finished:
+            return
+        job = self._job
+        status = "cancelled" if self.cancelled else "ok"
+        if job.error is not None:
+            self._error, status = job.error, "error"
+        elif not self.cancelled:
+            self._value = job.task
+        self._par._job_over(self, status)
+
+
 class Parallel:
     """Run children concurrently inside a request (a task group under it).
 
@@ -119,9 +167,19 @@ class Parallel:
     that raises cancels the others and its exception leaves the block unchanged.
     Leaving the block waits for every child, so nothing outlives it.
 
+    ``submit(task)`` is ``start(ctx.run, task)`` for one task, without a task of
+    the request's own per child: the task goes straight to its worker's actor as
+    a job (the cheaper way to fan out samples).
+
     Made by :meth:`RequestContext.parallel`, child ``i`` runs in the execution
     scope ``parent.child(i)`` (see :class:`ExecutionScope`), ended (workers'
     ``on_scope_end``) when the child finishes.
+
+    Cancellation: cancelling the code around the block cancels every child;
+    leaving the block then waits until each submitted task's handler has
+    unwound (shielded, at most the runtime's ``cancel_grace``, with
+    :class:`CancelGraceExceededWarning` past it), so the engine requests under
+    them are gone when the cancellation leaves the block.
     """
 
     def __init__(self, ctx: RequestContext | None = None) -> None:
@@ -133,6 +191,8 @@ class Parallel:
         self._finished: deque[Handle[Any]] = deque()
         self._wake: Any = None
         self._running = 0
+        self._jobs: set[_TaskHandle] = set()  # submitted tasks not over yet
+        self._failure: BaseException | None = None  # the first submitted task's error
 
     async def __aenter__(self) -> Self:
         self._tg = await self._group_cm.__aenter__()
@@ -144,11 +204,73 @@ class Parallel:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        if exc is not None:
+            self._cancel_jobs()
         try:
-            return bool(await self._group_cm.__aexit__(exc_type, exc, tb))
-        except BaseExceptionGroup as group:
-            raise_single(group)
-            raise  # pragma: no cover
+            try:
+                swallowed = bool(await self._group_cm.__aexit__(exc_type, exc, tb))
+            except BaseExceptionGroup as group:
+                raise_single(group)
+                raise  # pragma: no cover
+        finally:
+            if self._jobs:
+                await self._wait_jobs()
+        if self._failure is not None:
+            raise self._failure
+        return swallowed
+
+    def _cancel_jobs(self) -> None:
+        for handle in list(self._jobs):
+            handle.cancel()
+
+    async def _wait_jobs(self) -> None:
+        """Until every submitted task is over; if cancelled meanwhile, cancel them
+        and wait (shielded, at most the grace) for their handlers to unwind."""
+        try:
+            while self._jobs:
+                self._wake = self._backend.Event()
+                await self._wake.wait()
+        except anyio.get_cancelled_exc_class():
+            self._cancel_jobs()
+            grace = self._ctx._scope_grace if self._ctx is not None else 30.0
+            with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+                while self._jobs:
+                    self._wake = self._backend.Event()
+                    await self._wake.wait()
+            for handle in self._jobs:
+                actor = self._actor_of(handle)
+                actor.grace_overruns += 1
+                warnings.warn(
+                    f"{type(actor.worker).__name__} (tag {actor.tag!r}) did not unwind "
+                    f"its cancelled {type(handle._job.task).__name__} within cancel_grace="
+                    f"{grace} s; the cancellation returns while it runs",
+                    CancelGraceExceededWarning,
+                    stacklevel=2,
+                )
+            raise
+
+    def _actor_of(self, handle: _TaskHandle) -> WorkerActor:
+        assert self._ctx is not None
+        return self._ctx._actors[normalize_tag(handle._job.task.worker_tag)]
+
+    def _job_over(self, handle: _TaskHandle, status: str) -> None:
+        """A submitted task is over (called by its handle, from the runner)."""
+        self._jobs.discard(handle)
+        self._running -= 1
+        ctx = self._ctx
+        assert ctx is not None
+        end = anyio.current_time() if ctx.trace is not None else 0.0
+        ctx._account(handle._job.task, handle._start, end, status, handle._error)
+        handle._finish()
+        if handle._error is not None and self._failure is None:
+            # as a failing child does: the block is cancelled, the error leaves it
+            self._failure = handle._error
+            self._tg.cancel_scope.cancel()
+            self._cancel_jobs()
+        if not handle.cancelled:
+            self._finished.append(handle)
+        if self._wake is not None:
+            self._wake.set()
 
     @property
     def handles(self) -> Sequence[Handle[Any]]:
@@ -161,6 +283,48 @@ class Parallel:
         parent = current_scope.get()
         branch = parent.child(handle.index) if parent is not None else None
         self._tg.start_soon(self._child, handle, fn, args, branch)
+        return handle
+
+    def submit(self, task: TaskT) -> Handle[TaskT]:
+        """Run ``task`` as a child of the block, as ``start(ctx.run, task)`` does:
+        the handle's value is the task with its outputs filled.
+
+        The task is validated here (a bad task raises :class:`InvalidTaskError`
+        or :class:`UnknownWorkerTagError` now, nothing started) and handed to its
+        worker's actor at once, with no task of the request's own: a child that
+        costs a job, not a task, a cancel scope and their frames.  Where that
+        cannot keep ``ctx.run``'s promises it starts ``ctx.run`` as an ordinary
+        child instead (same results): under a token budget, with workers that
+        watch scope ends, or when the worker's inbox is full (the child then
+        waits for room, as ``ctx.run`` does).
+
+        Cancellation: ``handle.cancel()`` cancels the task's handler (a task
+        still queued never starts); see the class for leaving the block.
+        """
+        if self._ctx is None:
+            raise RuntimeError("submit() needs a block made by ctx.parallel()")
+        return self._submit(task, self._ctx.resolve(task))
+
+    def _submit(self, task: TaskT, actor: WorkerActor) -> Handle[TaskT]:
+        """:meth:`submit` for a task resolved (validated) already, or a copy of one."""
+        ctx = self._ctx
+        assert ctx is not None
+        index = len(self._handles)
+        parent = current_scope.get()
+        branch = parent.child(index) if parent is not None else None
+        if (
+            ctx._scope_workers
+            or (_BUDGETS.get() and isinstance(task, GenerationTask))
+            or self._failure is not None
+        ):
+            return self.start(_run_resolved, ctx, task, actor)
+        handle = _TaskHandle(index, self, anyio.current_time() if ctx.trace is not None else 0.0)
+        job = handle._job = _Job(task, ctx.request_id, None, None, handle, branch)
+        if not actor.submit_nowait(job):
+            return self.start(_run_resolved, ctx, task, actor)
+        self._handles.append(handle)
+        self._jobs.add(handle)
+        self._running += 1
         return handle
 
     async def _child(
@@ -201,6 +365,11 @@ class Parallel:
         that is about to propagate); stops when no child is left running.
         Cancelled children are skipped."""
         return _Completed(self)
+
+
+async def _run_resolved(ctx: RequestContext, task: TaskT, actor: WorkerActor) -> TaskT:
+    await ctx._run(task, None, actor)
+    return task
 
 
 class _Completed:

@@ -22,7 +22,7 @@ import anyio.abc
 
 from ._backend import current_backend
 from ._errors import CancelGraceExceededWarning, TaskFailedError, TaskNotSupportedError
-from ._scope import current_scope
+from ._scope import ExecutionScope, current_scope
 from ._task_context import _CURRENT, TaskContext
 from ._tasks import Task, TaskStatus
 
@@ -208,8 +208,11 @@ class _Job(TaskContext):
         on_tokens: Callable[[int], None] | None,
         on_progress: Callable[[], None] | None,
         done: Any,
+        scope: ExecutionScope | None = None,
     ) -> None:
-        super().__init__(task, request_id, on_tokens, on_progress, current_scope.get())
+        super().__init__(task, request_id, on_tokens, on_progress, scope)
+        # what the job's end is told to: an event the requester waits on, or a
+        # Parallel block's handle (anything with set() and is_set())
         self.done = done
         self.error: BaseException | None = None
         self.cancel_scope: Any = None
@@ -340,6 +343,23 @@ class WorkerActor:
         self._dispatch(job)
         return True
 
+    def submit_nowait(self, job: _Job) -> bool:
+        """Start or queue ``job`` without blocking: ``False`` (nothing sent) when
+        it would have to wait for room in the inbox, so the caller can wait in
+        a task of its own.  Raises what ``execute`` raises for a closed actor.
+        ``job.done.set()`` is called exactly once the job is over (its handler
+        returned, or it was dropped from the inbox, cancelled before it began)."""
+        if self._hand_to_idle_runner(job):
+            return True
+        if self._waiting_senders:
+            return False  # behind a requester already waiting for room
+        try:
+            self._send.send_nowait(job)
+        except anyio.WouldBlock:
+            return False
+        self._in_inbox += 1
+        return True
+
     def _release_idle(self) -> None:
         idle, self._idle = self._idle, []
         for runner in idle:
@@ -423,7 +443,9 @@ class WorkerActor:
         ``on_tokens`` and ``on_progress`` are what the handler's
         :class:`TaskContext` calls for ``report_tokens`` and ``notify_progress``.
         """
-        job = _Job(task, request_id, on_tokens, on_progress, self._loop.Event())
+        job = _Job(
+            task, request_id, on_tokens, on_progress, self._loop.Event(), current_scope.get()
+        )
         finished = False
         try:
             if not self._hand_to_idle_runner(job):

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import attrs
 
-from .._context import RequestContext
+from .._context import RequestContext, under_token_budget
 from .._tasks import GenerationTask, ScaffoldingOutput
 from ._answers import extract_answer
 from ._sampler import Sampler, fresh_task, result_from, sample_count, sample_within_budget
@@ -107,9 +107,26 @@ class MajorityVote:
             async with slots or contextlib.nullcontext():
                 return await sample_within_budget(self.sampler, ctx, copy(task))
 
+        # our Sampler's sample is one task: it goes to the worker as a job (no
+        # task of the request's own per sample), except under a token budget,
+        # where a sample cut off must not vote (and not fail the vote)
+        direct = (
+            type(self.sampler) is Sampler
+            and not self.sampler.stream
+            and slots is None
+            and not under_token_budget()
+        )
         async with ctx.parallel() as par:
-            for _ in range(n):
-                par.start(one)
+            if direct:
+                # prepared and validated once; the samples are copies of it
+                first = self.sampler.prepare(task)
+                actor = ctx.resolve(first)
+                copies = [first] + [fresh_task(first, type(first)) for _ in range(n - 1)]
+                for t in copies:
+                    par._submit(t, actor)
+            else:
+                for _ in range(n):
+                    par.start(one)
             async for handle in par.as_completed():
                 out: GenerationTask | None = handle.result()
                 finished += out is not None

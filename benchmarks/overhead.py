@@ -103,14 +103,19 @@ class InstantWorker(Worker):
     task_handlers = {GenerationTask: generate}
 
 
-async def loop_floor(prompts: int, samples: int, hop: bool, native: bool) -> float:
+async def loop_floor(
+    prompts: int, samples: int, hop: bool, native: bool, batch: bool = False
+) -> float:
     """The event loop alone, shaped as the runtime's work: a task per prompt, a
     task per sample under it and, with ``hop``, each sample handed through a
     queue to a server task that spawns a handler task per sample, which sets an
-    event the sample waits on (the actor hop).  No framework code at all: what
-    the loop charges for that shape, on the loop's own primitives (``native``:
-    trio's nursery, event and channel; asyncio's TaskGroup, Event and Queue) or
-    on anyio's portable ones (needed on asyncio for cancel scopes)."""
+    event the sample waits on (the actor hop).  With ``batch`` there is no task
+    per sample: the prompt's task hands its samples through the queue itself and
+    waits until the last handler sets one event (the shape of
+    ``Parallel.submit``).  No framework code at all: what the loop charges for
+    that shape, on the loop's own primitives (``native``: trio's nursery, event
+    and channel; asyncio's TaskGroup, Event and Queue) or on anyio's portable
+    ones (needed on asyncio for cancel scopes)."""
     loop = sniffio.current_async_library()
     if native and loop == "trio":
         group: Any = trio.open_nursery
@@ -126,6 +131,16 @@ async def loop_floor(prompts: int, samples: int, hop: bool, native: bool) -> flo
         group, event, checkpoint = anyio.create_task_group, anyio.Event, anyio.lowlevel.checkpoint
         send, recv = anyio.create_memory_object_stream[Any](prompts * samples)
         put = send.send_nowait
+
+    class Batch:
+        def __init__(self) -> None:
+            self.left = samples
+            self.event = event()
+
+        def set(self) -> None:
+            self.left -= 1
+            if not self.left:
+                self.event.set()
 
     async def handler(done: Any) -> None:
         done.set()
@@ -152,6 +167,12 @@ async def loop_floor(prompts: int, samples: int, hop: bool, native: bool) -> flo
             await checkpoint()
 
     async def prompt() -> None:
+        if batch:
+            done = Batch()
+            for _ in range(samples):
+                put(done)
+            await done.event.wait()
+            return
         async with group() as tg:
             for _ in range(samples):
                 spawn(tg, sample)
@@ -185,6 +206,8 @@ def breakdown(args: argparse.Namespace) -> dict[str, Any]:
     * ``parallel-run``: a controller that starts 8 ``ctx.parallel()`` children,
       each ``await ctx.run(GenerationTask(...))`` (the runtime alone: a branch task,
       an execution scope, validation, the actor, accounting);
+    * ``parallel-submit``: 8 ``par.submit(GenerationTask(...))`` in a
+      ``ctx.parallel()`` block (no task of the request's own per child);
     * ``sequential-run``: 8 ``ctx.run`` one after another (no branch task);
     * and the loop's floors for the same shape (see ``instant``).
     """
@@ -200,6 +223,12 @@ def breakdown(args: argparse.Namespace) -> dict[str, Any]:
                 par.start(one)
         return task
 
+    async def parallel_submit(ctx: Any, task: GenerationTask) -> GenerationTask:
+        async with ctx.parallel() as par:
+            for _ in range(n):
+                par.submit(GenerationTask(input_str=task.input_str, max_tokens=64))
+        return task
+
     async def sequential_run(ctx: Any, task: GenerationTask) -> GenerationTask:
         for _ in range(n):
             await ctx.run(GenerationTask(input_str=task.input_str, max_tokens=64))
@@ -211,6 +240,7 @@ def breakdown(args: argparse.Namespace) -> dict[str, Any]:
             Sampler(max_tokens=64), samples=n, early_stop=False, extract=lambda _: "4"
         ),
         "parallel-run": parallel_run,
+        "parallel-submit": parallel_submit,
         "sequential-run": sequential_run,
     }
 
@@ -230,9 +260,13 @@ def breakdown(args: argparse.Namespace) -> dict[str, Any]:
                 best[key] = min(
                     best.get(key, float("inf")), anyio.run(timed, controller, backend=backend)
                 )
-            for own, label in ((True, ""), (False, "-anyio")):
-                key = f"floor-{backend}{label}-hop"
-                took = anyio.run(loop_floor, args.prompts, n, True, own, backend=backend)
+            for own, label, batch in (
+                (True, "", False),
+                (False, "-anyio", False),
+                (True, "", True),
+            ):
+                key = f"floor-{backend}{label}-{'batch' if batch else 'hop'}"
+                took = anyio.run(loop_floor, args.prompts, n, True, own, batch, backend=backend)
                 best[key] = min(best.get(key, float("inf")), took)
     tasks = args.prompts * n
     return {
@@ -294,6 +328,12 @@ def instant(args: argparse.Namespace) -> dict[str, Any]:
                         loop_floor, args.prompts, args.samples, hop, own, backend=backend
                     )
                     best[name] = min(best.get(name, float("inf")), took)
+            name = f"floor-{backend}-batch"
+            gc.collect()
+            took = anyio.run(
+                loop_floor, args.prompts, args.samples, True, True, True, backend=backend
+            )
+            best[name] = min(best.get(name, float("inf")), took)
     return {
         "benchmark": "overhead",
         "workload": "instant",

@@ -53,14 +53,17 @@ def test_overhead_benchmark_prints_json() -> None:
     rates = json.loads(p.stdout)["tasks_per_second"]
     assert {"compat-asyncio", "native-trio", "native-asyncio"} <= set(rates)
     assert {f"floor-{b}-{k}" for b in ("trio", "asyncio", "trio-anyio", "asyncio-anyio")
-            for k in ("spawn", "hop")} <= set(rates)  # fmt: skip
+            for k in ("spawn", "hop")} | {"floor-trio-batch", "floor-asyncio-batch"} <= set(rates)  # fmt: skip
     assert all(v > 0 for v in rates.values())
     p = run(
         "benchmarks/overhead.py", "--workload", "breakdown", "--prompts", "10", "--repeats", "1"
     )
     assert p.returncode == 0, p.stderr
     shares = json.loads(p.stdout)["per_task_us"]
-    assert {"vote-trio", "parallel-run-asyncio", "floor-trio-hop"} <= set(shares)
+    assert {
+        "vote-trio", "parallel-run-asyncio", "parallel-submit-trio", "floor-trio-hop",
+        "floor-asyncio-batch",
+    } <= set(shares)  # fmt: skip
 
 
 def test_method_benchmarks_print_json_on_the_simulated_engine() -> None:

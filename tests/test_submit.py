@@ -169,6 +169,8 @@ async def test_a_failing_submitted_task_fails_the_block_and_aborts_the_rest(
         async with ctx.parallel() as par:
             for i in range(3):
                 par.submit(gen(f"long {i}"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert engine.num_active == 3  # the engine holds them when the error comes
             bad = GenerationTask(input_str="boom")
             bad.worker_tag = "echo"
             par.submit(bad)

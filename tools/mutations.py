@@ -172,8 +172,8 @@ MUTATIONS = [
         SA + "_worker.py",
         (
             (
-                "                    if not job.done.is_set():\n                        self.grace_overruns += 1",
-                "                    if False:\n                        self.grace_overruns += 1",
+                "                    if not job.done.is_set():\n                        self.grace_overrun(task)",
+                "                    if False:\n                        self.grace_overrun(task)",
             ),
         ),
         (RT + "test_a_cancel_that_outlives_cancel_grace_is_loud",),
@@ -947,8 +947,8 @@ MUTATIONS = [
         SA + "_context.py",
         (
             (
-                "            for handle in self._jobs:\n                actor = self._actor_of(handle)",
-                "            for handle in ():\n                actor = self._actor_of(handle)",
+                "            for handle in self._jobs:\n                task = handle._job.task",
+                "            for handle in ():\n                task = handle._job.task",
             ),
         ),
         (SUB + "test_a_submitted_task_that_outlives_cancel_grace_is_loud",),

@@ -227,31 +227,22 @@ class Parallel:
         """Until every submitted task is over; if cancelled meanwhile, cancel them
         and wait (shielded, at most the grace) for their handlers to unwind."""
         try:
-            while self._jobs:
-                self._wake = self._backend.Event()
-                await self._wake.wait()
+            await self._until_jobs_over()
         except anyio.get_cancelled_exc_class():
             self._cancel_jobs()
-            grace = self._ctx._scope_grace if self._ctx is not None else 30.0
-            with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
-                while self._jobs:
-                    self._wake = self._backend.Event()
-                    await self._wake.wait()
+            ctx = self._ctx
+            assert ctx is not None  # jobs are submitted through a context
+            with anyio.CancelScope(shield=True), anyio.move_on_after(ctx._scope_grace):
+                await self._until_jobs_over()
             for handle in self._jobs:
-                actor = self._actor_of(handle)
-                actor.grace_overruns += 1
-                warnings.warn(
-                    f"{type(actor.worker).__name__} (tag {actor.tag!r}) did not unwind "
-                    f"its cancelled {type(handle._job.task).__name__} within cancel_grace="
-                    f"{grace} s; the cancellation returns while it runs",
-                    CancelGraceExceededWarning,
-                    stacklevel=2,
-                )
+                task = handle._job.task
+                ctx._actors[normalize_tag(task.worker_tag)].grace_overrun(task)
             raise
 
-    def _actor_of(self, handle: _TaskHandle) -> WorkerActor:
-        assert self._ctx is not None
-        return self._ctx._actors[normalize_tag(handle._job.task.worker_tag)]
+    async def _until_jobs_over(self) -> None:
+        while self._jobs:
+            self._wake = self._backend.Event()
+            await self._wake.wait()
 
     def _job_over(self, handle: _TaskHandle, status: str) -> None:
         """A submitted task is over (called by its handle, from the runner)."""
@@ -309,15 +300,15 @@ class Parallel:
         """:meth:`submit` for a task resolved (validated) already, or a copy of one."""
         ctx = self._ctx
         assert ctx is not None
-        index = len(self._handles)
-        parent = current_scope.get()
-        branch = parent.child(index) if parent is not None else None
         if (
             ctx._scope_workers
             or (_BUDGETS.get() and isinstance(task, GenerationTask))
             or self._failure is not None
         ):
             return self.start(_run_resolved, ctx, task, actor)
+        index = len(self._handles)
+        parent = current_scope.get()
+        branch = parent.child(index) if parent is not None else None
         handle = _TaskHandle(index, self, anyio.current_time() if ctx.trace is not None else 0.0)
         job = handle._job = _Job(task, ctx.request_id, None, None, handle, branch)
         if not actor.submit_nowait(job):

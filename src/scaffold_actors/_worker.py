@@ -448,20 +448,16 @@ class WorkerActor:
         )
         finished = False
         try:
-            if not self._hand_to_idle_runner(job):
+            if not self.submit_nowait(job):
                 self._in_inbox += 1
+                self._waiting_senders += 1
                 try:
-                    try:
-                        self._send.send_nowait(job)
-                    except anyio.WouldBlock:
-                        self._waiting_senders += 1
-                        try:
-                            await self._send.send(job)  # inbox full: wait (backpressure)
-                        finally:
-                            self._waiting_senders -= 1
+                    await self._send.send(job)  # inbox full: wait (backpressure)
                 except BaseException:
                     self._in_inbox -= 1  # never sent
                     raise
+                finally:
+                    self._waiting_senders -= 1
             await job.done.wait()
             finished = True
         finally:
@@ -471,13 +467,18 @@ class WorkerActor:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_grace):
                         await job.done.wait()
                     if not job.done.is_set():
-                        self.grace_overruns += 1
-                        warnings.warn(
-                            f"{type(self.worker).__name__} (tag {self.tag!r}) did not unwind "
-                            f"its cancelled {type(task).__name__} within cancel_grace="
-                            f"{self.cancel_grace} s; the cancellation returns while it runs",
-                            CancelGraceExceededWarning,
-                            stacklevel=2,
-                        )
+                        self.grace_overrun(task)
         if job.error is not None:
             raise job.error
+
+    def grace_overrun(self, task: Task) -> None:
+        """Count and report a cancelled ``task`` whose handler is still running
+        after ``cancel_grace`` (:class:`CancelGraceExceededWarning`)."""
+        self.grace_overruns += 1
+        warnings.warn(
+            f"{type(self.worker).__name__} (tag {self.tag!r}) did not unwind "
+            f"its cancelled {type(task).__name__} within cancel_grace="
+            f"{self.cancel_grace} s; the cancellation returns while it runs",
+            CancelGraceExceededWarning,
+            stacklevel=3,
+        )

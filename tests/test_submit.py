@@ -103,7 +103,8 @@ async def test_a_bad_task_is_refused_at_submit_and_nothing_starts(autojump_clock
     async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
         async with ctx.parallel() as par:
             try:
-                par.submit(GenerationTask(input_str="q", temperature=-1.0))
+                # valid as built; refused when submitted (n must be 1)
+                par.submit(GenerationTask(input_str="q", n=2))
             except InvalidTaskError as e:
                 caught.append(e)
             assert par.handles == []
@@ -111,7 +112,7 @@ async def test_a_bad_task_is_refused_at_submit_and_nothing_starts(autojump_clock
 
     async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(engine)}) as llm:
         await llm.generate("q")
-    assert len(caught) == 1 and "temperature" in str(caught[0])
+    assert len(caught) == 1 and "GenerationTask.n" in str(caught[0])
     assert reached(engine) == 0
 
 

@@ -33,6 +33,7 @@ TRT = "tests/test_trtllm_engine.py::"
 RT = "tests/test_runtime_promises.py::"
 WP = "tests/test_worker_protocol.py::"
 SUB = "tests/test_submit.py::"
+FAN = "tests/test_fanout.py::"
 
 
 @dataclass(frozen=True)
@@ -951,7 +952,125 @@ MUTATIONS = [
                 "            for handle in ():\n                task = handle._job.task",
             ),
         ),
-        (SUB + "test_a_submitted_task_that_outlives_cancel_grace_is_loud",),
+        (
+            SUB + "test_a_submitted_task_that_outlives_cancel_grace_is_loud",
+            FAN + "test_a_task_that_outlives_cancel_grace_is_loud",
+        ),
+    ),
+    Mutation(
+        "fanout-steps-in-branch-scopes",
+        "a ParallelProcess sub-generator is stepped in its parent's scope, not its branch's",
+        SA + "_controller.py",
+        (
+            (
+                "            token = current_scope.set(branch.scope)",
+                "            token = current_scope.set(current_scope.get())",
+            ),
+        ),
+        (FAN + "test_sub_generators_step_and_run_their_tasks_in_branch_scopes",),
+    ),
+    Mutation(
+        "fanout-tasks-in-branch-scopes",
+        "a task a sub-generator yields runs outside its branch's scope",
+        SA + "_controller.py",
+        (
+            (
+                "_Job(task, ctx.request_id, None, None, step, branch.scope)",
+                "_Job(task, ctx.request_id, None, None, step, None)",
+            ),
+        ),
+        (FAN + "test_sub_generators_step_and_run_their_tasks_in_branch_scopes",),
+    ),
+    Mutation(
+        "fanout-tasks-accounted",
+        "a sub-generator's tasks are left out of the request's usage and trace",
+        SA + "_controller.py",
+        (("        ctx._account(job.task, step.start, end, status, error)\n", ""),),
+        (FAN + "test_sub_generators_step_and_run_their_tasks_in_branch_scopes",),
+    ),
+    Mutation(
+        "fanout-task-error-thrown-in",
+        "a sub-generator's task error is dropped instead of thrown in at its yield",
+        SA + "_controller.py",
+        (
+            (
+                "await self._advance(branch, branch.error)",
+                "await self._advance(branch, None)",
+            ),
+        ),
+        (FAN + "test_a_task_error_is_thrown_into_its_generator_after_its_siblings_are_aborted",),
+    ),
+    Mutation(
+        "fanout-siblings-aborted",
+        "a task error in a sub-generator's yield leaves the yield's other tasks running",
+        SA + "_controller.py",
+        (("            for other in branch.jobs:\n                other.cancel()\n", ""),),
+        (FAN + "test_a_task_error_is_thrown_into_its_generator_after_its_siblings_are_aborted",),
+    ),
+    Mutation(
+        "fanout-bad-task-thrown-in",
+        "a bad task a sub-generator yields fails the request instead of being thrown in",
+        SA + "_controller.py",
+        (
+            (
+                "                exc = error\n                continue",
+                "                raise",
+            ),
+        ),
+        (FAN + "test_a_bad_task_is_thrown_into_its_generator_and_nothing_of_its_yield_runs",),
+    ),
+    Mutation(
+        "fanout-tasks-cancelled-on-error",
+        "a generator error leaving a fan-out lets the other branches' tasks run on",
+        SA + "_controller.py",
+        (
+            (
+                "        except BaseException:\n            self._cancel_jobs()\n            raise",
+                "        except BaseException:\n            raise",
+            ),
+        ),
+        (FAN + "test_a_generator_error_aborts_every_branch_and_leaves_unchanged",),
+    ),
+    Mutation(
+        "fanout-waits-for-its-tasks",
+        "a fan-out left by an error or a cancellation returns before its tasks are over",
+        SA + "_controller.py",
+        (
+            (
+                "                if self._jobs:\n                    await self._wait_jobs()",
+                "                pass",
+            ),
+        ),
+        (
+            FAN + "test_a_generator_error_aborts_every_branch_and_leaves_unchanged",
+            FAN + "test_cancelling_the_request_aborts_every_task_and_closes_every_generator",
+        ),
+    ),
+    Mutation(
+        "fanout-closes-generators",
+        "a fan-out left by a cancellation leaves its sub-generators open",
+        SA + "_controller.py",
+        (("                    branch.gen.close()", "                    pass"),),
+        (FAN + "test_cancelling_the_request_aborts_every_task_and_closes_every_generator",),
+    ),
+    Mutation(
+        "fanout-waits-for-room",
+        "a task yielded to a full inbox is taken as sent (lost) instead of waiting for room",
+        SA + "_controller.py",
+        (("                await actor.send_waiting(job)", "                pass"),),
+        (FAN + "test_a_full_inbox_makes_the_fan_out_wait_for_room",),
+    ),
+    Mutation(
+        "fanout-streams-stepped",
+        "a stream a sub-generator yields runs to its end as one task instead of step by step",
+        SA + "_controller.py",
+        (
+            (
+                "            if task.streaming_output_flag or (",
+                "            if False and (",
+            ),
+        ),
+        (FAN + "test_a_sub_generator_that_streams_goes_on_in_a_task_of_its_own",),
     ),
 ]
 

@@ -158,7 +158,44 @@ class _TaskHandle(Handle[Any]):
         self._par._job_over(self, status)
 
 
-class Parallel:
+class _JobOwner:
+    """What hands tasks to actors as jobs and must see them over before it is
+    left (a :class:`Parallel` block, a generator controller's fan-out): its
+    handles (``cancel()``, ``_job``) sit in ``_jobs`` until their job is over,
+    each end sets ``_wake``."""
+
+    _ctx: RequestContext | None
+    _backend: Backend
+    _jobs: set[Any]
+    _wake: Any
+
+    def _cancel_jobs(self) -> None:
+        for handle in list(self._jobs):
+            handle.cancel()
+
+    async def _wait_jobs(self) -> None:
+        """Until every job is over; if cancelled meanwhile, cancel them
+        and wait (shielded, at most the grace) for their handlers to unwind."""
+        try:
+            await self._until_jobs_over()
+        except anyio.get_cancelled_exc_class():
+            self._cancel_jobs()
+            ctx = self._ctx
+            assert ctx is not None  # jobs are submitted through a context
+            with anyio.CancelScope(shield=True), anyio.move_on_after(ctx._scope_grace):
+                await self._until_jobs_over()
+            for handle in self._jobs:
+                task = handle._job.task
+                ctx._actors[normalize_tag(task.worker_tag)].grace_overrun(task)
+            raise
+
+    async def _until_jobs_over(self) -> None:
+        while self._jobs:
+            self._wake = self._backend.Event()
+            await self._wake.wait()
+
+
+class Parallel(_JobOwner):
     """Run children concurrently inside a request (a task group under it).
 
     ``start(fn, *args)`` starts ``await fn(*args)`` and returns a :class:`Handle`;
@@ -218,31 +255,6 @@ class Parallel:
         if self._failure is not None:
             raise self._failure
         return swallowed
-
-    def _cancel_jobs(self) -> None:
-        for handle in list(self._jobs):
-            handle.cancel()
-
-    async def _wait_jobs(self) -> None:
-        """Until every submitted task is over; if cancelled meanwhile, cancel them
-        and wait (shielded, at most the grace) for their handlers to unwind."""
-        try:
-            await self._until_jobs_over()
-        except anyio.get_cancelled_exc_class():
-            self._cancel_jobs()
-            ctx = self._ctx
-            assert ctx is not None  # jobs are submitted through a context
-            with anyio.CancelScope(shield=True), anyio.move_on_after(ctx._scope_grace):
-                await self._until_jobs_over()
-            for handle in self._jobs:
-                task = handle._job.task
-                ctx._actors[normalize_tag(task.worker_tag)].grace_overrun(task)
-            raise
-
-    async def _until_jobs_over(self) -> None:
-        while self._jobs:
-            self._wake = self._backend.Event()
-            await self._wake.wait()
 
     def _job_over(self, handle: _TaskHandle, status: str) -> None:
         """A submitted task is over (called by its handle, from the runner)."""

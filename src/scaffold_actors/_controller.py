@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Generator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
+import anyio.abc
 
 from engine_bridge import raise_single
 
-from ._context import RequestContext
+from ._context import RequestContext, _JobOwner, under_token_budget
+from ._scope import ExecutionScope, current_scope
 from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task
+from ._worker import WorkerActor, _Job
 
 __all__ = ["NativeController", "drive_generator", "run_controller"]
 
@@ -29,6 +33,9 @@ class NativeController(Protocol):
     async def run(
         self, ctx: RequestContext, task: GenerationTask, /, **kwargs: Any
     ) -> GenerationTask: ...
+
+
+_UNSET: Any = object()  # drive(): nothing yielded yet
 
 
 def _is_parallel(obj: object) -> bool:
@@ -66,22 +73,26 @@ class _GeneratorDriver:
         self.tg = tg
         self.streams: dict[int, _StreamState] = {}
 
-    async def drive(self, gen: Generator[Any, Any, Any]) -> Any:
+    async def drive(self, gen: Generator[Any, Any, Any], obj: Any = _UNSET) -> Any:
+        """Step ``gen`` to its end (``obj``: what it yielded already), handling
+        what it yields; closes it however this ends."""
         send_exc: BaseException | None = None
         try:
             while True:
-                try:
-                    if send_exc is not None:
-                        exc, send_exc = send_exc, None
-                        obj = gen.throw(exc)
-                    else:
-                        obj = next(gen)
-                except StopIteration as stop:
-                    return stop.value
+                if obj is _UNSET:
+                    try:
+                        if send_exc is not None:
+                            exc, send_exc = send_exc, None
+                            obj = gen.throw(exc)
+                        else:
+                            obj = next(gen)
+                    except StopIteration as stop:
+                        return stop.value
                 try:
                     await self._handle(obj)
                 except Exception as exc:
                     send_exc = exc
+                obj = _UNSET
         finally:
             gen.close()
 
@@ -92,6 +103,9 @@ class _GeneratorDriver:
             parent = self.ctx.scope
             if len(gens) == 1:
                 await self.ctx._in_scope(parent.child(0), self.drive, gens[0])
+                return
+            if not self.ctx._scope_workers and not under_token_budget():
+                await _FanOut(self, gens, parent).run()
                 return
             try:
                 async with self.ctx._backend.open_group() as tg:
@@ -192,6 +206,195 @@ class _GeneratorDriver:
         finally:
             state.done = True
             state.changed.set()
+
+
+class _Branch:
+    """One sub-generator of a fan-out, stepped by the fan-out's task."""
+
+    __slots__ = ("error", "gen", "jobs", "pending", "scope")
+
+    def __init__(self, gen: Generator[Any, Any, Any], scope: ExecutionScope) -> None:
+        self.gen = gen
+        self.scope = scope
+        self.jobs: list[_StepJob] = []  # what its last yield runs
+        self.pending = 0  # of those, not over yet
+        self.error: BaseException | None = None  # the first of their errors
+
+
+class _StepJob:
+    """A task a sub-generator yielded, run as a job: the job's ``done``, which
+    tells the fan-out when the job is over."""
+
+    __slots__ = ("_job", "_over", "branch", "cancelled", "fanout", "start")
+
+    def __init__(self, fanout: _FanOut, branch: _Branch, start: float) -> None:
+        self.fanout = fanout
+        self.branch = branch
+        self.start = start
+        self.cancelled = False
+        self._over = False
+        self._job: Any = None
+
+    def is_set(self) -> bool:
+        return self._over
+
+    def set(self) -> None:
+        if not self._over:
+            self._over = True
+            self.fanout._job_over(self)
+
+    def cancel(self) -> None:
+        if not self._over:
+            self.cancelled = True
+            self._job.cancel()
+            if not self._job.started:
+                self.set()  # still queued, and it never will run: over now
+
+
+class _FanOut(_JobOwner):
+    """A ``ParallelProcess`` run from one task: its sub-generators are stepped
+    here, and the plain task lists they yield go to the actors as jobs (no task,
+    cancel scope or frames of the request's own per task).  The promises are
+    those of a branch task per sub-generator: sub-generator ``i`` runs in scope
+    ``parent.child(i)``; a task's error (the first of a yield's, the rest of
+    which are cancelled) is thrown into its generator at the ``yield``; an error
+    a generator lets out cancels everything and leaves unchanged; every task is
+    over before this returns (on a cancellation: cancelled, and waited for
+    within ``cancel_grace``), and every generator is closed.  A sub-generator
+    that yields anything else (a stream, a shown task, a nested
+    ``ParallelProcess``) goes on in a branch task of its own.
+    """
+
+    def __init__(
+        self,
+        driver: _GeneratorDriver,
+        gens: list[Generator[Any, Any, Any]],
+        parent: ExecutionScope,
+    ) -> None:
+        self._driver = driver
+        self._ctx = ctx = driver.ctx
+        self._backend = ctx._backend
+        self._jobs: set[_StepJob] = set()
+        self._wake: Any = None
+        self._branches = [_Branch(g, parent.child(i)) for i, g in enumerate(gens)]
+        self._ready: deque[_Branch] = deque()  # branches whose tasks are over
+        self._live = 0  # branches stepped here and not done
+        self._tg: Any = None
+
+    async def run(self) -> None:
+        try:
+            try:
+                async with self._backend.open_group() as self._tg:
+                    self._live = len(self._branches)
+                    for branch in self._branches:
+                        await self._advance(branch, None)
+                    while self._live:
+                        if self._ready:
+                            branch = self._ready.popleft()
+                            await self._advance(branch, branch.error)
+                        else:
+                            self._wake = self._backend.Event()
+                            await self._wake.wait()
+            except BaseExceptionGroup as group:
+                raise_single(group)
+        except BaseException:
+            self._cancel_jobs()
+            raise
+        finally:
+            try:
+                if self._jobs:
+                    await self._wait_jobs()
+            finally:
+                for branch in self._branches:
+                    branch.gen.close()
+
+    async def _advance(self, branch: _Branch, exc: BaseException | None) -> None:
+        """Step ``branch`` (throwing ``exc`` in) until it yields tasks to wait for,
+        ends, or goes on in a task of its own.  Its generator's error leaves."""
+        ctx = self._driver.ctx
+        gen = branch.gen
+        while True:
+            token = current_scope.set(branch.scope)
+            try:
+                obj = gen.send(None) if exc is None else gen.throw(exc)
+            except StopIteration:
+                self._live -= 1
+                return
+            finally:
+                current_scope.reset(token)
+            exc = None
+            try:
+                batch = self._plain(obj)
+            except Exception as error:  # a bad task: thrown in, as run_all raises it
+                exc = error
+                continue
+            if batch is None:
+                self._live -= 1
+                self._tg.start_soon(ctx._in_scope, branch.scope, self._driver.drive, gen, obj)
+                return
+            if batch:
+                await self._submit(branch, batch)
+                return
+
+    def _plain(self, obj: Any) -> list[tuple[Task, WorkerActor]] | None:
+        """``obj``'s tasks, validated, with their actors, if it is a list of
+        tasks that just run; ``None`` for anything else."""
+        if isinstance(obj, Task):
+            obj = [obj]
+        if not isinstance(obj, (list, tuple)) or not all(isinstance(t, Task) for t in obj):
+            return None
+        batch = []
+        for task in obj:
+            actor = self._driver.ctx.resolve(task)
+            if task.streaming_output_flag or (
+                isinstance(task, StreamGenerationTask)
+                and type(task) in actor.worker.streaming_tasks
+            ):
+                return None
+            batch.append((task, actor))
+        return batch
+
+    async def _submit(self, branch: _Branch, batch: list[tuple[Task, WorkerActor]]) -> None:
+        ctx = self._driver.ctx
+        start = anyio.current_time() if ctx.trace is not None else 0.0
+        branch.error = None
+        branch.jobs = []
+        branch.pending = 1  # held until every task is sent
+        for task, actor in batch:
+            if branch.error is not None:  # an earlier one failed while this waited
+                ctx._account(task, start, start, "cancelled", None)
+                continue
+            step = _StepJob(self, branch, start)
+            step._job = job = _Job(task, ctx.request_id, None, None, step, branch.scope)
+            branch.jobs.append(step)
+            branch.pending += 1
+            self._jobs.add(step)
+            if not actor.submit_nowait(job):
+                await actor.send_waiting(job)  # a full inbox: wait for room
+        branch.pending -= 1
+        if branch.pending == 0:
+            self._ready.append(branch)
+
+    def _job_over(self, step: _StepJob) -> None:
+        """A task is over (called by its job's end, from the runner)."""
+        self._jobs.discard(step)
+        job = step._job
+        error = job.error
+        status = "error" if error is not None else "cancelled" if step.cancelled else "ok"
+        ctx = self._driver.ctx
+        end = anyio.current_time() if ctx.trace is not None else 0.0
+        ctx._account(job.task, step.start, end, status, error)
+        branch = step.branch
+        branch.pending -= 1
+        last = branch.pending == 0
+        if error is not None and branch.error is None:
+            branch.error = error  # thrown into the generator; the rest are cancelled
+            for other in branch.jobs:
+                other.cancel()
+        if last:
+            self._ready.append(branch)
+        if self._wake is not None:
+            self._wake.set()
 
 
 async def drive_generator(ctx: RequestContext, gen: Generator[Any, Any, Any]) -> Any:

@@ -360,6 +360,21 @@ class WorkerActor:
         self._in_inbox += 1
         return True
 
+    async def send_waiting(self, job: _Job) -> None:
+        """Send a job :meth:`submit_nowait` refused: block until there is room in
+        the inbox (backpressure), behind the requesters already waiting.
+
+        Cancellation: a cancelled wait sends nothing (``job.done`` is not set)."""
+        self._in_inbox += 1
+        self._waiting_senders += 1
+        try:
+            await self._send.send(job)  # inbox full: wait (backpressure)
+        except BaseException:
+            self._in_inbox -= 1  # never sent
+            raise
+        finally:
+            self._waiting_senders -= 1
+
     def _release_idle(self) -> None:
         idle, self._idle = self._idle, []
         for runner in idle:
@@ -449,15 +464,7 @@ class WorkerActor:
         finished = False
         try:
             if not self.submit_nowait(job):
-                self._in_inbox += 1
-                self._waiting_senders += 1
-                try:
-                    await self._send.send(job)  # inbox full: wait (backpressure)
-                except BaseException:
-                    self._in_inbox -= 1  # never sent
-                    raise
-                finally:
-                    self._waiting_senders -= 1
+                await self.send_waiting(job)
             await job.done.wait()
             finished = True
         finally:

@@ -153,6 +153,15 @@ def test_a_deep_copy_shares_nothing_mutable() -> None:
     assert chat.stop == ["\n"] and chat.customized_result_fields == {"k": [1]}
     pair = copy.deepcopy([chat, chat])  # one object copied once, as deepcopy promises
     assert pair[0] is pair[1]
+    # empty containers (copied without deepcopy's walk) are new, and stay shared
+    # between fields where the original shared them
+    twin.streaming_output_list.append("partial")
+    assert chat.streaming_output_list == []
+    chat.custom_input_params = {}
+    chat.custom_output_params = chat.custom_input_params
+    twin = copy.deepcopy(chat)
+    assert twin.custom_output_params is twin.custom_input_params
+    assert twin.custom_input_params is not chat.custom_input_params
 
 
 def test_fresh_task_copies_inputs_like_a_constructed_task() -> None:

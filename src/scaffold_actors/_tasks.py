@@ -141,7 +141,18 @@ class Task:
         memo[id(self)] = new
         fields = new.__dict__
         for name, value in self.__dict__.items():
-            fields[name] = value if type(value) in _IMMUTABLE else copy.deepcopy(value, memo)
+            kind = type(value)
+            if kind in _IMMUTABLE:
+                fields[name] = value
+            elif (kind is list or kind is dict) and not value:
+                # an empty list or dict (most of a task's containers): a new one,
+                # shared where the original was (the memo), as deepcopy does
+                copied = memo.get(id(value))
+                if copied is None:
+                    copied = memo[id(value)] = kind()
+                fields[name] = copied
+            else:
+                fields[name] = copy.deepcopy(value, memo)
         return new
 
 

@@ -347,6 +347,116 @@ def instant(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+#: where a profiled function's time is counted (first match on its file's path)
+_LAYERS = (
+    ("/scaffold_actors/_worker.py", "worker actor: runner, hand-off, slot, cancel scope"),
+    ("/scaffold_actors/_task_context.py", "worker actor: runner, hand-off, slot, cancel scope"),
+    ("/scaffold_actors/_controller.py", "generator driver (compat): stepping, fan-out"),
+    ("/scaffold_actors/compat/", "TensorRT-LLM controllers: clone, deepcopy, process, vote"),
+    ("/copy.py", "TensorRT-LLM controllers: clone, deepcopy, process, vote"),
+    ("/scaffold_actors/methods/", "native method: vote bookkeeping, sampler, answers"),
+    ("/scaffold_actors/_runtime.py", "runtime: request start and end, result"),
+    ("/scaffold_actors/_result.py", "runtime: request start and end, result"),
+    ("/scaffold_actors/", "request: submission, validation, jobs, accounting"),
+    ("/attr/", "attrs: validation on assignment, copies"),
+    ("/trio/", "event loop (trio / asyncio / anyio)"),
+    ("/asyncio/", "event loop (trio / asyncio / anyio)"),
+    ("/anyio/", "event loop (trio / asyncio / anyio)"),
+    ("/sniffio/", "event loop (trio / asyncio / anyio)"),
+    ("overhead.py", "the benchmark: handler, prompts"),
+)
+
+
+def _layer(filename: str) -> str:
+    filename = filename.replace("\\", "/")
+    for part, layer in _LAYERS:
+        if part in filename:
+            return layer
+    return "other"
+
+
+def profile(args: argparse.Namespace) -> dict[str, Any]:
+    """Where a task's microseconds go, per layer: each mode runs unprofiled (best
+    of ``--repeats``) and once under cProfile; a layer's share of the profiled
+    time (a built-in's time counted where it was called from) times the
+    unprofiled time per task.  cProfile weighs Python calls more than C ones, so
+    the split is approximate; the totals are measured."""
+    import cProfile
+    import pstats
+
+    prompts = [f"Question {i}: what is 2 + 2?" for i in range(args.prompts)]
+    n_tasks = args.prompts * args.samples
+    methods = {
+        "compat": lambda: MajorityVoteController(
+            NativeGenerationController({"max_tokens": 64}), default_sample_num=args.samples
+        ),
+        "native": lambda: MajorityVote(
+            Sampler(max_tokens=64), samples=args.samples, early_stop=False
+        ),
+    }
+
+    async def timed(method: Any, profiler: cProfile.Profile | None) -> float:
+        async with AsyncScaffoldingLlm(method, {"generation": InstantWorker()}) as llm:
+            await llm.generate(prompts[:50])
+            gc.collect()
+            start = time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
+            await llm.generate(prompts)
+            if profiler is not None:
+                profiler.disable()
+            return time.perf_counter() - start
+
+    per_task: dict[str, float] = {}
+    layers: dict[str, dict[str, float]] = {}
+    top: dict[str, list[tuple[str, float]]] = {}
+    for key, method, backend in (
+        ("compat-asyncio", "compat", "asyncio"),
+        ("native-trio", "native", "trio"),
+        ("native-asyncio", "native", "asyncio"),
+    ):
+        best = min(
+            anyio.run(timed, methods[method](), None, backend=backend) for _ in range(args.repeats)
+        )
+        profiler = cProfile.Profile()
+        anyio.run(timed, methods[method](), profiler, backend=backend)
+        stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+        own: dict[str, float] = {}
+        functions: dict[str, float] = {}
+        for (filename, line, name), (_cc, _nc, tottime, _ct, callers) in stats.items():
+            if filename == "~" and callers:  # a built-in: counted where it was called from
+                called = sum(c[2] for c in callers.values()) or 1.0
+                for caller, c in callers.items():
+                    share = tottime * c[2] / called
+                    own[_layer(caller[0])] = own.get(_layer(caller[0]), 0.0) + share
+            else:
+                own[_layer(filename)] = own.get(_layer(filename), 0.0) + tottime
+            where = f"{filename.rsplit('/', 1)[-1]}:{line}({name})"
+            functions[where] = functions.get(where, 0.0) + tottime
+        total = sum(own.values())
+        us = best / n_tasks * 1e6
+        per_task[key] = round(us, 1)
+        layers[key] = {
+            k: round(v / total * us, 1) for k, v in sorted(own.items(), key=lambda kv: -kv[1])
+        }
+        top[key] = [
+            (f, round(t / total * us, 2))
+            for f, t in sorted(functions.items(), key=lambda kv: -kv[1])[:12]
+        ]
+    return {
+        "benchmark": "overhead",
+        "workload": "profile",
+        "prompts": args.prompts,
+        "samples_per_prompt": args.samples,
+        "tasks": n_tasks,
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "per_task_us": per_task,
+        "per_task_us_by_layer": layers,
+        "top_functions_us": top,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=2000)
@@ -356,14 +466,16 @@ def main() -> None:
     ap.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
     ap.add_argument(
         "--workload",
-        choices=["engine", "instant", "breakdown"],
+        choices=["engine", "instant", "breakdown", "profile"],
         default="engine",
         help="engine: the simulated instant engine; instant: handlers answer at once; "
-        "breakdown: the instant workload through less and less of the stack",
+        "breakdown: the instant workload through less and less of the stack; "
+        "profile: where the instant workload's microseconds go, per layer",
     )
     args = ap.parse_args()
-    if args.workload in ("instant", "breakdown"):
-        print(json.dumps((instant if args.workload == "instant" else breakdown)(args), indent=2))
+    workloads = {"instant": instant, "breakdown": breakdown, "profile": profile}
+    if args.workload in workloads:
+        print(json.dumps(workloads[args.workload](args), indent=2))
         return
 
     prompts = [f"Question {i}: what is 2 + 2?" for i in range(args.prompts)]

@@ -257,3 +257,40 @@ async def test_a_task_goes_to_an_idle_runner_only_when_nothing_waits_before_it()
         assert actor._hand_to_idle_runner(handed)  # nothing ahead: straight to it
         await handed.done.wait()
         assert handed.task.output_str == "echo: q"
+
+
+async def test_a_runners_next_task_is_not_hit_by_the_last_ones_cancellation(
+    autojump_clock: object,
+) -> None:
+    """A runner's tasks share its cancel scope until one is cancelled.  A task
+    cancelled while its handler is shielded may return without meeting the
+    cancellation: the next task on that runner must start under a fresh scope,
+    not the cancelled one."""
+    class Shielded(Worker):
+        max_concurrency = 1  # one runner: the second task runs where the first did
+
+        async def handle(self, task: GenerationTask) -> None:
+            if task.input_str == "first":
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(1)  # the cancellation arrives here
+                return  # and no checkpoint follows: the scope is left cancelled
+            await trio.lowlevel.checkpoint()  # a cancelled scope would hit it
+            task.output_str = f"done {task.input_str}"
+
+        task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
+
+    async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
+        async with ctx.parallel() as par:
+            first = par.submit(GenerationTask(input_str="first"))
+            await trio.testing.wait_all_tasks_blocked()
+            first.cancel()  # lands in the shield
+        return await ctx.run(GenerationTask(input_str="second"))
+
+    async with AsyncScaffoldingLlm(method, {"generation": Shielded()}) as llm:
+        with trio.fail_after(60):
+            out = await llm.generate("q")
+        await trio.testing.wait_all_tasks_blocked()
+        # the one runner waits for work, listed once (a runner whose idle wait
+        # met the old cancellation would have listed itself twice)
+        assert len(llm._actors["generation"]._idle) == 1
+    assert out.output is not None and out.output.output_str == "done second"

@@ -69,6 +69,12 @@ def test_scope_ids() -> None:
     assert root.child(3).branch_path_list == [3]
     with pytest.raises(ValueError, match="branch_path"):
         ExecutionScope("req-1", (-1,))
+    for bad in (-1, True, 1.0):
+        with pytest.raises(ValueError, match="branch_path"):
+            root.child(bad)  # type: ignore[arg-type]
+    # a child equals (and hashes as) the scope built from its path
+    assert root.child(0).child(2) == ExecutionScope("req-1", (0, 2))
+    assert hash(root.child(0).child(2)) == hash(ExecutionScope("req-1", (0, 2)))
 
 
 async def test_branches_get_child_scopes_and_end_after_their_tasks(autojump_clock: object) -> None:

@@ -170,6 +170,7 @@ def test_fresh_task_copies_inputs_like_a_constructed_task() -> None:
     somebody's still goes through its own __init__ (validators)."""
     from scaffold_actors._tasks import StreamGenerationTask
     from scaffold_actors.methods import fresh_task
+    from scaffold_actors.methods._sampler import fresh_copies
 
     messages = [{"role": "user", "content": "hi"}]
     t = GenerationTask(messages=messages, max_tokens=5, stop=["x"], temperature=0.3, seed=1)
@@ -191,3 +192,14 @@ def test_fresh_task_copies_inputs_like_a_constructed_task() -> None:
             self.customized_result_fields["made"] = True
 
     assert fresh_task(t, Checked).customized_result_fields == {"made": True}
+    checked = fresh_copies(t, 2, Checked)
+    assert [c.customized_result_fields for c in checked] == [{"made": True}] * 2
+    assert checked[0].messages == messages and checked[0].messages is not checked[1].messages
+
+    # fresh_copies (the vote's samples): n such copies, sharing nothing mutable
+    a, b = fresh_copies(t, 2)
+    assert a.__dict__ == b.__dict__ == fresh_task(t).__dict__
+    for name in ("stop", "messages", "customized_result_fields", "streaming_output_list"):
+        assert getattr(a, name) is not getattr(b, name), name
+    assert a.messages is not None and b.messages is not None
+    assert a.messages[0] is not b.messages[0]

@@ -859,7 +859,7 @@ MUTATIONS = [
         "runner-retires-on-a-leaked-context-variable",
         "a runner whose handler left a context variable set takes the next task anyway",
         SA + "_worker.py",
-        (("                or not _same_context(clean, contextvars.copy_context())\n", ""),),
+        (("            or not _same_context(clean, contextvars.copy_context())\n", ""),),
         (
             "tests/test_public_api.py::"
             "test_a_context_variable_a_handler_leaves_set_does_not_reach_the_next_task",
@@ -956,6 +956,18 @@ MUTATIONS = [
             SUB + "test_a_submitted_task_that_outlives_cancel_grace_is_loud",
             FAN + "test_a_task_that_outlives_cancel_grace_is_loud",
         ),
+    ),
+    Mutation(
+        "runner-scope-renewed-after-a-cancel",
+        "a runner keeps its cancel scope after a task's cancellation, so the next task starts cancelled",
+        SA + "_worker.py",
+        (
+            (
+                "                    if scope.cancel_called:\n                        break",
+                "                    if False:\n                        break",
+            ),
+        ),
+        (RT + "test_a_runners_next_task_is_not_hit_by_the_last_ones_cancellation",),
     ),
     Mutation(
         "fanout-steps-in-branch-scopes",

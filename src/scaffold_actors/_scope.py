@@ -45,7 +45,14 @@ class ExecutionScope:
 
     def child(self, branch_index: int) -> ExecutionScope:
         """The scope of this scope's ``branch_index``-th parallel branch."""
-        return ExecutionScope(self.request_id, (*self.branch_path, branch_index))
+        if isinstance(branch_index, bool) or not isinstance(branch_index, int) or branch_index < 0:
+            _path((branch_index,))  # raises, naming the value
+        # one per parallel child: built without attrs' __init__ (the path is
+        # checked above; the rest of it was checked when this scope was made)
+        new = _new(ExecutionScope)
+        _set(new, "request_id", self.request_id)
+        _set(new, "branch_path", (*self.branch_path, branch_index))
+        return new
 
     def with_branch_path(self, branch_path: Sequence[int]) -> ExecutionScope:
         """A scope of the same request at ``branch_path`` (for logical trees)."""
@@ -58,6 +65,9 @@ class ExecutionScope:
     def __str__(self) -> str:
         return self.scope_id
 
+
+_new = object.__new__
+_set = object.__setattr__  # what attrs' __init__ does for a frozen slots class
 
 #: The execution scope of the code running now (``None`` outside a request).
 #: Set by the runtime at request entry and at each parallel fork; a task's

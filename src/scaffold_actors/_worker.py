@@ -382,63 +382,81 @@ class WorkerActor:
             runner.wake.set()
 
     async def _runner(self, job: _Job | None) -> None:
-        runner: _Runner | None = None
+        idle = _Runner()
         clean = contextvars.copy_context()  # what every job of this runner starts from
         while job is not None:
-            await self._run(job)
-            if (
-                self._closed
-                or len(self._idle) >= self.max_idle_runners
-                # a handler that left a context variable set would leak it into
-                # the next job: this runner retires and a fresh one takes over
-                or not _same_context(clean, contextvars.copy_context())
-            ):
-                return
-            if runner is None:
-                runner = _Runner()
-            runner.job, runner.wake = None, self._loop.Event()
-            self._idle.append(runner)
-            await runner.wake.wait()
-            job = runner.job
+            # One cancel scope serves this runner's jobs one after another (a
+            # scope costs an enter and an exit): ``job.cancel()`` cancels it while
+            # that job runs, and the next job gets a new one.  A job's
+            # cancellation is caught here; any other leaves the runner.
+            with self._loop.CancelScope() as scope:
+                while True:
+                    await self._run(job, scope)
+                    if scope.cancel_called:
+                        break  # cancelled, though its handler returned: a new scope
+                    job = await self._next_job(idle, clean)
+                    if job is None:
+                        return
+            job = await self._next_job(idle, clean)
+
+    async def _next_job(self, idle: _Runner, clean: contextvars.Context) -> _Job | None:
+        """Wait, idle, for the next job handed to this runner; ``None`` when the
+        runner should exit instead."""
+        if (
+            self._closed
+            or len(self._idle) >= self.max_idle_runners
+            # a handler that left a context variable set would leak it into
+            # the next job: this runner retires and a fresh one takes over
+            or not _same_context(clean, contextvars.copy_context())
+        ):
+            return None
+        idle.job, idle.wake = None, self._loop.Event()
+        self._idle.append(idle)
+        await idle.wake.wait()
+        return idle.job
 
     def close(self) -> None:
         """Stop taking tasks; ``serve`` returns once running tasks finish."""
         self._closed = True
         self._send.close()
 
-    async def _run(self, job: _Job) -> None:
+    async def _run(self, job: _Job, scope: Any) -> None:
+        """Run ``job``'s handler under ``scope`` (its runner's: ``job.cancel()``
+        cancels it only while the handler runs).  The job's cancellation leaves
+        as the cancelled exception; its handler's error goes to ``job.error``."""
         task = job.task
         worker = self.worker
         token = _CURRENT.set(job)
         scope_token = current_scope.set(job.scope)
+        job.cancel_scope = scope
         try:
-            with self._loop.CancelScope() as job.cancel_scope:
-                if job.cancel_requested:
-                    job.cancel_scope.cancel()
-                handler = worker.find_handler(type(task))
-                if handler is None:
-                    raise TaskNotSupportedError(
-                        f"{type(worker).__name__} has no handler for {type(task).__name__}"
-                    )
-                timeout = worker.task_timeout
-                if timeout is None:
+            if job.cancel_requested:
+                scope.cancel()
+            handler = worker.find_handler(type(task))
+            if handler is None:
+                raise TaskNotSupportedError(
+                    f"{type(worker).__name__} has no handler for {type(task).__name__}"
+                )
+            timeout = worker.task_timeout
+            if timeout is None:
+                status = await handler(worker, task)
+            else:
+                with anyio.fail_after(timeout):
                     status = await handler(worker, task)
-                else:
-                    with anyio.fail_after(timeout):
-                        status = await handler(worker, task)
-                if status is not None and status is not TaskStatus.SUCCESS:
-                    if status is TaskStatus.WORKER_NOT_SUPPORTED:
-                        raise TaskNotSupportedError(
-                            f"{type(worker).__name__} does not support this {type(task).__name__}"
-                        )
-                    raise TaskFailedError(
-                        f"{type(worker).__name__} handler returned {status!r} for "
-                        f"{type(task).__name__}",
-                        status,
+            if status is not None and status is not TaskStatus.SUCCESS:
+                if status is TaskStatus.WORKER_NOT_SUPPORTED:
+                    raise TaskNotSupportedError(
+                        f"{type(worker).__name__} does not support this {type(task).__name__}"
                     )
+                raise TaskFailedError(
+                    f"{type(worker).__name__} handler returned {status!r} for "
+                    f"{type(task).__name__}",
+                    status,
+                )
         except Exception as exc:  # handed to the requester, never swallowed
             job.error = exc
         finally:
+            job.cancel_scope = None  # over: a late cancel() must not reach the next job
             current_scope.reset(scope_token)
             _CURRENT.reset(token)
             self.running -= 1

@@ -12,7 +12,14 @@ import attrs
 from .._context import RequestContext, under_token_budget
 from .._tasks import GenerationTask, ScaffoldingOutput
 from ._answers import extract_answer
-from ._sampler import Sampler, fresh_task, result_from, sample_count, sample_within_budget
+from ._sampler import (
+    Sampler,
+    fresh_copies,
+    fresh_task,
+    result_from,
+    sample_count,
+    sample_within_budget,
+)
 from ._voting import LeaderDecided, StopRule, VoteState, canonical
 
 __all__ = ["MajorityVote", "vote_is_decided"]
@@ -121,8 +128,7 @@ class MajorityVote:
                 # prepared and validated once; the samples are copies of it
                 first = self.sampler.prepare(task)
                 actor = ctx.resolve(first)
-                copies = [first] + [fresh_task(first, type(first)) for _ in range(n - 1)]
-                for t in copies:
+                for t in [first, *fresh_copies(first, n - 1, type(first))]:
                     par._submit(t, actor)
             else:
                 for _ in range(n):

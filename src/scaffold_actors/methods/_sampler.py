@@ -35,22 +35,39 @@ _BLANKS = {cls: _blank(cls) for cls in (GenerationTask, StreamGenerationTask)}
 
 def fresh_task(task: GenerationTask, cls: type[GenerationTask] = GenerationTask) -> GenerationTask:
     """A new task with ``task``'s inputs and sampling parameters, outputs empty."""
+    return fresh_copies(task, 1, cls)[0]
+
+
+def fresh_copies(
+    task: GenerationTask, n: int, cls: type[GenerationTask] = GenerationTask
+) -> list[GenerationTask]:
+    """``n`` :func:`fresh_task` copies of ``task`` (its fields read once)."""
     fields = {f: getattr(task, f) for f in GenerationTask.input_fields}
-    fields["stop"] = list(task.stop)
-    if fields["messages"] is not None:
-        fields["messages"] = [dict(m) for m in fields["messages"]]
     fields["worker_tag"] = task.worker_tag
+    stop, messages = task.stop, task.messages
     blank = _BLANKS.get(cls)
     if blank is None:  # a subclass of somebody's: its own __init__ and validators
-        return cls(**fields)
+        return [
+            cls(**{**fields, "stop": list(stop), "messages": _copied(messages)}) for _ in range(n)
+        ]
     plain, factories = blank
-    new = cls.__new__(cls)
-    values = new.__dict__
-    values.update(plain)
-    for name, factory in factories:
-        values[name] = factory()
-    values.update(fields)
-    return new
+    base = {**plain, **fields}
+    copies = []
+    for _ in range(n):
+        new = cls.__new__(cls)
+        values = new.__dict__
+        values.update(base)
+        for name, factory in factories:
+            values[name] = factory()
+        values["stop"] = list(stop)
+        if messages is not None:
+            values["messages"] = _copied(messages)
+        copies.append(new)
+    return copies
+
+
+def _copied(messages: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
+    return None if messages is None else [dict(m) for m in messages]
 
 
 async def sample_within_budget(

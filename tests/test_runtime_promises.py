@@ -266,6 +266,7 @@ async def test_a_runners_next_task_is_not_hit_by_the_last_ones_cancellation(
     cancelled while its handler is shielded may return without meeting the
     cancellation: the next task on that runner must start under a fresh scope,
     not the cancelled one."""
+
     class Shielded(Worker):
         max_concurrency = 1  # one runner: the second task runs where the first did
 

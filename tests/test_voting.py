@@ -263,3 +263,29 @@ async def test_the_vote_says_why_samples_did_not_vote(autojump_clock: object) ->
         result = await rt.generate("q")
     assert result.output.details["votes"] == {"3": 1}
     assert result.output.details["unanswered"] == {"empty": 1, "cut_by_length": 1, "no_answer": 1}
+
+
+async def test_partial_outputs_show_the_votes_as_of_their_sample(autojump_clock: object) -> None:
+    """A partial output is built only when read, from what was true when its
+    sample finished: a later sample does not change an earlier snapshot."""
+    replies = [
+        "a \\boxed{1}",
+        "a b c \\boxed{2}",
+        "a b c d e f \\boxed{1}",
+        "a b c d e f g h i \\boxed{3}",
+    ]  # of different lengths: the samples finish one at a time
+    method = MajorityVote(Sampler(), samples=4, early_stop=False)
+    async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(engine_of(replies))}) as llm:
+        r = await llm.generate_async("q")
+        outputs = [out async for out in r]
+    *partials, final = outputs
+    assert final.finished and final.details["votes"] == {"1": 2, "2": 1, "3": 1}
+    assert [p.output_str for p in partials] == replies
+    assert [p.details["samples_finished"] for p in partials] == [1, 2, 3, 4]
+    assert [p.details["votes"] for p in partials] == [
+        {"1": 1},
+        {"1": 1, "2": 1},
+        {"1": 2, "2": 1},
+        {"1": 2, "2": 1, "3": 1},
+    ]
+    assert all(not p.finished for p in partials)

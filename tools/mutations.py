@@ -970,6 +970,32 @@ MUTATIONS = [
         (RT + "test_a_runners_next_task_is_not_hit_by_the_last_ones_cancellation",),
     ),
     Mutation(
+        "parked-trio-runner-forgotten-when-cancelled",
+        "a runner cancelled while parked (trio) can still be handed a job, which is lost",
+        SA + "_backend.py",
+        (("        parked.waiter = None  # cancelled: nothing may be sent", "        pass  # "),),
+        ("tests/test_backend.py::test_a_cancelled_parked_task_is_sent_nothing[trio]",),
+    ),
+    Mutation(
+        "parked-asyncio-runner-refused-when-cancelled",
+        "a runner cancelled while parked (asyncio), not resumed yet, is handed a job",
+        SA + "_backend.py",
+        (("    if future is None or future.done():", "    if future is None:"),),
+        ("tests/test_backend.py::test_a_cancelled_parked_task_is_sent_nothing[asyncio]",),
+    ),
+    Mutation(
+        "vote-partial-is-a-snapshot",
+        "a vote's partial output, built when read, shows the votes as they are then, not as of its sample",
+        SA + "methods/_majority_vote.py",
+        (
+            (
+                "                        dict(state.counts),\n",
+                "                        state.counts,\n",
+            ),
+        ),
+        ("tests/test_voting.py::test_partial_outputs_show_the_votes_as_of_their_sample",),
+    ),
+    Mutation(
         "fanout-steps-in-branch-scopes",
         "a ParallelProcess sub-generator is stepped in its parent's scope, not its branch's",
         SA + "_controller.py",

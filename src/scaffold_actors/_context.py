@@ -696,6 +696,12 @@ class RequestContext:
         if self._result is not None:
             self._result._publish_partial(output)
 
+    def _emit_later(self, make: Callable[[], ScaffoldingOutput]) -> None:
+        """:meth:`emit` of ``make()``, called only if somebody reads it (it must
+        build from values that do not change afterwards)."""
+        if self._result is not None:
+            self._result._publish_partial(make)
+
 
 class _StreamUpdates:
     """Async iterator behind :meth:`RequestContext.stream` (coalescing, never blocks

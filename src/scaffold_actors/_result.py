@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -55,7 +55,7 @@ class ScaffoldingResult:
         self._cancelled = False
         self._done = anyio.Event()
         self._scope: anyio.CancelScope | None = None
-        self._partial: ScaffoldingOutput | None = None
+        self._partial: ScaffoldingOutput | Callable[[], ScaffoldingOutput] | None = None
         self._partial_version = 0
         self._partial_event = anyio.Event()
         self._loop_thread = threading.get_ident()
@@ -96,7 +96,10 @@ class ScaffoldingResult:
         return f"<ScaffoldingResult #{self.request_id} {state}>"
 
     # -- producer side (runtime) ---------------------------------------------
-    def _publish_partial(self, output: ScaffoldingOutput) -> None:
+    def _publish_partial(self, output: ScaffoldingOutput | Callable[[], ScaffoldingOutput]) -> None:
+        """Publish a partial output, or a function that builds it when somebody
+        reads it (a method that publishes after every sample builds nothing
+        while nobody iterates)."""
         if self.done or self._cancelled:
             return
         self._partial = output
@@ -198,7 +201,10 @@ class ScaffoldingResult:
             if self._cancelled:
                 return seen, _END
             if self._partial_version > seen and not self.done:
-                return self._partial_version, self._partial
+                partial = self._partial
+                if callable(partial):
+                    partial = self._partial = partial()
+                return self._partial_version, partial
             if self.done:
                 return -1, _END if seen == -1 else self._final_for_stream()
             # every iterator waits on the same event; it is replaced only once set,

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Self
 import anyio
 import anyio.abc
 
-from ._backend import current_backend
+from ._backend import Parked, current_backend
 from ._errors import CancelGraceExceededWarning, TaskFailedError, TaskNotSupportedError
 from ._scope import ExecutionScope, current_scope
 from ._task_context import _CURRENT, TaskContext
@@ -229,16 +229,6 @@ def _same_context(a: contextvars.Context, b: contextvars.Context) -> bool:
     return len(a) == len(b) and all(a.get(var, a) is value for var, value in b.items())
 
 
-class _Runner:
-    """An idle runner task's mailbox: the job it is handed, and its wake-up."""
-
-    __slots__ = ("job", "wake")
-
-    def __init__(self) -> None:
-        self.job: _Job | None = None
-        self.wake: Any = None
-
-
 class WorkerActor:
     """The actor around one worker (internal to the runtime).
 
@@ -282,7 +272,7 @@ class WorkerActor:
         # returns, so a task costs no spawn of its own; an idle runner is handed a
         # job straight from the requester (no trip through serve) when the inbox
         # is empty, nobody waits to send and a slot is free.
-        self._idle: list[_Runner] = []
+        self._idle: list[Parked] = []  # runners waiting for work
         self._group: Any = None
         self._closed = False
         self._in_inbox = 0  # jobs sent and not yet taken by serve
@@ -324,12 +314,11 @@ class WorkerActor:
         # started from now on: a requester cancelled before _run begins still
         # waits for it (it may reach the engine first)
         job.started = True
-        if self._idle:
-            runner = self._idle.pop()
-            runner.job = job
-            runner.wake.set()
-        else:
-            self._group.start_soon(self._runner, job)
+        unpark = self._loop.unpark
+        while self._idle:
+            if unpark(self._idle.pop(), job):
+                return
+        self._group.start_soon(self._runner, job)
 
     def _hand_to_idle_runner(self, job: _Job) -> bool:
         """Start ``job`` at once on an idle runner, when nothing is queued or
@@ -378,11 +367,10 @@ class WorkerActor:
     def _release_idle(self) -> None:
         idle, self._idle = self._idle, []
         for runner in idle:
-            runner.job = None
-            runner.wake.set()
+            self._loop.unpark(runner, None)
 
     async def _runner(self, job: _Job | None) -> None:
-        idle = _Runner()
+        idle = Parked()  # where this runner waits for work
         clean = contextvars.copy_context()  # what every job of this runner starts from
         while job is not None:
             # One cancel scope serves this runner's jobs one after another (a
@@ -399,7 +387,7 @@ class WorkerActor:
                         return
             job = await self._next_job(idle, clean)
 
-    async def _next_job(self, idle: _Runner, clean: contextvars.Context) -> _Job | None:
+    async def _next_job(self, idle: Parked, clean: contextvars.Context) -> _Job | None:
         """Wait, idle, for the next job handed to this runner; ``None`` when the
         runner should exit instead."""
         if (
@@ -410,10 +398,9 @@ class WorkerActor:
             or not _same_context(clean, contextvars.copy_context())
         ):
             return None
-        idle.job, idle.wake = None, self._loop.Event()
         self._idle.append(idle)
-        await idle.wake.wait()
-        return idle.job
+        job: _Job | None = await self._loop.park(idle)  # None: released
+        return job
 
     def close(self) -> None:
         """Stop taking tasks; ``serve`` returns once running tasks finish."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -145,21 +146,21 @@ class MajorityVote:
                     else:
                         unanswered["no_answer"] += 1
                 if answer is not None:
-                    answer = await canonical(answer, seen, self.equivalent)
+                    if self.equivalent is not None and answer not in seen:
+                        answer = await canonical(answer, seen, self.equivalent)
                     if answer not in seen:
                         seen.append(answer)
                     first_output.setdefault(answer, out)  # type: ignore[arg-type]
                 w = self.weight(out) if (self.weight is not None and out is not None) else 1.0
                 state.add(answer, w)
-                ctx.emit(
-                    ScaffoldingOutput(
+                # built only if somebody reads it: from a snapshot of the votes
+                ctx._emit_later(
+                    functools.partial(
+                        _partial_output,
                         out.output_str if out is not None else "",
-                        finished=False,
-                        details={
-                            "votes": dict(state.counts),
-                            "samples_finished": finished,
-                            "samples_requested": n,
-                        },
+                        dict(state.counts),
+                        finished,
+                        n,
                     )
                 )
                 if stop is not None and stop(state):
@@ -175,3 +176,14 @@ class MajorityVote:
             "unanswered": unanswered,
         }
         return result_from(task, first_output.get(answer) if answer is not None else None, details)
+
+
+def _partial_output(
+    text: str | None, votes: dict[str, int], finished: int, n: int
+) -> ScaffoldingOutput:
+    """The vote's partial output after a sample: its text and the votes so far."""
+    return ScaffoldingOutput(
+        text,
+        finished=False,
+        details={"votes": votes, "samples_finished": finished, "samples_requested": n},
+    )

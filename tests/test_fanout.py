@@ -136,7 +136,16 @@ async def test_a_task_error_is_thrown_into_its_generator_after_its_siblings_are_
         yield [t]
         seen["fine"] = t.output_str
 
-    workers = {"generation": EngineWorker(engine), "echo": EchoWorker()}
+    class LateFailure(Worker):
+        """Fails once everything else waits: the engine holds the siblings then."""
+
+        async def handle(self, task: GenerationTask) -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            raise ValueError(f"boom in {task.input_str!r}")
+
+        task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
+
+    workers = {"generation": EngineWorker(engine), "echo": LateFailure()}
     async with AsyncScaffoldingLlm(Fan(failing, fine), workers, trace=True) as llm:
         r = await llm.generate_async("q")
         await r

@@ -280,12 +280,11 @@ async def test_partial_outputs_show_the_votes_as_of_their_sample(autojump_clock:
         outputs = [out async for out in r]
     *partials, final = outputs
     assert final.finished and final.details["votes"] == {"1": 2, "2": 1, "3": 1}
-    assert [p.output_str for p in partials] == replies
-    assert [p.details["samples_finished"] for p in partials] == [1, 2, 3, 4]
-    assert [p.details["votes"] for p in partials] == [
-        {"1": 1},
-        {"1": 1, "2": 1},
-        {"1": 2, "2": 1},
-        {"1": 2, "2": 1, "3": 1},
-    ]
-    assert all(not p.finished for p in partials)
+    votes_after = [{"1": 1}, {"1": 1, "2": 1}, {"1": 2, "2": 1}, {"1": 2, "2": 1, "3": 1}]
+    # the first three at least are read before the next sample ends (the last may
+    # be overtaken by the final output: partial outputs coalesce)
+    finished = [p.details["samples_finished"] for p in partials]
+    assert finished[:3] == [1, 2, 3] and finished in ([1, 2, 3], [1, 2, 3, 4])
+    for p, k in zip(partials, finished, strict=True):
+        assert not p.finished and p.output_str == replies[k - 1]
+        assert p.details["votes"] == votes_after[k - 1]

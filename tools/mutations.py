@@ -161,8 +161,8 @@ MUTATIONS = [
         SA + "_result.py",
         (
             (
-                "            if self._partial_event.is_set():\n                self._partial_event = anyio.Event()",
-                "            self._partial_event = anyio.Event()",
+                "            if self._partial_event.is_set():\n                self._partial_event = self._loop.Event()",
+                "            self._partial_event = self._loop.Event()",
             ),
         ),
         (RT + "test_two_iterators_over_one_result_both_see_every_update",),
@@ -973,7 +973,7 @@ MUTATIONS = [
         "parked-trio-runner-forgotten-when-cancelled",
         "a runner cancelled while parked (trio) can still be handed a job, which is lost",
         SA + "_backend.py",
-        (("        parked.waiter = None  # cancelled: nothing may be sent", "        pass  # "),),
+        (("        self.waiter = None  # cancelled: nothing may be sent", "        pass  # "),),
         ("tests/test_backend.py::test_a_cancelled_parked_task_is_sent_nothing[trio]",),
     ),
     Mutation(
@@ -1032,8 +1032,8 @@ MUTATIONS = [
         SA + "_controller.py",
         (
             (
-                "await self._advance(branch, branch.error)",
-                "await self._advance(branch, None)",
+                "refused = self._advance(branch, branch.error)",
+                "refused = self._advance(branch, None)",
             ),
         ),
         (FAN + "test_a_task_error_is_thrown_into_its_generator_after_its_siblings_are_aborted",),
@@ -1095,7 +1095,7 @@ MUTATIONS = [
         "fanout-waits-for-room",
         "a task yielded to a full inbox is taken as sent (lost) instead of waiting for room",
         SA + "_controller.py",
-        (("                await actor.send_waiting(job)", "                pass"),),
+        (("            await batch[i][1].send_waiting(branch.jobs[-1]._job)", "            pass"),),
         (FAN + "test_a_full_inbox_makes_the_fan_out_wait_for_room",),
     ),
     Mutation(

@@ -32,10 +32,15 @@ __all__ = ["Backend", "Parked", "current_backend"]
 class Parked:
     """A task parked by :meth:`Backend.park` until :meth:`Backend.unpark`."""
 
-    __slots__ = ("waiter",)
+    __slots__ = ("abort", "waiter")
 
     def __init__(self) -> None:
         self.waiter: Any = None  # the loop's handle on the parked task; None: gone
+        self.abort = self._abort  # made once: a park costs no function object
+
+    def _abort(self, _: Any) -> trio.lowlevel.Abort:
+        self.waiter = None  # cancelled: nothing may be sent to it any more
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class Backend:
@@ -60,12 +65,8 @@ class Backend:
 
 
 async def _trio_park(parked: Parked) -> Any:
-    def abort(_: Any) -> trio.lowlevel.Abort:
-        parked.waiter = None  # cancelled: nothing may be sent to it any more
-        return trio.lowlevel.Abort.SUCCEEDED
-
     parked.waiter = trio.lowlevel.current_task()
-    return await trio.lowlevel.wait_task_rescheduled(abort)
+    return await trio.lowlevel.wait_task_rescheduled(parked.abort)
 
 
 def _trio_unpark(parked: Parked, value: Any) -> bool:

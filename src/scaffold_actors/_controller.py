@@ -36,6 +36,8 @@ class NativeController(Protocol):
 
 
 _UNSET: Any = object()  # drive(): nothing yielded yet
+# a fan-out's yield stopped at a full inbox: the batch, the refused index, its start
+_Refused = tuple[list[tuple[Task, WorkerActor]], int, float]
 
 
 def _is_parallel(obj: object) -> bool:
@@ -287,11 +289,15 @@ class _FanOut(_JobOwner):
                 async with self._backend.open_group() as self._tg:
                     self._live = len(self._branches)
                     for branch in self._branches:
-                        await self._advance(branch, None)
+                        refused = self._advance(branch, None)
+                        if refused is not None:
+                            await self._send_waiting(branch, refused)
                     while self._live:
                         if self._ready:
                             branch = self._ready.popleft()
-                            await self._advance(branch, branch.error)
+                            refused = self._advance(branch, branch.error)
+                            if refused is not None:
+                                await self._send_waiting(branch, refused)
                         else:
                             self._wake = self._backend.Event()
                             await self._wake.wait()
@@ -308,9 +314,18 @@ class _FanOut(_JobOwner):
                 for branch in self._branches:
                     branch.gen.close()
 
-    async def _advance(self, branch: _Branch, exc: BaseException | None) -> None:
+    async def _send_waiting(self, branch: _Branch, refused: _Refused | None) -> None:
+        """Send the rest of a yield that met a full inbox, waiting for room
+        (backpressure) where it must."""
+        while refused is not None:
+            batch, i, start = refused
+            await batch[i][1].send_waiting(branch.jobs[-1]._job)
+            refused = self._send(branch, batch, i + 1, start)
+
+    def _advance(self, branch: _Branch, exc: BaseException | None) -> _Refused | None:
         """Step ``branch`` (throwing ``exc`` in) until it yields tasks to wait for,
-        ends, or goes on in a task of its own.  Its generator's error leaves."""
+        ends, or goes on in a task of its own (see :meth:`_send` for what it
+        returns).  Its generator's error leaves."""
         ctx = self._driver.ctx
         gen = branch.gen
         while True:
@@ -319,7 +334,7 @@ class _FanOut(_JobOwner):
                 obj = gen.send(None) if exc is None else gen.throw(exc)
             except StopIteration:
                 self._live -= 1
-                return
+                return None
             finally:
                 current_scope.reset(token)
             exc = None
@@ -331,10 +346,13 @@ class _FanOut(_JobOwner):
             if batch is None:
                 self._live -= 1
                 self._tg.start_soon(ctx._in_scope, branch.scope, self._driver.drive, gen, obj)
-                return
+                return None
             if batch:
-                await self._submit(branch, batch)
-                return
+                branch.error = None
+                branch.jobs = []
+                branch.pending = 1  # held until every task is sent
+                start = anyio.current_time() if ctx.trace is not None else 0.0
+                return self._send(branch, batch, 0, start)
 
     def _plain(self, obj: Any) -> list[tuple[Task, WorkerActor]] | None:
         """``obj``'s tasks, validated, with their actors, if it is a list of
@@ -354,13 +372,15 @@ class _FanOut(_JobOwner):
             batch.append((task, actor))
         return batch
 
-    async def _submit(self, branch: _Branch, batch: list[tuple[Task, WorkerActor]]) -> None:
+    def _send(
+        self, branch: _Branch, batch: list[tuple[Task, WorkerActor]], first: int, start: float
+    ) -> _Refused | None:
+        """Hand ``batch[first:]`` to the actors as jobs.  Where an inbox is full, stop
+        and return where (the refused task's job is made and counted, not sent);
+        ``None`` once all are sent."""
         ctx = self._driver.ctx
-        start = anyio.current_time() if ctx.trace is not None else 0.0
-        branch.error = None
-        branch.jobs = []
-        branch.pending = 1  # held until every task is sent
-        for task, actor in batch:
+        for i in range(first, len(batch)):
+            task, actor = batch[i]
             if branch.error is not None:  # an earlier one failed while this waited
                 ctx._account(task, start, start, "cancelled", None)
                 continue
@@ -370,10 +390,11 @@ class _FanOut(_JobOwner):
             branch.pending += 1
             self._jobs.add(step)
             if not actor.submit_nowait(job):
-                await actor.send_waiting(job)  # a full inbox: wait for room
+                return batch, i, start
         branch.pending -= 1
         if branch.pending == 0:
             self._ready.append(branch)
+        return None
 
     def _job_over(self, step: _StepJob) -> None:
         """A task is over (called by its job's end, from the runner)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.from_thread
 
+from ._backend import Backend, current_backend
 from ._errors import RequestCancelledError
 from ._tasks import ScaffoldingOutput
 from ._trace import ExecutionTrace, TokenUsage
@@ -44,7 +45,8 @@ class ScaffoldingResult:
     ``usage`` the tokens used, ``trace`` the recorded tasks (if tracing is on).
     """
 
-    def __init__(self, request_id: int, prompt: Any) -> None:
+    def __init__(self, request_id: int, prompt: Any, backend: Backend | None = None) -> None:
+        self._loop = backend if backend is not None else current_backend()
         self.request_id = request_id
         self.prompt = prompt
         self.output: ScaffoldingOutput | None = None
@@ -53,11 +55,11 @@ class ScaffoldingResult:
         self.task_collections: Mapping[str, Any] | None = None
         self._exception: BaseException | None = None
         self._cancelled = False
-        self._done = anyio.Event()
-        self._scope: anyio.CancelScope | None = None
+        self._done = self._loop.Event()
+        self._scope: Any = None  # the request's cancel scope, once it runs
         self._partial: ScaffoldingOutput | Callable[[], ScaffoldingOutput] | None = None
         self._partial_version = 0
-        self._partial_event = anyio.Event()
+        self._partial_event = self._loop.Event()
         self._loop_thread = threading.get_ident()
         self._portal: BlockingPortal | None = None
 
@@ -71,7 +73,7 @@ class ScaffoldingResult:
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return bool(self._done.is_set())
 
     finished = done  # TensorRT-LLM name
 
@@ -210,7 +212,7 @@ class ScaffoldingResult:
             # every iterator waits on the same event; it is replaced only once set,
             # so a second iterator never strands the first on a forgotten event
             if self._partial_event.is_set():
-                self._partial_event = anyio.Event()
+                self._partial_event = self._loop.Event()
             await self._partial_event.wait()
 
     def _final_for_stream(self) -> ScaffoldingOutput:

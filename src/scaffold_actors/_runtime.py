@@ -146,7 +146,7 @@ class AsyncScaffoldingLlm:
         self._ids = itertools.count()
         self._in_flight: set[ScaffoldingResult] = set()
         self._stack: AsyncExitStack | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._tg: Any = None  # the loop's task group (a trio nursery on trio)
         self._loop: Backend | None = None
         self._closing = False
         self.completed = 0
@@ -166,7 +166,9 @@ class AsyncScaffoldingLlm:
         try:
             for worker in self._workers:
                 await stack.enter_async_context(worker.lifespan())
-            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            # the loop's own group: a request's task is started without anyio's
+            # per-task handle (see _backend.py)
+            self._tg = await stack.enter_async_context(self._loop.open_group())
             for actor in self._actors.values():
                 self._tg.start_soon(actor.serve)
         except BaseException:
@@ -251,7 +253,7 @@ class AsyncScaffoldingLlm:
         clone = getattr(controller, "clone", None)
         if callable(clone) and callable(getattr(controller, "process", None)):
             controller = clone()
-        result = ScaffoldingResult(next(self._ids), prompt)
+        result = ScaffoldingResult(next(self._ids), prompt, self._loop)
         self._in_flight.add(result)
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         assert self._tg is not None
@@ -274,7 +276,8 @@ class AsyncScaffoldingLlm:
         result.usage = ctx.usage
         result.trace = ctx.trace
         try:
-            with anyio.CancelScope() as scope:
+            assert self._loop is not None
+            with self._loop.CancelScope() as scope:
                 result._scope = scope
                 if result.cancelled:
                     scope.cancel()

@@ -382,14 +382,18 @@ class WorkerActor:
                     await self._run(job, scope)
                     if scope.cancel_called:
                         break  # cancelled, though its handler returned: a new scope
-                    job = await self._next_job(idle, clean)
+                    if not self._stays(idle, clean):
+                        return
+                    job = await self._loop.park(idle)  # the next job; None: released
                     if job is None:
                         return
-            job = await self._next_job(idle, clean)
+            if not self._stays(idle, clean):
+                return
+            job = await self._loop.park(idle)
 
-    async def _next_job(self, idle: Parked, clean: contextvars.Context) -> _Job | None:
-        """Wait, idle, for the next job handed to this runner; ``None`` when the
-        runner should exit instead."""
+    def _stays(self, idle: Parked, clean: contextvars.Context) -> bool:
+        """Whether a runner whose job is over waits for the next one (listed as
+        idle, to be parked on ``idle``), rather than exiting."""
         if (
             self._closed
             or len(self._idle) >= self.max_idle_runners
@@ -397,10 +401,9 @@ class WorkerActor:
             # the next job: this runner retires and a fresh one takes over
             or not _same_context(clean, contextvars.copy_context())
         ):
-            return None
+            return False
         self._idle.append(idle)
-        job: _Job | None = await self._loop.park(idle)  # None: released
-        return job
+        return True
 
     def close(self) -> None:
         """Stop taking tasks; ``serve`` returns once running tasks finish."""

@@ -698,3 +698,26 @@ def test_benchmark_and_trace_refusals(tmp_path: Path) -> None:
     (tmp_path / "t.json").write_text('{"events": 3}')
     with pytest.raises(ValueError, match="not an execution trace"):
         ExecutionTrace.load(tmp_path / "t.json")
+
+
+def test_a_cloned_generation_controller_shares_nothing_it_may_change() -> None:
+    """TensorRT-LLM deep-copies a controller per sample; our fast clone of
+    NativeGenerationController must be as independent (a subclass, or one with
+    task collections, still gets the deep copy)."""
+    original = NativeGenerationController({"max_tokens": 8, "stop": ["\n"]}, streaming=True)
+    twin = original.clone()
+    assert type(twin) is NativeGenerationController and vars(twin) == vars(original)
+    twin.sampling_params["stop"].append("x")  # type: ignore[attr-defined]
+    twin.sampling_params["max_tokens"] = 9
+    twin.task_collections["timer"] = TaskTimer()
+    assert original.sampling_params == {"max_tokens": 8, "stop": ["\n"]}
+    assert original.task_collections == {}
+
+    class Mine(NativeGenerationController):
+        def __init__(self) -> None:
+            super().__init__({"max_tokens": 8})
+            self.seen: list[str] = []
+
+    mine = Mine()
+    copy = mine.clone()
+    assert type(copy) is Mine and copy.seen is not mine.seen

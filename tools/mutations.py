@@ -996,6 +996,18 @@ MUTATIONS = [
         ("tests/test_voting.py::test_partial_outputs_show_the_votes_as_of_their_sample",),
     ),
     Mutation(
+        "generation-controller-clone-independent",
+        "a cloned NativeGenerationController shares its sampling parameters with the original",
+        SA + "compat/_controllers.py",
+        (
+            (
+                "        new.sampling_params = {\n",
+                "        new.sampling_params = self.sampling_params or {\n",
+            ),
+        ),
+        ("tests/test_compat.py::test_a_cloned_generation_controller_shares_nothing_it_may_change",),
+    ),
+    Mutation(
         "fanout-steps-in-branch-scopes",
         "a ParallelProcess sub-generator is stepped in its parent's scope, not its branch's",
         SA + "_controller.py",

@@ -135,7 +135,8 @@ class NativeGenerationController(Controller):
         copied."""
         if type(self) is not NativeGenerationController or self.task_collections:
             return super().clone()
-        new = copy.copy(self)
+        new = NativeGenerationController.__new__(NativeGenerationController)
+        new.__dict__.update(self.__dict__)  # what copy.copy does, without its protocol
         new.task_collections = {}
         new.sampling_params = {
             k: list(v) if isinstance(v, list) else v for k, v in self.sampling_params.items()

@@ -64,6 +64,21 @@ def test_overhead_benchmark_prints_json() -> None:
         "vote-trio", "parallel-run-asyncio", "parallel-submit-trio", "floor-trio-hop",
         "floor-asyncio-batch",
     } <= set(shares)  # fmt: skip
+    p = run("benchmarks/overhead.py", "--workload", "profile", "--prompts", "10", "--repeats", "1")
+    assert p.returncode == 0, p.stderr
+    profile = json.loads(p.stdout)
+    modes = {"compat-asyncio", "native-trio", "native-asyncio"}
+    assert set(profile["per_task_us"]) == set(profile["per_task_us_by_layer"]) == modes
+    for mode, layers in profile["per_task_us_by_layer"].items():
+        # the layers split the measured time (rounding apart)
+        assert abs(sum(layers.values()) - profile["per_task_us"][mode]) < 1.0
+        assert "worker actor: runner, hand-off, slot, cancel scope" in layers
+    p = run(
+        "benchmarks/overhead.py", "--workload", "instant", "--prompts", "10", "--repeats", "1",
+        "--gc-off",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["gc_off"] is True
 
 
 def test_method_benchmarks_print_json_on_the_simulated_engine() -> None:

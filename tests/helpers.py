@@ -44,6 +44,34 @@ class EchoWorker(Worker):
     task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
 
 
+class OrderedEchoWorker(EchoWorker):
+    """An :class:`EchoWorker` that records the prompts in the order it starts them,
+    one at a time, with room for one task in its inbox (backpressure tests)."""
+
+    max_concurrency = 1
+    inbox_size = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    async def handle_in_order(self, task: GenerationTask) -> None:
+        self.order.append(task.input_str or "")
+        await self.handle(task)
+
+    task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle_in_order}  # type: ignore[dict-item]
+
+
+class StuckWorker(Worker):
+    """Its handler ignores cancellation for an hour (a shielded clean-up that hangs)."""
+
+    async def handle(self, task: GenerationTask) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(3600)
+
+    task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
+
+
 async def one_shot(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
     """The simplest native controller: one generation."""
     return await ctx.run(task)

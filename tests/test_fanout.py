@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import pytest
 import trio
 import trio.testing
-from helpers import EchoWorker
+from helpers import EchoWorker, OrderedEchoWorker, StuckWorker
 
 from engine_bridge import SimulatedEngine
 from scaffold_actors import (
@@ -239,24 +239,16 @@ async def test_cancelling_the_request_aborts_every_task_and_closes_every_generat
     assert len(fan.subs) == 4
 
 
-class _Stuck(Worker):
-    """Ignores cancellation for an hour (a shielded clean-up that hangs)."""
-
-    async def handle(self, task: GenerationTask) -> None:
-        with trio.CancelScope(shield=True):
-            await trio.sleep(3600)
-
-    task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
-
-
 async def test_a_task_that_outlives_cancel_grace_is_loud(autojump_clock: object) -> None:
     def one(tasks: list[Task]) -> Generator[Any, Any, None]:
         yield [gen("q")]
 
-    async with AsyncScaffoldingLlm(Fan(one, one), {"generation": _Stuck()}, cancel_grace=2) as llm:
+    async with AsyncScaffoldingLlm(
+        Fan(one, one), {"generation": StuckWorker()}, cancel_grace=2
+    ) as llm:
         r = await llm.generate_async("q")
         await trio.testing.wait_all_tasks_blocked()
-        with pytest.warns(CancelGraceExceededWarning, match=r"_Stuck \(tag 'generation'\)"):
+        with pytest.warns(CancelGraceExceededWarning, match=r"StuckWorker \(tag 'generation'\)"):
             await r.acancel()
         assert llm.stats()["cancel_grace_overruns"] == 2
 
@@ -264,18 +256,7 @@ async def test_a_task_that_outlives_cancel_grace_is_loud(autojump_clock: object)
 async def test_a_full_inbox_makes_the_fan_out_wait_for_room(autojump_clock: object) -> None:
     """With no room in the inbox the fan-out waits (backpressure, as ctx.run
     does); every task runs once and each branch gets its own output."""
-    order: list[str] = []
-
-    class Ordered(EchoWorker):
-        async def handle(self, task: GenerationTask) -> None:
-            order.append(task.input_str or "")
-            await super().handle(task)
-
-        task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
-
-    worker = Ordered()
-    worker.max_concurrency = 1
-    worker.inbox_size = 1
+    worker = OrderedEchoWorker()
     outputs: dict[str, str | None] = {}
 
     def two(tasks: list[Task]) -> Generator[Any, Any, None]:
@@ -289,7 +270,7 @@ async def test_a_full_inbox_makes_the_fan_out_wait_for_room(autojump_clock: obje
         with trio.fail_after(60):  # virtual time: fires at once if a task was lost
             await llm.generate("q")
     names = [f"sub {i}.{j}" for i in range(4) for j in range(2)]
-    assert sorted(order) == names
+    assert sorted(worker.order) == names
     assert outputs == {n: f"echo: {n}" for n in names}
 
 

@@ -10,7 +10,7 @@ from typing import ClassVar
 import pytest
 import trio
 import trio.testing
-from helpers import EchoWorker, one_shot
+from helpers import EchoWorker, StuckWorker, one_shot
 
 from engine_bridge import CostModel, EngineError, SimulatedEngine
 from scaffold_actors import (
@@ -83,22 +83,12 @@ async def test_two_iterators_over_one_result_both_see_every_update(
     assert seen["a"] == seen["b"] == ["one", "two", "end"]
 
 
-class _Stuck(Worker):
-    """Its handler ignores cancellation for an hour (a shielded cleanup that hangs)."""
-
-    async def handle(self, task: GenerationTask) -> None:
-        with trio.CancelScope(shield=True):
-            await trio.sleep(3600)
-
-    task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
-
-
 async def test_a_cancel_that_outlives_cancel_grace_is_loud(autojump_clock: object) -> None:
-    async with AsyncScaffoldingLlm(one_shot, {"generation": _Stuck()}, cancel_grace=2) as llm:
+    async with AsyncScaffoldingLlm(one_shot, {"generation": StuckWorker()}, cancel_grace=2) as llm:
         r = await llm.generate_async("q")
         await trio.testing.wait_all_tasks_blocked()
         with pytest.warns(
-            CancelGraceExceededWarning, match=r"_Stuck \(tag 'generation'\).*GenerationTask"
+            CancelGraceExceededWarning, match=r"StuckWorker \(tag 'generation'\).*GenerationTask"
         ):
             await r.acancel()
         assert llm.stats()["cancel_grace_overruns"] == 1

@@ -9,7 +9,7 @@ from typing import ClassVar
 import pytest
 import trio
 import trio.testing
-from helpers import EchoWorker
+from helpers import EchoWorker, OrderedEchoWorker, StuckWorker
 
 from engine_bridge import SimulatedEngine
 from scaffold_actors import (
@@ -21,7 +21,6 @@ from scaffold_actors import (
     RequestCancelledError,
     RequestContext,
     Task,
-    Worker,
     current_scope,
 )
 from scaffold_actors._worker import Handler
@@ -211,16 +210,6 @@ async def test_cancelling_the_request_aborts_submitted_tasks_before_it_returns(
         assert llm.stats()["tasks_running"] == 0
 
 
-class _Stuck(Worker):
-    """Ignores cancellation for an hour (a shielded clean-up that hangs)."""
-
-    async def handle(self, task: GenerationTask) -> None:
-        with trio.CancelScope(shield=True):
-            await trio.sleep(3600)
-
-    task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
-
-
 async def test_a_submitted_task_that_outlives_cancel_grace_is_loud(
     autojump_clock: object,
 ) -> None:
@@ -230,10 +219,10 @@ async def test_a_submitted_task_that_outlives_cancel_grace_is_loud(
             await trio.sleep_forever()
         return task  # pragma: no cover
 
-    async with AsyncScaffoldingLlm(method, {"generation": _Stuck()}, cancel_grace=2) as llm:
+    async with AsyncScaffoldingLlm(method, {"generation": StuckWorker()}, cancel_grace=2) as llm:
         r = await llm.generate_async("q")
         await trio.testing.wait_all_tasks_blocked()
-        with pytest.warns(CancelGraceExceededWarning, match=r"_Stuck \(tag 'generation'\)"):
+        with pytest.warns(CancelGraceExceededWarning, match=r"StuckWorker \(tag 'generation'\)"):
             await r.acancel()
         assert llm.stats()["cancel_grace_overruns"] == 1
 
@@ -241,18 +230,7 @@ async def test_a_submitted_task_that_outlives_cancel_grace_is_loud(
 async def test_a_full_inbox_makes_submit_wait_in_a_child_in_order(autojump_clock: object) -> None:
     """With no room in the inbox, the task is started as an ordinary child that
     waits for room (backpressure, as ctx.run does); every task runs once."""
-    order: list[str] = []
-
-    class Ordered(EchoWorker):
-        async def handle(self, task: GenerationTask) -> None:
-            order.append(task.input_str or "")
-            await super().handle(task)
-
-        task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
-
-    worker = Ordered()
-    worker.max_concurrency = 1
-    worker.inbox_size = 1
+    worker = OrderedEchoWorker()
 
     async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
         async with ctx.parallel() as par:
@@ -263,7 +241,7 @@ async def test_a_full_inbox_makes_submit_wait_in_a_child_in_order(autojump_clock
     async with AsyncScaffoldingLlm(method, {"generation": worker}) as llm:
         with trio.fail_after(60):  # virtual time: fires at once if a task was lost
             out = await llm.generate("q")
-    assert sorted(order) == ["0", "1", "2", "3", "4"]
+    assert sorted(worker.order) == ["0", "1", "2", "3", "4"]
     assert out.output is not None
     assert out.output.output_str == " ".join(f"echo: {i}" for i in range(5))
 

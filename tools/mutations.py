@@ -917,8 +917,8 @@ MUTATIONS = [
         SA + "_context.py",
         (
             (
-                "                self.set()  # never reached a runner",
-                "                pass  # never reached a runner",
+                "            end.set()  # never reached a runner",
+                "            pass  # never reached a runner",
             ),
         ),
         (SUB + "test_a_queued_submitted_task_cancelled_never_reaches_the_engine",),

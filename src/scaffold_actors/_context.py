@@ -115,6 +115,17 @@ class Handle(Generic[T]):
         return self.result()
 
 
+def _cancel_job_end(end: Any) -> None:
+    """``cancel()`` of a job's ``done`` (``_TaskHandle`` for a :class:`Parallel`
+    block, ``_StepJob`` for a generator controller's fan-out): cancel the job; a
+    job still queued, which will never run, is over at once."""
+    if not end.is_set():
+        end.cancelled = True
+        end._job.cancel()
+        if not end._job.started:
+            end.set()  # never reached a runner, and never will: over now
+
+
 class _TaskHandle(Handle[Any]):
     """A child that is one task run as a job on its worker's actor, with no task
     of its own in the request (:meth:`Parallel.submit`).  It is the job's
@@ -137,11 +148,7 @@ class _TaskHandle(Handle[Any]):
         self._job: Any = None
 
     def cancel(self) -> None:
-        if not self._finished:
-            self.cancelled = True
-            self._job.cancel()
-            if not self._job.started:
-                self.set()  # never reached a runner, and never will: over now
+        _cancel_job_end(self)
 
     def is_set(self) -> bool:
         return self._finished

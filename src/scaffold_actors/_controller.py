@@ -11,7 +11,7 @@ import anyio.abc
 
 from engine_bridge import raise_single
 
-from ._context import RequestContext, _JobOwner, under_token_budget
+from ._context import RequestContext, _cancel_job_end, _JobOwner, under_token_budget
 from ._scope import ExecutionScope, current_scope
 from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task
 from ._worker import WorkerActor, _Job
@@ -246,11 +246,7 @@ class _StepJob:
             self.fanout._job_over(self)
 
     def cancel(self) -> None:
-        if not self._over:
-            self.cancelled = True
-            self._job.cancel()
-            if not self._job.started:
-                self.set()  # still queued, and it never will run: over now
+        _cancel_job_end(self)
 
 
 class _FanOut(_JobOwner):

@@ -9,8 +9,8 @@ from typing import Any, ClassVar, NamedTuple
 import anyio
 import attrs
 
-from engine_bridge import EngineDelta, EngineRequest
-from scaffold_actors import GenerationTask, RequestContext, Task, Worker
+from engine_bridge import EngineDelta, EngineRequest, SimulatedEngine
+from scaffold_actors import GenerationTask, RequestContext, Task, Worker, current_scope
 from scaffold_actors._worker import Handler
 
 
@@ -60,6 +60,27 @@ class OrderedEchoWorker(EchoWorker):
         await self.handle(task)
 
     task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle_in_order}  # type: ignore[dict-item]
+
+
+class ScopedEchoWorker(EchoWorker):
+    """An :class:`EchoWorker` that records the execution scope each task ran in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scopes: list[str] = []
+
+    async def handle_in_scope(self, task: GenerationTask) -> None:
+        scope = current_scope.get()
+        assert scope is not None
+        self.scopes.append(scope.scope_id)
+        await self.handle(task)
+
+    task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle_in_scope}  # type: ignore[dict-item]
+
+
+def reached(engine: SimulatedEngine) -> int:
+    """Requests the engine ever saw (finished, aborted or alive)."""
+    return engine.completed + engine.aborted + engine.failed + engine.num_active
 
 
 class StuckWorker(Worker):

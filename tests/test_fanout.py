@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import pytest
 import trio
 import trio.testing
-from helpers import EchoWorker, OrderedEchoWorker, StuckWorker
+from helpers import OrderedEchoWorker, ScopedEchoWorker, StuckWorker, reached
 
 from engine_bridge import SimulatedEngine
 from scaffold_actors import (
@@ -37,11 +37,6 @@ Step = Callable[[list[Task]], Generator[Any, Any, None]]
 
 def gen(prompt: str, max_tokens: int = 200, tag: str = "generation") -> GenerationTask:
     return GenerationTask(input_str=prompt, max_tokens=max_tokens, worker_tag=tag)
-
-
-def reached(engine: SimulatedEngine) -> int:
-    """Requests the engine ever saw (finished, aborted or alive)."""
-    return engine.completed + engine.aborted + engine.failed + engine.num_active
 
 
 class Sub(Controller):
@@ -80,16 +75,8 @@ async def test_sub_generators_step_and_run_their_tasks_in_branch_scopes(
     autojump_clock: object,
 ) -> None:
     stepped: list[str] = []
-    handled: list[str] = []
 
-    class Scoped(EchoWorker):
-        async def handle(self, task: GenerationTask) -> None:
-            scope = current_scope.get()
-            assert scope is not None
-            handled.append(scope.scope_id)
-            await super().handle(task)
-
-        task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
+    worker = ScopedEchoWorker()
 
     def two_rounds(tasks: list[Task]) -> Generator[Any, Any, None]:
         for round_ in range(2):
@@ -102,13 +89,13 @@ async def test_sub_generators_step_and_run_their_tasks_in_branch_scopes(
         yield []  # nothing to run: stepped on at once
 
     fan = Fan(two_rounds, two_rounds, two_rounds)
-    async with AsyncScaffoldingLlm(fan, {"generation": Scoped()}, trace=True) as llm:
+    async with AsyncScaffoldingLlm(fan, {"generation": worker}, trace=True) as llm:
         r = await llm.generate_async("q")
         out = await r
     assert out.output is not None and out.output.output_str == "done"
     root = f"req-{r.request_id}"
     assert sorted(stepped) == sorted([f"{root}:{i}" for i in range(3)] * 2)
-    assert sorted(handled) == sorted([f"{root}:{i}" for i in range(3)] * 4)
+    assert sorted(worker.scopes) == sorted([f"{root}:{i}" for i in range(3)] * 4)
     # accounted as ctx.run accounts: usage and one trace record per task
     assert r.usage.tasks == 12 and r.usage.completion_tokens == 36
     assert r.trace is not None and [rec.status for rec in r.trace.records] == ["ok"] * 12

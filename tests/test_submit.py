@@ -4,12 +4,10 @@ is checked where the engine sees it (tools/mutations.py lists the mechanisms).""
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import pytest
 import trio
 import trio.testing
-from helpers import EchoWorker, OrderedEchoWorker, StuckWorker
+from helpers import EchoWorker, OrderedEchoWorker, ScopedEchoWorker, StuckWorker, reached
 
 from engine_bridge import SimulatedEngine
 from scaffold_actors import (
@@ -20,10 +18,7 @@ from scaffold_actors import (
     InvalidTaskError,
     RequestCancelledError,
     RequestContext,
-    Task,
-    current_scope,
 )
-from scaffold_actors._worker import Handler
 
 LONG = " ".join(f"w{i}" for i in range(200))
 
@@ -32,22 +27,9 @@ def gen(prompt: str, max_tokens: int = 200) -> GenerationTask:
     return GenerationTask(input_str=prompt, max_tokens=max_tokens)
 
 
-def reached(engine: SimulatedEngine) -> int:
-    """Requests the engine ever saw (finished, aborted or alive)."""
-    return engine.completed + engine.aborted + engine.failed + engine.num_active
-
-
 async def test_submitted_tasks_return_filled_in_branch_scopes(autojump_clock: object) -> None:
-    seen: list[str] = []
 
-    class Scoped(EchoWorker):
-        async def handle(self, task: GenerationTask) -> None:
-            scope = current_scope.get()
-            assert scope is not None
-            seen.append(scope.scope_id)
-            await super().handle(task)
-
-        task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle}  # type: ignore[dict-item]
+    worker = ScopedEchoWorker()
 
     async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
         async with ctx.parallel() as par:
@@ -58,12 +40,12 @@ async def test_submitted_tasks_return_filled_in_branch_scopes(autojump_clock: ob
         task.output_str = ",".join(h.result().output_str or "" for h in handles)
         return task
 
-    async with AsyncScaffoldingLlm(method, {"generation": Scoped()}, trace=True) as llm:
+    async with AsyncScaffoldingLlm(method, {"generation": worker}, trace=True) as llm:
         r = await llm.generate_async("q")
         out = await r
     assert out.output is not None and out.output.output_str == "echo: a,echo: b,echo: c"
     root = f"req-{r.request_id}"
-    assert sorted(seen) == [f"{root}:0", f"{root}:1", f"{root}:2"]
+    assert sorted(worker.scopes) == [f"{root}:0", f"{root}:1", f"{root}:2"]
     # accounted as ctx.run accounts: usage and one trace record per task
     assert r.usage.tasks == 3 and r.usage.completion_tokens == 9
     assert r.trace is not None and [rec.status for rec in r.trace.records] == ["ok"] * 3

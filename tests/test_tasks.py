@@ -203,3 +203,21 @@ def test_fresh_task_copies_inputs_like_a_constructed_task() -> None:
         assert getattr(a, name) is not getattr(b, name), name
     assert a.messages is not None and b.messages is not None
     assert a.messages[0] is not b.messages[0]
+
+
+def test_a_fresh_copy_takes_no_more_memory_than_a_constructed_task() -> None:
+    """A vote holds its samples' copies at once: each copy's attribute dict is
+    laid out as ``__init__`` lays one out (on CPython sharing the class's keys
+    where the class allows it), never a larger dict of its own."""
+    import sys
+
+    from scaffold_actors._tasks import StreamGenerationTask
+    from scaffold_actors.methods._sampler import fresh_copies
+
+    for cls in (GenerationTask, StreamGenerationTask):
+        t = cls(max_tokens=5, stop=["x"], temperature=0.3)
+        t.input_str = "a question"
+        built = cls(max_tokens=5, stop=["x"], temperature=0.3)
+        built.input_str = "a question"
+        for copy in fresh_copies(t, 3, cls):
+            assert sys.getsizeof(copy.__dict__) <= sys.getsizeof(built.__dict__), cls

@@ -50,7 +50,7 @@ MUTATIONS = [
         "bridge-waits-for-abort-ack",
         "leaving open_stream no longer waits for the engine to confirm the abort",
         SRC + "_bridge.py",
-        (("await stream.released_event.wait()", "await anyio.lowlevel.checkpoint()"),),
+        (("await stream.wait_released()", "await anyio.lowlevel.checkpoint()"),),
         (CONF + "test_leaving_early_aborts[hf]", CONF + "test_leaving_early_aborts[trtllm]"),
     ),
     Mutation(
@@ -972,14 +972,14 @@ MUTATIONS = [
     Mutation(
         "parked-trio-runner-forgotten-when-cancelled",
         "a runner cancelled while parked (trio) can still be handed a job, which is lost",
-        SA + "_backend.py",
+        SRC + "lowlevel.py",
         (("        self.waiter = None  # cancelled: nothing may be sent", "        pass  # "),),
         ("tests/test_backend.py::test_a_cancelled_parked_task_is_sent_nothing[trio]",),
     ),
     Mutation(
         "parked-asyncio-runner-refused-when-cancelled",
         "a runner cancelled while parked (asyncio), not resumed yet, is handed a job",
-        SA + "_backend.py",
+        SRC + "lowlevel.py",
         (("    if future is None or future.done():", "    if future is None:"),),
         ("tests/test_backend.py::test_a_cancelled_parked_task_is_sent_nothing[asyncio]",),
     ),
@@ -994,6 +994,18 @@ MUTATIONS = [
             ),
         ),
         ("tests/test_voting.py::test_partial_outputs_show_the_votes_as_of_their_sample",),
+    ),
+    Mutation(
+        "fresh-copy-shares-the-class-keys",
+        "a sample's copy gets an attribute dict of its own (filled from a compact dict), not one sharing the class's keys",
+        SA + "methods/_sampler.py",
+        (
+            (
+                "    base = plain.copy()  # as laid out in the defaults: so is each copy filled from it\n    base.update(fields)\n",
+                "    base = {**plain, **fields}\n",
+            ),
+        ),
+        ("tests/test_tasks.py::test_a_fresh_copy_takes_no_more_memory_than_a_constructed_task",),
     ),
     Mutation(
         "generation-controller-clone-independent",

@@ -15,6 +15,7 @@ import anyio
 import sniffio
 
 from ._types import AbortNotAcknowledgedWarning, EngineClosedError, EngineDelta, EngineError
+from .lowlevel import Park, Parked, Unpark, parking
 
 __all__ = ["BridgedEngine", "LoopCaller", "RequestStream", "first_error", "raise_single"]
 
@@ -92,7 +93,7 @@ class LoopCaller:
         return True
 
 
-class RequestStream:
+class RequestStream(Parked):
     """Per-request delta buffer filled by the engine (in the loop) and read by the
     consumer; an async iterator that never needs finalising.
 
@@ -100,23 +101,32 @@ class RequestStream:
     consumer: the last delta came, the request failed, or the consumer left) and
     ``released`` (the engine itself confirmed it holds nothing of the request any
     more: it finished there, or the engine acknowledged an abort).
+
+    The consumer waits parked on the stream itself (no event object per wait,
+    no buffer until a delta is queued); :meth:`wait_released` waits for the
+    engine's confirmation.
     """
 
-    __slots__ = ("_event", "done", "error", "pending", "released", "released_event")
+    __slots__ = ("_park", "_pending", "_released_event", "_unpark", "done", "error", "released")
 
     def __init__(self) -> None:
-        self.pending: deque[EngineDelta] = deque()
-        self._event: anyio.Event | None = None
+        super().__init__()
+        self._pending: deque[EngineDelta] | None = None
+        # the loop's park and unpark, looked up by the consumer's first wait
+        self._park: Park | None = None
+        self._unpark: Unpark | None = None
+        self._released_event: anyio.Event | None = None
         self.done = False
         self.error: BaseException | None = None
         self.released = False
-        self.released_event = anyio.Event()
 
     def push(self, delta: EngineDelta, *, released: bool = True) -> None:
         """Queue ``delta``; a final delta ends the stream and, unless
         ``released=False`` (the engine still runs it, e.g. a stop string was cut
         here), marks the request released by the engine."""
-        self.pending.append(delta)
+        if self._pending is None:
+            self._pending = deque()
+        self._pending.append(delta)
         if delta.finish_reason is not None:
             self.done = True
             if released:
@@ -131,32 +141,42 @@ class RequestStream:
     def close(self) -> None:
         """The consumer left: drop whatever the engine still sends."""
         self.done = True
-        self.pending.clear()
+        self._pending = None
 
     def release(self) -> None:
         """The engine holds nothing of this request any more (idempotent)."""
         if not self.released:
             self.released = True
-            self.released_event.set()
+            if self._released_event is not None:
+                self._released_event.set()
+
+    async def wait_released(self) -> None:
+        """Block until :meth:`release` (at once if it was).  Cancellable."""
+        if not self.released:
+            if self._released_event is None:
+                self._released_event = anyio.Event()
+            await self._released_event.wait()
 
     def wake(self) -> None:
-        if self._event is not None:
-            self._event.set()
+        """Resume the consumer if it waits for a delta."""
+        if self.waiter is not None:
+            assert self._unpark is not None
+            self._unpark(self, None)
 
     def __aiter__(self) -> RequestStream:
         return self
 
     async def __anext__(self) -> EngineDelta:
         while True:
-            if self.pending:
-                return self.pending.popleft()
+            if self._pending:
+                return self._pending.popleft()
             if self.error is not None:
                 raise self.error
             if self.done:
                 raise StopAsyncIteration
-            self._event = anyio.Event()
-            await self._event.wait()
-            self._event = None
+            if self._park is None:
+                self._park, self._unpark = parking()
+            await self._park(self)
 
 
 class _HasStream(Protocol):
@@ -267,7 +287,7 @@ class BridgedEngine:
                     self._abort(key, state)
                     with anyio.CancelScope(shield=True):
                         with anyio.move_on_after(self.abort_timeout):
-                            await stream.released_event.wait()
+                            await stream.wait_released()
                     if stream.released:
                         self.aborted += not ended
                     else:

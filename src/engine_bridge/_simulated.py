@@ -16,7 +16,7 @@ import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Self
 
@@ -39,6 +39,16 @@ from ._types import (
     stop_holdback,
 )
 from ._wordtok import WordTokenizer
+from .lowlevel import (
+    Park,
+    Parked,
+    Unpark,
+    asyncio_park,
+    asyncio_unpark,
+    parking,
+    trio_park,
+    trio_unpark,
+)
 
 __all__ = ["CostModel", "SimulatedCall", "SimulatedEngine", "SimulatedOutput"]
 
@@ -93,13 +103,24 @@ class SimulatedCall:
 
     ``index`` counts requests submitted to this engine, starting at 0.  ``rng`` is
     seeded from the engine seed and the request's ``seed`` (or ``index`` when the
-    request has none), so outputs are reproducible.
+    request has none), so outputs are reproducible; it is made when first read
+    (seeding one costs microseconds a responder that never draws need not pay).
     """
 
     prompt: str
     request: EngineRequest
     index: int
-    rng: random.Random
+    _rng: random.Random | None = attrs.field(default=None, alias="rng")
+    #: the seed ``rng`` is made from when none was given
+    seed: int = attrs.field(default=0, kw_only=True)
+
+    @property
+    def rng(self) -> random.Random:
+        rng = self._rng
+        if rng is None:
+            rng = random.Random(self.seed)
+            object.__setattr__(self, "_rng", rng)
+        return rng
 
 
 Responder = Callable[[SimulatedCall], "str | SimulatedOutput"]
@@ -143,13 +164,16 @@ def _continued(pieces: Sequence[str], continuation: str | None) -> int:
     return 0
 
 
-class _SimRequest:
+class _SimRequest(Parked):
+    """One request in the engine, and the async iterator over its deltas (its
+    consumer waits parked on it: no event object per wait, no buffer until a
+    delta is queued)."""
+
     __slots__ = (
         "blocks",
         "done",
         "emitted",
         "error",
-        "event",
         "fail",
         "finish",
         "logprobs",
@@ -163,6 +187,7 @@ class _SimRequest:
         "reserve",
         "text_so_far",
         "top",
+        "unpark",
     )
 
     def __init__(
@@ -171,19 +196,21 @@ class _SimRequest:
         prompt_tokens: int,
         pieces: list[str],
         logprobs: list[float] | None,
+        unpark: Unpark,
     ) -> None:
+        super().__init__()
         self.request = request
         self.prompt_tokens = prompt_tokens
         self.pieces = pieces
         self.logprobs = logprobs
+        self.unpark = unpark
         self.top: list[TopLogprobs] | None = None
         self.reserve = prompt_tokens + request.params.max_tokens
         self.pos = 0
         self.text_so_far = ""
-        self.blocks: list[int] = []
+        self.blocks: Sequence[int] = ()
         self.emitted = 0  # characters of text already delivered
-        self.pending: deque[EngineDelta] = deque()
-        self.event: anyio.Event | None = None
+        self.pending: deque[EngineDelta] | None = None
         self.error: BaseException | None = None
         self.finish: str | None = None
         self.done = False
@@ -191,34 +218,55 @@ class _SimRequest:
         self.ready_at = 0.0  # no token before this time (a stall)
         self.fail: tuple[int, BaseException] | None = None  # (after tokens, error)
 
+    def push(self, delta: EngineDelta) -> None:
+        if self.pending is None:
+            self.pending = deque()
+        self.pending.append(delta)
+
     def wake(self) -> None:
-        if self.event is not None:
-            self.event.set()
+        if self.waiter is not None:
+            self.unpark(self, None)
 
-
-class _Stream:
-    """Async iterator over one request's deltas (no async generator to finalise)."""
-
-    __slots__ = ("_r",)
-
-    def __init__(self, r: _SimRequest) -> None:
-        self._r = r
-
-    def __aiter__(self) -> _Stream:
+    def __aiter__(self) -> _SimRequest:
         return self
 
     async def __anext__(self) -> EngineDelta:
-        r = self._r
         while True:
-            if r.pending:
-                return r.pending.popleft()
-            if r.error is not None:
-                raise r.error
-            if r.done:
+            if self.pending:
+                return self.pending.popleft()
+            if self.error is not None:
+                raise self.error
+            if self.done:
                 raise StopAsyncIteration
-            r.event = anyio.Event()
-            await r.event.wait()
-            r.event = None
+            await _PARK[self.unpark](self)
+
+
+_PARK: dict[Unpark, Park] = {trio_unpark: trio_park, asyncio_unpark: asyncio_park}
+
+
+class _Open:
+    """What :meth:`SimulatedEngine.open_stream` returns: admits the request on
+    entry, releases it (aborting it if it still runs) on exit."""
+
+    __slots__ = ("_engine", "_r", "_request")
+
+    def __init__(self, engine: SimulatedEngine, request: EngineRequest) -> None:
+        self._engine = engine
+        self._request = request
+        self._r: _SimRequest | None = None
+
+    async def __aenter__(self) -> AsyncIterator[EngineDelta]:
+        self._r = self._engine._admit(self._request)
+        return self._r
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._r is not None:
+            self._engine._release(self._r)
 
 
 class SimulatedEngine:
@@ -276,6 +324,8 @@ class SimulatedEngine:
         self._running: dict[int, _SimRequest] = {}
         self._kv_used = 0
         self._wakeup: anyio.Event | None = None  # made in __aenter__, in its loop
+        self._unpark: Unpark = trio_unpark  # the loop's, set in __aenter__
+        self._stalls = False  # whether a request ever stalled (SimulatedOutput.delay)
         self._index = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
@@ -358,18 +408,28 @@ class SimulatedEngine:
         return self.tokenizer.count(self.render(request))
 
     def check(self, request: EngineRequest) -> None:
-        n = self.count_prompt_tokens(request)
+        self._checked(request)
+
+    def _checked(self, request: EngineRequest) -> tuple[str, int]:
+        """:meth:`check`, returning the prompt as rendered and its token count."""
+        prompt = self.render(request)
+        if request.prompt_token_ids is not None:
+            n = len(request.prompt_token_ids)
+        else:
+            n = self.tokenizer.count(prompt)
         check_context(n, request.params.max_tokens, self.max_context)
         need = n + request.params.max_tokens
         if need > self.kv_capacity:
             raise InvalidRequestError(
                 "max_tokens", f"request needs {need} KV tokens, the engine has {self.kv_capacity}"
             )
+        return prompt, n
 
     async def __aenter__(self) -> Self:
         if self._tg is not None:
             raise RuntimeError("SimulatedEngine already started")
         self._wakeup = anyio.Event()
+        self._unpark = parking()[1]
         self._closed = False  # a closed engine can be started again
         self._failure = None
         self._tg = anyio.create_task_group()
@@ -390,23 +450,22 @@ class SimulatedEngine:
         tg, self._tg = self._tg, None
         await tg.__aexit__(exc_type, exc, tb)
 
-    @asynccontextmanager
-    async def open_stream(
+    def open_stream(
         self, request: EngineRequest
-    ) -> AsyncIterator[AsyncIterator[EngineDelta]]:
+    ) -> AbstractAsyncContextManager[AsyncIterator[EngineDelta]]:
+        return _Open(self, request)
+
+    def _admit(self, request: EngineRequest) -> _SimRequest:
+        """``open_stream``'s entry: check ``request`` and queue it."""
         if self._failure is not None:
             raise EngineError(f"engine is unhealthy: {self._failure}") from self._failure
         if self._tg is None or self._closed:
             raise EngineClosedError("engine is not running (use `async with engine:`)")
-        self.check(request)
-        r = self._new_request(request)
+        r = self._new_request(request, *self._checked(request))
         self._waiting.append(r)
         assert self._wakeup is not None
         self._wakeup.set()
-        try:
-            yield _Stream(r)
-        finally:
-            self._release(r)
+        return r
 
     # -- fault injection -------------------------------------------------
     def inject_failure(self, error: BaseException | None = None) -> None:
@@ -417,18 +476,18 @@ class SimulatedEngine:
         self._fail_all(err)
 
     # -- internals ---------------------------------------------------------
-    def _new_request(self, request: EngineRequest) -> _SimRequest:
-        prompt = self.render(request)
+    def _new_request(self, request: EngineRequest, prompt: str, n_prompt: int) -> _SimRequest:
         index = self._index
         self._index += 1
         seed = request.params.seed if request.params.seed is not None else index
-        rng = random.Random(hash((self.seed, seed)))
-        out = self._respond(SimulatedCall(prompt, request, index, rng))
+        call = SimulatedCall(prompt, request, index, seed=hash((self.seed, seed)))
+        out = self._respond(call)
         if isinstance(out, str):
             out = SimulatedOutput(out)
         if not isinstance(out, SimulatedOutput) or not isinstance(out.text, str):
             raise EngineError(f"malformed engine output: {type(out).__name__} instead of text")
-        pieces = self.tokenizer.split(out.text)
+        # the vocabulary's strings: the replies held at once share their words
+        pieces = self.tokenizer.split_shared(out.text)
         skip = _continued(pieces, request.continuation)
         logprobs: list[float] | None = None
         if request.params.num_logprobs is not None:
@@ -437,8 +496,10 @@ class SimulatedEngine:
                     raise EngineError("responder returned fewer logprobs than tokens")
                 logprobs = list(out.logprobs)[skip:]
             else:
+                rng = call.rng
                 logprobs = [-rng.random() * 2.0 for _ in pieces[skip:]]
-        pieces = pieces[skip:]
+        if skip:
+            pieces = pieces[skip:]
         top = None
         if request.params.num_logprobs and logprobs is not None:
             top = _alternatives(out, pieces, logprobs, request.params.num_logprobs, skip)
@@ -451,11 +512,11 @@ class SimulatedEngine:
                 logprobs = (logprobs * times)[:limit]
             if top is not None:
                 top = (top * times)[:limit]
-        n_prompt = self.count_prompt_tokens(request)
-        r = _SimRequest(request, n_prompt, pieces, logprobs)
+        r = _SimRequest(request, n_prompt, pieces, logprobs, self._unpark)
         r.top = top
         if out.delay:
             r.ready_at = anyio.current_time() + out.delay
+            self._stalls = True  # from now on each step looks for stalled requests
         if out.error is not None:
             r.fail = (out.error_after, out.error)
         if self.prefix_cache_blocks:
@@ -498,7 +559,7 @@ class SimulatedEngine:
         if not r.done:
             self.aborted += 1
         r.done = True
-        r.pending.clear()
+        r.pending = None
         if self._waiting and self._wakeup is not None:
             self._wakeup.set()
 
@@ -540,7 +601,10 @@ class SimulatedEngine:
                 # Everything admitted was aborted during prefill.
                 continue
             now = anyio.current_time()
-            ready = [(k, r) for k, r in self._running.items() if r.ready_at <= now]
+            if self._stalls:
+                ready = [(k, r) for k, r in self._running.items() if r.ready_at <= now]
+            else:
+                ready = list(self._running.items())
             if not ready:  # every running request stalls: wait for the first to wake
                 first = min(r.ready_at for r in self._running.values())
                 with anyio.move_on_after(first - now):
@@ -575,9 +639,16 @@ class SimulatedEngine:
         finish: str | None = None
         n_tok = 0
         if r.pos < len(r.pieces):
-            r.text_so_far += r.pieces[r.pos]
             r.pos += 1
             n_tok = 1
+            if r.request.stream or params.stop:
+                r.text_so_far += r.pieces[r.pos - 1]
+            else:
+                # nobody reads the text before the end and no stop string can
+                # cut it: until the last token a token is a count
+                if r.pos < len(r.pieces) and r.pos < params.max_tokens:
+                    return False
+                r.text_so_far = "".join(r.pieces[: r.pos])
         if r.pos >= len(r.pieces):
             finish = "length" if params.ignore_eos and r.pieces else "stop"
         elif r.pos >= params.max_tokens:
@@ -604,7 +675,7 @@ class SimulatedEngine:
                 top_logprobs=tuple(r.top[start_tok : r.pos]) if r.top is not None else None,
             )
             r.emitted = max(r.emitted, len(text))
-            r.pending.append(delta)
+            r.push(delta)
         if finish is not None:
             r.done = True
         r.wake()

@@ -22,6 +22,19 @@ class WordTokenizer:
     def split(self, text: str) -> list[str]:
         return _TOKEN.findall(text)
 
+    def split_shared(self, text: str) -> list[str]:
+        """:meth:`split`, each piece the vocabulary's own string (ids assigned on
+        first sight): texts held at once share their words' memory."""
+        out = []
+        ids, vocab = self._ids, self._pieces
+        for p in _TOKEN.findall(text):
+            i = ids.get(p)
+            if i is None:
+                i = ids[p] = len(vocab)
+                vocab.append(p)
+            out.append(vocab[i])
+        return out
+
     def ids_for(self, pieces: Iterable[str]) -> list[int]:
         out = []
         ids = self._ids

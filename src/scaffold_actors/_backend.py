@@ -21,26 +21,12 @@ import asyncio
 from typing import Any
 
 import anyio
-import outcome
 import sniffio
 import trio
-import trio.lowlevel
+
+from engine_bridge.lowlevel import Parked, asyncio_park, asyncio_unpark, trio_park, trio_unpark
 
 __all__ = ["Backend", "Parked", "current_backend"]
-
-
-class Parked:
-    """A task parked by :meth:`Backend.park` until :meth:`Backend.unpark`."""
-
-    __slots__ = ("abort", "waiter")
-
-    def __init__(self) -> None:
-        self.waiter: Any = None  # the loop's handle on the parked task; None: gone
-        self.abort = self._abort  # made once: a park costs no function object
-
-    def _abort(self, _: Any) -> trio.lowlevel.Abort:
-        self.waiter = None  # cancelled: nothing may be sent to it any more
-        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class Backend:
@@ -64,36 +50,7 @@ class Backend:
         self.unpark = unpark
 
 
-async def _trio_park(parked: Parked) -> Any:
-    parked.waiter = trio.lowlevel.current_task()
-    return await trio.lowlevel.wait_task_rescheduled(parked.abort)
-
-
-def _trio_unpark(parked: Parked, value: Any) -> bool:
-    task, parked.waiter = parked.waiter, None
-    if task is None:
-        return False
-    trio.lowlevel.reschedule(task, outcome.Value(value))
-    return True
-
-
-async def _asyncio_park(parked: Parked) -> Any:
-    parked.waiter = future = asyncio.get_running_loop().create_future()
-    try:
-        return await future
-    finally:
-        parked.waiter = None
-
-
-def _asyncio_unpark(parked: Parked, value: Any) -> bool:
-    future, parked.waiter = parked.waiter, None
-    if future is None or future.done():  # cancelled (its task not resumed yet)
-        return False
-    future.set_result(value)
-    return True
-
-
-TRIO = Backend(trio.open_nursery, trio.CancelScope, trio.Event, _trio_park, _trio_unpark)
+TRIO = Backend(trio.open_nursery, trio.CancelScope, trio.Event, trio_park, trio_unpark)
 _ASYNCIO: Backend | None = None
 
 
@@ -111,8 +68,8 @@ def current_backend() -> Backend:
                 anyio.create_task_group,
                 type(anyio.CancelScope()),
                 asyncio.Event,
-                _asyncio_park,
-                _asyncio_unpark,
+                asyncio_park,
+                asyncio_unpark,
             )
         return _ASYNCIO
     raise RuntimeError(f"scaffold_actors runs on trio or asyncio (through anyio), not {name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import attrs
@@ -16,14 +17,22 @@ COT_INSTRUCTION = "Think step by step, then give the final answer as \\boxed{ans
 
 
 def _blank(cls: type[GenerationTask]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
-    """``cls``'s defaults: plain values, and the factories of mutable ones."""
-    plain: dict[str, Any] = {}
+    """``cls``'s defaults, and the factories of the mutable fields that no copy
+    takes from its original.
+
+    The defaults are laid out as ``__init__`` lays an instance's out: on CPython
+    a class of at most 30 fields shares its dict keys between instances, and a
+    copy filled from a dict that shares them shares them too (about half the
+    memory of a dict of its own); a class with more gets a compact dict."""
+    made = cls().__dict__
+    compact = dict(made)
+    plain = made if sys.getsizeof(made) < sys.getsizeof(compact) else compact
     factories: list[tuple[str, Any]] = []
     for a in attrs.fields(cls):
         if isinstance(a.default, attrs.Factory):  # type: ignore[arg-type]
-            factories.append((a.name, a.default.factory))
-        else:
-            plain[a.name] = a.default
+            plain[a.name] = None  # the factory's value replaces it
+            if a.name not in cls.input_fields:
+                factories.append((a.name, a.default.factory))
     return plain, tuple(factories)
 
 
@@ -51,7 +60,8 @@ def fresh_copies(
             cls(**{**fields, "stop": list(stop), "messages": _copied(messages)}) for _ in range(n)
         ]
     plain, factories = blank
-    base = {**plain, **fields}
+    base = plain.copy()  # as laid out in the defaults: so is each copy filled from it
+    base.update(fields)
     copies = []
     for _ in range(n):
         new = cls.__new__(cls)

@@ -55,3 +55,41 @@ def test_a_cancelled_parked_task_is_sent_nothing(loop: str) -> None:
         return before, after
 
     assert run(loop, main) == (False, False)
+
+
+@pytest.mark.parametrize("cancelled", ["before", "after"])
+def test_a_slot_given_back_as_a_waiting_requester_is_cancelled_goes_on(cancelled: str) -> None:
+    """Admission (``max_in_flight``): a slot given back is handed to the first
+    requester waiting.  On asyncio that requester can be cancelled
+    (``task.cancel()``, as ``asyncio.wait_for`` does) just ``before`` the slot is
+    given back, or just ``after`` it was handed the slot, in both cases before
+    it ran again (it then resumes with the cancellation): the slot must go on
+    to the next requester, not be lost."""
+    import asyncio
+
+    from scaffold_actors._runtime import _Admission
+
+    async def main() -> tuple[list[str], int]:
+        admission = _Admission(1, current_backend())
+        assert admission.take_nowait()  # the one slot is taken
+        admitted: list[str] = []
+
+        async def request(name: str) -> None:
+            await admission.take()
+            admitted.append(name)
+            admission.give_back()
+
+        first = asyncio.create_task(request("first"))
+        await anyio.wait_all_tasks_blocked()
+        second = asyncio.create_task(request("second"))
+        await anyio.wait_all_tasks_blocked()
+        if cancelled == "before":
+            first.cancel()
+        admission.give_back()
+        if cancelled == "after":
+            first.cancel()
+        await anyio.wait_all_tasks_blocked()  # a lost slot leaves "second" blocked
+        assert first.cancelled() and second.done()
+        return admitted, admission.free
+
+    assert run("asyncio", main) == (["second"], 1)

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 from helpers import EchoWorker, answers, one_shot
 
-from engine_bridge import CostModel, EngineError, SamplingParams, SimulatedEngine
+from engine_bridge import CostModel, EngineError, SamplingParams, SimulatedEngine, SimulatedOutput
 from scaffold_actors import (
     AsyncScaffoldingLlm,
     EngineWorker,
@@ -451,6 +451,42 @@ async def test_in_flight_cap_blocks_or_fails_fast(autojump_clock: object) -> Non
         assert len(submitted) == 1
         assert (await submitted[0]).output.output_str == "echo: c"
         await b.acancel()
+
+
+async def test_requests_waiting_at_the_cap_are_admitted_in_order(autojump_clock: object) -> None:
+    """Requests past ``max_in_flight`` wait, and reach the engine in the order
+    they came; one cancelled while it waits never reaches it, and the slot it
+    waited for goes to the next one."""
+    seen: list[str] = []
+
+    def reply(call: Any) -> SimulatedOutput:
+        seen.append(call.prompt)
+        return SimulatedOutput("done", delay=3600.0 if call.prompt == "held" else 0.0)
+
+    engine = SimulatedEngine(reply, cost=CostModel(0.0, 0.01, 0.0))
+    async with AsyncScaffoldingLlm(
+        one_shot, {"generation": EngineWorker(engine)}, max_in_flight=1
+    ) as llm:
+        held = await llm.generate_async("held")
+        waiting: dict[str, trio.CancelScope] = {}
+        results: dict[str, Any] = {}
+
+        async def submit(prompt: str) -> None:
+            with trio.CancelScope() as waiting[prompt]:
+                results[prompt] = await (await llm.generate_async(prompt))
+
+        # virtual time: a slot lost would leave the rest waiting forever
+        with trio.fail_after(7200):
+            async with trio.open_nursery() as n:
+                for prompt in ("w1", "w2", "w3", "w4"):
+                    n.start_soon(submit, prompt)
+                    await trio.testing.wait_all_tasks_blocked()
+                waiting["w2"].cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert seen == ["held"]  # all of them still wait at the cap
+                await held.acancel()
+    assert seen == ["held", "w1", "w3", "w4"]
+    assert sorted(results) == ["w1", "w3", "w4"] and engine.num_active == 0
 
 
 async def test_worker_inbox_and_concurrency_are_bounded(autojump_clock: object) -> None:

@@ -859,7 +859,7 @@ MUTATIONS = [
         "runner-retires-on-a-leaked-context-variable",
         "a runner whose handler left a context variable set takes the next task anyway",
         SA + "_worker.py",
-        (("            or not _same_context(clean, contextvars.copy_context())\n", ""),),
+        (("            or not _same_context(self._clean, contextvars.copy_context())\n", ""),),
         (
             "tests/test_public_api.py::"
             "test_a_context_variable_a_handler_leaves_set_does_not_reach_the_next_task",
@@ -1006,6 +1006,32 @@ MUTATIONS = [
             ),
         ),
         ("tests/test_tasks.py::test_a_fresh_copy_takes_no_more_memory_than_a_constructed_task",),
+    ),
+    Mutation(
+        "admission-slot-of-a-cancelled-requester-goes-on",
+        "a requester cancelled after it was handed an admission slot (asyncio) keeps it: the slot is lost",
+        SA + "_runtime.py",
+        (
+            (
+                "            if me.granted:\n                self.give_back()  # handed a slot, then cancelled: the next one's\n            elif",
+                "            if me.granted:\n                pass\n            elif",
+            ),
+        ),
+        (
+            "tests/test_backend.py::test_a_slot_given_back_as_a_waiting_requester_is_cancelled_goes_on",
+        ),
+    ),
+    Mutation(
+        "admission-in-arrival-order",
+        "requests waiting at max_in_flight are admitted last come, first served",
+        SA + "_runtime.py",
+        (
+            (
+                "            waiter = self._waiting.popleft()\n",
+                "            waiter = self._waiting.pop()\n",
+            ),
+        ),
+        ("tests/test_runtime.py::test_requests_waiting_at_the_cap_are_admitted_in_order",),
     ),
     Mutation(
         "generation-controller-clone-independent",

@@ -13,9 +13,10 @@ from typing import Any, NoReturn, Protocol
 
 import anyio
 import sniffio
+import trio.lowlevel
 
 from ._types import AbortNotAcknowledgedWarning, EngineClosedError, EngineDelta, EngineError
-from .lowlevel import Park, Parked, Unpark, parking
+from .lowlevel import Park, Parked, Unpark, parking, trio_park
 
 __all__ = ["BridgedEngine", "LoopCaller", "RequestStream", "first_error", "raise_single"]
 
@@ -176,7 +177,11 @@ class RequestStream(Parked):
                 raise StopAsyncIteration
             if self._park is None:
                 self._park, self._unpark = parking()
-            await self._park(self)
+            if self._park is trio_park:  # trio's wait itself: no frame of trio_park's
+                self.waiter = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self)
+            else:
+                await self._park(self)
 
 
 class _HasStream(Protocol):

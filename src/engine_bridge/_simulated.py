@@ -23,6 +23,7 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 import attrs
+import trio.lowlevel
 
 from ._toolcalls import render_messages
 from ._types import (
@@ -40,13 +41,10 @@ from ._types import (
 )
 from ._wordtok import WordTokenizer
 from .lowlevel import (
-    Park,
     Parked,
     Unpark,
     asyncio_park,
-    asyncio_unpark,
     parking,
-    trio_park,
     trio_unpark,
 )
 
@@ -238,10 +236,11 @@ class _SimRequest(Parked):
                 raise self.error
             if self.done:
                 raise StopAsyncIteration
-            await _PARK[self.unpark](self)
-
-
-_PARK: dict[Unpark, Park] = {trio_unpark: trio_park, asyncio_unpark: asyncio_park}
+            if self.unpark is trio_unpark:  # trio's wait itself: no frame of trio_park's
+                self.waiter = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self)
+            else:
+                await asyncio_park(self)
 
 
 class _Open:

@@ -51,22 +51,27 @@ Unpark = Callable[["Parked", Any], bool]
 class Parked:
     """Where a task waits (:func:`trio_park` / :func:`asyncio_park`) until it is
     handed a value (the matching ``unpark``).  Subclass it (slots) to make an
-    object the wait itself, with no object of its own."""
+    object the wait itself, with no object of its own.
 
-    __slots__ = ("abort", "waiter")
+    On trio the object is its own abort function (``parked(raise_cancel)``:
+    what ``trio.lowlevel.wait_task_rescheduled`` calls when the parked task is
+    cancelled), so a wait costs no function object either; code that waits on
+    trio's primitive directly sets ``waiter`` to its task and passes the object.
+    """
+
+    __slots__ = ("waiter",)
 
     def __init__(self) -> None:
         self.waiter: Any = None  # the loop's handle on the parked task; None: none
-        self.abort = self._abort  # made once: a wait costs no function object
 
-    def _abort(self, _: Any) -> trio.lowlevel.Abort:
+    def __call__(self, _: Any) -> trio.lowlevel.Abort:
         self.waiter = None  # cancelled: nothing may be sent to it any more
         return trio.lowlevel.Abort.SUCCEEDED
 
 
 async def trio_park(parked: Parked) -> Any:
     parked.waiter = trio.lowlevel.current_task()
-    return await trio.lowlevel.wait_task_rescheduled(parked.abort)
+    return await trio.lowlevel.wait_task_rescheduled(parked)
 
 
 def trio_unpark(parked: Parked, value: Any) -> bool:

@@ -268,6 +268,7 @@ class WorkerActor:
         self._send, self._recv = anyio.create_memory_object_stream[_Job](self.worker.inbox_size)
         self._slots = anyio.Semaphore(self.worker.max_concurrency)
         self._loop = current_backend()
+        self._clean = contextvars.copy_context()  # what every job starts from
         # Runner tasks run the handlers: each takes the next job when its handler
         # returns, so a task costs no spawn of its own; an idle runner is handed a
         # job straight from the requester (no trip through serve) when the inbox
@@ -318,7 +319,9 @@ class WorkerActor:
         while self._idle:
             if unpark(self._idle.pop(), job):
                 return
-        self._group.start_soon(self._runner, job)
+        # a runner starts from the actor's context (not from a requester's, when
+        # one starts it): the one snapshot every runner's jobs are checked against
+        self._clean.run(self._group.start_soon, self._runner, job)
 
     def _hand_to_idle_runner(self, job: _Job) -> bool:
         """Start ``job`` at once on an idle runner, when nothing is queued or
@@ -371,7 +374,6 @@ class WorkerActor:
 
     async def _runner(self, job: _Job | None) -> None:
         idle = Parked()  # where this runner waits for work
-        clean = contextvars.copy_context()  # what every job of this runner starts from
         while job is not None:
             # One cancel scope serves this runner's jobs one after another (a
             # scope costs an enter and an exit): ``job.cancel()`` cancels it while
@@ -382,16 +384,16 @@ class WorkerActor:
                     await self._run(job, scope)
                     if scope.cancel_called:
                         break  # cancelled, though its handler returned: a new scope
-                    if not self._stays(idle, clean):
+                    if not self._stays(idle):
                         return
                     job = await self._loop.park(idle)  # the next job; None: released
                     if job is None:
                         return
-            if not self._stays(idle, clean):
+            if not self._stays(idle):
                 return
             job = await self._loop.park(idle)
 
-    def _stays(self, idle: Parked, clean: contextvars.Context) -> bool:
+    def _stays(self, idle: Parked) -> bool:
         """Whether a runner whose job is over waits for the next one (listed as
         idle, to be parked on ``idle``), rather than exiting."""
         if (
@@ -399,7 +401,7 @@ class WorkerActor:
             or len(self._idle) >= self.max_idle_runners
             # a handler that left a context variable set would leak it into
             # the next job: this runner retires and a fresh one takes over
-            or not _same_context(clean, contextvars.copy_context())
+            or not _same_context(self._clean, contextvars.copy_context())
         ):
             return False
         self._idle.append(idle)

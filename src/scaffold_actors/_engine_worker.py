@@ -25,11 +25,16 @@ from ._worker import Handler, Worker
 __all__ = ["EngineWorker"]
 
 
+# A task's fields are set through attrs' __setattr__ (its validators run on
+# assignment): a field already holding the value is left alone.
+
+
 def _apply(task: GenerationTask, delta: EngineDelta) -> None:
     task.output_str = (task.output_str or "") + delta.text
-    if task.output_tokens is None:
-        task.output_tokens = []
-    task.output_tokens.extend(delta.token_ids)
+    tokens = task.output_tokens
+    if tokens is None:
+        task.output_tokens = tokens = []
+    tokens.extend(delta.token_ids)
     if delta.logprobs is not None:
         if task.logprobs is None:
             task.logprobs = []
@@ -38,8 +43,10 @@ def _apply(task: GenerationTask, delta: EngineDelta) -> None:
         if task.top_logprobs is None:
             task.top_logprobs = []
         task.top_logprobs.extend(delta.top_logprobs)
-    task.completion_tokens_num += delta.num_tokens
-    task.prompt_tokens_num = delta.prompt_tokens or task.prompt_tokens_num
+    if delta.num_tokens:
+        task.completion_tokens_num += delta.num_tokens
+    if delta.prompt_tokens and delta.prompt_tokens != task.prompt_tokens_num:
+        task.prompt_tokens_num = delta.prompt_tokens
     if delta.finish_reason is not None:
         task.finish_reason = delta.finish_reason
 
@@ -47,10 +54,14 @@ def _apply(task: GenerationTask, delta: EngineDelta) -> None:
 def _reset_outputs(task: GenerationTask) -> None:
     task.output_str = ""
     task.output_tokens = []
-    task.logprobs = None
-    task.top_logprobs = None
-    task.finish_reason = None
-    task.completion_tokens_num = 0
+    if task.logprobs is not None:
+        task.logprobs = None
+    if task.top_logprobs is not None:
+        task.top_logprobs = None
+    if task.finish_reason is not None:
+        task.finish_reason = None
+    if task.completion_tokens_num:
+        task.completion_tokens_num = 0
 
 
 class EngineWorker(Worker):

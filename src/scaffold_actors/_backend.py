@@ -21,8 +21,10 @@ import asyncio
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import sniffio
 import trio
+import trio.lowlevel
 
 from engine_bridge.lowlevel import Parked, asyncio_park, asyncio_unpark, trio_park, trio_unpark
 
@@ -32,10 +34,16 @@ __all__ = ["Backend", "Parked", "current_backend"]
 class Backend:
     """The primitives, for one event loop."""
 
-    __slots__ = ("CancelScope", "Event", "open_group", "park", "unpark")
+    __slots__ = ("CancelScope", "Event", "checkpoint", "open_group", "park", "unpark")
 
     def __init__(
-        self, open_group: Any, cancel_scope: Any, event: Any, park: Any, unpark: Any
+        self,
+        open_group: Any,
+        cancel_scope: Any,
+        event: Any,
+        park: Any,
+        unpark: Any,
+        checkpoint: Any,
     ) -> None:
         # ``async with backend.open_group() as group: group.start_soon(fn, *args)``
         self.open_group = open_group
@@ -48,9 +56,18 @@ class Backend:
         # returns False, and sends nothing, if the parked task is gone (cancelled)
         self.park = park
         self.unpark = unpark
+        # ``await backend.checkpoint()``: a cancellation point and a schedule point
+        self.checkpoint = checkpoint
 
 
-TRIO = Backend(trio.open_nursery, trio.CancelScope, trio.Event, trio_park, trio_unpark)
+TRIO = Backend(
+    trio.open_nursery,
+    trio.CancelScope,
+    trio.Event,
+    trio_park,
+    trio_unpark,
+    trio.lowlevel.checkpoint,
+)
 _ASYNCIO: Backend | None = None
 
 
@@ -70,6 +87,7 @@ def current_backend() -> Backend:
                 asyncio.Event,
                 asyncio_park,
                 asyncio_unpark,
+                anyio.lowlevel.checkpoint,
             )
         return _ASYNCIO
     raise RuntimeError(f"scaffold_actors runs on trio or asyncio (through anyio), not {name}")

@@ -11,7 +11,6 @@ from typing import Any, Self, cast
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 
 from engine_bridge import raise_single
 
@@ -91,7 +90,7 @@ class _Admission:
     A requester that must wait is parked on an object of its own in a queue:
     no lock, exception or traceback is held per waiting request (thousands may
     wait).  Like ``anyio.Semaphore.acquire``, :meth:`take` is a checkpoint
-    whether or not it waits.
+    whether or not it waits (a cancelled requester takes no slot).
 
     Cancellation: a requester cancelled while it waits leaves the queue; one
     cancelled after it was handed a slot (asyncio resumes it with the
@@ -114,9 +113,12 @@ class _Admission:
 
     async def take(self) -> None:
         """Block until a slot is free and every earlier requester has one."""
-        await anyio.lowlevel.checkpoint_if_cancelled()
         if self.take_nowait():
-            await anyio.lowlevel.cancel_shielded_checkpoint()
+            try:
+                await self._loop.checkpoint()
+            except BaseException:
+                self.give_back()
+                raise
             return
         me = _Granted()
         self._waiting.append(me)

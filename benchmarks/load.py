@@ -133,6 +133,24 @@ def peak_bytes(in_flight: int, samples: int, step: float, requests: int | None =
     return peak - base
 
 
+class FullCollections:
+    """A ``gc.callbacks`` entry: how many full collections ran, and for how long."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.count += 1
+            self.seconds += time.perf_counter() - self._start
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=10_000)
@@ -150,6 +168,11 @@ def main() -> None:
         "--memory-caps", default="250,500,1000,2000", help="in-flight caps for the memory runs"
     )
     ap.add_argument(
+        "--saturated-only",
+        action="store_true",
+        help="run only the saturated run (no at-rate or memory runs): for A/B timing",
+    )
+    ap.add_argument(
         "--gc-off",
         action="store_true",
         help="disable the cyclic garbage collector during the saturated run (its share of the time)",
@@ -159,12 +182,33 @@ def main() -> None:
     if args.gc_off:
         gc.collect()
         gc.disable()
+    full = FullCollections()
+    gc.callbacks.append(full)
     try:
         load = anyio.run(
             run, args.requests, args.in_flight, args.samples, args.step, True, backend=args.backend
         )
     finally:
+        gc.callbacks.remove(full)
         gc.enable()
+    saturated = {
+        "benchmark": "load",
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "samples_per_request": args.samples,
+        "backend": args.backend,
+        "in_flight_cap": args.in_flight,
+        "gc_off_in_saturated_run": args.gc_off,
+        **load,
+        # the cyclic collector's full (generation 2) collections in the saturated
+        # run: each walks every tracked object alive, so their time grows with the
+        # objects each in-flight request holds
+        "gc_full_collections": full.count,
+        "gc_full_collections_s": round(full.seconds, 3),
+    }
+    if args.saturated_only:
+        print(json.dumps(saturated, indent=2))
+        return
     n_rate = args.rate_requests or args.requests
     at_rate = anyio.run(
         run, n_rate, args.in_flight, args.samples, args.step, True, args.rate,
@@ -179,14 +223,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "benchmark": "load",
-                "python": sys.version.split()[0],
-                "machine": platform.machine(),
-                "samples_per_request": args.samples,
-                "backend": args.backend,
-                "in_flight_cap": args.in_flight,
-                "gc_off_in_saturated_run": args.gc_off,
-                **load,
+                **saturated,
                 "at_rate": {
                     "arrivals_per_s": args.rate,
                     **{k: at_rate[k] for k in RATE_KEYS},

@@ -41,3 +41,18 @@ def test_every_request_gets_exactly_its_own_result_and_memory_is_bounded() -> No
     assert r["requests"] == 750 and r["lost"] == r["duplicated"] == r["mixed_up"] == 0
     assert r["left_after"] == d["left_after"]
     assert r["scheduling_latency_ms"]["samples"] > 0
+
+
+def test_the_saturated_run_alone_for_ab_timing() -> None:
+    """``--saturated-only``: the saturated run with its collector figures, and
+    nothing else (what an old/new alternation runs)."""
+    p = subprocess.run(
+        [sys.executable, "benchmarks/load.py", "--requests", "200", "--in-flight", "50",
+         "--saturated-only"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["requests"] == 200 and d["lost"] == d["duplicated"] == d["mixed_up"] == 0
+    assert "at_rate" not in d and "memory" not in d
+    assert isinstance(d["gc_full_collections"], int) and d["gc_full_collections_s"] >= 0

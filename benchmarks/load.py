@@ -151,6 +151,58 @@ class FullCollections:
             self.seconds += time.perf_counter() - self._start
 
 
+def breakdown(in_flight: int, samples: int, step: float, top: int = 12) -> dict[str, Any]:
+    """Where an in-flight request's bytes are: a tracemalloc snapshot taken at the
+    run's peak (every request in flight), the live bytes per request by package
+    and the largest allocation sites (file:line, bytes per request, count)."""
+    gc.collect()
+    tracemalloc.start(1)
+    base = tracemalloc.get_traced_memory()[0]
+    best: dict[str, Any] = {"bytes": 0, "snapshot": None}
+
+    async def sampled() -> None:
+        async def watch() -> None:
+            while True:
+                await anyio.sleep(0.05)
+                now = tracemalloc.get_traced_memory()[0]
+                if now > best["bytes"]:
+                    best["bytes"], best["snapshot"] = now, tracemalloc.take_snapshot()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            await run(in_flight, in_flight, samples, step, False)
+            tg.cancel_scope.cancel()
+
+    anyio.run(sampled, backend=BACKEND[0])
+    tracemalloc.stop()
+    stats = best["snapshot"].statistics("lineno")
+    by_package: dict[str, int] = {}
+    for stat in stats:
+        path = stat.traceback[0].filename.replace("\\", "/")
+        name = next(
+            (
+                p
+                for p in ("scaffold_actors", "engine_bridge", "trio", "anyio")
+                if f"/{p}/" in path or path.startswith(f"<attrs generated methods {p}.")
+            ),
+            "other (Python, attrs, ...)",
+        )
+        by_package[name] = by_package.get(name, 0) + stat.size
+    sites = []
+    for stat in stats[:top]:
+        frame = stat.traceback[0]
+        where = "/".join(frame.filename.replace("\\", "/").split("/")[-2:])
+        sites.append([f"{where}:{frame.lineno}", round(stat.size / in_flight), stat.count])
+    return {
+        "in_flight": in_flight,
+        "bytes_per_request": round((best["bytes"] - base) / in_flight),
+        "by_package": {
+            k: round(v / in_flight) for k, v in sorted(by_package.items(), key=lambda kv: -kv[1])
+        },
+        "largest_sites": sites,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=10_000)
@@ -168,6 +220,11 @@ def main() -> None:
         "--memory-caps", default="250,500,1000,2000", help="in-flight caps for the memory runs"
     )
     ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="print only where an in-flight request's bytes are (a peak snapshot at --in-flight)",
+    )
+    ap.add_argument(
         "--saturated-only",
         action="store_true",
         help="run only the saturated run (no at-rate or memory runs): for A/B timing",
@@ -179,6 +236,10 @@ def main() -> None:
     )
     args = ap.parse_args()
     BACKEND[0] = args.backend
+    if args.breakdown:
+        out = breakdown(args.in_flight, args.samples, args.step)
+        print(json.dumps({"benchmark": "load-memory-breakdown", **out}, indent=2))
+        return
     if args.gc_off:
         gc.collect()
         gc.disable()

@@ -56,3 +56,21 @@ def test_the_saturated_run_alone_for_ab_timing() -> None:
     assert d["requests"] == 200 and d["lost"] == d["duplicated"] == d["mixed_up"] == 0
     assert "at_rate" not in d and "memory" not in d
     assert isinstance(d["gc_full_collections"], int) and d["gc_full_collections_s"] >= 0
+
+
+def test_the_memory_breakdown_adds_up() -> None:
+    """``--breakdown``: an in-flight request's bytes by package add up to its total,
+    and the largest sites are named."""
+    p = subprocess.run(
+        [sys.executable, "benchmarks/load.py", "--in-flight", "50", "--breakdown"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["in_flight"] == 50 and d["bytes_per_request"] > 0
+    assert "scaffold_actors" in d["by_package"] and "trio" in d["by_package"]
+    # the packages' shares are of the live bytes at the peak (the baseline left out)
+    assert (
+        abs(sum(d["by_package"].values()) - d["bytes_per_request"]) < 0.2 * d["bytes_per_request"]
+    )
+    assert d["largest_sites"] and all(len(site) == 3 for site in d["largest_sites"])

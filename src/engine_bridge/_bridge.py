@@ -13,10 +13,9 @@ from typing import Any, NoReturn, Protocol
 
 import anyio
 import sniffio
-import trio.lowlevel
 
 from ._types import AbortNotAcknowledgedWarning, EngineClosedError, EngineDelta, EngineError
-from .lowlevel import Park, Parked, Unpark, parking, trio_park
+from .lowlevel import Park, Parked, Unpark, parking
 
 __all__ = ["BridgedEngine", "LoopCaller", "RequestStream", "first_error", "raise_single"]
 
@@ -177,11 +176,7 @@ class RequestStream(Parked):
                 raise StopAsyncIteration
             if self._park is None:
                 self._park, self._unpark = parking()
-            if self._park is trio_park:  # trio's wait itself: no frame of trio_park's
-                self.waiter = trio.lowlevel.current_task()
-                await trio.lowlevel.wait_task_rescheduled(self)
-            else:
-                await self._park(self)
+            await self._park(self)
 
 
 class _HasStream(Protocol):

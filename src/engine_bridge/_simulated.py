@@ -23,7 +23,6 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 import attrs
-import trio.lowlevel
 
 from ._toolcalls import render_messages
 from ._types import (
@@ -40,13 +39,7 @@ from ._types import (
     stop_holdback,
 )
 from ._wordtok import WordTokenizer
-from .lowlevel import (
-    Parked,
-    Unpark,
-    asyncio_park,
-    parking,
-    trio_unpark,
-)
+from .lowlevel import Park, Parked, Unpark, parking, trio_park, trio_unpark
 
 __all__ = ["CostModel", "SimulatedCall", "SimulatedEngine", "SimulatedOutput"]
 
@@ -175,6 +168,7 @@ class _SimRequest(Parked):
         "fail",
         "finish",
         "logprobs",
+        "park",
         "pending",
         "pieces",
         "pos",
@@ -194,14 +188,14 @@ class _SimRequest(Parked):
         prompt_tokens: int,
         pieces: list[str],
         logprobs: list[float] | None,
-        unpark: Unpark,
+        parking: tuple[Park, Unpark],
     ) -> None:
         super().__init__()
         self.request = request
         self.prompt_tokens = prompt_tokens
         self.pieces = pieces
         self.logprobs = logprobs
-        self.unpark = unpark
+        self.park, self.unpark = parking  # the engine's loop's
         self.top: list[TopLogprobs] | None = None
         self.reserve = prompt_tokens + request.params.max_tokens
         self.pos = 0
@@ -236,11 +230,7 @@ class _SimRequest(Parked):
                 raise self.error
             if self.done:
                 raise StopAsyncIteration
-            if self.unpark is trio_unpark:  # trio's wait itself: no frame of trio_park's
-                self.waiter = trio.lowlevel.current_task()
-                await trio.lowlevel.wait_task_rescheduled(self)
-            else:
-                await asyncio_park(self)
+            await self.park(self)
 
 
 class _Open:
@@ -323,7 +313,7 @@ class SimulatedEngine:
         self._running: dict[int, _SimRequest] = {}
         self._kv_used = 0
         self._wakeup: anyio.Event | None = None  # made in __aenter__, in its loop
-        self._unpark: Unpark = trio_unpark  # the loop's, set in __aenter__
+        self._parking: tuple[Park, Unpark] = (trio_park, trio_unpark)  # the loop's: __aenter__
         self._stalls = False  # whether a request ever stalled (SimulatedOutput.delay)
         self._index = 0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -428,7 +418,7 @@ class SimulatedEngine:
         if self._tg is not None:
             raise RuntimeError("SimulatedEngine already started")
         self._wakeup = anyio.Event()
-        self._unpark = parking()[1]
+        self._parking = parking()
         self._closed = False  # a closed engine can be started again
         self._failure = None
         self._tg = anyio.create_task_group()
@@ -511,7 +501,7 @@ class SimulatedEngine:
                 logprobs = (logprobs * times)[:limit]
             if top is not None:
                 top = (top * times)[:limit]
-        r = _SimRequest(request, n_prompt, pieces, logprobs, self._unpark)
+        r = _SimRequest(request, n_prompt, pieces, logprobs, self._parking)
         r.top = top
         if out.delay:
             r.ready_at = anyio.current_time() + out.delay

@@ -55,8 +55,7 @@ class Parked:
 
     On trio the object is its own abort function (``parked(raise_cancel)``:
     what ``trio.lowlevel.wait_task_rescheduled`` calls when the parked task is
-    cancelled), so a wait costs no function object either; code that waits on
-    trio's primitive directly sets ``waiter`` to its task and passes the object.
+    cancelled), so a wait costs no function object either.
     """
 
     __slots__ = ("waiter",)
@@ -69,9 +68,11 @@ class Parked:
         return trio.lowlevel.Abort.SUCCEEDED
 
 
-async def trio_park(parked: Parked) -> Any:
+def trio_park(parked: Parked) -> Awaitable[Any]:
+    """trio's own wait for ``parked`` (await it at once): a wait adds no frame of
+    this function's to the waiting task's stack."""
     parked.waiter = trio.lowlevel.current_task()
-    return await trio.lowlevel.wait_task_rescheduled(parked)
+    return trio.lowlevel.wait_task_rescheduled(parked)  # noqa: ASYNC105 (awaited by the caller)
 
 
 def trio_unpark(parked: Parked, value: Any) -> bool:

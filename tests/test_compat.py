@@ -189,6 +189,45 @@ async def test_stream_generation_task_to_the_end(autojump_clock: object) -> None
     assert r.output.output_str == "a b c d e"
 
 
+class Abandoning(Controller):
+    """Starts a stream, reads one step of it and returns with it still open."""
+
+    def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+        stream = StreamGenerationTask.create_from_generation_task(tasks[0], 2)  # type: ignore[arg-type]
+        stream.worker_tag = "generation"
+        stream.max_tokens = 300
+        yield [stream]
+        tasks[0].output_str = stream.output_str
+
+
+async def test_a_stream_left_open_is_aborted_when_its_generator_returns(
+    autojump_clock: object,
+) -> None:
+    """Where it was started: by the request's generator (aborted before the
+    request ends) or by a sub-generator of a ParallelProcess (aborted when that
+    sub-generator returns, before its parent goes on): the engine sees it."""
+    engine = SimulatedEngine(" ".join(f"t{i}" for i in range(400)))
+    seen: dict[str, int] = {}
+
+    class Parent(Controller):
+        def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+            sub = [GenerationTask(input_str="q"), GenerationTask(input_str="q")]
+            yield ParallelProcess([Abandoning(), Abandoning()], [[sub[0]], [sub[1]]])
+            seen["active after the sub-generators"] = engine.num_active
+            seen["aborted after the sub-generators"] = engine.aborted
+            tasks[0].output_str = sub[0].output_str
+
+    async with AsyncScaffoldingLlm(Abandoning(), {"generation": EngineWorker(engine)}) as llm:
+        r = await llm.generate("q")
+        assert r.output.output_str == "t0 t1"
+        assert engine.aborted == 1 and engine.num_active == 0
+    engine = SimulatedEngine(" ".join(f"t{i}" for i in range(400)))
+    async with AsyncScaffoldingLlm(Parent(), {"generation": EngineWorker(engine)}) as llm:
+        r = await llm.generate("q")
+    assert r.output.output_str == "t0 t1"
+    assert seen == {"active after the sub-generators": 0, "aborted after the sub-generators": 2}
+
+
 @pytest.mark.parametrize("collected", [False, True])
 async def test_task_errors_are_thrown_into_the_generator(
     autojump_clock: object, collected: bool

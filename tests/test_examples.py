@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +81,25 @@ def test_overhead_benchmark_prints_json() -> None:
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["gc_off"] is True
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instruction_counts_print_json() -> None:
+    p = run("benchmarks/instructions.py", "--mode", "compat", "--prompts", "5")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["prompts"] == 5 and list(data["instructions_per_task"]) == ["compat"]
+    # a task costs tens of microseconds: far more than a thousand instructions,
+    # far fewer than a hundred million
+    assert 1_000 < data["instructions_per_task"]["compat"] < 100_000_000
+
+
+def test_instruction_counts_name_a_missing_valgrind() -> None:
+    p = subprocess.run(
+        [sys.executable, "benchmarks/instructions.py", "--prompts", "5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": ""},
+    )  # fmt: skip
+    assert p.returncode == 2 and "valgrind is not on the PATH" in p.stderr
 
 
 def test_method_benchmarks_print_json_on_the_simulated_engine() -> None:

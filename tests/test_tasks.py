@@ -164,6 +164,62 @@ def test_a_deep_copy_shares_nothing_mutable() -> None:
     assert twin.custom_input_params is not chat.custom_input_params
 
 
+def test_task_list_copies_are_what_deepcopy_makes() -> None:
+    """_deepcopy_lists (MajorityVoteController's and BestOfNController's copy
+    per sample) sorts a task's fields once for all copies: each copy must be
+    what copy.deepcopy(tasks) makes, share no container with the original or
+    another copy, and anything the shortcut cannot copy goes to deepcopy."""
+    import copy
+    import enum
+
+    from scaffold_actors._tasks import _deepcopy_lists
+
+    class Tag(enum.Enum):
+        GEN = "generation"
+
+    def fields(task: object) -> dict[str, object]:
+        return dict(vars(task))
+
+    base = GenerationTask(input_str="q", max_tokens=5, stop=["\n", "##"], worker_tag=Tag.GEN)
+    base.customized_result_fields["k"] = "v"
+    copies = _deepcopy_lists([base], 3)
+    assert len(copies) == 3 and all(len(c) == 1 for c in copies)
+    for (twin,) in copies:
+        assert type(twin) is GenerationTask and fields(twin) == fields(copy.deepcopy(base))
+        assert twin.worker_tag is Tag.GEN  # an enum member is itself in a deep copy
+        for name in ("stop", "streaming_output_list", "customized_result_fields"):
+            assert getattr(twin, name) is not getattr(base, name)
+    copies[0][0].stop.append("x")
+    copies[0][0].customized_result_fields["k2"] = 1
+    assert base.stop == ["\n", "##"] and copies[1][0].stop == ["\n", "##"]
+    assert base.customized_result_fields == {"k": "v"} == copies[1][0].customized_result_fields
+
+    # what the shortcut leaves to deepcopy: a nested container, a task listed
+    # twice, a container held by two fields, a class with its own __deepcopy__
+    nested = GenerationTask(input_str="q")
+    nested.customized_result_fields["k"] = [1]
+    (twin,), _ = _deepcopy_lists([nested], 2)
+    twin.customized_result_fields["k"].append(2)
+    assert nested.customized_result_fields == {"k": [1]}
+    pair = _deepcopy_lists([base, base], 2)
+    assert all(p[0] is p[1] and p[0] is not base for p in pair)
+    held = GenerationTask(input_str="q")
+    held.custom_input_params = {}
+    held.custom_output_params = held.custom_input_params
+    (twin,), _ = _deepcopy_lists([held], 2)
+    assert twin.custom_output_params is twin.custom_input_params
+    assert twin.custom_input_params is not held.custom_input_params
+
+    @attrs.define(slots=False, eq=False)
+    class Own(GenerationTask):
+        def __deepcopy__(self, memo: dict[int, object]) -> Own:
+            new = Own(input_str="own copy")
+            memo[id(self)] = new
+            return new
+
+    assert [c[0].input_str for c in _deepcopy_lists([Own(input_str="q")], 2)] == ["own copy"] * 2
+
+
 def test_fresh_task_copies_inputs_like_a_constructed_task() -> None:
     """fresh_task skips attrs' __init__ for speed: the copy must equal a task
     built from the same inputs, share no mutable output, and a subclass of

@@ -1008,6 +1008,25 @@ MUTATIONS = [
         ("tests/test_tasks.py::test_a_fresh_copy_takes_no_more_memory_than_a_constructed_task",),
     ),
     Mutation(
+        "generator-return-aborts-open-streams",
+        "a stream still open when the generator that started it returns runs on to its end",
+        SA + "_controller.py",
+        (
+            (
+                "                        tg.cancel_scope.cancel()  # abort the streams still open\n",
+                "",
+            ),
+        ),
+        ("tests/test_compat.py::test_a_stream_left_open_is_aborted_when_its_generator_returns",),
+    ),
+    Mutation(
+        "task-list-copies-share-containers",
+        "a controller's per-sample task copies share the original's lists and dicts",
+        SA + "_tasks.py",
+        (("        fields[name] = flat(value)\n", "        fields[name] = value\n"),),
+        ("tests/test_tasks.py::test_task_list_copies_are_what_deepcopy_makes",),
+    ),
+    Mutation(
         "admission-slot-of-a-cancelled-requester-goes-on",
         "a requester cancelled after it was handed an admission slot (asyncio) keeps it: the slot is lost",
         SA + "_runtime.py",
@@ -1063,8 +1082,8 @@ MUTATIONS = [
         SA + "_controller.py",
         (
             (
-                "_Job(task, ctx.request_id, None, None, step, branch.scope)",
-                "_Job(task, ctx.request_id, None, None, step, None)",
+                "_Job.__init__(self, task, request_id, None, None, self, branch.scope)",
+                "_Job.__init__(self, task, request_id, None, None, self, None)",
             ),
         ),
         (FAN + "test_sub_generators_step_and_run_their_tasks_in_branch_scopes",),
@@ -1073,7 +1092,7 @@ MUTATIONS = [
         "fanout-tasks-accounted",
         "a sub-generator's tasks are left out of the request's usage and trace",
         SA + "_controller.py",
-        (("        ctx._account(job.task, step.start, end, status, error)\n", ""),),
+        (("        ctx._account(step.task, step.start, end, status, error)\n", ""),),
         (FAN + "test_sub_generators_step_and_run_their_tasks_in_branch_scopes",),
     ),
     Mutation(
@@ -1082,8 +1101,8 @@ MUTATIONS = [
         SA + "_controller.py",
         (
             (
-                "refused = self._advance(branch, branch.error)",
-                "refused = self._advance(branch, None)",
+                "                exc = branch.error\n",
+                "                exc = None\n",
             ),
         ),
         (FAN + "test_a_task_error_is_thrown_into_its_generator_after_its_siblings_are_aborted",),
@@ -1145,7 +1164,7 @@ MUTATIONS = [
         "fanout-waits-for-room",
         "a task yielded to a full inbox is taken as sent (lost) instead of waiting for room",
         SA + "_controller.py",
-        (("            await batch[i][1].send_waiting(branch.jobs[-1]._job)", "            pass"),),
+        (("            await batch[i][1].send_waiting(branch.jobs[-1])", "            pass"),),
         (FAN + "test_a_full_inbox_makes_the_fan_out_wait_for_room",),
     ),
     Mutation(

@@ -18,7 +18,8 @@ objects that need it.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import anyio
 import anyio.lowlevel
@@ -34,19 +35,32 @@ __all__ = ["Backend", "Parked", "current_backend"]
 class Backend:
     """The primitives, for one event loop."""
 
-    __slots__ = ("CancelScope", "Event", "checkpoint", "open_group", "park", "unpark")
+    __slots__ = (
+        "CancelScope",
+        "Event",
+        "checkpoint",
+        "open_group",
+        "open_spawner",
+        "park",
+        "unpark",
+    )
 
     def __init__(
         self,
         open_group: Any,
+        open_spawner: Any,
         cancel_scope: Any,
         event: Any,
         park: Any,
         unpark: Any,
         checkpoint: Any,
     ) -> None:
-        # ``async with backend.open_group() as group: group.start_soon(fn, *args)``
+        # ``async with backend.open_group() as group: group.start_soon(fn, *args)``;
+        # ``group.cancel_scope`` cancels the group's tasks
         self.open_group = open_group
+        # the same without ``cancel_scope``, for a group never cancelled as a whole
+        # whose tasks each carry their own cancel scope (the runtime's requests)
+        self.open_spawner = open_spawner
         # ``with backend.CancelScope() as scope``: cancel(), cancelled_caught, shield
         self.CancelScope = cancel_scope
         # ``backend.Event()``: set(), is_set(), await wait()
@@ -60,7 +74,37 @@ class Backend:
         self.checkpoint = checkpoint
 
 
+class _AsyncioSpawner:
+    """asyncio's own task group behind ``start_soon``: a task started here costs
+    no anyio task handle (its cancel scope and event) and no wrapper coroutine
+    stepped on every resume.  anyio's cancel scopes work in its tasks as in any
+    asyncio task.  A task's error cancels the others and the body, and leaves
+    the ``async with`` in an exception group, as anyio's group does; there is
+    no ``cancel_scope``: cancel each task through its own scope."""
+
+    __slots__ = ("_group",)
+
+    def __init__(self) -> None:
+        self._group = asyncio.TaskGroup()
+
+    async def __aenter__(self) -> Self:
+        await self._group.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._group.__aexit__(exc_type, exc, tb)
+
+    def start_soon(self, fn: Any, *args: Any) -> None:
+        self._group.create_task(fn(*args))
+
+
 TRIO = Backend(
+    trio.open_nursery,
     trio.open_nursery,
     trio.CancelScope,
     trio.Event,
@@ -83,6 +127,7 @@ def current_backend() -> Backend:
             # its asyncio class, taken from an instance, is built directly
             _ASYNCIO = Backend(
                 anyio.create_task_group,
+                _AsyncioSpawner,
                 type(anyio.CancelScope()),
                 asyncio.Event,
                 asyncio_park,

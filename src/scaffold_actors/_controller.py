@@ -11,7 +11,7 @@ import anyio.abc
 
 from engine_bridge import raise_single
 
-from ._context import RequestContext, _cancel_job_end, _JobOwner, under_token_budget
+from ._context import RequestContext, _JobOwner, under_token_budget
 from ._scope import ExecutionScope, current_scope
 from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task
 from ._worker import WorkerActor, _Job
@@ -44,6 +44,16 @@ def _is_parallel(obj: object) -> bool:
     return hasattr(obj, "sub_gens") and not isinstance(obj, (list, tuple))
 
 
+class _GroupNeeded:
+    """A drive stopped before a yield that starts a stream (``obj``), to go on
+    in a task group."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+
 class _StreamState:
     """A StreamGenerationTask that a generator controller consumes step by step."""
 
@@ -70,35 +80,73 @@ class _GeneratorDriver:
     closed (its ``finally`` blocks run).
     """
 
-    def __init__(self, ctx: RequestContext, tg: anyio.abc.TaskGroup) -> None:
+    def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
-        self.tg = tg
         self.streams: dict[int, _StreamState] = {}
 
     async def drive(self, gen: Generator[Any, Any, Any], obj: Any = _UNSET) -> Any:
         """Step ``gen`` to its end (``obj``: what it yielded already), handling
-        what it yields; closes it however this ends."""
-        send_exc: BaseException | None = None
+        what it yields; closes it however this ends.
+
+        The streamed tasks it starts run in the background in a task group of
+        this drive, opened at the first of them (a drive that starts none
+        opens none): those still open when the generator returns are aborted."""
         try:
-            while True:
-                if obj is _UNSET:
-                    try:
-                        if send_exc is not None:
-                            exc, send_exc = send_exc, None
-                            obj = gen.throw(exc)
-                        else:
-                            obj = next(gen)
-                    except StopIteration as stop:
-                        return stop.value
+            step = await self._steps(gen, obj, None)
+            if type(step) is _GroupNeeded:
                 try:
-                    await self._handle(obj)
-                except Exception as exc:
-                    send_exc = exc
-                obj = _UNSET
+                    async with self.ctx._backend.open_group() as tg:
+                        step = await self._steps(gen, step.obj, tg)
+                        tg.cancel_scope.cancel()  # abort the streams still open
+                except BaseExceptionGroup as group:
+                    raise_single(group)
+            return step
         finally:
             gen.close()
 
-    async def _handle(self, obj: Any) -> None:
+    async def _steps(self, gen: Generator[Any, Any, Any], obj: Any, tg: Any) -> Any:
+        """Step ``gen`` to its end and return its value; without a group
+        (``tg`` None), stop before a yield that starts a stream and return it
+        as :class:`_GroupNeeded`."""
+        send_exc: BaseException | None = None
+        while True:
+            if obj is _UNSET:
+                try:
+                    if send_exc is not None:
+                        exc, send_exc = send_exc, None
+                        obj = gen.throw(exc)
+                    else:
+                        obj = next(gen)
+                except StopIteration as stop:
+                    return stop.value
+            if tg is None and self._starts_stream(obj):
+                return _GroupNeeded(obj)
+            try:
+                await self._handle(obj, tg)
+            except Exception as exc:
+                send_exc = exc
+            obj = _UNSET
+
+    def _starts_stream(self, obj: Any) -> bool:
+        """Whether handling ``obj`` starts a streamed task in the background (a
+        bad task is left for :meth:`_handle` to raise)."""
+        tasks = obj if isinstance(obj, (list, tuple)) else (obj,)
+        for t in tasks:
+            if (
+                isinstance(t, StreamGenerationTask)
+                and not t.cancel_flag
+                and id(t) not in self.streams
+            ):
+                try:
+                    if self._streams_in_background(t):
+                        return True
+                except Exception:
+                    return False
+        return False
+
+    async def _handle(self, obj: Any, streams_group: Any) -> None:
+        """Run what the generator yielded; the streams it starts run in
+        ``streams_group`` (the drive's group: None when it starts none)."""
         if _is_parallel(obj):
             gens = list(obj.sub_gens)
             # sub-controller i runs in the branch scope parent.child(i)
@@ -141,7 +189,7 @@ class _GeneratorDriver:
                 for t in shown:
                     tg.start_soon(self._run_shown, t)
                 for t in streams:
-                    tg.start_soon(self._step_stream, t)
+                    tg.start_soon(self._step_stream, t, streams_group)
         except BaseExceptionGroup as group:
             raise_single(group)
 
@@ -167,7 +215,7 @@ class _GeneratorDriver:
     def _streams_in_background(self, task: StreamGenerationTask) -> bool:
         return type(task) in self.ctx.resolve(task).worker.streaming_tasks
 
-    async def _step_stream(self, task: StreamGenerationTask) -> None:
+    async def _step_stream(self, task: StreamGenerationTask, group: Any) -> None:
         """Advance one streamed task to its next ``streaming_step`` boundary."""
         key = id(task)
         state = self.streams.get(key)
@@ -183,7 +231,7 @@ class _GeneratorDriver:
         if state is None:
             state = self.streams[key] = _StreamState()
             task.request_handle = state
-            self.tg.start_soon(self._run_stream, task, state)
+            group.start_soon(self._run_stream, task, state)
         while True:
             if state.error is not None:
                 self.streams.pop(key, None)
@@ -223,19 +271,26 @@ class _Branch:
         self.error: BaseException | None = None  # the first of their errors
 
 
-class _StepJob:
-    """A task a sub-generator yielded, run as a job: the job's ``done``, which
-    tells the fan-out when the job is over."""
+class _StepJob(_Job):
+    """A task a sub-generator yielded, run as a job whose end is itself: the
+    runner's ``done.set()`` tells the fan-out the job is over (one object per
+    task: the job, its public :class:`TaskContext` and the fan-out's handle)."""
 
-    __slots__ = ("_job", "_over", "branch", "cancelled", "fanout", "start")
+    __slots__ = ("_over", "branch", "cancelled", "fanout", "start")
 
-    def __init__(self, fanout: _FanOut, branch: _Branch, start: float) -> None:
+    def __init__(
+        self, task: Task, request_id: int, fanout: _FanOut, branch: _Branch, start: float
+    ) -> None:
+        _Job.__init__(self, task, request_id, None, None, self, branch.scope)
         self.fanout = fanout
         self.branch = branch
         self.start = start
         self.cancelled = False
         self._over = False
-        self._job: Any = None
+
+    @property
+    def _job(self) -> _StepJob:  # the job of this handle (``_JobOwner``)
+        return self
 
     def is_set(self) -> bool:
         return self._over
@@ -246,7 +301,12 @@ class _StepJob:
             self.fanout._job_over(self)
 
     def cancel(self) -> None:
-        _cancel_job_end(self)
+        """Cancel the job; one still queued, which will never run, is over at once."""
+        if not self._over:
+            self.cancelled = True
+            _Job.cancel(self)
+            if not self.started:
+                self.set()
 
 
 class _FanOut(_JobOwner):
@@ -277,28 +337,23 @@ class _FanOut(_JobOwner):
         self._branches = [_Branch(g, parent.child(i)) for i, g in enumerate(gens)]
         self._ready: deque[_Branch] = deque()  # branches whose tasks are over
         self._live = 0  # branches stepped here and not done
+        self._unstarted = 0  # of the branches, the first not stepped yet
+        # branches that go on in a task of their own (with what they yielded),
+        # until the group they start in is open
+        self._moved: list[tuple[_Branch, Any]] = []
         self._tg: Any = None
 
     async def run(self) -> None:
         try:
-            try:
-                async with self._backend.open_group() as self._tg:
-                    self._live = len(self._branches)
-                    for branch in self._branches:
-                        refused = self._advance(branch, None)
-                        if refused is not None:
-                            await self._send_waiting(branch, refused)
-                    while self._live:
-                        if self._ready:
-                            branch = self._ready.popleft()
-                            refused = self._advance(branch, branch.error)
-                            if refused is not None:
-                                await self._send_waiting(branch, refused)
-                        else:
-                            self._wake = self._backend.Event()
-                            await self._wake.wait()
-            except BaseExceptionGroup as group:
-                raise_single(group)
+            self._live = len(self._branches)
+            await self._step()
+            if self._moved:  # sub-generators that go on in tasks of their own
+                try:
+                    async with self._backend.open_group() as self._tg:
+                        self._start_moved()
+                        await self._step()
+                except BaseExceptionGroup as group:
+                    raise_single(group)
         except BaseException:
             self._cancel_jobs()
             raise
@@ -310,12 +365,41 @@ class _FanOut(_JobOwner):
                 for branch in self._branches:
                     branch.gen.close()
 
+    async def _step(self) -> None:
+        """Step the branches until every one stepped here is done; without a
+        task group yet, return as soon as one must go on in a task of its own
+        (the group is opened for it: a fan-out of plain task lists opens none)."""
+        while self._live:
+            if self._moved and self._tg is None:
+                return
+            if self._unstarted < len(self._branches):
+                branch = self._branches[self._unstarted]
+                self._unstarted += 1
+                exc = None
+            elif self._ready:
+                branch = self._ready.popleft()
+                exc = branch.error
+            else:
+                self._wake = self._backend.Event()
+                await self._wake.wait()
+                continue
+            refused = self._advance(branch, exc)
+            if refused is not None:
+                await self._send_waiting(branch, refused)
+
+    def _start_moved(self) -> None:
+        moved, self._moved = self._moved, []
+        for branch, obj in moved:
+            self._tg.start_soon(
+                self._driver.ctx._in_scope, branch.scope, self._driver.drive, branch.gen, obj
+            )
+
     async def _send_waiting(self, branch: _Branch, refused: _Refused | None) -> None:
         """Send the rest of a yield that met a full inbox, waiting for room
         (backpressure) where it must."""
         while refused is not None:
             batch, i, start = refused
-            await batch[i][1].send_waiting(branch.jobs[-1]._job)
+            await batch[i][1].send_waiting(branch.jobs[-1])
             refused = self._send(branch, batch, i + 1, start)
 
     def _advance(self, branch: _Branch, exc: BaseException | None) -> _Refused | None:
@@ -341,7 +425,9 @@ class _FanOut(_JobOwner):
                 continue
             if batch is None:
                 self._live -= 1
-                self._tg.start_soon(ctx._in_scope, branch.scope, self._driver.drive, gen, obj)
+                self._moved.append((branch, obj))
+                if self._tg is not None:
+                    self._start_moved()
                 return None
             if batch:
                 branch.error = None
@@ -380,8 +466,7 @@ class _FanOut(_JobOwner):
             if branch.error is not None:  # an earlier one failed while this waited
                 ctx._account(task, start, start, "cancelled", None)
                 continue
-            step = _StepJob(self, branch, start)
-            step._job = job = _Job(task, ctx.request_id, None, None, step, branch.scope)
+            step = job = _StepJob(task, ctx.request_id, self, branch, start)
             branch.jobs.append(step)
             branch.pending += 1
             self._jobs.add(step)
@@ -395,12 +480,11 @@ class _FanOut(_JobOwner):
     def _job_over(self, step: _StepJob) -> None:
         """A task is over (called by its job's end, from the runner)."""
         self._jobs.discard(step)
-        job = step._job
-        error = job.error
+        error = step.error
         status = "error" if error is not None else "cancelled" if step.cancelled else "ok"
         ctx = self._driver.ctx
         end = anyio.current_time() if ctx.trace is not None else 0.0
-        ctx._account(job.task, step.start, end, status, error)
+        ctx._account(step.task, step.start, end, status, error)
         branch = step.branch
         branch.pending -= 1
         last = branch.pending == 0
@@ -419,14 +503,7 @@ async def drive_generator(ctx: RequestContext, gen: Generator[Any, Any, Any]) ->
 
     Streamed tasks still open when the generator returns are aborted.
     """
-    try:
-        async with anyio.create_task_group() as tg:
-            driver = _GeneratorDriver(ctx, tg)
-            value = await driver.drive(gen)
-            tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise_single(group)
-    return value
+    return await _GeneratorDriver(ctx).drive(gen)
 
 
 def _is_generator_controller(controller: object) -> bool:

@@ -236,8 +236,9 @@ class AsyncScaffoldingLlm:
             for worker in self._workers:
                 await stack.enter_async_context(worker.lifespan())
             # the loop's own group: a request's task is started without anyio's
-            # per-task handle (see _backend.py)
-            self._tg = await stack.enter_async_context(self._loop.open_group())
+            # per-task handle (see _backend.py); each request has a cancel scope
+            # of its own, and the group is never cancelled as a whole
+            self._tg = await stack.enter_async_context(self._loop.open_spawner())
             for actor in self._actors.values():
                 self._tg.start_soon(actor.serve)
         except BaseException:

@@ -159,6 +159,75 @@ class Task:
 #: values a deep copy can share
 _IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
 
+# the fields a deep copy makes anew: name, value, and the type that copies the
+# value (a list or dict of immutable values, which ``deepcopy`` would copy to the
+# same: ``list(value)``, ``dict(value)``)
+_Plan = list[tuple[str, Any, type]]
+
+
+def _copy_plan(state: dict[str, Any]) -> _Plan | None:
+    """How to deep-copy the task whose ``__dict__`` is ``state`` without
+    ``deepcopy``'s memo: immutable values and enum members are shared, lists
+    and dicts of immutable values made anew.  ``None`` when a value needs ``deepcopy`` (or
+    is held twice, so the copy must hold one object twice)."""
+    plan: _Plan = []
+    for name, value in state.items():
+        kind = type(value)
+        if kind in _IMMUTABLE or (
+            isinstance(value, enum.Enum) and kind.__deepcopy__ is enum.Enum.__deepcopy__
+        ):
+            continue  # (an enum member's deep copy is itself)
+        if kind is list:
+            if value and not all(type(v) in _IMMUTABLE for v in value):
+                return None
+        elif kind is dict:
+            if value and not all(
+                type(k) in _IMMUTABLE and type(v) in _IMMUTABLE for k, v in value.items()
+            ):
+                return None
+        else:
+            return None
+        plan.append((name, value, kind))
+    if len({id(value) for _, value, _ in plan}) < len(plan):
+        return None
+    return plan
+
+
+def _copy_by_plan(task: Task, state: dict[str, Any], plan: _Plan) -> Task:
+    """A deep copy of ``task`` (whose ``__dict__`` is ``state``) by a plan that
+    needs no memo (see :func:`_copy_plan`)."""
+    cls = type(task)
+    new = cls.__new__(cls)
+    fields = new.__dict__
+    fields.update(state)  # shares what needs no copy
+    for name, value, flat in plan:
+        fields[name] = flat(value)
+    return new
+
+
+def _deepcopy_lists(tasks: list[Task], n: int) -> list[list[Task]]:
+    """``[copy.deepcopy(tasks) for _ in range(n)]`` (a TensorRT-LLM controller
+    copying its task list per sample), each task's fields sorted once for all
+    ``n`` copies.  That shortcut is taken for a plain list of distinct tasks
+    whose values to copy are lists or dicts of immutable values (they cannot
+    refer to one another); anything else goes through ``copy.deepcopy``."""
+    plans = []
+    if type(tasks) is list and len({id(t) for t in tasks}) == len(tasks):
+        for original in tasks:
+            if (
+                not isinstance(original, Task)
+                or type(original).__deepcopy__ is not Task.__deepcopy__
+            ):
+                break
+            state = original.__dict__  # what its deep copy reads (as __deepcopy__ does)
+            plan = _copy_plan(state)
+            if plan is None:
+                break
+            plans.append((original, state, plan))
+    if len(plans) != len(tasks):
+        return [copy.deepcopy(tasks) for _ in range(n)]
+    return [[_copy_by_plan(t, state, plan) for t, state, plan in plans] for _ in range(n)]
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):

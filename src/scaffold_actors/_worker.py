@@ -226,7 +226,13 @@ class _Job(TaskContext):
 
 def _same_context(a: contextvars.Context, b: contextvars.Context) -> bool:
     """Whether two contexts hold the same variables with the same values."""
-    return len(a) == len(b) and all(a.get(var, a) is value for var, value in b.items())
+    if len(a) != len(b):
+        return False
+    get = a.get
+    for var, value in b.items():
+        if get(var, a) is not value:
+            return False
+    return True
 
 
 class WorkerActor:

@@ -13,7 +13,7 @@ from .._context import RequestContext
 from .._controller import drive_generator
 from .._errors import InvalidTaskError
 from .._mcp import MCPCallTask, MCPListTask
-from .._tasks import GenerationTask, RewardTask, ScaffoldingOutput, Task
+from .._tasks import GenerationTask, RewardTask, ScaffoldingOutput, Task, _deepcopy_lists
 from ._math import get_digit_majority_vote_result
 
 __all__ = [
@@ -368,7 +368,7 @@ class MajorityVoteController(Controller):
     ) -> TaskGen:
         sample_num = max(sample_num, self.default_sample_num)
         controllers = [self.generation_controller.clone() for _ in range(sample_num)]
-        tasks_list = [copy.deepcopy(tasks) for _ in range(sample_num)]
+        tasks_list = _deepcopy_lists(tasks, sample_num)  # copy.deepcopy(tasks) each
         kwargs_list = [dict(generation_kwargs or {}) for _ in range(sample_num)]
         yield ParallelProcess(controllers, tasks_list, kwargs_list)
         candidates = [getattr(ts[0], "output_str", None) or "" for ts in tasks_list]
@@ -414,7 +414,7 @@ class BestOfNController(Controller):
             raise ValueError("BestOfNController handles exactly one task")
         task = tasks[0]
         sample_num = max(sample_num, self.default_sample_num)
-        gen_tasks = [copy.deepcopy(task) for _ in range(sample_num)]
+        gen_tasks = [ts[0] for ts in _deepcopy_lists([task], sample_num)]
         yield ParallelProcess(
             [self.generation_controller.clone() for _ in range(sample_num)],
             [[t] for t in gen_tasks],

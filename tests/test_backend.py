@@ -67,10 +67,10 @@ def test_a_slot_given_back_as_a_waiting_requester_is_cancelled_goes_on(cancelled
     to the next requester, not be lost."""
     import asyncio
 
-    from scaffold_actors._runtime import _Admission
+    from scaffold_actors._backend import Slots
 
     async def main() -> tuple[list[str], int]:
-        admission = _Admission(1, current_backend())
+        admission = Slots(1, current_backend())
         assert admission.take_nowait()  # the one slot is taken
         admitted: list[str] = []
 

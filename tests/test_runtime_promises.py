@@ -238,10 +238,10 @@ async def test_a_task_goes_to_an_idle_runner_only_when_nothing_waits_before_it()
                 setattr(actor, name, 0)
         slots = actor.worker.max_concurrency
         for _ in range(slots):
-            actor._slots.acquire_nowait()
+            assert actor._slots.take_nowait()
         assert not actor._hand_to_idle_runner(job())  # every slot busy
         for _ in range(slots):
-            actor._slots.release()
+            actor._slots.give_back()
         assert len(actor._idle) == 1  # nothing was handed over
         handed = job()
         assert actor._hand_to_idle_runner(handed)  # nothing ahead: straight to it

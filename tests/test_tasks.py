@@ -164,6 +164,46 @@ def test_a_deep_copy_shares_nothing_mutable() -> None:
     assert twin.custom_input_params is not chat.custom_input_params
 
 
+def test_assignments_convert_and_validate_as_attrs_would() -> None:
+    """Task classes replace attrs' generated __setattr__ by a cheaper one
+    (_setattr_hooks): each assignment must still convert and validate the
+    fields that have a converter or validator, honour attrs' switch that turns
+    validators off, leave other fields and ad-hoc attributes alone, and a
+    user's attrs subclass must validate its own fields and the inherited ones."""
+    from scaffold_actors import ChatTask
+
+    for cls in (GenerationTask, StreamGenerationTask, ChatTask):
+        task = cls(input_str="q")
+        with pytest.raises(InvalidTaskError, match=f"{cls.__name__}.max_tokens"):
+            task.max_tokens = 0
+        with pytest.raises(InvalidTaskError, match="temperature"):
+            task.temperature = -1.0
+        assert task.max_tokens is None and task.temperature is None  # nothing set
+        task.stop = "##"  # converted
+        assert task.stop == ["##"]
+        task.output_str = "free text"
+        task.note = "an ad-hoc attribute, as TensorRT-LLM controllers attach"  # type: ignore[attr-defined]
+        assert task.output_str == "free text" and task.note.startswith("an ad-hoc")  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="streaming_step"):
+        StreamGenerationTask(input_str="q").streaming_step = -1
+    with attrs.validators.disabled():
+        task = GenerationTask(input_str="q")
+        task.max_tokens = 0  # validators off: attrs' switch is honoured
+    assert task.max_tokens == 0
+
+    @attrs.define(slots=False, eq=False)
+    class Mine(GenerationTask):
+        level: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+
+    mine = Mine(input_str="q")
+    with pytest.raises(ValueError, match="level"):
+        mine.level = -1
+    with pytest.raises(InvalidTaskError, match="max_tokens"):
+        mine.max_tokens = 0
+    mine.stop = "x"
+    assert mine.stop == ["x"] and mine.level == 0
+
+
 def test_task_list_copies_are_what_deepcopy_makes() -> None:
     """_deepcopy_lists (MajorityVoteController's and BestOfNController's copy
     per sample) sorts a task's fields once for all copies: each copy must be

@@ -1027,9 +1027,41 @@ MUTATIONS = [
         ("tests/test_tasks.py::test_task_list_copies_are_what_deepcopy_makes",),
     ),
     Mutation(
+        "task-assignment-validated",
+        "a task field's validator no longer runs when the field is assigned",
+        SA + "_tasks.py",
+        (
+            (
+                "            if validator is not None and attrs.validators.get_disabled() is False:\n",
+                "            if False:\n",
+            ),
+        ),
+        ("tests/test_tasks.py::test_assignments_convert_and_validate_as_attrs_would",),
+    ),
+    Mutation(
+        "task-assignment-converted",
+        "a task field's converter no longer runs when the field is assigned",
+        SA + "_tasks.py",
+        (("                value = convert(self, field, value)\n", "                pass\n"),),
+        ("tests/test_tasks.py::test_assignments_convert_and_validate_as_attrs_would",),
+    ),
+    Mutation(
+        "worker-concurrency-bounded",
+        "a worker's actor starts queued tasks past max_concurrency instead of waiting for a slot",
+        SA + "_worker.py",
+        (
+            (
+                "                            if not slots.take_nowait():\n"
+                "                                await slots.take()  # every slot busy: wait for one\n",
+                "                            slots.take_nowait()\n",
+            ),
+        ),
+        ("tests/test_runtime.py::test_worker_inbox_and_concurrency_are_bounded",),
+    ),
+    Mutation(
         "admission-slot-of-a-cancelled-requester-goes-on",
         "a requester cancelled after it was handed an admission slot (asyncio) keeps it: the slot is lost",
-        SA + "_runtime.py",
+        SA + "_backend.py",
         (
             (
                 "            if me.granted:\n                self.give_back()  # handed a slot, then cancelled: the next one's\n            elif",
@@ -1043,7 +1075,7 @@ MUTATIONS = [
     Mutation(
         "admission-in-arrival-order",
         "requests waiting at max_in_flight are admitted last come, first served",
-        SA + "_runtime.py",
+        SA + "_backend.py",
         (
             (
                 "            waiter = self._waiting.popleft()\n",

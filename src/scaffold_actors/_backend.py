@@ -18,6 +18,7 @@ objects that need it.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from types import TracebackType
 from typing import Any, Self
 
@@ -29,7 +30,7 @@ import trio.lowlevel
 
 from engine_bridge.lowlevel import Parked, asyncio_park, asyncio_unpark, trio_park, trio_unpark
 
-__all__ = ["Backend", "Parked", "current_backend"]
+__all__ = ["Backend", "Parked", "Slots", "current_backend"]
 
 
 class Backend:
@@ -136,3 +137,72 @@ def current_backend() -> Backend:
             )
         return _ASYNCIO
     raise RuntimeError(f"scaffold_actors runs on trio or asyncio (through anyio), not {name}")
+
+
+class _Granted(Parked):
+    """A requester waiting for admission (parked until handed a slot)."""
+
+    __slots__ = ("granted",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.granted = False
+
+
+class Slots:
+    """A number of slots (``max_in_flight`` requests, a worker's
+    ``max_concurrency`` tasks), handed out first come, first served.
+
+    A requester that must wait is parked on an object of its own in a queue:
+    no lock, exception or traceback is held per waiting request (thousands may
+    wait).  Like ``anyio.Semaphore.acquire``, :meth:`take` is a checkpoint
+    whether or not it waits (a cancelled requester takes no slot).
+
+    Cancellation: a requester cancelled while it waits leaves the queue; one
+    cancelled after it was handed a slot (asyncio resumes it with the
+    cancellation) hands the slot on, so none is lost.
+    """
+
+    __slots__ = ("_loop", "_waiting", "free")
+
+    def __init__(self, slots: int, loop: Backend) -> None:
+        self.free = slots
+        self._waiting: deque[_Granted] = deque()
+        self._loop = loop
+
+    def take_nowait(self) -> bool:
+        """Take a slot if one is free and nobody waits before; never blocks."""
+        if self.free and not self._waiting:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Block until a slot is free and every earlier requester has one."""
+        if self.take_nowait():
+            try:
+                await self._loop.checkpoint()
+            except BaseException:
+                self.give_back()
+                raise
+            return
+        me = _Granted()
+        self._waiting.append(me)
+        try:
+            await self._loop.park(me)
+        except BaseException:
+            if me.granted:
+                self.give_back()  # handed a slot, then cancelled: the next one's
+            elif me in self._waiting:  # (give_back may have passed it over already)
+                self._waiting.remove(me)
+            raise
+
+    def give_back(self) -> None:
+        """Return a slot: to the first requester waiting, else to the free ones."""
+        unpark = self._loop.unpark
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if unpark(waiter, None):  # else cancelled while it waited: the next one
+                waiter.granted = True
+                return
+        self.free += 1

@@ -15,7 +15,7 @@ from engine_bridge import (
 )
 
 from ._errors import InvalidTaskError
-from ._tasks import StreamGenerationTask, Task
+from ._tasks import StreamGenerationTask, Task, _setattr_hooks
 
 __all__ = [
     "AssistantMessage",
@@ -174,6 +174,7 @@ def _message(value: RoleMessage | Mapping[str, Any]) -> RoleMessage:
     return value if isinstance(value, RoleMessage) else RoleMessage.from_dict(value)
 
 
+@_setattr_hooks
 @attrs.define(slots=False, eq=False)
 class ChatTask(StreamGenerationTask):
     """A conversation for the model to continue (TensorRT-LLM compatible).

@@ -441,8 +441,11 @@ class _FanOut(_JobOwner):
         tasks that just run; ``None`` for anything else."""
         if isinstance(obj, Task):
             obj = [obj]
-        if not isinstance(obj, (list, tuple)) or not all(isinstance(t, Task) for t in obj):
+        elif not isinstance(obj, (list, tuple)):
             return None
+        for task in obj:
+            if not isinstance(task, Task):
+                return None
         batch = []
         for task in obj:
             actor = self._driver.ctx.resolve(task)

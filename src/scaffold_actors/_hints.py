@@ -11,11 +11,12 @@ from engine_bridge import EngineRequest, InvalidRequestError, KVCacheDrop, Sampl
 
 from ._chat import ChatTask, RoleMessage
 from ._errors import InvalidTaskError
-from ._tasks import Task
+from ._tasks import Task, _setattr_hooks
 
 __all__ = ["DropKVCacheTask", "TokenizeTask"]
 
 
+@_setattr_hooks
 @attrs.define(slots=False, eq=False)
 class TokenizeTask(Task):
     """Count a prompt's tokens with the generation engine's own tokenizer
@@ -84,6 +85,7 @@ class TokenizeTask(Task):
         return EngineRequest(SamplingParams(max_tokens=1), prompt=self.input_str)
 
 
+@_setattr_hooks
 @attrs.define(slots=False, eq=False, init=False)
 class DropKVCacheTask(Task):
     """Tell the engine a chat is over, so it frees the prefix-cache blocks that

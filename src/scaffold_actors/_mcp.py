@@ -20,7 +20,7 @@ from engine_bridge import raise_single
 
 from ._errors import InvalidTaskError, ScaffoldError
 from ._scope import current_scope
-from ._tasks import Task, TaskStatus, ToolCallTask
+from ._tasks import Task, TaskStatus, ToolCallTask, _setattr_hooks
 from ._worker import Handler, Worker
 
 __all__ = ["MCPCallTask", "MCPListTask", "MCPServerError", "MCPWorker"]
@@ -41,6 +41,7 @@ class MCPServerError(ScaffoldError):
         self.server = server
 
 
+@_setattr_hooks
 @attrs.define(slots=False, eq=False)
 class MCPCallTask(Task):
     """Call the MCP tool ``tool_name`` with ``args`` (TensorRT-LLM compatible).
@@ -94,6 +95,7 @@ class MCPCallTask(Task):
         return args
 
 
+@_setattr_hooks
 @attrs.define(slots=False, eq=False)
 class MCPListTask(Task):
     """List the tools of every server of an :class:`MCPWorker`.  Output:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -14,7 +13,7 @@ import anyio.abc
 
 from engine_bridge import raise_single
 
-from ._backend import Backend, Parked, current_backend
+from ._backend import Backend, Slots, current_backend
 from ._context import RequestContext
 from ._controller import run_controller
 from ._errors import InvalidTaskError, RuntimeClosedError, TooManyRequestsError
@@ -72,74 +71,6 @@ def _check_controller(controller: object) -> None:
             "controller must be a generator controller (process/generate), an object "
             f"with an async run(ctx, task) method, or an async function; got {controller!r}"
         )
-
-
-class _Granted(Parked):
-    """A requester waiting for admission (parked until handed a slot)."""
-
-    __slots__ = ("granted",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.granted = False
-
-
-class _Admission:
-    """``max_in_flight`` slots, handed out first come, first served.
-
-    A requester that must wait is parked on an object of its own in a queue:
-    no lock, exception or traceback is held per waiting request (thousands may
-    wait).  Like ``anyio.Semaphore.acquire``, :meth:`take` is a checkpoint
-    whether or not it waits (a cancelled requester takes no slot).
-
-    Cancellation: a requester cancelled while it waits leaves the queue; one
-    cancelled after it was handed a slot (asyncio resumes it with the
-    cancellation) hands the slot on, so none is lost.
-    """
-
-    __slots__ = ("_loop", "_waiting", "free")
-
-    def __init__(self, slots: int, loop: Backend) -> None:
-        self.free = slots
-        self._waiting: deque[_Granted] = deque()
-        self._loop = loop
-
-    def take_nowait(self) -> bool:
-        """Take a slot if one is free and nobody waits before; never blocks."""
-        if self.free and not self._waiting:
-            self.free -= 1
-            return True
-        return False
-
-    async def take(self) -> None:
-        """Block until a slot is free and every earlier requester has one."""
-        if self.take_nowait():
-            try:
-                await self._loop.checkpoint()
-            except BaseException:
-                self.give_back()
-                raise
-            return
-        me = _Granted()
-        self._waiting.append(me)
-        try:
-            await self._loop.park(me)
-        except BaseException:
-            if me.granted:
-                self.give_back()  # handed a slot, then cancelled: the next one's
-            elif me in self._waiting:  # (give_back may have passed it over already)
-                self._waiting.remove(me)
-            raise
-
-    def give_back(self) -> None:
-        """Return a slot: to the first requester waiting, else to the free ones."""
-        unpark = self._loop.unpark
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if unpark(waiter, None):  # else cancelled while it waited: the next one
-                waiter.granted = True
-                return
-        self.free += 1
 
 
 class AsyncScaffoldingLlm:
@@ -210,7 +141,7 @@ class AsyncScaffoldingLlm:
         self.check_prompts = check_prompts
         # anyio primitives bind to the event loop they are created in, so they are
         # made in __aenter__ (the sync facade constructs this on another thread).
-        self._slots: _Admission | None = None
+        self._slots: Slots | None = None
         self._idle: anyio.Event | None = None
         self._ids = itertools.count()
         self._in_flight: set[ScaffoldingResult] = set()
@@ -225,7 +156,7 @@ class AsyncScaffoldingLlm:
         if self._stack is not None:
             raise RuntimeError("AsyncScaffoldingLlm is already started")
         self._loop = current_backend()
-        self._slots = _Admission(self.max_in_flight, self._loop)
+        self._slots = Slots(self.max_in_flight, self._loop)
         self._idle = anyio.Event()
         self._idle.set()
         for actor in self._actors.values():

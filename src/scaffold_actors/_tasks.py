@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import enum
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 
@@ -86,6 +86,41 @@ def _sampling_validator(inst: Any, attribute: attrs.Attribute[Any], value: Any) 
         raise InvalidTaskError.of(type(inst).__name__, e) from None
 
 
+_T = TypeVar("_T", bound=type)
+
+
+def _setattr_hooks(cls: _T) -> _T:
+    """Replace the ``__setattr__`` attrs writes for an ``attrs.define`` task class
+    (which runs a pipe of two setters for every field, validator or not) by one
+    doing the same: the field's converter, then its validator (unless
+    ``attrs.validators.set_disabled(True)``), only for fields that have one.
+    About half the cost of an assignment, which handlers and controllers make
+    several times per task.  A subclass built with ``attrs.define`` gets attrs'
+    own again (over all its fields, inherited ones included)."""
+    hooks: dict[str, tuple[attrs.Attribute[Any], Any, Any]] = {}
+    for field in attrs.fields(cls):
+        if field.on_setattr is not None:  # (the class's convert-then-validate applies)
+            raise TypeError(f"{cls.__name__}.{field.name}: a custom on_setattr is not supported")
+        if field.converter is not None or field.validator is not None:
+            hooks[field.name] = (field, field.converter, field.validator)
+    setattr_ = object.__setattr__
+    convert = attrs.setters.convert
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        hook = hooks.get(name)
+        if hook is not None:
+            field, converter, validator = hook
+            if converter is not None:
+                value = convert(self, field, value)
+            if validator is not None and attrs.validators.get_disabled() is False:
+                validator(self, field, value)
+        setattr_(self, name, value)
+
+    __setattr__.__qualname__ = f"{cls.__qualname__}.__setattr__"
+    cls.__setattr__ = __setattr__  # type: ignore[assignment]
+    return cls
+
+
 def _stop_converter(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return []
@@ -94,6 +129,7 @@ def _stop_converter(value: str | Sequence[str] | None) -> list[str]:
     return list(value)
 
 
+@_setattr_hooks
 @attrs.define(slots=False, eq=False)
 class Task:
     """Base of all tasks.  ``worker_tag`` names the worker role that runs it.
@@ -237,6 +273,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@_setattr_hooks
 @attrs.define(slots=False, eq=False)
 class GenerationTask(Task):
     """Generate one completion.
@@ -328,10 +365,14 @@ class GenerationTask(Task):
     def validate(self) -> None:
         super().validate()
         name = type(self).__name__
-        given = [
-            f for f in ("input_str", "input_tokens", "messages") if getattr(self, f) is not None
-        ]
-        if len(given) != 1:
+        if (
+            (self.input_str is not None)
+            + (self.input_tokens is not None)
+            + (self.messages is not None)
+        ) != 1:
+            given = [
+                f for f in ("input_str", "input_tokens", "messages") if getattr(self, f) is not None
+            ]
             raise InvalidTaskError(
                 f"{name}.input_str",
                 "exactly one of input_str, input_tokens or messages must be set, "
@@ -416,6 +457,7 @@ def _check_messages(field: str, messages: Any) -> None:
             )
 
 
+@_setattr_hooks
 @attrs.define(slots=False, eq=False)
 class StreamGenerationTask(GenerationTask):
     """A generation task delivered to its controller in pieces.
@@ -440,6 +482,7 @@ class StreamGenerationTask(GenerationTask):
         return cls(**values, streaming_step=streaming_step)
 
 
+@_setattr_hooks
 @attrs.define(slots=False, eq=False)
 class RewardTask(Task):
     """Score candidate responses to ``input_str`` with a reward model.
@@ -477,6 +520,7 @@ class RewardTask(Task):
             raise InvalidTaskError(f"{name}.candidates", "must be a non-empty list of strings")
 
 
+@_setattr_hooks
 @attrs.define(slots=False, eq=False)
 class ToolCallTask(Task):
     """Call the tool ``tool_name`` with ``arguments``.

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Self
 import anyio
 import anyio.abc
 
-from ._backend import Parked, current_backend
+from ._backend import Parked, Slots, current_backend
 from ._errors import CancelGraceExceededWarning, TaskFailedError, TaskNotSupportedError
 from ._scope import ExecutionScope, current_scope
 from ._task_context import _CURRENT, TaskContext
@@ -272,8 +272,8 @@ class WorkerActor:
     def open(self) -> None:
         """Create the inbox and limiter (in the event loop that will serve them)."""
         self._send, self._recv = anyio.create_memory_object_stream[_Job](self.worker.inbox_size)
-        self._slots = anyio.Semaphore(self.worker.max_concurrency)
         self._loop = current_backend()
+        self._slots = Slots(self.worker.max_concurrency, self._loop)
         self._clean = contextvars.copy_context()  # what every job starts from
         # Runner tasks run the handlers: each takes the next job when its handler
         # returns, so a task costs no spawn of its own; an idle runner is handed a
@@ -302,10 +302,8 @@ class WorkerActor:
                         if job.cancel_requested:
                             job.done.set()
                         else:
-                            try:
-                                slots.acquire_nowait()
-                            except anyio.WouldBlock:
-                                await slots.acquire()
+                            if not slots.take_nowait():
+                                await slots.take()  # every slot busy: wait for one
                             self._dispatch(job)
                         try:
                             job = recv.receive_nowait()
@@ -334,9 +332,7 @@ class WorkerActor:
         waiting before it and a slot is free (else it goes through the inbox)."""
         if not self._idle or self._in_inbox or self._waiting_senders or self._closed:
             return False
-        try:
-            self._slots.acquire_nowait()
-        except anyio.WouldBlock:
+        if not self._slots.take_nowait():
             return False
         self._dispatch(job)
         return True
@@ -459,7 +455,7 @@ class WorkerActor:
             _CURRENT.reset(token)
             self.running -= 1
             self.completed += 1
-            self._slots.release()
+            self._slots.give_back()
             job.done.set()
 
     async def execute(

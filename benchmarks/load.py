@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from collections import Counter
 from typing import Any
 
 import anyio
@@ -156,9 +157,10 @@ def breakdown(in_flight: int, samples: int, step: float, top: int = 12) -> dict[
     run's peak (every request in flight), the live bytes per request by package
     and the largest allocation sites (file:line, bytes per request, count)."""
     gc.collect()
+    base_objects = Counter(type(o).__qualname__ for o in gc.get_objects())
     tracemalloc.start(1)
     base = tracemalloc.get_traced_memory()[0]
-    best: dict[str, Any] = {"bytes": 0, "snapshot": None}
+    best: dict[str, Any] = {"bytes": 0, "snapshot": None, "objects": Counter()}
 
     async def sampled() -> None:
         async def watch() -> None:
@@ -167,6 +169,8 @@ def breakdown(in_flight: int, samples: int, step: float, top: int = 12) -> dict[
                 now = tracemalloc.get_traced_memory()[0]
                 if now > best["bytes"]:
                     best["bytes"], best["snapshot"] = now, tracemalloc.take_snapshot()
+                    # what the collector walks: its tracked objects, by type
+                    best["objects"] = Counter(type(o).__qualname__ for o in gc.get_objects())
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
@@ -175,6 +179,7 @@ def breakdown(in_flight: int, samples: int, step: float, top: int = 12) -> dict[
 
     anyio.run(sampled, backend=BACKEND[0])
     tracemalloc.stop()
+    objects = best["objects"] - base_objects
     stats = best["snapshot"].statistics("lineno")
     by_package: dict[str, int] = {}
     for stat in stats:
@@ -200,6 +205,10 @@ def breakdown(in_flight: int, samples: int, step: float, top: int = 12) -> dict[
             k: round(v / in_flight) for k, v in sorted(by_package.items(), key=lambda kv: -kv[1])
         },
         "largest_sites": sites,
+        # every one of them is visited by each full collection (the collector's
+        # share of the saturated run, and its pauses)
+        "gc_tracked_objects_per_request": round(sum(objects.values()) / in_flight, 1),
+        "gc_tracked_by_type": [[k, round(v / in_flight, 1)] for k, v in objects.most_common(top)],
     }
 
 

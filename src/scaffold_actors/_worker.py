@@ -224,6 +224,18 @@ class _Job(TaskContext):
             self.cancel_scope.cancel()
 
 
+def _status_error(worker: Worker, task: Task, status: TaskStatus) -> Exception:
+    """The error a handler's failure status stands for (TensorRT-LLM's convention)."""
+    if status is TaskStatus.WORKER_NOT_SUPPORTED:
+        return TaskNotSupportedError(
+            f"{type(worker).__name__} does not support this {type(task).__name__}"
+        )
+    return TaskFailedError(
+        f"{type(worker).__name__} handler returned {status!r} for {type(task).__name__}",
+        status,
+    )
+
+
 def _same_context(a: contextvars.Context, b: contextvars.Context) -> bool:
     """Whether two contexts hold the same variables with the same values."""
     if len(a) != len(b):
@@ -316,7 +328,7 @@ class WorkerActor:
     def _dispatch(self, job: _Job) -> None:
         """Start ``job`` (its slot taken) on an idle runner or a new one."""
         self.running += 1
-        # started from now on: a requester cancelled before _run begins still
+        # started from now on: a requester cancelled before its handler begins still
         # waits for it (it may reach the engine first)
         job.started = True
         unpark = self._loop.unpark
@@ -376,6 +388,7 @@ class WorkerActor:
 
     async def _runner(self, job: _Job | None) -> None:
         idle = Parked()  # where this runner waits for work
+        worker = self.worker
         while job is not None:
             # One cancel scope serves this runner's jobs one after another (a
             # scope costs an enter and an exit): ``job.cancel()`` cancels it while
@@ -383,7 +396,41 @@ class WorkerActor:
             # cancellation is caught here; any other leaves the runner.
             with self._loop.CancelScope() as scope:
                 while True:
-                    await self._run(job, scope)
+                    # The job's handler runs here, in this frame (a coroutine per
+                    # job would hold a frame more per running task).  Its error
+                    # goes to ``job.error``; its cancellation leaves through the
+                    # ``finally`` (the job is over) to the scope above.
+                    task = job.task
+                    token = _CURRENT.set(job)
+                    scope_token = current_scope.set(job.scope)
+                    job.cancel_scope = scope
+                    try:
+                        if job.cancel_requested:
+                            scope.cancel()
+                        handler = worker.find_handler(type(task))
+                        if handler is None:
+                            raise TaskNotSupportedError(
+                                f"{type(worker).__name__} has no handler for {type(task).__name__}"
+                            )
+                        timeout = worker.task_timeout
+                        if timeout is None:
+                            status = await handler(worker, task)
+                        else:
+                            with anyio.fail_after(timeout):
+                                status = await handler(worker, task)
+                        if status is not None and status is not TaskStatus.SUCCESS:
+                            raise _status_error(worker, task, status)
+                    except Exception as exc:  # handed to the requester, never swallowed
+                        job.error = exc
+                    finally:
+                        # over: a late cancel() must not reach the next job
+                        job.cancel_scope = None
+                        current_scope.reset(scope_token)
+                        _CURRENT.reset(token)
+                        self.running -= 1
+                        self.completed += 1
+                        self._slots.give_back()
+                        job.done.set()
                     if scope.cancel_called:
                         break  # cancelled, though its handler returned: a new scope
                     if not self._stays(idle):
@@ -413,50 +460,6 @@ class WorkerActor:
         """Stop taking tasks; ``serve`` returns once running tasks finish."""
         self._closed = True
         self._send.close()
-
-    async def _run(self, job: _Job, scope: Any) -> None:
-        """Run ``job``'s handler under ``scope`` (its runner's: ``job.cancel()``
-        cancels it only while the handler runs).  The job's cancellation leaves
-        as the cancelled exception; its handler's error goes to ``job.error``."""
-        task = job.task
-        worker = self.worker
-        token = _CURRENT.set(job)
-        scope_token = current_scope.set(job.scope)
-        job.cancel_scope = scope
-        try:
-            if job.cancel_requested:
-                scope.cancel()
-            handler = worker.find_handler(type(task))
-            if handler is None:
-                raise TaskNotSupportedError(
-                    f"{type(worker).__name__} has no handler for {type(task).__name__}"
-                )
-            timeout = worker.task_timeout
-            if timeout is None:
-                status = await handler(worker, task)
-            else:
-                with anyio.fail_after(timeout):
-                    status = await handler(worker, task)
-            if status is not None and status is not TaskStatus.SUCCESS:
-                if status is TaskStatus.WORKER_NOT_SUPPORTED:
-                    raise TaskNotSupportedError(
-                        f"{type(worker).__name__} does not support this {type(task).__name__}"
-                    )
-                raise TaskFailedError(
-                    f"{type(worker).__name__} handler returned {status!r} for "
-                    f"{type(task).__name__}",
-                    status,
-                )
-        except Exception as exc:  # handed to the requester, never swallowed
-            job.error = exc
-        finally:
-            job.cancel_scope = None  # over: a late cancel() must not reach the next job
-            current_scope.reset(scope_token)
-            _CURRENT.reset(token)
-            self.running -= 1
-            self.completed += 1
-            self._slots.give_back()
-            job.done.set()
 
     async def execute(
         self,

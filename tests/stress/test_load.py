@@ -60,7 +60,7 @@ def test_the_saturated_run_alone_for_ab_timing() -> None:
 
 def test_the_memory_breakdown_adds_up() -> None:
     """``--breakdown``: an in-flight request's bytes by package add up to its total,
-    and the largest sites are named."""
+    the largest sites are named, and the collector's tracked objects are counted."""
     p = subprocess.run(
         [sys.executable, "benchmarks/load.py", "--in-flight", "50", "--breakdown"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
@@ -74,3 +74,9 @@ def test_the_memory_breakdown_adds_up() -> None:
         abs(sum(d["by_package"].values()) - d["bytes_per_request"]) < 0.2 * d["bytes_per_request"]
     )
     assert d["largest_sites"] and all(len(site) == 3 for site in d["largest_sites"])
+    # what the collector walks per request: a vote of 8 holds at least a task,
+    # a coroutine and a job per sample; the types listed add up to at most the total
+    assert d["gc_tracked_objects_per_request"] > 8 * 3
+    by_type = dict(d["gc_tracked_by_type"])
+    assert by_type.get("coroutine", 0) >= 8
+    assert sum(by_type.values()) <= d["gc_tracked_objects_per_request"] + 1

@@ -136,6 +136,29 @@ async def test_leaving_the_block_aborts_and_frees_the_slot(autojump_clock: objec
         assert engine.num_active == 0 and engine.aborted == 2
 
 
+async def test_a_large_step_lets_the_loop_run_between_chunks(autojump_clock: object) -> None:
+    """A step that finishes many requests hands them their tokens in chunks of
+    ``wakes_per_turn`` with a checkpoint between: a task woken at the same
+    instant runs in between, and sees the finished count grow in stages (in
+    one go, it could see at most the count before and the count after)."""
+    engine = SimulatedEngine("done", cost=CostModel(0.0, 1.0, 0.0), max_batch_size=2048)
+    seen: dict[float, set[int]] = {}
+
+    async def probe() -> None:
+        while engine.completed < 1000:
+            await trio.sleep(1.0)  # woken with a step (1 s of virtual time) that ends now
+            for _ in range(50):  # the loop's turns at this instant
+                seen.setdefault(trio.current_time(), set()).add(engine.completed)
+                await trio.lowlevel.checkpoint()
+
+    async with engine, trio.open_nursery() as nursery:
+        for _ in range(1000):
+            nursery.start_soon(collect, engine, EngineRequest(SamplingParams(), prompt="p"))
+        nursery.start_soon(probe)
+    assert engine.completed == 1000 and engine.peak_batch > 2 * engine.wakes_per_turn
+    assert max(len(counts) for counts in seen.values()) >= 3, seen
+
+
 async def test_injected_failure_fails_live_requests_and_refuses_new(autojump_clock: object) -> None:
     async with SimulatedEngine("w " * 100) as engine:
         errors: list[BaseException] = []

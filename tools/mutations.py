@@ -1059,6 +1059,13 @@ MUTATIONS = [
         ("tests/test_runtime.py::test_worker_inbox_and_concurrency_are_bounded",),
     ),
     Mutation(
+        "simulated-step-yields-between-chunks",
+        "a simulated engine step advances every request in one go, holding the loop for the whole batch",
+        SRC + "_simulated.py",
+        (("                if n % chunk == 0:\n", "                if False:\n"),),
+        ("tests/test_simulated_engine.py::test_a_large_step_lets_the_loop_run_between_chunks",),
+    ),
+    Mutation(
         "admission-slot-of-a-cancelled-requester-goes-on",
         "a requester cancelled after it was handed an admission slot (asyncio) keeps it: the slot is lost",
         SA + "_backend.py",

@@ -279,7 +279,15 @@ class SimulatedEngine:
             reuse.  ``prefill_tokens`` counts the prompt tokens computed,
             ``cached_prompt_tokens`` those reused.
         block_size: prompt tokens per KV block.
+
+    A step hands its tokens to at most :attr:`wakes_per_turn` requests per loop
+    turn, with a checkpoint between the chunks: a step that advances thousands of
+    requests lets the loop's other tasks (a timer, a health check, a new
+    request's admission) run meanwhile instead of waiting for the whole batch.
     """
+
+    #: requests a step advances between two checkpoints
+    wakes_per_turn = 64
 
     def __init__(
         self,
@@ -604,9 +612,12 @@ class SimulatedEngine:
             self.peak_batch = max(self.peak_batch, len(self._running))
             await self._sleep(self.cost.step_time(batch))
             self.steps += 1
-            for key, r in ready:
+            chunk = self.wakes_per_turn
+            for n, (key, r) in enumerate(ready, 1):
+                if n % chunk == 0:
+                    await anyio.lowlevel.checkpoint()  # the loop's other tasks run
                 if self._running.get(key) is not r:
-                    continue  # released while the step ran
+                    continue  # released while the step ran (or the chunk before)
                 if self._step(r):
                     del self._running[key]
                     self._kv_used -= r.reserve

@@ -25,15 +25,8 @@ class WordTokenizer:
     def split_shared(self, text: str) -> list[str]:
         """:meth:`split`, each piece the vocabulary's own string (ids assigned on
         first sight): texts held at once share their words' memory."""
-        out = []
-        ids, vocab = self._ids, self._pieces
-        for p in _TOKEN.findall(text):
-            i = ids.get(p)
-            if i is None:
-                i = ids[p] = len(vocab)
-                vocab.append(p)
-            out.append(vocab[i])
-        return out
+        vocab = self._pieces
+        return [vocab[i] for i in self.encode(text)]
 
     def ids_for(self, pieces: Iterable[str]) -> list[int]:
         out = []

@@ -140,7 +140,7 @@ def current_backend() -> Backend:
 
 
 class _Granted(Parked):
-    """A requester waiting for admission (parked until handed a slot)."""
+    """A requester waiting for one of :class:`Slots` (parked until handed one)."""
 
     __slots__ = ("granted",)
 

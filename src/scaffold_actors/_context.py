@@ -115,14 +115,15 @@ class Handle(Generic[T]):
         return self.result()
 
 
-def _cancel_job_end(end: Any) -> None:
-    """``cancel()`` of a job's ``done`` (``_TaskHandle`` for a :class:`Parallel`
-    block, ``_StepJob`` for a generator controller's fan-out): cancel the job; a
-    job still queued, which will never run, is over at once."""
+def _cancel_job_end(end: Any, job: _Job) -> None:
+    """``cancel()`` of ``job``'s ``done`` (``_TaskHandle`` for a :class:`Parallel`
+    block; for a generator controller's fan-out the job is its own end,
+    ``_StepJob``): cancel the job; a job still queued, which will never run, is
+    over at once."""
     if not end.is_set():
         end.cancelled = True
-        end._job.cancel()
-        if not end._job.started:
+        _Job.cancel(job)  # the job's own cancel (a fan-out's end is the job)
+        if not job.started:
             end.set()  # never reached a runner, and never will: over now
 
 
@@ -148,7 +149,7 @@ class _TaskHandle(Handle[Any]):
         self._job: Any = None
 
     def cancel(self) -> None:
-        _cancel_job_end(self)
+        _cancel_job_end(self, self._job)
 
     def is_set(self) -> bool:
         return self._finished

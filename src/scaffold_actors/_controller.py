@@ -11,7 +11,7 @@ import anyio.abc
 
 from engine_bridge import raise_single
 
-from ._context import RequestContext, _JobOwner, under_token_budget
+from ._context import RequestContext, _cancel_job_end, _JobOwner, under_token_budget
 from ._scope import ExecutionScope, current_scope
 from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task
 from ._worker import WorkerActor, _Job
@@ -302,11 +302,7 @@ class _StepJob(_Job):
 
     def cancel(self) -> None:
         """Cancel the job; one still queued, which will never run, is over at once."""
-        if not self._over:
-            self.cancelled = True
-            _Job.cancel(self)
-            if not self.started:
-                self.set()
+        _cancel_job_end(self, self)
 
 
 class _FanOut(_JobOwner):

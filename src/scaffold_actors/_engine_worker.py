@@ -25,8 +25,8 @@ from ._worker import Handler, Worker
 __all__ = ["EngineWorker"]
 
 
-# A task's fields are set through attrs' __setattr__ (its validators run on
-# assignment): a field already holding the value is left alone.
+# Each assignment to a task's field runs its class's __setattr__ hook (the
+# field's converter and validator): a field already holding the value is left alone.
 
 
 def _apply(task: GenerationTask, delta: EngineDelta) -> None:

@@ -78,6 +78,14 @@ class ScopedEchoWorker(EchoWorker):
     task_handlers: ClassVar[dict[type[Task], Handler]] = {GenerationTask: handle_in_scope}  # type: ignore[dict-item]
 
 
+class RunnerEngine(SimulatedEngine):
+    """A simulated engine read only through ``open_stream``, as the bridged
+    engines are: an engine worker runs its generations in runner tasks (the
+    handler path) instead of starting their streams without one."""
+
+    start_stream = None  # type: ignore[assignment]
+
+
 def reached(engine: SimulatedEngine) -> int:
     """Requests the engine ever saw (finished, aborted or alive)."""
     return engine.completed + engine.aborted + engine.failed + engine.num_active

@@ -8,7 +8,7 @@ import threading
 import anyio
 import anyio.lowlevel
 import pytest
-from helpers import EchoWorker, answers, one_shot
+from helpers import EchoWorker, RunnerEngine, answers, one_shot
 
 from engine_bridge import CostModel, SimulatedEngine
 from scaffold_actors import (
@@ -134,8 +134,9 @@ async def test_parallel_children_on_both_backends() -> None:
 async def test_a_task_handed_to_an_idle_runner_is_cancelled_in_the_engine() -> None:
     """After a first task, its runner waits for work and the next task is handed
     to it straight from the requester (no trip through the inbox): cancelling
-    that request still aborts the generation in the engine before it returns."""
-    engine = SimulatedEngine(LONG, cost=FAST)
+    that request still aborts the generation in the engine before it returns.
+    (An engine read through ``open_stream`` only: generations run in runners.)"""
+    engine = RunnerEngine(LONG, cost=FAST)
     async with AsyncScaffoldingLlm(
         Sampler(max_tokens=2000), {"generation": EngineWorker(engine)}
     ) as llm:

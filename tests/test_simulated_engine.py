@@ -215,3 +215,95 @@ def test_request_validation() -> None:
         EngineRequest(SamplingParams(), prompt="")
     with pytest.raises(InvalidRequestError, match="messages"):
         EngineRequest(SamplingParams(), messages=[{"role": "user"}])
+
+
+class Reader:
+    """A started stream's consumer, as the runtime's is: it reads in ``on_wake``
+    (called from the engine's own task) and closes the stream when it is over."""
+
+    def __init__(self, engine: SimulatedEngine, request: EngineRequest, stop_after: int = 0):
+        self.text, self.wakes, self.deltas = "", 0, 0
+        self.finish: str | None = None
+        self.error: BaseException | None = None
+        self.over = trio.Event()
+        self.stop_after = stop_after  # close after this many deltas (0: read to the end)
+        self.stream = engine.start_stream(request, self.on_wake)
+
+    def on_wake(self) -> None:
+        self.wakes += 1
+        assert not self.over.is_set(), "woken after the stream was closed"
+        try:
+            while (d := self.stream.next_nowait()) is not None:
+                self.deltas += 1
+                self.text += d.text
+                self.finish = d.finish_reason
+                if self.deltas == self.stop_after:
+                    break
+            else:
+                return  # more to come
+        except StopAsyncIteration:
+            pass
+        except EngineError as e:
+            self.error = e
+        self.stream.close()
+        self.over.set()
+
+
+async def test_a_started_stream_is_read_in_its_wake_ups(autojump_clock: object) -> None:
+    async with SimulatedEngine("one two three four") as engine:
+        reader = Reader(engine, EngineRequest(SamplingParams(), prompt="hi", stream=True))
+        assert engine.num_active == 1  # admitted at once, no task of its own
+        await reader.over.wait()
+        assert (reader.text, reader.finish, reader.deltas) == ("one two three four", "stop", 4)
+        assert engine.num_active == 0 and engine.completed == 1 and engine.aborted == 0
+        # a request that is not streamed wakes its reader once, with the whole text
+        once = Reader(engine, EngineRequest(SamplingParams(), prompt="hi", stream=False))
+        await once.over.wait()
+        assert (once.text, once.deltas, once.wakes) == ("one two three four", 1, 1)
+
+
+async def test_closing_a_started_stream_aborts_it_at_once(autojump_clock: object) -> None:
+    async with SimulatedEngine("w " * 100) as engine:
+        request = EngineRequest(SamplingParams(max_tokens=100), prompt="p", stream=True)
+        reader = Reader(engine, request, stop_after=3)
+        await reader.over.wait()
+        # closed from its wake-up, in the middle of the engine's step: released
+        # before close() returned, and never woken again
+        assert engine.num_active == 0 and engine.aborted == 1
+        wakes = reader.wakes
+        await trio.sleep(1.0)
+        assert reader.wakes == wakes and reader.deltas == 3
+        # closed from outside, while it runs
+        other = Reader(engine, request)
+        await trio.sleep(0.05)
+        other.stream.close()
+        assert engine.num_active == 0 and engine.aborted == 2
+        with pytest.raises(StopAsyncIteration):
+            other.stream.next_nowait()
+
+
+async def test_a_started_stream_raises_the_engines_failure(autojump_clock: object) -> None:
+    async with SimulatedEngine("w " * 100) as engine:
+        request = EngineRequest(SamplingParams(max_tokens=100), prompt="p", stream=True)
+        readers = [Reader(engine, request), Reader(engine, request)]
+        await trio.sleep(0.1)
+        engine.inject_failure()
+        for reader in readers:
+            await reader.over.wait()
+            assert isinstance(reader.error, EngineError)
+        assert engine.num_active == 0
+        with pytest.raises(EngineError, match="unhealthy"):
+            engine.start_stream(request, lambda: None)
+
+
+async def test_start_stream_refuses_what_open_stream_refuses(autojump_clock: object) -> None:
+    request = EngineRequest(SamplingParams(max_tokens=4), prompt="p")
+    with pytest.raises(EngineClosedError):
+        SimulatedEngine().start_stream(request, lambda: None)
+    async with SimulatedEngine(max_context=4) as engine:
+        with pytest.raises(InvalidRequestError) as info:
+            engine.start_stream(
+                EngineRequest(SamplingParams(max_tokens=4), prompt="a b c"), lambda: None
+            )
+        assert info.value.field == "prompt"
+        assert engine.num_active == 0

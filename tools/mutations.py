@@ -34,6 +34,7 @@ RT = "tests/test_runtime_promises.py::"
 WP = "tests/test_worker_protocol.py::"
 SUB = "tests/test_submit.py::"
 FAN = "tests/test_fanout.py::"
+SG = "tests/test_started_generations.py::"
 
 
 @dataclass(frozen=True)
@@ -871,8 +872,8 @@ MUTATIONS = [
         SA + "_worker.py",
         (
             (
-                "if not self._idle or self._in_inbox or self._waiting_senders or self._closed:",
-                "if not self._idle or self._closed:",
+                "            or self._in_inbox\n            or self._waiting_senders\n            or self._closed\n",
+                "            or self._closed\n",
             ),
         ),
         (RT + "test_a_task_goes_to_an_idle_runner_only_when_nothing_waits_before_it",),
@@ -1217,6 +1218,99 @@ MUTATIONS = [
             ),
         ),
         (FAN + "test_a_sub_generator_that_streams_goes_on_in_a_task_of_its_own",),
+    ),
+    Mutation(
+        "plain-generation-starts-without-runner",
+        "an engine worker runs every generation in a runner task, even on an engine that starts streams",
+        SA + "_engine_worker.py",
+        (('start = getattr(type(engine), "start_stream", None)', "start = None"),),
+        (SG + "test_a_plain_generation_runs_without_a_task_of_its_own",),
+    ),
+    Mutation(
+        "started-generation-cancel-aborts",
+        "cancelling a generation started without a runner does not reach its engine request",
+        SA + "_engine_worker.py",
+        (("        job.cancel_scope = run\n", "        job.cancel_scope = None\n"),),
+        (SG + "test_cancelling_a_started_generation_aborts_it_in_the_engine",),
+    ),
+    Mutation(
+        "started-generation-error-reaches-requester",
+        "an error while a started generation's deltas are applied is dropped",
+        SA + "_engine_worker.py",
+        (
+            (
+                "            except Exception as exc:  # handed to the requester, never swallowed\n                job.error = exc\n        self.cancel()",
+                "            except Exception:\n                pass\n        self.cancel()",
+            ),
+        ),
+        (SG + "test_an_error_while_reading_a_started_generation_fails_its_task",),
+    ),
+    Mutation(
+        "started-generation-cancelled-before-start-skips-engine",
+        "a generation cancelled while it waited for a slot is still started in the engine",
+        SA + "_engine_worker.py",
+        (
+            (
+                "        if job.cancel_requested:  # cancelled before it began",
+                "        if False:  # cancelled before it began",
+            ),
+        ),
+        (SG + "test_a_generation_cancelled_before_it_began_never_reaches_the_engine",),
+    ),
+    Mutation(
+        "actor-close-waits-for-started-generations",
+        "a closed actor's serve returns while generations started without a runner still run",
+        SA + "_worker.py",
+        (
+            (
+                "            if self._started:  # jobs without a runner",
+                "            if False:  # jobs without a runner",
+            ),
+        ),
+        (SG + "test_closing_an_actor_waits_for_its_started_generations",),
+    ),
+    Mutation(
+        "admission-error-fails-the-job",
+        "an engine's refusal at a runner-less start leaves the dispatch (slot and running count lost)",
+        SA + "_worker.py",
+        (
+            (
+                "            except Exception as exc:  # what its handler would have raised at once",
+                "            except ZeroDivisionError as exc:  # what its handler would have raised at once",
+            ),
+        ),
+        (SUB + "test_a_task_refused_at_admission_fails_its_block",),
+    ),
+    Mutation(
+        "submitted-job-counted-before-handover",
+        "Parallel.submit counts a job after handing it over: one over at once stays counted for ever",
+        SA + "_context.py",
+        (
+            (
+                "        self._handles.append(handle)\n        self._jobs.add(handle)\n        self._running += 1\n        if not actor.submit_nowait(job):\n            self._handles.pop()\n            self._jobs.discard(handle)\n            self._running -= 1\n            return self.start(_run_resolved, ctx, task, actor)\n        return handle",
+                "        if not actor.submit_nowait(job):\n            return self.start(_run_resolved, ctx, task, actor)\n        self._handles.append(handle)\n        self._jobs.add(handle)\n        self._running += 1\n        return handle",
+            ),
+        ),
+        (SUB + "test_a_task_refused_at_admission_fails_its_block",),
+    ),
+    Mutation(
+        "finished-handle-cuts-cycles",
+        "a submitted task's handle keeps its block and its job once over: each request is left to the collector",
+        SA + "_context.py",
+        (("        self._par = self._job = None\n", "        pass\n"),),
+        (SUB + "test_a_finished_request_is_freed_without_the_collector",),
+    ),
+    Mutation(
+        "finished-fan-out-job-cuts-cycles",
+        "a fan-out's job keeps itself, its branch and its fan-out once over: each compat request is left to the collector",
+        SA + "_controller.py",
+        (
+            (
+                "            self.done = self.fanout = self.branch = None  # type: ignore[assignment]\n",
+                "            pass\n",
+            ),
+        ),
+        (FAN + "test_a_finished_fan_out_is_freed_without_the_collector",),
     ),
 ]
 

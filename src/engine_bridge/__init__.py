@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 from ._bridge import first_error, raise_single
 from ._pool import EnginePool, Replica, ReplicaState, prompt_key
-from ._protocol import Engine
+from ._protocol import Engine, StartedStream, StartsStreams
 from ._simulated import CostModel, SimulatedCall, SimulatedEngine, SimulatedOutput
 from ._toolcalls import (
     FunctionCall,
@@ -73,6 +73,8 @@ __all__ = [
     "SimulatedCall",
     "SimulatedEngine",
     "SimulatedOutput",
+    "StartedStream",
+    "StartsStreams",
     "TRTLLMEngine",
     "ToolCall",
     "TopLogprobs",

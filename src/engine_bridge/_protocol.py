@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from ._types import EngineDelta, EngineRequest, KVCacheDrop
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "StartedStream", "StartsStreams"]
 
 
 @runtime_checkable
@@ -73,3 +73,49 @@ class Engine(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class StartedStream(Protocol):
+    """A request's deltas read without a task of its own (what
+    :meth:`StartsStreams.start_stream` returns).
+
+    ``next_nowait()`` returns the next :class:`EngineDelta`, ``None`` while none
+    is queued; it raises the request's error once the queued deltas are read,
+    and :class:`StopAsyncIteration` once the request is over (its last delta
+    read, or the stream closed).
+
+    ``close()`` is leaving ``open_stream``'s block: the engine is told to drop
+    the request (aborting it if it still runs), and no delta is delivered after.
+    ``released`` is ``True`` once the engine holds nothing of the request any
+    more; an engine that confirms a drop later calls the stream's ``on_wake``
+    once more when it has.  Neither blocks.
+    """
+
+    @property
+    def released(self) -> bool: ...
+
+    def next_nowait(self) -> EngineDelta | None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class StartsStreams(Protocol):
+    """An engine that can also start a request without a task to read it.
+
+    ``start_stream(request, on_wake)`` admits ``request`` at once, raising what
+    ``open_stream``'s entry raises (a closed or failed engine, an invalid
+    request), and returns its :class:`StartedStream`.  ``on_wake()`` is called in
+    the event loop, from the engine's own task, whenever the stream may have
+    something new (a delta, an error, the end, a confirmed release); it must
+    neither block nor raise, and may close the stream.  Never blocks: an engine
+    that admits by waiting for capacity does not implement it.
+
+    The runtime uses it for a plain :class:`GenerationTask` on an
+    :class:`EngineWorker` (no task, no cancel scope and no frames per running
+    generation); an engine without it is read through ``open_stream``.
+    """
+
+    def start_stream(
+        self, request: EngineRequest, on_wake: Callable[[], None]
+    ) -> StartedStream: ...

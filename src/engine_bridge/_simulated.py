@@ -156,18 +156,21 @@ def _continued(pieces: Sequence[str], continuation: str | None) -> int:
 
 
 class _SimRequest(Parked):
-    """One request in the engine, and the async iterator over its deltas (its
-    consumer waits parked on it: no event object per wait, no buffer until a
-    delta is queued)."""
+    """One request in the engine, and its stream of deltas: an async iterator
+    (its consumer waits parked on it: no event object per wait, no buffer until
+    a delta is queued), or, started by :meth:`SimulatedEngine.start_stream`, a
+    :class:`~engine_bridge.StartedStream` read without a task."""
 
     __slots__ = (
         "blocks",
         "done",
         "emitted",
+        "engine",
         "error",
         "fail",
         "finish",
         "logprobs",
+        "on_wake",
         "park",
         "pending",
         "pieces",
@@ -209,6 +212,9 @@ class _SimRequest(Parked):
         self.released = False
         self.ready_at = 0.0  # no token before this time (a stall)
         self.fail: tuple[int, BaseException] | None = None  # (after tokens, error)
+        # set by start_stream: what wake() calls, and whose _release close() calls
+        self.on_wake: Callable[[], None] | None = None
+        self.engine: SimulatedEngine | None = None
 
     def push(self, delta: EngineDelta) -> None:
         if self.pending is None:
@@ -216,20 +222,37 @@ class _SimRequest(Parked):
         self.pending.append(delta)
 
     def wake(self) -> None:
-        if self.waiter is not None:
+        if self.on_wake is not None:
+            self.on_wake()
+        elif self.waiter is not None:
             self.unpark(self, None)
+
+    def next_nowait(self) -> EngineDelta | None:
+        """The next delta; ``None`` while none is queued.  Raises the request's
+        error, or :class:`StopAsyncIteration` once it is over (finished or
+        closed).  Never blocks."""
+        if self.pending:
+            return self.pending.popleft()
+        if self.error is not None:
+            raise self.error
+        if self.done:
+            raise StopAsyncIteration
+        return None
+
+    def close(self) -> None:
+        """A started stream's end: the engine releases the request (aborting it
+        if it still runs) before this returns; no delta is delivered after."""
+        assert self.engine is not None, "close() ends a stream from start_stream()"
+        self.engine._release(self)
 
     def __aiter__(self) -> _SimRequest:
         return self
 
     async def __anext__(self) -> EngineDelta:
         while True:
-            if self.pending:
-                return self.pending.popleft()
-            if self.error is not None:
-                raise self.error
-            if self.done:
-                raise StopAsyncIteration
+            delta = self.next_nowait()
+            if delta is not None:
+                return delta
             await self.park(self)
 
 
@@ -452,6 +475,20 @@ class SimulatedEngine:
     ) -> AbstractAsyncContextManager[AsyncIterator[EngineDelta]]:
         return _Open(self, request)
 
+    def start_stream(self, request: EngineRequest, on_wake: Callable[[], None]) -> _SimRequest:
+        """Admit ``request`` now and return its :class:`~engine_bridge.StartedStream`:
+        read without a task of its own (``next_nowait()``), ``on_wake()`` is called
+        in the engine's loop task whenever a delta is queued or the request
+        ended; ``close()`` releases it.  Raises what ``open_stream``'s entry
+        raises (a closed or failed engine, an invalid request).  Never blocks.
+
+        ``on_wake`` must not block and must not raise; it may ``close()`` the
+        stream (a consumer done with it, or cancelled)."""
+        r = self._admit(request)
+        r.on_wake = on_wake
+        r.engine = self
+        return r
+
     def _admit(self, request: EngineRequest) -> _SimRequest:
         """``open_stream``'s entry: check ``request`` and queue it."""
         if self._failure is not None:
@@ -619,8 +656,10 @@ class SimulatedEngine:
                 if self._running.get(key) is not r:
                     continue  # released while the step ran (or the chunk before)
                 if self._step(r):
-                    del self._running[key]
-                    self._kv_used -= r.reserve
+                    # (a started stream's consumer may have released it already,
+                    # in its wake-up)
+                    if self._running.pop(key, None) is not None:
+                        self._kv_used -= r.reserve
                     if r.error is None:
                         self.completed += 1
                     else:

@@ -149,7 +149,8 @@ class _TaskHandle(Handle[Any]):
         self._job: Any = None
 
     def cancel(self) -> None:
-        _cancel_job_end(self, self._job)
+        if not self._finished:
+            _cancel_job_end(self, self._job)
 
     def is_set(self) -> bool:
         return self._finished
@@ -164,6 +165,9 @@ class _TaskHandle(Handle[Any]):
         elif not self.cancelled:
             self._value = job.task
         self._par._job_over(self, status)
+        # over: the cycles with its block and its job are cut, so a finished
+        # request is freed by reference counting, not left to a full collection
+        self._par = self._job = None  # type: ignore[assignment]
 
 
 class _JobOwner:
@@ -331,11 +335,16 @@ class Parallel(_JobOwner):
         branch = parent.child(index) if parent is not None else None
         handle = _TaskHandle(index, self, anyio.current_time() if ctx.trace is not None else 0.0)
         job = handle._job = _Job(task, ctx.request_id, None, None, handle, branch)
-        if not actor.submit_nowait(job):
-            return self.start(_run_resolved, ctx, task, actor)
+        # counted before it is handed over: a job may be over before submit_nowait
+        # returns (its engine refused it at admission)
         self._handles.append(handle)
         self._jobs.add(handle)
         self._running += 1
+        if not actor.submit_nowait(job):
+            self._handles.pop()
+            self._jobs.discard(handle)
+            self._running -= 1
+            return self.start(_run_resolved, ctx, task, actor)
         return handle
 
     async def _child(

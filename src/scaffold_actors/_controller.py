@@ -299,6 +299,9 @@ class _StepJob(_Job):
         if not self._over:
             self._over = True
             self.fanout._job_over(self)
+            # over: its cycles (its own end, its branch and fan-out) are cut, so
+            # a finished request is freed by reference counting
+            self.done = self.fanout = self.branch = None  # type: ignore[assignment]
 
     def cancel(self) -> None:
         """Cancel the job; one still queued, which will never run, is over at once."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from engine_bridge import (
     Engine,
@@ -21,6 +21,11 @@ from ._hints import DropKVCacheTask, TokenizeTask
 from ._task_context import task_context
 from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task, TaskStatus
 from ._worker import Handler, Worker
+
+if TYPE_CHECKING:
+    from engine_bridge import StartedStream
+
+    from ._worker import WorkerActor, _Job
 
 __all__ = ["EngineWorker"]
 
@@ -64,6 +69,58 @@ def _reset_outputs(task: GenerationTask) -> None:
         task.completion_tokens_num = 0
 
 
+class _StartedGeneration:
+    """A :class:`GenerationTask` run without a handler frame: the engine calls it
+    (``on_wake``) as deltas come, and it does what ``generation_handler`` does
+    with each.  It is also the job's canceller (``job.cancel_scope``)."""
+
+    __slots__ = ("actor", "job", "partials", "stream")
+
+    def __init__(self, actor: WorkerActor, job: _Job, partials: bool) -> None:
+        self.actor = actor
+        self.job = job
+        self.partials = partials
+        self.stream: StartedStream | None = None  # None: over (the job ended)
+
+    def __call__(self) -> None:
+        stream = self.stream
+        if stream is None:
+            return
+        job = self.job
+        if not job.cancel_requested:
+            task: GenerationTask = job.task  # type: ignore[assignment]
+            try:
+                while not job.cancel_requested:
+                    delta = stream.next_nowait()
+                    if delta is None:
+                        return  # more to come: the engine wakes us again
+                    _apply(task, delta)
+                    job.report_tokens(delta.num_tokens)
+                    if self.partials and delta.finish_reason is None:
+                        task.streaming_output_list.append(
+                            ScaffoldingOutput(
+                                task.output_str, list(task.output_tokens or ()), finished=False
+                            )
+                        )
+                    job.notify_progress()
+            except StopAsyncIteration:
+                pass
+            except Exception as exc:  # handed to the requester, never swallowed
+                job.error = exc
+        self.cancel()  # over (or cancelled): release it
+
+    def cancel(self) -> None:
+        """Close the stream (``job.cancel()`` calls it): the engine drops the
+        request, aborting it if it still runs; the job ends once the engine
+        released it.  Idempotent."""
+        stream = self.stream
+        if stream is not None:
+            stream.close()
+            if stream.released:  # else the engine wakes us once it has
+                self.stream = None
+                self.actor._end_started(self.job)
+
+
 class EngineWorker(Worker):
     """Runs :class:`GenerationTask` and :class:`StreamGenerationTask` on ``engine``.
 
@@ -74,6 +131,12 @@ class EngineWorker(Worker):
     request's prompt is checked against the engine at submission
     (:meth:`check_request`) unless ``check_prompts=False``.  A task's engine request is aborted as soon as the task is
     cancelled (the engine frees its slot before the cancellation completes).
+
+    On an engine that can start streams (:class:`~engine_bridge.StartsStreams`,
+    the simulated engine), a plain :class:`GenerationTask` run by the stock
+    ``generation_handler`` on a worker without ``task_timeout`` runs without a
+    task of its own: the engine hands it each delta, and it does what the
+    handler would (same outputs, token reports, progress, errors, cancellation).
     """
 
     def __init__(
@@ -155,6 +218,37 @@ class EngineWorker(Worker):
                     )
                 ctx.notify_progress()
         return TaskStatus.SUCCESS
+
+    def _start_nowait(self, actor: WorkerActor, job: _Job) -> bool:
+        """Start ``job`` without a runner when it is a plain generation that
+        ``generation_handler`` would run and the engine can start streams
+        (:class:`~engine_bridge.StartsStreams`); ``False``: run it as usual.
+        Raises what the engine's admission raises."""
+        task = job.task
+        if (
+            self.task_timeout is not None
+            or not isinstance(task, GenerationTask)
+            or self.find_handler(type(task)) is not _GENERATION
+        ):
+            return False
+        # the engine's class must have it (a wrapper forwarding attributes to an
+        # engine inside would skip its own open_stream)
+        engine = self.engine
+        start = getattr(type(engine), "start_stream", None)
+        if start is None:
+            return False
+        if job.cancel_requested:  # cancelled before it began: it never reaches the engine
+            actor._end_started(job)
+            return True
+        partials = task.streaming_output_flag
+        run = _StartedGeneration(actor, job, partials)
+        request = task.engine_request(
+            self.default_params, stream=job.counts_tokens or job.streamed or partials
+        )
+        _reset_outputs(task)
+        run.stream = start(engine, request, run)
+        job.cancel_scope = run
+        return True
 
     async def stream_generation_handler(self, task: StreamGenerationTask) -> TaskStatus:
         ctx = task_context()
@@ -239,3 +333,6 @@ class EngineWorker(Worker):
 
     def __repr__(self) -> str:
         return f"EngineWorker({self.engine!r})"
+
+
+_GENERATION = EngineWorker.task_handlers[GenerationTask]

@@ -81,6 +81,10 @@ class Worker:
     inbox_size: int = 256
     task_timeout: float | None = None
     streaming_tasks: tuple[type[Task], ...] = ()
+    # ``_start_nowait(actor, job) -> bool``: start a job without a runner (it
+    # calls ``actor._end_started(job)`` once over), or False; raises what the
+    # job's handler would raise at once.  Ours only (EngineWorker's).
+    _start_nowait: Callable[[WorkerActor, _Job], bool] | None = None
 
     def register_task_handler(self, task_cls: type[Task], handler: Handler) -> None:
         """Add or replace the handler for ``task_cls`` on this worker only.
@@ -260,7 +264,11 @@ class WorkerActor:
     task, and counted in ``grace_overruns``.
 
     Handlers run in runner tasks under ``serve``'s task group, never in the
-    requester's task: a runner takes the next job when its handler returns, and
+    requester's task.  A worker may start a job without a runner instead (the
+    engine worker does, for a plain generation on an engine that starts streams:
+    the engine then calls it as deltas come); such a job keeps every promise
+    above, its cancel aborting the engine request before ``execute`` returns,
+    and ``serve`` waits for it as for a runner.  A runner takes the next job when its handler returns, and
     ``execute`` hands a job straight to an idle runner (skipping the inbox) only
     when no job is queued or waiting to be queued before it and a slot is free.
     A runner whose handler left a context variable set retires, so the next job
@@ -296,6 +304,11 @@ class WorkerActor:
         self._closed = False
         self._in_inbox = 0  # jobs sent and not yet taken by serve
         self._waiting_senders = 0
+        # jobs the worker started without a runner (Worker._start_nowait), and
+        # what serve waits on for them at the end
+        self._start_nowait = self.worker._start_nowait
+        self._started = 0
+        self._started_over: Any = None
 
     @property
     def queued(self) -> int:
@@ -322,6 +335,9 @@ class WorkerActor:
                         except (anyio.WouldBlock, anyio.EndOfStream):
                             break
                 self._release_idle()  # the inbox is closed: idle runners exit
+            if self._started:  # jobs without a runner are still running: wait for them
+                self._started_over = self._loop.Event()
+                await self._started_over.wait()
         finally:
             self._closed = True  # (on an error the group has cancelled every runner)
 
@@ -331,6 +347,18 @@ class WorkerActor:
         # started from now on: a requester cancelled before its handler begins still
         # waits for it (it may reach the engine first)
         job.started = True
+        start = self._start_nowait
+        if start is not None:
+            self._started += 1
+            try:
+                taken = start(self, job)
+            except Exception as exc:  # what its handler would have raised at once
+                job.error = exc
+                taken = True
+                self._end_started(job)
+            if taken:
+                return
+            self._started -= 1
         unpark = self._loop.unpark
         while self._idle:
             if unpark(self._idle.pop(), job):
@@ -339,10 +367,27 @@ class WorkerActor:
         # one starts it): the one snapshot every runner's jobs are checked against
         self._clean.run(self._group.start_soon, self._runner, job)
 
+    def _end_started(self, job: _Job) -> None:
+        """A job started without a runner is over (called once, by what runs it)."""
+        job.cancel_scope = None
+        self._started -= 1
+        self.running -= 1
+        self.completed += 1
+        self._slots.give_back()
+        job.done.set()
+        if not self._started and self._started_over is not None:
+            self._started_over.set()
+
     def _hand_to_idle_runner(self, job: _Job) -> bool:
-        """Start ``job`` at once on an idle runner, when nothing is queued or
-        waiting before it and a slot is free (else it goes through the inbox)."""
-        if not self._idle or self._in_inbox or self._waiting_senders or self._closed:
+        """Start ``job`` at once, when nothing is queued or waiting before it and
+        a slot is free (else it goes through the inbox), on an idle runner or
+        (when the worker can) without one."""
+        if (
+            (not self._idle and (self._start_nowait is None or self._group is None))
+            or self._in_inbox
+            or self._waiting_senders
+            or self._closed
+        ):
             return False
         if not self._slots.take_nowait():
             return False
@@ -354,7 +399,9 @@ class WorkerActor:
         it would have to wait for room in the inbox, so the caller can wait in
         a task of its own.  Raises what ``execute`` raises for a closed actor.
         ``job.done.set()`` is called exactly once the job is over (its handler
-        returned, or it was dropped from the inbox, cancelled before it began)."""
+        returned, or it was dropped from the inbox, cancelled before it began),
+        possibly before this returns (a job the worker started without a runner
+        that its engine refused at admission): count the job before calling."""
         if self._hand_to_idle_runner(job):
             return True
         if self._waiting_senders:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import pytest
 import trio
 import trio.testing
-from helpers import OrderedEchoWorker, ScopedEchoWorker, StuckWorker, reached
+from helpers import OrderedEchoWorker, RunnerEngine, ScopedEchoWorker, StuckWorker, reached
 
 from engine_bridge import SimulatedEngine
 from scaffold_actors import (
@@ -171,10 +171,19 @@ async def test_a_bad_task_is_thrown_into_its_generator_and_nothing_of_its_yield_
     assert reached(engine) == 0
 
 
+# "runner": an engine read through open_stream only, whose aborted generations
+# unwind in their runners (what the fan-out must wait for); "started": plain
+# generations started without a runner, dropped by the engine as they are cancelled
+ENGINES = pytest.mark.parametrize(
+    "engine_kind", [SimulatedEngine, RunnerEngine], ids=["started", "runner"]
+)
+
+
+@ENGINES
 async def test_a_generator_error_aborts_every_branch_and_leaves_unchanged(
-    autojump_clock: object,
+    engine_kind: type[SimulatedEngine], autojump_clock: object
 ) -> None:
-    engine = SimulatedEngine(LONG)
+    engine = engine_kind(LONG)
     closed: list[int] = []
 
     def waiting(tasks: list[Task]) -> Generator[Any, Any, None]:
@@ -198,10 +207,11 @@ async def test_a_generator_error_aborts_every_branch_and_leaves_unchanged(
     assert closed == [0]
 
 
+@ENGINES
 async def test_cancelling_the_request_aborts_every_task_and_closes_every_generator(
-    autojump_clock: object,
+    engine_kind: type[SimulatedEngine], autojump_clock: object
 ) -> None:
-    engine = SimulatedEngine(LONG)
+    engine = engine_kind(LONG)
     closed: list[tuple[int, int]] = []
 
     def waiting(i: int) -> Step:

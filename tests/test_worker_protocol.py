@@ -2,9 +2,11 @@
 budgets, streaming (native and generator controllers), prechecks and ``stats()``
 exactly as the engine worker does.
 
-Every check runs on two workers: ``DocWorker`` below (uses nothing but the public
+Every check runs on three workers: ``DocWorker`` below (uses nothing but the public
 API: ``Worker``, ``task_context()``, ``streaming_tasks``, ``check_request``,
-``stats``) and ``EngineWorker`` over the simulated engine.  Live counts are read
+``stats``) and ``EngineWorker`` over the simulated engine, both as it is
+(plain generations start without a runner) and read through ``open_stream`` only
+(every generation runs ``generation_handler``).  Live counts are read
 from each worker's own state (``DocWorker.live``, the engine's ``num_active``).
 """
 
@@ -15,6 +17,7 @@ from typing import Any, ClassVar
 
 import anyio
 import pytest
+from helpers import RunnerEngine
 
 from engine_bridge import CostModel, SamplingParams, SimulatedEngine
 from scaffold_actors import (
@@ -91,13 +94,16 @@ class Subject:
             self.worker: Worker = DocWorker()
             self.live: Callable[[], int] = lambda: self.worker.live  # type: ignore[attr-defined]
         else:
+            # "engine": plain generations start without a runner; "runner-engine":
+            # an engine read through open_stream only, so generation_handler runs
             text = " ".join(f"w{i}" for i in range(WORDS))
-            engine = SimulatedEngine(text, cost=CostModel(0.0, STEP, 0.0), max_context=64)
+            kind = SimulatedEngine if name == "engine" else RunnerEngine
+            engine = kind(text, cost=CostModel(0.0, STEP, 0.0), max_context=64)
             self.worker = EngineWorker(engine, default_params=SamplingParams(max_tokens=WORDS))
             self.live = lambda: engine.num_active
 
 
-@pytest.fixture(params=["doc", "engine"])
+@pytest.fixture(params=["doc", "engine", "runner-engine"])
 def subject(request: pytest.FixtureRequest) -> Subject:
     return Subject(request.param)
 

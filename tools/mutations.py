@@ -261,6 +261,21 @@ MUTATIONS = [
             ),
         ),
         (
+            WP + "test_a_budget_stops_a_generation_mid_way[runner-engine]",
+            WP + "test_a_budget_charges_each_token_as_it_is_made[runner-engine]",
+        ),
+    ),
+    Mutation(
+        "started-generation-reports-tokens",
+        "a generation started without a runner never reports tokens to the run context",
+        SA + "_engine_worker.py",
+        (
+            (
+                "                    _apply(task, delta)\n                    job.report_tokens(delta.num_tokens)\n",
+                "                    _apply(task, delta)\n",
+            ),
+        ),
+        (
             WP + "test_a_budget_stops_a_generation_mid_way[engine]",
             WP + "test_a_budget_charges_each_token_as_it_is_made[engine]",
         ),
@@ -1189,8 +1204,9 @@ MUTATIONS = [
             ),
         ),
         (
-            FAN + "test_a_generator_error_aborts_every_branch_and_leaves_unchanged",
-            FAN + "test_cancelling_the_request_aborts_every_task_and_closes_every_generator",
+            FAN + "test_a_generator_error_aborts_every_branch_and_leaves_unchanged[runner]",
+            FAN
+            + "test_cancelling_the_request_aborts_every_task_and_closes_every_generator[runner]",
         ),
     ),
     Mutation(
@@ -1297,7 +1313,7 @@ MUTATIONS = [
         "finished-handle-cuts-cycles",
         "a submitted task's handle keeps its block and its job once over: each request is left to the collector",
         SA + "_context.py",
-        (("        self._par = self._job = None\n", "        pass\n"),),
+        (("        self._par = self._job = None  # type: ignore[assignment]\n", "        pass\n"),),
         (SUB + "test_a_finished_request_is_freed_without_the_collector",),
     ),
     Mutation(

@@ -11,7 +11,14 @@ from typing import Any, ClassVar
 import pytest
 import trio
 import trio.testing
-from helpers import OrderedEchoWorker, RunnerEngine, ScopedEchoWorker, StuckWorker, reached
+from helpers import (
+    OrderedEchoWorker,
+    RunnerEngine,
+    ScopedEchoWorker,
+    StuckWorker,
+    left_for_the_collector,
+    reached,
+)
 
 from engine_bridge import SimulatedEngine
 from scaffold_actors import (
@@ -313,8 +320,6 @@ async def test_a_finished_fan_out_is_freed_without_the_collector(autojump_clock:
     """A fan-out's job cuts its links (to itself as its end, its branch and its
     fan-out) once over: a finished request leaves no reference cycle behind
     (before, each vote left about a hundred objects for a full collection)."""
-    import gc
-
     from scaffold_actors.compat import MajorityVoteController, NativeGenerationController
 
     controller = MajorityVoteController(
@@ -322,13 +327,4 @@ async def test_a_finished_fan_out_is_freed_without_the_collector(autojump_clock:
     )
     worker = EngineWorker(SimulatedEngine("The answer is \\boxed{4}"))
     async with AsyncScaffoldingLlm(controller, {"generation": worker}) as llm:
-        await llm.generate("warm")
-        gc.collect()
-        gc.disable()
-        try:
-            for i in range(20):
-                await llm.generate(f"q{i}")
-            left = gc.collect()  # what only the collector would have freed
-        finally:
-            gc.enable()
-    assert left < 20
+        assert await left_for_the_collector(llm, 20) < 20

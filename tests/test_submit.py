@@ -7,7 +7,14 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from helpers import EchoWorker, OrderedEchoWorker, ScopedEchoWorker, StuckWorker, reached
+from helpers import (
+    EchoWorker,
+    OrderedEchoWorker,
+    ScopedEchoWorker,
+    StuckWorker,
+    left_for_the_collector,
+    reached,
+)
 
 from engine_bridge import EngineError, SimulatedEngine
 from scaffold_actors import (
@@ -250,7 +257,6 @@ async def test_a_finished_request_is_freed_without_the_collector(autojump_clock:
     """A submitted task's handle cuts its links to its block and its job once it is
     over: a finished request leaves no reference cycle behind (before, each one
     left about a hundred objects for a full collection to find)."""
-    import gc
 
     async def method(ctx: RequestContext, task: GenerationTask) -> GenerationTask:
         async with ctx.parallel() as par:
@@ -259,16 +265,7 @@ async def test_a_finished_request_is_freed_without_the_collector(autojump_clock:
         return task
 
     async with AsyncScaffoldingLlm(method, {"generation": EngineWorker(SimulatedEngine())}) as llm:
-        await llm.generate("warm")
-        gc.collect()
-        gc.disable()
-        try:
-            for i in range(20):
-                await llm.generate(f"q{i}")
-            left = gc.collect()  # what only the collector would have freed
-        finally:
-            gc.enable()
-    assert left < 20
+        assert await left_for_the_collector(llm, 20) < 20
 
 
 async def test_a_task_refused_at_admission_fails_its_block(autojump_clock: object) -> None:

@@ -268,9 +268,10 @@ class WorkerActor:
     engine worker does, for a plain generation on an engine that starts streams:
     the engine then calls it as deltas come); such a job keeps every promise
     above, its cancel aborting the engine request before ``execute`` returns,
-    and ``serve`` waits for it as for a runner.  A runner takes the next job when its handler returns, and
-    ``execute`` hands a job straight to an idle runner (skipping the inbox) only
-    when no job is queued or waiting to be queued before it and a slot is free.
+    and ``serve`` waits for it as for a runner.  A runner takes the next job
+    when its handler returns, and ``execute`` hands a job straight to an idle
+    runner, or starts it without one, (skipping the inbox) only when no job is
+    queued or waiting to be queued before it and a slot is free.
     A runner whose handler left a context variable set retires, so the next job
     starts from a clean context.  Closing the actor wakes the idle runners, which
     exit; busy ones exit when their handler returns.

@@ -50,8 +50,18 @@ def reply(call: SimulatedCall) -> str:
     return "so " * (1 + (call.index * 7) % 16) + f"It is \\boxed{{{number}}}."
 
 
+class OpenStreamOnly(SimulatedEngine):
+    """The simulated engine read through ``open_stream`` only, as the bridged
+    engines (transformers, TensorRT-LLM) are: each sample runs in a runner task."""
+
+    start_stream = None  # type: ignore[assignment]
+
+
+ENGINE: list[type[SimulatedEngine]] = [SimulatedEngine]
+
+
 def make_engine(step: float) -> SimulatedEngine:
-    return SimulatedEngine(
+    return ENGINE[0](
         reply, cost=CostModel(0.0, step, 0.0), max_batch_size=1 << 20, kv_capacity=1 << 40
     )
 
@@ -239,12 +249,20 @@ def main() -> None:
         help="run only the saturated run (no at-rate or memory runs): for A/B timing",
     )
     ap.add_argument(
+        "--open-stream-only",
+        action="store_true",
+        help="read the engine through open_stream only (a runner task per sample, as on "
+        "the bridged engines) instead of starting its streams without a task",
+    )
+    ap.add_argument(
         "--gc-off",
         action="store_true",
         help="disable the cyclic garbage collector during the saturated run (its share of the time)",
     )
     args = ap.parse_args()
     BACKEND[0] = args.backend
+    if args.open_stream_only:
+        ENGINE[0] = OpenStreamOnly
     if args.breakdown:
         out = breakdown(args.in_flight, args.samples, args.step)
         print(json.dumps({"benchmark": "load-memory-breakdown", **out}, indent=2))

@@ -252,32 +252,19 @@ MUTATIONS = [
     ),
     Mutation(
         "handler-reports-tokens",
-        "EngineWorker's generation handler never reports tokens to the run context",
+        "a plain generation never reports its tokens to the run context (handler and runner-less alike)",
         SA + "_engine_worker.py",
         (
             (
-                "                _apply(task, delta)\n                ctx.report_tokens(delta.num_tokens)\n                if partials",
-                "                _apply(task, delta)\n                if partials",
-            ),
-        ),
-        (
-            WP + "test_a_budget_stops_a_generation_mid_way[runner-engine]",
-            WP + "test_a_budget_charges_each_token_as_it_is_made[runner-engine]",
-        ),
-    ),
-    Mutation(
-        "started-generation-reports-tokens",
-        "a generation started without a runner never reports tokens to the run context",
-        SA + "_engine_worker.py",
-        (
-            (
-                "                    _apply(task, delta)\n                    job.report_tokens(delta.num_tokens)\n",
-                "                    _apply(task, delta)\n",
+                "    _apply(task, delta)\n    ctx.report_tokens(delta.num_tokens)\n",
+                "    _apply(task, delta)\n",
             ),
         ),
         (
             WP + "test_a_budget_stops_a_generation_mid_way[engine]",
             WP + "test_a_budget_charges_each_token_as_it_is_made[engine]",
+            WP + "test_a_budget_stops_a_generation_mid_way[runner-engine]",
+            WP + "test_a_budget_charges_each_token_as_it_is_made[runner-engine]",
         ),
     ),
     Mutation(

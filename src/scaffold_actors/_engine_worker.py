@@ -18,7 +18,7 @@ from engine_bridge import (
 from ._chat import AssistantMessage, ChatTask
 from ._errors import InvalidTaskError
 from ._hints import DropKVCacheTask, TokenizeTask
-from ._task_context import task_context
+from ._task_context import TaskContext, task_context
 from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task, TaskStatus
 from ._worker import Handler, Worker
 
@@ -69,6 +69,19 @@ def _reset_outputs(task: GenerationTask) -> None:
         task.completion_tokens_num = 0
 
 
+def _take(task: GenerationTask, ctx: TaskContext, delta: EngineDelta, partials: bool) -> None:
+    """What a plain generation does with each delta, in ``generation_handler``
+    and started without a runner alike: outputs, token report, partial output
+    (``partials``: ``task.streaming_output_flag``), progress."""
+    _apply(task, delta)
+    ctx.report_tokens(delta.num_tokens)
+    if partials and delta.finish_reason is None:
+        task.streaming_output_list.append(
+            ScaffoldingOutput(task.output_str, list(task.output_tokens or ()), finished=False)
+        )
+    ctx.notify_progress()
+
+
 class _StartedGeneration:
     """A :class:`GenerationTask` run without a handler frame: the engine calls it
     (``on_wake``) as deltas come, and it does what ``generation_handler`` does
@@ -94,15 +107,7 @@ class _StartedGeneration:
                     delta = stream.next_nowait()
                     if delta is None:
                         return  # more to come: the engine wakes us again
-                    _apply(task, delta)
-                    job.report_tokens(delta.num_tokens)
-                    if self.partials and delta.finish_reason is None:
-                        task.streaming_output_list.append(
-                            ScaffoldingOutput(
-                                task.output_str, list(task.output_tokens or ()), finished=False
-                            )
-                        )
-                    job.notify_progress()
+                    _take(task, job, delta, self.partials)
             except StopAsyncIteration:
                 pass
             except Exception as exc:  # handed to the requester, never swallowed
@@ -208,15 +213,7 @@ class EngineWorker(Worker):
         _reset_outputs(task)
         async with self.engine.open_stream(request) as deltas:
             async for delta in deltas:
-                _apply(task, delta)
-                ctx.report_tokens(delta.num_tokens)
-                if partials and delta.finish_reason is None:
-                    task.streaming_output_list.append(
-                        ScaffoldingOutput(
-                            task.output_str, list(task.output_tokens or ()), finished=False
-                        )
-                    )
-                ctx.notify_progress()
+                _take(task, ctx, delta, partials)
         return TaskStatus.SUCCESS
 
     def _start_nowait(self, actor: WorkerActor, job: _Job) -> bool:

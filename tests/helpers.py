@@ -87,9 +87,11 @@ class RunnerEngine(SimulatedEngine):
 
 
 async def left_for_the_collector(llm: Any, requests: int = 20) -> int:
-    """Objects that only the cyclic garbage collector would free after
-    ``requests`` requests run one after another on ``llm`` (after a warm-up one):
-    what finished requests left in reference cycles."""
+    """Our own objects (of ``scaffold_actors`` and ``engine_bridge`` classes) that
+    only the cyclic garbage collector would free after ``requests`` requests run
+    one after another on ``llm`` (after a warm-up one): what finished requests
+    left in reference cycles.  Garbage that anything else in the process makes
+    meanwhile (another test's threads, pytest itself) is not counted."""
     import gc
 
     await llm.generate("warm")
@@ -98,9 +100,19 @@ async def left_for_the_collector(llm: Any, requests: int = 20) -> int:
     try:
         for i in range(requests):
             await llm.generate(f"q{i}")
-        return gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        ours = sum(1 for o in gc.garbage if _is_ours(o))
+        return ours
     finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
         gc.enable()
+
+
+def _is_ours(obj: object) -> bool:
+    module = getattr(type(obj), "__module__", "") or ""
+    return module.split(".", 1)[0] in ("scaffold_actors", "engine_bridge")
 
 
 def reached(engine: SimulatedEngine) -> int:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-import attrs
+import dataclasses
+
 import pytest
 
 from engine_bridge import InvalidRequestError, SamplingParams
@@ -164,13 +165,16 @@ def test_a_deep_copy_shares_nothing_mutable() -> None:
     assert twin.custom_input_params is not chat.custom_input_params
 
 
-def test_assignments_convert_and_validate_as_attrs_would() -> None:
-    """Task classes replace attrs' generated __setattr__ by a cheaper one
-    (_setattr_hooks): each assignment must still convert and validate the
-    fields that have a converter or validator, honour attrs' switch that turns
-    validators off, leave other fields and ad-hoc attributes alone, and a
-    user's attrs subclass must validate its own fields and the inherited ones."""
+def test_assignments_convert_and_validate() -> None:
+    """Task classes are dataclasses whose __setattr__ converts and validates
+    the fields that have a converter or validator: in __init__ and on every
+    assignment, other fields and ad-hoc attributes left alone, and a user's
+    ``@dataclass`` subclass (TensorRT-LLM's contrib pattern) validates its own
+    validated fields and the inherited ones."""
+    import dataclasses
+
     from scaffold_actors import ChatTask
+    from scaffold_actors._tasks import task_field
 
     for cls in (GenerationTask, StreamGenerationTask, ChatTask):
         task = cls(input_str="q")
@@ -184,24 +188,32 @@ def test_assignments_convert_and_validate_as_attrs_would() -> None:
         task.output_str = "free text"
         task.note = "an ad-hoc attribute, as TensorRT-LLM controllers attach"  # type: ignore[attr-defined]
         assert task.output_str == "free text" and task.note.startswith("an ad-hoc")  # type: ignore[attr-defined]
+        with pytest.raises(InvalidTaskError, match="max_tokens"):
+            cls(input_str="q", max_tokens=0)  # __init__ too
+        assert cls(input_str="q", stop="x").stop == ["x"]
     with pytest.raises(ValueError, match="streaming_step"):
         StreamGenerationTask(input_str="q").streaming_step = -1
-    with attrs.validators.disabled():
-        task = GenerationTask(input_str="q")
-        task.max_tokens = 0  # validators off: attrs' switch is honoured
-    assert task.max_tokens == 0
 
-    @attrs.define(slots=False, eq=False)
+    def non_negative(task: object, name: str, value: int) -> None:
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0")
+
+    @dataclasses.dataclass
     class Mine(GenerationTask):
-        level: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+        level: int = task_field(default=0, validator=non_negative)
+        note: str = "free"
 
     mine = Mine(input_str="q")
     with pytest.raises(ValueError, match="level"):
         mine.level = -1
+    with pytest.raises(ValueError, match="level"):
+        Mine(input_str="q", level=-1)
     with pytest.raises(InvalidTaskError, match="max_tokens"):
         mine.max_tokens = 0
+    with pytest.raises(InvalidTaskError, match="max_tokens"):
+        Mine(input_str="q", max_tokens=0)
     mine.stop = "x"
-    assert mine.stop == ["x"] and mine.level == 0
+    assert mine.stop == ["x"] and mine.level == 0 and mine.note == "free"
 
 
 def test_task_list_copies_are_what_deepcopy_makes() -> None:
@@ -250,7 +262,7 @@ def test_task_list_copies_are_what_deepcopy_makes() -> None:
     assert twin.custom_output_params is twin.custom_input_params
     assert twin.custom_input_params is not held.custom_input_params
 
-    @attrs.define(slots=False, eq=False)
+    @dataclasses.dataclass(eq=False)
     class Own(GenerationTask):
         def __deepcopy__(self, memo: dict[int, object]) -> Own:
             new = Own(input_str="own copy")
@@ -261,7 +273,7 @@ def test_task_list_copies_are_what_deepcopy_makes() -> None:
 
 
 def test_fresh_task_copies_inputs_like_a_constructed_task() -> None:
-    """fresh_task skips attrs' __init__ for speed: the copy must equal a task
+    """fresh_task skips the dataclass's __init__ for speed: the copy must equal a task
     built from the same inputs, share no mutable output, and a subclass of
     somebody's still goes through its own __init__ (validators)."""
     from scaffold_actors._tasks import StreamGenerationTask
@@ -282,9 +294,9 @@ def test_fresh_task_copies_inputs_like_a_constructed_task() -> None:
         with pytest.raises(InvalidTaskError, match="max_tokens"):
             copy.max_tokens = 0  # still validated on assignment
 
-    @attrs.define(slots=False, eq=False)
+    @dataclasses.dataclass(eq=False)
     class Checked(GenerationTask):
-        def __attrs_post_init__(self) -> None:
+        def __post_init__(self) -> None:
             self.customized_result_fields["made"] = True
 
     assert fresh_task(t, Checked).customized_result_fields == {"made": True}

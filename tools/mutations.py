@@ -2,9 +2,11 @@
 
 Each mutation below names a mechanism (the code that keeps a promise), replaces it
 with code that does not keep it, runs the tests that prove the promise, and puts
-the code back.  A mutation is *killed* when its tests fail (or run past
-``--timeout``: a test that hangs did not pass); one that survives means a test
-cannot fail, and the script exits 1.  Not run in CI (it runs the tests once per
+the code back.  A mutation is *killed* when one of its named tests fails in its
+body (a ``<failure>`` in pytest's JUnit report) or the tests run past
+``--timeout`` (a test that hangs did not pass); an import, collection or fixture
+error is ``error``, no verdict.  One that survives means a test cannot fail, and
+the script exits 1 (so does an ``error``).  Not run in CI (it runs the tests once per
 mutation); run it after changing a mechanism or its test::
 
     python tools/mutations.py              # every mutation
@@ -19,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = "src/engine_bridge/"
@@ -1035,18 +1040,18 @@ MUTATIONS = [
         SA + "_tasks.py",
         (
             (
-                "            if validator is not None and attrs.validators.get_disabled() is False:\n",
-                "            if False:\n",
+                "            if validator is not None:\n                validator(self, name, value)\n",
+                "            if False:\n                pass\n",
             ),
         ),
-        ("tests/test_tasks.py::test_assignments_convert_and_validate_as_attrs_would",),
+        ("tests/test_tasks.py::test_assignments_convert_and_validate",),
     ),
     Mutation(
         "task-assignment-converted",
         "a task field's converter no longer runs when the field is assigned",
         SA + "_tasks.py",
-        (("                value = convert(self, field, value)\n", "                pass\n"),),
-        ("tests/test_tasks.py::test_assignments_convert_and_validate_as_attrs_would",),
+        (("                value = converter(value)\n", "                pass\n"),),
+        ("tests/test_tasks.py::test_assignments_convert_and_validate",),
     ),
     Mutation(
         "worker-concurrency-bounded",
@@ -1318,6 +1323,19 @@ MUTATIONS = [
 ]
 
 
+def _failed_by_assertion(report: Path) -> list[str]:
+    """The tests of a JUnit report that failed (a ``<failure>``: the test body
+    raised), as opposed to those that errored (collection, import, fixture)."""
+    if not report.exists():
+        return []
+    root = ElementTree.parse(report).getroot()
+    return [
+        f"{case.get('classname')}::{case.get('name')}"
+        for case in root.iter("testcase")
+        if case.find("failure") is not None
+    ]
+
+
 def run(m: Mutation, timeout: float) -> dict[str, object]:
     path = ROOT / m.path
     original = path.read_text()
@@ -1327,21 +1345,34 @@ def run(m: Mutation, timeout: float) -> dict[str, object]:
             return {"verdict": "stale", "why": f"{old[:60]!r} occurs {mutant.count(old)} times"}
         mutant = mutant.replace(old, new)
     start = time.monotonic()
+    report = Path(tempfile.mkdtemp(prefix="mutation-")) / "junit.xml"
     try:
         path.write_text(mutant)
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
+            [
+                sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                f"--junitxml={report}", *m.tests,
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=timeout,
         )
-        verdict = "survived" if proc.returncode == 0 else "killed"
         tail = proc.stdout.strip().splitlines()[-1:] if proc.stdout else []
+        failed = _failed_by_assertion(report)
+        if proc.returncode == 0:
+            verdict = "survived"
+        elif failed:
+            verdict = "killed"
+            tail = [*tail, f"failed: {', '.join(failed)}"]
+        else:
+            # an import, collection or fixture error is no verdict on the mutant
+            verdict = "error"
     except subprocess.TimeoutExpired:
         verdict, tail = "killed", [f"tests ran past {timeout} s"]
     finally:
         path.write_text(original)
+        shutil.rmtree(report.parent, ignore_errors=True)
     return {"verdict": verdict, "seconds": round(time.monotonic() - start, 1), "tests": tail}
 
 

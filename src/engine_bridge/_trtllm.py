@@ -317,8 +317,7 @@ class TRTLLMEngine(BridgedEngine):
     def inject_failure(self) -> None:
         """Simulate the bridge thread dying mid-batch."""
         self._crash = EngineError("simulated TensorRT-LLM bridge thread failure")
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        self._stop_loop()  # (a loop already stopped, by an earlier call, is left alone)
 
     # -- bridge thread -----------------------------------------------------------
     def _abort(self, key: Any, state: Any) -> None:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-import attrs
+import dataclasses
 
 from engine_bridge import (
     SamplingParams,
@@ -15,7 +15,7 @@ from engine_bridge import (
 )
 
 from ._errors import InvalidTaskError
-from ._tasks import StreamGenerationTask, Task, _setattr_hooks
+from ._tasks import StreamGenerationTask, Task, task_class
 
 __all__ = [
     "AssistantMessage",
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-@attrs.define(eq=True)
+@dataclasses.dataclass
 class RoleMessage:
     """One chat message: ``role``, ``content`` and an optional cache ``prefix``
     (the part of a system or user message that is shared by many requests and
@@ -67,19 +67,19 @@ class RoleMessage:
         return json.dumps({"role": self.role, "content": self.content})
 
 
-@attrs.define(eq=True, init=False)
+@dataclasses.dataclass(init=False)
 class UserMessage(RoleMessage):
     def __init__(self, content: str | None, prefix: str | None = None) -> None:
-        self.__attrs_init__("user", content, prefix)
+        RoleMessage.__init__(self, "user", content, prefix)
 
 
-@attrs.define(eq=True, init=False)
+@dataclasses.dataclass(init=False)
 class SystemMessage(RoleMessage):
     def __init__(self, content: str | None, prefix: str | None = None) -> None:
-        self.__attrs_init__("system", content, prefix)
+        RoleMessage.__init__(self, "system", content, prefix)
 
 
-@attrs.define(eq=True, init=False)
+@dataclasses.dataclass(init=False)
 class AssistantMessage(RoleMessage):
     """The assistant's turn: its text, the model's reasoning when the engine
     separates it, the tool calls it asked for, and why generation stopped."""
@@ -97,9 +97,11 @@ class AssistantMessage(RoleMessage):
         tool_calls: list[Any] | None = None,
         finish_reason: str | None = None,
     ) -> None:
-        self.__attrs_init__(
-            "assistant", content, None, reasoning, reasoning_content, tool_calls, finish_reason
-        )
+        RoleMessage.__init__(self, "assistant", content, None)
+        self.reasoning = reasoning
+        self.reasoning_content = reasoning_content
+        self.tool_calls = tool_calls
+        self.finish_reason = finish_reason
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -121,14 +123,15 @@ class AssistantMessage(RoleMessage):
         )
 
 
-@attrs.define(eq=True, init=False)
+@dataclasses.dataclass(init=False)
 class ToolMessage(RoleMessage):
     """A tool's result, answering the assistant's call ``tool_call_id``."""
 
     tool_call_id: str | None = None
 
     def __init__(self, content: str | None, tool_call_id: str | None = None) -> None:
-        self.__attrs_init__("tool", content, None, tool_call_id)
+        RoleMessage.__init__(self, "tool", content, None)
+        self.tool_call_id = tool_call_id
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -174,8 +177,7 @@ def _message(value: RoleMessage | Mapping[str, Any]) -> RoleMessage:
     return value if isinstance(value, RoleMessage) else RoleMessage.from_dict(value)
 
 
-@_setattr_hooks
-@attrs.define(slots=False, eq=False)
+@task_class
 class ChatTask(StreamGenerationTask):
     """A conversation for the model to continue (TensorRT-LLM compatible).
 
@@ -189,12 +191,12 @@ class ChatTask(StreamGenerationTask):
     :class:`StreamGenerationTask`).
     """
 
-    messages: list[Any] = attrs.field(factory=list)
+    messages: list[Any] = dataclasses.field(default_factory=list)
     tools: Any = None
     enable_token_counting: bool = False
     reasoning_tokens_num: int = 0
     tool_calls: list[ToolCall] | None = None  # output: the calls of the last turn
-    sub_request_markers: list[tuple[str, int]] = attrs.field(factory=list)
+    sub_request_markers: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     unique_id: int | None = None
 
     input_fields: ClassVar[tuple[str, ...]] = (

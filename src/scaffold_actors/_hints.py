@@ -5,19 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import attrs
+import dataclasses
 
 from engine_bridge import EngineRequest, InvalidRequestError, KVCacheDrop, SamplingParams
 
 from ._chat import ChatTask, RoleMessage
 from ._errors import InvalidTaskError
-from ._tasks import Task, _setattr_hooks
+from ._tasks import Task, task_class
 
 __all__ = ["DropKVCacheTask", "TokenizeTask"]
 
 
-@_setattr_hooks
-@attrs.define(slots=False, eq=False)
+@task_class
 class TokenizeTask(Task):
     """Count a prompt's tokens with the generation engine's own tokenizer
     (TensorRT-LLM compatible).
@@ -85,8 +84,7 @@ class TokenizeTask(Task):
         return EngineRequest(SamplingParams(max_tokens=1), prompt=self.input_str)
 
 
-@_setattr_hooks
-@attrs.define(slots=False, eq=False, init=False)
+@dataclasses.dataclass(eq=False, init=False)
 class DropKVCacheTask(Task):
     """Tell the engine a chat is over, so it frees the prefix-cache blocks that
     hold it (TensorRT-LLM compatible: ``DropKVCacheTask(chat_task, worker_tag)``).
@@ -110,7 +108,7 @@ class DropKVCacheTask(Task):
     """
 
     chat_task: ChatTask | None = None
-    messages_to_retain: list[Any] = attrs.field(factory=list)
+    messages_to_retain: list[Any] = dataclasses.field(default_factory=list)
     partial_prefix: str | None = None
     freed_blocks: int | None = None
 
@@ -128,12 +126,15 @@ class DropKVCacheTask(Task):
         if messages_to_retain is None:
             messages = chat_task.messages if chat_task is not None else []
             messages_to_retain = list(messages[: KVCacheDrop.leading_system(messages)])
-        self.__attrs_init__(
-            worker_tag=worker_tag,
-            chat_task=chat_task,
-            messages_to_retain=messages_to_retain,
-            **fields,
-        )
+        Task.__init__(self, worker_tag=worker_tag)
+        self.chat_task = chat_task
+        self.messages_to_retain = messages_to_retain
+        self.partial_prefix = None
+        self.freed_blocks = None
+        for name, value in fields.items():
+            if name not in _DROP_FIELDS:
+                raise TypeError(f"DropKVCacheTask() got an unexpected keyword argument {name!r}")
+            setattr(self, name, value)
 
     def validate(self) -> None:
         super().validate()
@@ -158,3 +159,6 @@ class DropKVCacheTask(Task):
             return KVCacheDrop.retaining(inputs["messages"], retained, tools=inputs["tools"])
         except InvalidRequestError as e:
             raise InvalidTaskError.of(type(self).__name__, e) from None
+
+
+_DROP_FIELDS = frozenset(f.name for f in dataclasses.fields(DropKVCacheTask))

@@ -14,13 +14,12 @@ from typing import Any, ClassVar
 
 import anyio
 import anyio.abc
-import attrs
 
 from engine_bridge import raise_single
 
 from ._errors import InvalidTaskError, ScaffoldError
 from ._scope import current_scope
-from ._tasks import Task, TaskStatus, ToolCallTask, _setattr_hooks
+from ._tasks import Task, TaskStatus, ToolCallTask, task_class
 from ._worker import Handler, Worker
 
 __all__ = ["MCPCallTask", "MCPListTask", "MCPServerError", "MCPWorker"]
@@ -41,8 +40,7 @@ class MCPServerError(ScaffoldError):
         self.server = server
 
 
-@_setattr_hooks
-@attrs.define(slots=False, eq=False)
+@task_class
 class MCPCallTask(Task):
     """Call the MCP tool ``tool_name`` with ``args`` (TensorRT-LLM compatible).
 
@@ -95,8 +93,7 @@ class MCPCallTask(Task):
         return args
 
 
-@_setattr_hooks
-@attrs.define(slots=False, eq=False)
+@task_class
 class MCPListTask(Task):
     """List the tools of every server of an :class:`MCPWorker`.  Output:
     ``result_tools``, one ``{"name", "description", "input_schema", "server"}``

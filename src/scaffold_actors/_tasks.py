@@ -1,7 +1,7 @@
 """Tasks: the units of work a controller asks workers for.
 
-Tasks are mutable attrs classes: a controller fills the inputs, a worker fills the
-outputs.  Field values are validated whenever they are set, and
+Tasks are mutable dataclasses, as TensorRT-LLM's are: a controller fills the
+inputs, a worker fills the outputs.  Field values are validated whenever they are set, and
 :meth:`Task.validate` checks the whole task when it is submitted, so bad input is
 rejected with a message naming the field before anything runs.
 
@@ -12,11 +12,10 @@ TensorRT-LLM attach ad-hoc attributes to tasks, and that must keep working.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
-
-import attrs
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from engine_bridge import (
     EngineRequest,
@@ -58,67 +57,137 @@ def normalize_tag(tag: object) -> object:
     return tag
 
 
-@attrs.frozen(slots=True)
 class ScaffoldingOutput:
     """The user-facing output of a request (or a partial snapshot while streaming).
 
-    ``details`` carries method-specific information (votes, scores, ...).
+    Every form TensorRT-LLM has had is accepted: ``ScaffoldingOutput()`` with
+    ``output_str`` set afterwards (2025), ``ScaffoldingOutput(text, token_ids)``
+    (1.2 and later, ``data`` third), and ours, ``ScaffoldingOutput(output_str,
+    output_tokens, finish_reason=..., details=...)``.  ``text`` and
+    ``output_str`` are one value under two names, as are ``token_ids`` and
+    ``output_tokens``.  ``details`` carries method-specific information (votes,
+    scores, ...).  Fields are assignable, as in TensorRT-LLM.
     """
 
-    output_str: str | None
-    output_tokens: Sequence[int] | None = None
-    finish_reason: str | None = None
-    finished: bool = True
-    details: Mapping[str, Any] = attrs.field(factory=dict)
+    __slots__ = ("data", "details", "finish_reason", "finished", "output_str", "output_tokens")
+
+    def __init__(
+        self,
+        text: str | None = None,
+        token_ids: Sequence[int] | None = None,
+        data: Any = None,
+        *,
+        finish_reason: str | None = None,
+        finished: bool = True,
+        details: Mapping[str, Any] | None = None,
+        output_str: str | None = None,
+        output_tokens: Sequence[int] | None = None,
+    ) -> None:
+        self.output_str = output_str if text is None else text
+        self.output_tokens = output_tokens if token_ids is None else token_ids
+        self.data = data
+        self.finish_reason = finish_reason
+        self.finished = finished
+        self.details: Mapping[str, Any] = {} if details is None else details
 
     @property
     def text(self) -> str:
+        """The output text (``""`` while there is none)."""
         return self.output_str or ""
 
+    @text.setter
+    def text(self, value: str | None) -> None:
+        self.output_str = value
 
-def _sampling_validator(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    """attrs validator: check one sampling field, naming it in the error."""
+    @property
+    def token_ids(self) -> Sequence[int]:
+        """The output token ids (``[]`` while there are none)."""
+        return self.output_tokens if self.output_tokens is not None else []
+
+    @token_ids.setter
+    def token_ids(self, value: Sequence[int] | None) -> None:
+        self.output_tokens = value
+
+    @property
+    def outputs(self) -> list[ScaffoldingOutput]:
+        """``[self]``: TensorRT-LLM's 2025 results read ``output.outputs[0].text``."""
+        return [self]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ScaffoldingOutput):
+            return NotImplemented
+        return (
+            self.output_str == other.output_str
+            and self.output_tokens == other.output_tokens
+            and self.data == other.data
+            and self.finish_reason == other.finish_reason
+            and self.finished == other.finished
+            and self.details == other.details
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # (mutable, as TensorRT-LLM's)
+
+    def __repr__(self) -> str:
+        return (
+            f"ScaffoldingOutput(text={self.output_str!r}, token_ids={self.output_tokens!r}, "
+            f"finish_reason={self.finish_reason!r}, finished={self.finished!r}, "
+            f"details={dict(self.details)!r})"
+        )
+
+
+#: a field's validator: ``(task, field name, value)``, raises if the value is refused
+Validator = Callable[[Any, str, Any], None]
+
+
+def task_field(
+    *,
+    default: Any = dataclasses.MISSING,
+    factory: Callable[[], Any] | None = None,
+    validator: Validator | None = None,
+    converter: Callable[[Any], Any] | None = None,
+    kw_only: bool | Any = dataclasses.MISSING,
+) -> Any:
+    """A task's dataclass field whose value is converted and validated whenever
+    it is set (in ``__init__`` and on every later assignment, in a subclass of
+    one's own too)."""
+    metadata = {}
+    if validator is not None:
+        metadata["validator"] = validator
+    if converter is not None:
+        metadata["converter"] = converter
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata, kw_only=kw_only)
+    return dataclasses.field(default=default, metadata=metadata, kw_only=kw_only)
+
+
+def _sampling_validator(inst: Any, name: str, value: Any) -> None:
+    """Check one sampling field, naming it in the error."""
     if value is None:
         return
     try:
-        check_sampling_field(attribute.name, value)
+        check_sampling_field(name, value)
     except InvalidRequestError as e:
         raise InvalidTaskError.of(type(inst).__name__, e) from None
 
 
-_T = TypeVar("_T", bound=type)
+def _at_least_zero(inst: Any, name: str, value: Any) -> None:
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(f"{type(inst).__name__}.{name} must be an int >= 0, got {value!r}")
 
 
-def _setattr_hooks(cls: _T) -> _T:
-    """Replace the ``__setattr__`` attrs writes for an ``attrs.define`` task class
-    (which runs a pipe of two setters for every field, validator or not) by one
-    doing the same: the field's converter, then its validator (unless
-    ``attrs.validators.set_disabled(True)``), only for fields that have one.
-    About half the cost of an assignment, which handlers and controllers make
-    several times per task.  A subclass built with ``attrs.define`` gets attrs'
-    own again (over all its fields, inherited ones included)."""
-    hooks: dict[str, tuple[attrs.Attribute[Any], Any, Any]] = {}
-    for field in attrs.fields(cls):
-        if field.on_setattr is not None:  # (the class's convert-then-validate applies)
-            raise TypeError(f"{cls.__name__}.{field.name}: a custom on_setattr is not supported")
-        if field.converter is not None or field.validator is not None:
-            hooks[field.name] = (field, field.converter, field.validator)
-    setattr_ = object.__setattr__
-    convert = attrs.setters.convert
+# per task class: the fields with a converter or validator (read from the
+# dataclass fields' metadata once, on the class's first assignment)
+_HOOKS: dict[type, dict[str, tuple[Any, Any]]] = {}
 
-    def __setattr__(self: Any, name: str, value: Any) -> None:
-        hook = hooks.get(name)
-        if hook is not None:
-            field, converter, validator = hook
-            if converter is not None:
-                value = convert(self, field, value)
-            if validator is not None and attrs.validators.get_disabled() is False:
-                validator(self, field, value)
-        setattr_(self, name, value)
 
-    __setattr__.__qualname__ = f"{cls.__qualname__}.__setattr__"
-    cls.__setattr__ = __setattr__  # type: ignore[assignment]
-    return cls
+def _hooks_of(cls: type) -> dict[str, tuple[Any, Any]]:
+    hooks = {}
+    for f in dataclasses.fields(cls):
+        converter, validator = f.metadata.get("converter"), f.metadata.get("validator")
+        if converter is not None or validator is not None:
+            hooks[f.name] = (converter, validator)
+    _HOOKS[cls] = hooks
+    return hooks
 
 
 def _stop_converter(value: str | Sequence[str] | None) -> list[str]:
@@ -129,10 +198,22 @@ def _stop_converter(value: str | Sequence[str] | None) -> list[str]:
     return list(value)
 
 
-@_setattr_hooks
-@attrs.define(slots=False, eq=False)
+#: how the task classes are made: dataclasses, as TensorRT-LLM's are (a subclass
+#: declared with ``@dataclass`` inherits every field), compared by identity
+task_class = dataclasses.dataclass(eq=False)
+
+
+@task_class
 class Task:
     """Base of all tasks.  ``worker_tag`` names the worker role that runs it.
+
+    Tasks are dataclasses (as TensorRT-LLM's are): ``dataclasses.fields``,
+    ``replace`` and ``asdict`` work, a ``@dataclass`` subclass inherits every
+    field, and a field's default is a class attribute (a subclass whose
+    ``__init__`` never calls ``super().__init__()`` still reads it).  Fields
+    with a validator (the sampling parameters) are checked whenever they are
+    set, and :meth:`validate` checks the whole task at submission.  Tasks keep a
+    ``__dict__``: controllers attach ad-hoc attributes to them.
 
     ``streaming_output_flag`` (TensorRT-LLM compatible): the request's result
     streams this task's partial outputs while it generates (a generator
@@ -142,14 +223,29 @@ class Task:
     """
 
     worker_tag: Any = None
+    streaming_output_flag: bool = False
+    streaming_output_list: list[Any] = dataclasses.field(default_factory=list)
     custom_input_params: dict[str, Any] | None = None
     custom_output_params: dict[str, Any] | None = None
-    streaming_output_flag: bool = attrs.field(default=False, kw_only=True)
-    streaming_output_list: list[Any] = attrs.field(factory=list, kw_only=True)
 
     #: input / output attribute names, used by traces and replay
     input_fields: ClassVar[tuple[str, ...]] = ("custom_input_params",)
     output_fields: ClassVar[tuple[str, ...]] = ("custom_output_params",)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # one dict lookup per assignment for the class's validated fields
+        cls = type(self)
+        hooks = _HOOKS.get(cls)
+        if hooks is None:
+            hooks = _hooks_of(cls)
+        hook = hooks.get(name)
+        if hook is not None:
+            converter, validator = hook
+            if converter is not None:
+                value = converter(value)
+            if validator is not None:
+                validator(self, name, value)
+        object.__setattr__(self, name, value)
 
     def validate(self) -> None:
         """Raise :class:`InvalidTaskError` naming the field if the task cannot run."""
@@ -273,8 +369,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@_setattr_hooks
-@attrs.define(slots=False, eq=False)
+@task_class
 class GenerationTask(Task):
     """Generate one completion.
 
@@ -294,18 +389,28 @@ class GenerationTask(Task):
     input_str: str | None = None
     input_tokens: list[int] | None = None
     messages: list[dict[str, str]] | None = None
-    max_tokens: int | None = attrs.field(default=None, validator=_sampling_validator)
-    temperature: float | None = attrs.field(default=None, validator=_sampling_validator)
-    top_p: float | None = attrs.field(default=None, validator=_sampling_validator)
-    top_k: int | None = attrs.field(default=None, validator=_sampling_validator)
-    stop: list[str] = attrs.field(factory=list, converter=_stop_converter)
-    seed: int | None = attrs.field(default=None, validator=_sampling_validator)
-    num_logprobs: int | None = attrs.field(default=None, validator=_sampling_validator)
+    max_tokens: int | None = task_field(default=None, validator=_sampling_validator)
+    temperature: float | None = task_field(default=None, validator=_sampling_validator)
+    top_p: float | None = task_field(default=None, validator=_sampling_validator)
+    top_k: int | None = task_field(default=None, validator=_sampling_validator)
+    stop: list[str] = task_field(factory=list, converter=_stop_converter)
+    seed: int | None = task_field(default=None, validator=_sampling_validator)
+    num_logprobs: int | None = task_field(default=None, validator=_sampling_validator)
     continuation: str | None = None
-    n: int = attrs.field(default=1, validator=_sampling_validator)
+    n: int = task_field(default=1, validator=_sampling_validator)
     ignore_eos: bool = False
     skip_tokenizer: bool = False
     skip_detokenizer: bool = False
+    # TensorRT-LLM's OpenAI-style sampling fields that no engine here takes yet:
+    # accepted at their defaults, refused at submission otherwise (never dropped)
+    best_of: int | None = None
+    echo: bool | None = False
+    frequency_penalty: float | None = 0.0
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = 0.0
+    suffix: str | None = None
+    user: str | None = None
+    return_context_logits: bool | None = False
 
     output_str: str | None = None
     output_tokens: list[int] | None = None
@@ -314,7 +419,8 @@ class GenerationTask(Task):
     finish_reason: str | None = None
     prompt_tokens_num: int = 0
     completion_tokens_num: int = 0
-    customized_result_fields: dict[str, Any] = attrs.field(factory=dict)
+    context_logits: Any = None
+    customized_result_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     input_fields: ClassVar[tuple[str, ...]] = (
         "input_str",
@@ -338,6 +444,20 @@ class GenerationTask(Task):
         "prompt_tokens_num",
         "completion_tokens_num",
     )
+
+    @property
+    def result(self) -> str | None:
+        """``output_str`` (TensorRT-LLM 2025's name for a generation's result)."""
+        return self.output_str
+
+    @result.setter
+    def result(self, value: str | None) -> None:
+        self.output_str = value
+
+    @property
+    def cumulative_logprob(self) -> float | None:
+        """The sum of ``logprobs`` (``None`` when the engine reported none)."""
+        return None if self.logprobs is None else sum(self.logprobs)
 
     @classmethod
     def create_from_prompt(cls, prompt: str | Sequence[Mapping[str, str]]) -> GenerationTask:
@@ -384,8 +504,16 @@ class GenerationTask(Task):
             raise InvalidTaskError(f"{name}.input_tokens", "must not be empty")
         if self.messages is not None:
             _check_messages(f"{name}.messages", self.messages)
-        # the sampling fields need no check here: attrs validates each one on
-        # __init__ and on every assignment (on_setattr), naming the field
+        # the sampling fields need no check here: each one is validated in
+        # __init__ and on every assignment (Task.__setattr__), naming the field
+        for field, default in _NOT_TAKEN_YET:
+            value = getattr(self, field)
+            if value != default and value is not None:
+                raise InvalidTaskError(
+                    f"{name}.{field}",
+                    f"{value!r} is not supported by scaffold-actors' engines yet "
+                    f"(leave it at {default!r})",
+                )
         if self.n != 1:
             raise InvalidTaskError(
                 f"{name}.n", f"must be 1 (submit one task per sample), got {self.n!r}"
@@ -443,6 +571,19 @@ class GenerationTask(Task):
             raise InvalidTaskError.of(type(self).__name__, e) from None
 
 
+#: GenerationTask fields that TensorRT-LLM's task has and no engine here takes
+#: yet, with the value that means "not asked for"
+_NOT_TAKEN_YET = (
+    ("best_of", None),
+    ("echo", False),
+    ("frequency_penalty", 0.0),
+    ("logit_bias", None),
+    ("presence_penalty", 0.0),
+    ("suffix", None),
+    ("return_context_logits", False),
+)
+
+
 def _check_messages(field: str, messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
         raise InvalidTaskError(field, "must be a non-empty list of {'role', 'content'} dicts")
@@ -457,8 +598,7 @@ def _check_messages(field: str, messages: Any) -> None:
             )
 
 
-@_setattr_hooks
-@attrs.define(slots=False, eq=False)
+@task_class
 class StreamGenerationTask(GenerationTask):
     """A generation task delivered to its controller in pieces.
 
@@ -469,7 +609,7 @@ class StreamGenerationTask(GenerationTask):
     finished.  Setting ``cancel_flag`` and yielding again aborts it in the engine.
     """
 
-    streaming_step: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    streaming_step: int = task_field(default=1, validator=_at_least_zero)
     cancel_flag: bool = False
     end_flag: bool = False
     request_handle: Any = None
@@ -478,12 +618,13 @@ class StreamGenerationTask(GenerationTask):
     def create_from_generation_task(
         cls, task: GenerationTask, streaming_step: int = 1
     ) -> StreamGenerationTask:
-        values = {a.name: getattr(task, a.name) for a in attrs.fields(GenerationTask) if a.init}
+        values = {
+            f.name: getattr(task, f.name) for f in dataclasses.fields(GenerationTask) if f.init
+        }
         return cls(**values, streaming_step=streaming_step)
 
 
-@_setattr_hooks
-@attrs.define(slots=False, eq=False)
+@task_class
 class RewardTask(Task):
     """Score candidate responses to ``input_str`` with a reward model.
 
@@ -496,7 +637,7 @@ class RewardTask(Task):
 
     worker_tag: Any = "reward"
     input_str: str | None = None
-    candidates: list[str] = attrs.field(factory=list)
+    candidates: list[str] = dataclasses.field(default_factory=list)
     step_separator: str | None = None
     scores: list[float] | None = None
     step_scores: list[list[float]] | None = None
@@ -520,8 +661,7 @@ class RewardTask(Task):
             raise InvalidTaskError(f"{name}.candidates", "must be a non-empty list of strings")
 
 
-@_setattr_hooks
-@attrs.define(slots=False, eq=False)
+@task_class
 class ToolCallTask(Task):
     """Call the tool ``tool_name`` with ``arguments``.
 
@@ -531,7 +671,7 @@ class ToolCallTask(Task):
 
     worker_tag: Any = "tool"
     tool_name: str | None = None
-    arguments: dict[str, Any] = attrs.field(factory=dict)
+    arguments: dict[str, Any] = dataclasses.field(default_factory=dict)
     result_str: str | None = None
     is_error: bool = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -28,17 +29,17 @@ def _blank(cls: type[GenerationTask]) -> tuple[dict[str, Any], tuple[tuple[str, 
     compact = dict(made)
     plain = made if sys.getsizeof(made) < sys.getsizeof(compact) else compact
     factories: list[tuple[str, Any]] = []
-    for a in attrs.fields(cls):
-        if isinstance(a.default, attrs.Factory):  # type: ignore[arg-type]
-            plain[a.name] = None  # the factory's value replaces it
-            if a.name not in cls.input_fields:
-                factories.append((a.name, a.default.factory))
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            plain[f.name] = None  # the factory's value replaces it
+            if f.name not in cls.input_fields:
+                factories.append((f.name, f.default_factory))
     return plain, tuple(factories)
 
 
-# every sample copies a task (often twice): the copy skips attrs' __init__,
-# whose validators already passed on the values copied (attrs checks each
-# field on assignment too), for the two classes whose fields are known here
+# every sample copies a task (often twice): the copy skips the dataclass's
+# __init__, whose validators already passed on the values copied (each field is
+# checked on assignment too), for the two classes whose fields are known here
 _BLANKS = {cls: _blank(cls) for cls in (GenerationTask, StreamGenerationTask)}
 
 

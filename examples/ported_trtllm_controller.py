@@ -52,7 +52,8 @@ class TokenBudgetMajorityVoteController(Controller):
                 [copy.deepcopy(kwargs) for _ in range(n)],
             )
             candidates.extend(t[0].output_str for t in tasks_list)
-        tasks[0].output_str = get_digit_majority_vote_result(candidates)
+        index, _answer = get_digit_majority_vote_result(candidates)
+        tasks[0].output_str = candidates[index] if candidates else ""
 
 
 def main() -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
-
-import dataclasses
 
 from engine_bridge import (
     SamplingParams,
@@ -15,7 +14,7 @@ from engine_bridge import (
 )
 
 from ._errors import InvalidTaskError
-from ._tasks import StreamGenerationTask, Task, task_class
+from ._tasks import StreamGenerationTask, Task
 
 __all__ = [
     "AssistantMessage",
@@ -177,7 +176,7 @@ def _message(value: RoleMessage | Mapping[str, Any]) -> RoleMessage:
     return value if isinstance(value, RoleMessage) else RoleMessage.from_dict(value)
 
 
-@task_class
+@dataclasses.dataclass(eq=False)
 class ChatTask(StreamGenerationTask):
     """A conversation for the model to continue (TensorRT-LLM compatible).
 

@@ -176,7 +176,23 @@ class EngineWorker(Worker):
             yield
             return
         async with self.engine:
-            yield
+            self._running = getattr(self, "_running", 0) + 1
+            try:
+                yield
+            finally:
+                self._running -= 1
+
+    async def run_task(self, task: Task) -> TaskStatus:
+        """Run ``task`` directly, without a runtime (TensorRT-LLM compatible:
+        ``asyncio.run(worker.run_task(task))``).  A worker whose engine is not
+        running (no runtime started it) starts it for this task and closes it
+        after, so each call is complete in itself (an engine is bound to the
+        event loop that started it).  Raises what the handler raises; cancelling
+        the call aborts the engine request."""
+        if self.manage_engine and not getattr(self, "_running", 0):
+            async with self.lifespan():
+                return await super().run_task(task)
+        return await super().run_task(task)
 
     def check_request(self, prompt: object) -> None:
         """Refuse, at submission, a prompt the engine can never take (longer than

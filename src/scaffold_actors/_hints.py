@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
-
-import dataclasses
 
 from engine_bridge import EngineRequest, InvalidRequestError, KVCacheDrop, SamplingParams
 
 from ._chat import ChatTask, RoleMessage
 from ._errors import InvalidTaskError
-from ._tasks import Task, task_class
+from ._tasks import Task
 
 __all__ = ["DropKVCacheTask", "TokenizeTask"]
 
 
-@task_class
+@dataclasses.dataclass(eq=False)
 class TokenizeTask(Task):
     """Count a prompt's tokens with the generation engine's own tokenizer
     (TensorRT-LLM compatible).

@@ -6,9 +6,10 @@ imported when a worker starts, so this module imports without it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
@@ -19,7 +20,7 @@ from engine_bridge import raise_single
 
 from ._errors import InvalidTaskError, ScaffoldError
 from ._scope import current_scope
-from ._tasks import Task, TaskStatus, ToolCallTask, task_class
+from ._tasks import Task, TaskStatus, ToolCallTask
 from ._worker import Handler, Worker
 
 __all__ = ["MCPCallTask", "MCPListTask", "MCPServerError", "MCPWorker"]
@@ -40,7 +41,7 @@ class MCPServerError(ScaffoldError):
         self.server = server
 
 
-@task_class
+@dataclasses.dataclass(eq=False)
 class MCPCallTask(Task):
     """Call the MCP tool ``tool_name`` with ``args`` (TensorRT-LLM compatible).
 
@@ -93,7 +94,7 @@ class MCPCallTask(Task):
         return args
 
 
-@task_class
+@dataclasses.dataclass(eq=False)
 class MCPListTask(Task):
     """List the tools of every server of an :class:`MCPWorker`.  Output:
     ``result_tools``, one ``{"name", "description", "input_schema", "server"}``
@@ -103,6 +104,27 @@ class MCPListTask(Task):
     result_tools: list[dict[str, Any]] | None = None
 
     output_fields: ClassVar[tuple[str, ...]] = ("result_tools",)
+
+
+class _Done:
+    """An awaitable that is already done (a shutdown with nothing to close)."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+
+class _Standalone:
+    """A worker started by ``init_in_asyncio_event_loop``: the asyncio task that
+    holds its connections, and the event that lets it close them.  Awaiting it
+    waits for the task (its error raised)."""
+
+    def __init__(self, task: Any, stop: anyio.Event) -> None:
+        self.task = task
+        self.stop = stop
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.task.__await__()  # type: ignore[no-any-return]
 
 
 class _Connection:
@@ -123,6 +145,10 @@ class _Connection:
 
 
 def _transport(spec: ServerSpec) -> Any:
+    if isinstance(spec, str) and spec.rstrip("/").endswith("/sse"):
+        from mcp.client.sse import sse_client  # an SSE endpoint (TensorRT-LLM's servers)
+
+        return sse_client(spec)
     if isinstance(spec, str):
         from mcp.client.streamable_http import streamable_http_client
 
@@ -196,13 +222,16 @@ class MCPWorker(Worker):
 
     def __init__(
         self,
-        servers: Mapping[str, ServerSpec],
+        servers: Mapping[str, ServerSpec] | None = None,
         *,
+        urls: Sequence[str] | None = None,
         per_scope: bool = False,
         call_timeout: float | None = 60.0,
         connect_timeout: float = 30.0,
         max_sessions: int | None = None,
     ) -> None:
+        if servers is None and urls is not None:  # TensorRT-LLM's MCPWorker(urls=[...])
+            servers = {f"server{i}": url for i, url in enumerate(urls)}
         if not servers:
             raise ValueError("servers must name at least one MCP server")
         for name, spec in servers.items():
@@ -223,6 +252,7 @@ class MCPWorker(Worker):
         self._connections: dict[tuple[str, str | None], _Connection] = {}
         self._locks: dict[tuple[str, str | None], anyio.Lock] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self._standalone: _Standalone | None = None
 
     def __repr__(self) -> str:
         return f"MCPWorker({sorted(self.servers)})"
@@ -260,6 +290,55 @@ class MCPWorker(Worker):
                     conn.close.set()
                 self._connections.clear()
                 self._tg = None
+
+    async def init_in_asyncio_event_loop(self) -> None:
+        """Connect now, in the running event loop, so that :meth:`run_task`
+        works without a runtime (TensorRT-LLM compatible); :meth:`shutdown`
+        closes the connections.  Returns once every server's tools are listed;
+        raises what connecting raised (the worker is then not started).
+        Cancelling the call cancels the start."""
+        if self._standalone is not None:
+            raise RuntimeError("this MCPWorker is already started")
+        ready = anyio.Event()
+        stop = anyio.Event()
+        failure: list[BaseException] = []
+
+        async def hold() -> None:
+            try:
+                async with self.lifespan():
+                    ready.set()
+                    await stop.wait()
+            except BaseException as exc:  # (reported to the starter, or to shutdown)
+                failure.append(exc)
+                ready.set()
+                raise
+
+        import asyncio
+
+        task = asyncio.get_running_loop().create_task(hold())
+        self._standalone = _Standalone(task, stop)
+        try:
+            await ready.wait()
+        except BaseException:
+            stop.set()
+            task.cancel()
+            self._standalone = None
+            raise
+        if failure:
+            self._standalone = None
+            await asyncio.gather(task, return_exceptions=True)
+            raise failure[0]
+
+    def shutdown(self) -> Any:  # type: ignore[override]
+        """Close what :meth:`init_in_asyncio_event_loop` opened.  The closing
+        happens in the worker's event loop: ``await worker.shutdown()`` waits
+        for it (and raises a closing error); a plain ``worker.shutdown()``
+        starts it.  Nothing to do (and nothing to await) otherwise."""
+        standalone, self._standalone = self._standalone, None
+        if standalone is None:
+            return _Done()
+        standalone.stop.set()
+        return standalone
 
     @classmethod
     def init_with_urls(cls, urls: Sequence[str]) -> MCPWorker:

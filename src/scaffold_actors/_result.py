@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.from_thread
@@ -17,7 +17,7 @@ from ._trace import ExecutionTrace, TokenUsage
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
 
-__all__ = ["ScaffoldingResult"]
+__all__ = ["CurrentOutput", "ScaffoldingResult"]
 
 _END = object()
 
@@ -62,6 +62,7 @@ class ScaffoldingResult:
         self._partial_event = self._loop.Event()
         self._loop_thread = threading.get_ident()
         self._portal: BlockingPortal | None = None
+        self._latest: ScaffoldingOutput | None = None  # the last output iterated
 
     # -- state -----------------------------------------------------------
     @property
@@ -197,6 +198,26 @@ class ScaffoldingResult:
         else:
             self._foreign_portal().call(self.acancel)
 
+    # -- TensorRT-LLM's ways of reading the output ------------------------------
+    @property
+    def outputs(self) -> list[ScaffoldingOutput]:
+        """``[output]`` (TensorRT-LLM 1.2+: ``result.outputs[0].text``): the final
+        output once done, the latest partial one while it streams, an empty one
+        (``""``) before anything came."""
+        if self.output is not None:
+            return [self.output]
+        latest = self._latest
+        if latest is None:
+            latest = self._latest = ScaffoldingOutput("", [], finished=False)
+        return [latest]
+
+    @property
+    def cur_output(self) -> CurrentOutput:
+        """The output's text as TensorRT-LLM 2025 read it (``result.cur_output``,
+        compared to a string), also carrying that release's ``.outputs``."""
+        out = self.outputs[0]
+        return CurrentOutput(out)
+
     # -- streaming partial outputs -------------------------------------------------
     async def _next_output(self, seen: int) -> tuple[int, Any]:
         while True:
@@ -223,7 +244,18 @@ class ScaffoldingResult:
     def __aiter__(self) -> _AsyncOutputs:
         return _AsyncOutputs(self)
 
-    def __iter__(self) -> Iterator[ScaffoldingOutput]:
+    #: what iterating yields: each output (``False``, ours) or, as in
+    #: TensorRT-LLM, the result itself with ``outputs[0]`` the latest output
+    #: (``True``, the compat ``ScaffoldingLlm``'s results)
+    iterates_results: bool = False
+
+    def _yielded(self, item: ScaffoldingOutput) -> Any:
+        if not self.iterates_results:
+            return item
+        self._latest = item
+        return self
+
+    def __iter__(self) -> Iterator[Any]:
         if self._in_loop():
             raise RuntimeError("inside the event loop use `async for` over the result")
         portal = self._foreign_portal()
@@ -234,7 +266,7 @@ class ScaffoldingResult:
                 if self._cancelled:
                     raise RequestCancelledError(f"request {self.request_id} was cancelled")
                 return
-            yield item
+            yield self._yielded(item)
 
 
 class _AsyncOutputs:
@@ -247,7 +279,7 @@ class _AsyncOutputs:
     def __aiter__(self) -> _AsyncOutputs:
         return self
 
-    async def __anext__(self) -> ScaffoldingOutput:
+    async def __anext__(self) -> Any:
         r = self._result
         if r._in_loop():
             self._seen, item = await r._next_output(self._seen)
@@ -260,4 +292,33 @@ class _AsyncOutputs:
             if r._cancelled:
                 raise RequestCancelledError(f"request {r.request_id} was cancelled")
             raise StopAsyncIteration
-        return item  # type: ignore[no-any-return]
+        return r._yielded(item)
+
+
+class CurrentOutput(str):
+    """A result's ``cur_output`` (TensorRT-LLM 2025): the output text, a string,
+    that also reads as that release's output object (``.outputs[0].text``,
+    ``.output_str``, ``.token_ids``)."""
+
+    output: ScaffoldingOutput
+
+    def __new__(cls, output: ScaffoldingOutput) -> Self:
+        self = super().__new__(cls, output.text)
+        self.output = output
+        return self
+
+    @property
+    def outputs(self) -> list[ScaffoldingOutput]:
+        return [self.output]
+
+    @property
+    def output_str(self) -> str | None:
+        return self.output.output_str
+
+    @property
+    def token_ids(self) -> Any:
+        return self.output.token_ids
+
+    @property
+    def finished(self) -> bool:
+        return self.output.finished

@@ -101,6 +101,9 @@ class AsyncScaffoldingLlm:
     TensorRT-LLM; native controllers are shared.
     """
 
+    #: the class of the results :meth:`generate_async` hands out
+    result_class: type[ScaffoldingResult] = ScaffoldingResult
+
     def __init__(
         self,
         controller: Any,
@@ -251,7 +254,7 @@ class AsyncScaffoldingLlm:
         clone = getattr(controller, "clone", None)
         if callable(clone) and callable(getattr(controller, "process", None)):
             controller = clone()
-        result = ScaffoldingResult(next(self._ids), prompt, self._loop)
+        result = self.result_class(next(self._ids), prompt, self._loop)
         self._in_flight.add(result)
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         assert self._tg is not None

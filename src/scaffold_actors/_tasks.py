@@ -150,7 +150,7 @@ def task_field(
     """A task's dataclass field whose value is converted and validated whenever
     it is set (in ``__init__`` and on every later assignment, in a subclass of
     one's own too)."""
-    metadata = {}
+    metadata: dict[str, Any] = {}
     if validator is not None:
         metadata["validator"] = validator
     if converter is not None:
@@ -198,12 +198,7 @@ def _stop_converter(value: str | Sequence[str] | None) -> list[str]:
     return list(value)
 
 
-#: how the task classes are made: dataclasses, as TensorRT-LLM's are (a subclass
-#: declared with ``@dataclass`` inherits every field), compared by identity
-task_class = dataclasses.dataclass(eq=False)
-
-
-@task_class
+@dataclasses.dataclass(eq=False)
 class Task:
     """Base of all tasks.  ``worker_tag`` names the worker role that runs it.
 
@@ -369,7 +364,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@task_class
+@dataclasses.dataclass(eq=False)
 class GenerationTask(Task):
     """Generate one completion.
 
@@ -598,7 +593,7 @@ def _check_messages(field: str, messages: Any) -> None:
             )
 
 
-@task_class
+@dataclasses.dataclass(eq=False)
 class StreamGenerationTask(GenerationTask):
     """A generation task delivered to its controller in pieces.
 
@@ -624,7 +619,7 @@ class StreamGenerationTask(GenerationTask):
         return cls(**values, streaming_step=streaming_step)
 
 
-@task_class
+@dataclasses.dataclass(eq=False)
 class RewardTask(Task):
     """Score candidate responses to ``input_str`` with a reward model.
 
@@ -661,7 +656,7 @@ class RewardTask(Task):
             raise InvalidTaskError(f"{name}.candidates", "must be a non-empty list of strings")
 
 
-@task_class
+@dataclasses.dataclass(eq=False)
 class ToolCallTask(Task):
     """Call the tool ``tool_name`` with ``arguments``.
 

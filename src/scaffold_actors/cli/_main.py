@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -412,6 +413,34 @@ def with_common(fn: Any) -> Any:
 @click.version_option(package_name="scaffold-actors")
 def main() -> None:
     """Inference-time compute methods over LLMs."""
+
+
+@main.command(
+    "port-run",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    epilog="Example: scaffold port-run examples/scaffolding/run_majority_vote_aime24.py --help",
+)
+@click.argument("script", type=click.Path(dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def port_run(script: str, args: tuple[str, ...]) -> None:
+    """Run a TensorRT-LLM Scaffolding SCRIPT unchanged on scaffold-actors.
+
+    ``import tensorrt_llm.scaffolding`` (and its submodules) resolve to
+    scaffold_actors.compat, unless the real TensorRT-LLM is installed (then it
+    runs on that, as it would anyway).  ARGS go to the script as its argv.
+    """
+    import runpy
+
+    from scaffold_actors.compat import install_trtllm_alias
+
+    path = os.path.abspath(script)
+    if not os.path.isfile(path):
+        raise click.BadParameter(f"{script}: no such file", param_hint="SCRIPT")
+    if not install_trtllm_alias():
+        click.echo("port-run: the real tensorrt_llm is installed; running on it", err=True)
+    sys.argv = [path, *args]
+    sys.path.insert(0, os.path.dirname(path))
+    runpy.run_path(path, run_name="__main__")
 
 
 @main.command(epilog="Example: scaffold methods --json")

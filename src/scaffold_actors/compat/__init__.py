@@ -13,6 +13,8 @@ handlers written for asyncio (``asyncio.sleep``, ``asyncio.gather``,
 
 from __future__ import annotations
 
+from typing import Any
+
 from .._chat import (
     AssistantMessage,
     ChatTask,
@@ -38,6 +40,7 @@ from .._tasks import (
     ToolCallTask,
 )
 from .._worker import Worker
+from ._alias import install_trtllm_alias, real_trtllm_installed
 from ._benchmark import ScaffoldingBenchRequest, async_scaffolding_benchmark
 from ._config import (
     CONTROLLER_REGISTRY,
@@ -60,6 +63,7 @@ from ._math import (
     extract_answer_from_boxed,
     extract_answer_with_regex,
     get_digit_majority_vote_result,
+    get_majority_result,
 )
 from ._prompts import system_prompt
 from ._replay import (
@@ -157,8 +161,11 @@ __all__ = [
     "extract_answer_from_boxed",
     "extract_answer_with_regex",
     "get_digit_majority_vote_result",
+    "get_majority_result",
+    "install_trtllm_alias",
     "load_controller_config",
     "make_seeded_rng_factory",
+    "real_trtllm_installed",
     "register_controller",
     "sub_request_node",
     "system_prompt",
@@ -168,12 +175,35 @@ __all__ = [
 ]
 
 
+class _Result(ScaffoldingResult):
+    """A compat request's result: iterating it yields the result itself, its
+    ``outputs[0]`` the latest output (TensorRT-LLM's iteration)."""
+
+    iterates_results = True
+
+
 class ScaffoldingLlm(_SyncScaffoldingLlm):
-    """:class:`scaffold_actors.ScaffoldingLlm` with an asyncio loop by default."""
+    """:class:`scaffold_actors.ScaffoldingLlm` with an asyncio loop by default.
+
+    As TensorRT-LLM's: ``for``/``async for`` over a result yields the result
+    itself (``result.outputs[0].text`` the latest output), and
+    ``shutdown(shutdown_wokers=True)`` (TensorRT-LLM's own tests spell it so)
+    is ``shutdown_workers``.
+    """
 
     default_backend = "asyncio"
     default_check_prompts = False  # what a prompt means is the controller's business
     output_task_collection = False
+
+    def __init__(self, prototype_controller: Any, workers: Any, **options: Any) -> None:
+        super().__init__(prototype_controller, workers, **options)
+        self._core.result_class = _Result
+
+    def shutdown(self, shutdown_workers: bool = False, **legacy: bool) -> None:
+        unknown = set(legacy) - {"shutdown_wokers"}
+        if unknown:
+            raise TypeError(f"shutdown() got an unexpected keyword argument {unknown.pop()!r}")
+        super().shutdown(shutdown_workers or legacy.get("shutdown_wokers", False))
 
     def enable_output_task_collection(self) -> None:
         """TensorRT-LLM compatible.  Results here always carry the controller's

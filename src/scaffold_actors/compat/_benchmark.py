@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -12,6 +12,7 @@ import attrs
 
 from .._result import ScaffoldingResult
 from ._task_collection import TaskCollection, with_task_collection
+from .load_generation_strategy import ConcurrentStrategy, LoadGenerationStrategy
 
 __all__ = ["ScaffoldingBenchRequest", "async_scaffolding_benchmark"]
 
@@ -48,25 +49,34 @@ async def async_scaffolding_benchmark(
     task_collection_types: Mapping[str, type[TaskCollection]],
     requests: Sequence[ScaffoldingBenchRequest],
     concurrency: int | None = None,
-    strategy: Any = None,
-) -> tuple[list[ScaffoldingResult], list[float], list[float], float]:
-    """Run ``requests`` through ``scaffolding_llm`` (a compat ``ScaffoldingLlm``),
-    ``concurrency`` at a time, with each of ``task_collection_types`` attached to
-    the controller (TensorRT-LLM compatible; call it from asyncio or trio).
+    strategy: LoadGenerationStrategy | None = None,
+) -> tuple[list[ScaffoldingResult], list[float], float]:
+    """Run ``requests`` through ``scaffolding_llm`` (a compat ``ScaffoldingLlm``)
+    with each of ``task_collection_types`` attached to the controller
+    (TensorRT-LLM compatible; call it from asyncio or trio).
 
-    Returns ``(results, start_times, execution_times, total_time)`` in completion
-    order (wall-clock seconds).  A failed request raises its error once the
-    requests already running have finished.  ``strategy`` (TensorRT-LLM's load
-    generation strategies) is not provided: pass ``concurrency``.
+    The load: ``concurrency`` requests at a time, or a ``strategy`` from
+    :mod:`scaffold_actors.compat.load_generation_strategy` (when
+    each request is sent, and how many run at once); give one of them.
+
+    Returns ``(results, execution_times, total_time)`` in completion order
+    (wall-clock seconds), as every TensorRT-LLM release does.  A failed request
+    raises its error once the requests already running have finished.
+    Raises :class:`ValueError` at once for a missing or non-positive load.
     """
-    if strategy is not None:
-        raise ValueError("load generation strategies are not provided here; pass concurrency=N")
-    if concurrency is None or concurrency < 1:
-        raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
+    if strategy is None:
+        if concurrency is None or concurrency < 1:
+            raise ValueError(
+                f"concurrency must be a positive integer (or pass strategy=), got {concurrency!r}"
+            )
+        strategy = ConcurrentStrategy(concurrency=concurrency)
+    elif not isinstance(strategy, LoadGenerationStrategy):
+        raise TypeError(
+            f"strategy must be a LoadGenerationStrategy (load_generation_strategy), got {strategy!r}"
+        )
     _collect(scaffolding_llm, task_collection_types)
-    slots = anyio.Semaphore(concurrency)
+    slots = strategy.get_semaphore()
     results: list[ScaffoldingResult] = []
-    starts: list[float] = []
     durations: list[float] = []
 
     async def one(request: ScaffoldingBenchRequest) -> None:
@@ -81,11 +91,17 @@ async def async_scaffolding_benchmark(
                         setter(result.id, **request.scope_params)
             await result.aresult()
             results.append(result)
-            starts.append(start)
             durations.append(time.time() - start)
 
     begin = time.time()
     async with anyio.create_task_group() as tg:
-        for request in requests:
-            tg.start_soon(one, request)
-    return results, starts, durations, time.time() - begin
+        pending = iter(requests)
+        times = cast("AsyncGenerator[float, None]", strategy.request_times())
+        try:
+            for request in pending:
+                instant = await times.__anext__()
+                await anyio.sleep(max(0.0, instant - time.time()))
+                tg.start_soon(one, request)
+        finally:
+            await times.aclose()
+    return results, durations, time.time() - begin

@@ -17,6 +17,7 @@ from typing import Any
 
 from ._controllers import (
     BestOfNController,
+    ChatWithMCPController,
     Controller,
     MajorityVoteController,
     NativeChatController,
@@ -42,6 +43,7 @@ CONTROLLER_REGISTRY: dict[str, type] = {
         PRMController,
         MajorityVoteController,
         BestOfNController,
+        ChatWithMCPController,
     )
 }
 
@@ -74,7 +76,10 @@ def _value(value: Any, objects: Mapping[str, Any], path: str) -> Any:
         ref = value["$ref"]
         if ref not in objects:
             have = ", ".join(sorted(objects)) or "none"
-            raise KeyError(f"{path}: no object named {ref!r} was given (objects: {have})")
+            raise KeyError(
+                f"{path}: unknown object reference {ref!r}: no such object was given "
+                f"(objects: {have})"
+            )
         return objects[ref]
     if isinstance(value, list):
         return [_value(v, objects, f"{path}[{i}]") for i, v in enumerate(value)]
@@ -99,7 +104,7 @@ def build_controller(
         raise TypeError(f"{_path}: a controller is a mapping, got {type(spec).__name__}")
     name = spec.get("type")
     if name is None:
-        raise ValueError(f"{_path}: the 'type' key is missing")
+        raise ValueError(f"{_path}: missing required 'type' key (the controller's name)")
     cls = CONTROLLER_REGISTRY.get(name)
     if cls is None:
         raise ValueError(
@@ -115,7 +120,9 @@ def build_controller(
     try:
         return cls(**args)
     except TypeError as e:
-        raise TypeError(f"{_path}: {name}({', '.join(sorted(args))}) failed: {e}") from e
+        raise TypeError(
+            f"{_path}: cannot construct {name} from arguments ({', '.join(sorted(args))}): {e}"
+        ) from e
 
 
 def load_controller_config(
@@ -140,5 +147,5 @@ def load_controller_config(
     if not isinstance(config, Mapping):
         raise ValueError(f"{path}: the top level must be a mapping, got {type(config).__name__}")
     if "controller" not in config:
-        raise ValueError(f"{path}: the top-level 'controller' key is missing")
+        raise ValueError(f"{path}: missing required top-level 'controller' key")
     return build_controller(config["controller"], objects)

@@ -182,6 +182,7 @@ class ChatWithMCPController(Controller):
     class WorkerTag(enum.Enum):
         GENERATION = "generation"
         MCP = "mcp"
+        TOOLCALL = "mcp"  # TensorRT-LLM's later name of the MCP worker's tag
 
     def __init__(
         self,
@@ -189,13 +190,19 @@ class ChatWithMCPController(Controller):
         system_prompts: Sequence[Any] | None = None,
         tools: Sequence[Any] | None = None,
         max_iterations: int = 8,
+        *,
+        generation_controller: NativeGenerationController | None = None,
     ) -> None:
         super().__init__()
         if max_iterations < 1:
             raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+        if generation_controller is not None and sampling_params is None:
+            sampling_params = generation_controller.sampling_params
         self.generation = NativeGenerationController(sampling_params)
+        self.generation_controller = generation_controller or self.generation
         self.system_prompts = list(system_prompts or ())
-        self.tools = None if tools is None else list(tools)
+        # the caller's own list (TensorRT-LLM keeps the object it was given)
+        self.tools = tools
         self.max_iterations = max_iterations
 
     def generate(self, prompt: Any, **kwargs: Any) -> Generator[Any, Any, ScaffoldingOutput]:
@@ -376,7 +383,12 @@ class MajorityVoteController(Controller):
         setattr(tasks[0], "output_str", result)  # noqa: B010 - any task with output_str
 
     def majority_vote(self, candidates: list[str], **kwargs: Any) -> str:
-        return get_digit_majority_vote_result(candidates)
+        """The first candidate with the most common boxed integer answer (the
+        first candidate when none has one), as TensorRT-LLM's."""
+        if not candidates:
+            return ""
+        index, _ = get_digit_majority_vote_result(candidates)
+        return candidates[index]
 
 
 class BestOfNController(Controller):

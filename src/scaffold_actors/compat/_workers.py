@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode
+
+from engine_bridge import EngineError
 
 from .._engine_worker import EngineWorker
 from .._errors import InvalidTaskError
 from .._hints import DropKVCacheTask
 from .._mcp import MCPWorker
-from .._tasks import Task
+from .._tasks import Task, TaskStatus
+from .._worker import Handler
 
 __all__ = ["ApiaryMCPWorker", "OpenaiWorker", "TRTLLMWorker", "TRTOpenaiWorker"]
 
@@ -48,7 +51,30 @@ class OpenaiWorker(EngineWorker):
         self.async_client = async_client
         self.model = model
         self.kv_cache_hint_enabled = kv_cache_hint_enabled
+        if kv_cache_hint_enabled and not hasattr(async_client, "create_kv_cache_hint"):
+            # as TensorRT-LLM does: the client gets the call that posts the hint
+            async_client.create_kv_cache_hint = _kv_cache_hint_poster(base_url, api_key)
         super().__init__(OpenAIEngine(base_url, model, api_key=api_key, **engine_options))
+
+    async def drop_kv_cache_handler(self, task: DropKVCacheTask) -> TaskStatus:
+        """Send the hint through the client's ``create_kv_cache_hint(task,
+        params)`` (TensorRT-LLM's hook, attached by this worker unless the
+        client has its own).  A response that is not a success raises
+        :class:`EngineError` naming the status; ``freed_blocks`` is the
+        server's count when it gives one."""
+        chat = task.chat_task
+        messages = [] if chat is None else [_message_dict(m) for m in chat.messages]
+        params: dict[str, Any] = {"model": self.model, "messages": messages}
+        response = await self.async_client.create_kv_cache_hint(task, params)
+        status = getattr(response, "status_code", 200)
+        if not 200 <= int(status) < 300:
+            raise EngineError(f"KV-cache hint refused by the server: HTTP {status}")
+        task.freed_blocks = _freed_blocks(response)
+        return TaskStatus.SUCCESS
+
+    task_handlers: ClassVar[dict[type[Task], Handler]] = {
+        DropKVCacheTask: drop_kv_cache_handler,
+    }
 
     def check_task(self, task: Task) -> None:
         super().check_task(task)
@@ -58,6 +84,53 @@ class OpenaiWorker(EngineWorker):
                 "this OpenaiWorker sends no KV-cache hints: make it with "
                 "kv_cache_hint_enabled=True",
             )
+
+
+def _message_dict(message: Any) -> Any:
+    return message.to_dict() if hasattr(message, "to_dict") else dict(message)
+
+
+def _control_root(base_url: str) -> str:
+    """The server's root: ``base_url`` without a trailing ``/`` or ``/v1``."""
+    root = base_url.rstrip("/")
+    if root.endswith("/v1"):
+        root = root[: -len("/v1")]
+    return root
+
+
+def _kv_cache_hint_poster(base_url: str, api_key: str | None) -> Any:
+    """``create_kv_cache_hint(task, params)``: POST the drop hint of ``task`` (a
+    :class:`DropKVCacheTask`) to ``<root>/_control/kv_cache/truncate``
+    (trtllm-serve's endpoint; ours serves it too) and return the response.
+    ``params["model"]`` names the model and ``params["extra_body"]`` is merged
+    into the body, as the OpenAI client does with its requests."""
+    url = _control_root(base_url) + "/_control/kv_cache/truncate"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key is not None else {}
+
+    async def create_kv_cache_hint(task: DropKVCacheTask, params: dict[str, Any]) -> Any:
+        import httpx
+
+        chat = task.chat_task
+        body: dict[str, Any] = {
+            "action": "truncate",
+            "messages": [] if chat is None else [_message_dict(m) for m in chat.messages],
+            "messages_to_retain": [_message_dict(m) for m in task.messages_to_retain],
+            "model": params.get("model"),
+            **(params.get("extra_body") or {}),
+        }
+        async with httpx.AsyncClient() as client:
+            return await client.post(url, json=body, headers=headers)
+
+    return create_kv_cache_hint
+
+
+def _freed_blocks(response: Any) -> int | None:
+    try:
+        body = response.json()
+    except Exception:  # no JSON body: the server took the hint without a count
+        return None
+    freed = body.get("freed_blocks") if isinstance(body, dict) else None
+    return freed if isinstance(freed, int) else None
 
 
 class TRTOpenaiWorker(OpenaiWorker):
@@ -95,8 +168,22 @@ class TRTLLMWorker(EngineWorker):
         disable_overlap_scheduler: bool = False,
         scheduler_config: Any = None,
     ) -> TRTLLMWorker:
-        """A worker whose engine makes (and shuts down) its own ``LLM``."""
+        """A worker whose engine makes (and shuts down) its own ``LLM``.
+
+        Raises :class:`ImportError` at once when the real ``tensorrt_llm`` is
+        not installed (the compat alias does not count), naming what to use
+        instead."""
         from engine_bridge import TRTLLMEngine
+
+        from ._alias import real_trtllm_installed
+
+        if not real_trtllm_installed():
+            raise ImportError(
+                "TRTLLMWorker.init_with_new_llm needs TensorRT-LLM (pip install "
+                "'scaffold-actors[trtllm]' on an NVIDIA GPU host); without it, use "
+                "EngineWorker(HFEngine(model_dir)) (transformers) or "
+                "OpenaiWorker(openai.AsyncOpenAI(base_url=...), model) for a served model"
+            )
 
         llm_kwargs: dict[str, Any] = {
             "backend": backend,

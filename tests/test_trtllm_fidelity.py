@@ -1,0 +1,751 @@
+"""Behaviours of TensorRT-LLM's Scaffolding API that programs written for it rely
+on, each tested here in our own words: tasks as dataclasses, every released form
+of outputs and results, the answer helpers, the config loader's messages, the
+workers used standalone, the contrib projects, load strategies, and the
+``tensorrt_llm.scaffolding`` alias (``pytest --trtllm-alias``, ``scaffold
+port-run``) that runs such a program with no edit."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from engine_bridge import EngineError, SimulatedEngine
+from scaffold_actors import EngineWorker, InvalidTaskError
+from scaffold_actors.compat import (
+    ChatTask,
+    ChatWithMCPController,
+    Controller,
+    DropKVCacheTask,
+    GenerationTask,
+    NativeGenerationController,
+    OpenaiWorker,
+    RoleMessage,
+    ScaffoldingBenchRequest,
+    ScaffoldingLlm,
+    ScaffoldingOutput,
+    StreamGenerationTask,
+    Task,
+    TaskStatus,
+    Worker,
+    async_scaffolding_benchmark,
+    build_controller,
+    get_digit_majority_vote_result,
+    get_majority_result,
+    load_controller_config,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment of a child that must not see tests/standins."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src")
+    return env
+
+
+def _python(code: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=_clean_env(),
+        timeout=120,
+    )
+
+
+# --- tasks are dataclasses ----------------------------------------------------------
+
+
+def test_tasks_are_dataclasses_with_class_level_defaults() -> None:
+    """dataclasses.fields/replace/asdict work; a subclass whose __init__ never
+    calls super().__init__() still reads every plain default (a class attribute),
+    and a @dataclass subclass inherits every field."""
+    task = GenerationTask(input_str="q", max_tokens=7)
+    names = [f.name for f in dataclasses.fields(task)]
+    assert names[:5] == [
+        "worker_tag",
+        "streaming_output_flag",
+        "streaming_output_list",
+        "custom_input_params",
+        "custom_output_params",
+    ]
+    assert {"input_str", "max_tokens", "output_str", "frequency_penalty"} <= set(names)
+    twin = dataclasses.replace(task, max_tokens=9)
+    assert twin.max_tokens == 9 and twin.input_str == "q" and task.max_tokens == 7
+    assert dataclasses.asdict(task)["max_tokens"] == 7
+    with pytest.raises(InvalidTaskError, match="max_tokens"):
+        dataclasses.replace(task, max_tokens=0)  # still validated
+
+    class Bare(Task):
+        def __init__(self) -> None:
+            self.turns = 2  # no super().__init__(), as TensorRT-LLM's own tests write
+
+    bare = Bare()
+    assert bare.worker_tag is None and bare.streaming_output_flag is False
+    assert bare.custom_input_params is None
+
+    @dataclasses.dataclass
+    class Probe(GenerationTask):
+        depth: int = 0
+
+    probe = Probe(input_str="q", max_tokens=3, depth=2)
+    assert (probe.max_tokens, probe.depth, probe.worker_tag) == (3, 2, "generation")
+    assert [f.name for f in dataclasses.fields(Probe)][-1] == "depth"
+    assert isinstance(StreamGenerationTask(), GenerationTask)
+
+
+def test_a_dataclass_subclass_of_a_task_runs_through_the_runtime() -> None:
+    """The contrib pattern: a @dataclass subclass of GenerationTask (eq=True, so
+    unhashable, as dataclasses make it) goes through a worker and a controller."""
+
+    @dataclasses.dataclass
+    class Scored(GenerationTask):
+        score: float = 0.0
+
+    class ScoringWorker(Worker):
+        async def handle(self, task: Scored) -> TaskStatus:
+            task.output_str = f"{task.input_str}!"
+            task.score = 0.5
+            return TaskStatus.SUCCESS
+
+        task_handlers = {Scored: handle}
+
+    class Scoring(Controller):
+        def generate(self, prompt: str, **kwargs: Any) -> Any:
+            task = Scored(input_str=prompt)
+            yield [task]
+            assert task.score == 0.5
+            return task.create_scaffolding_output()
+
+    with ScaffoldingLlm(Scoring(), {"generation": ScoringWorker()}) as llm:
+        assert llm.generate("hi").outputs[0].text == "hi!"
+
+
+def test_sampling_fields_no_engine_takes_are_refused_unless_at_their_default() -> None:
+    """TensorRT-LLM's OpenAI-style fields exist; a value that would change
+    sampling is refused at submission (never dropped silently)."""
+    task = GenerationTask(input_str="q", frequency_penalty=0.0, echo=False, user="me")
+    task.validate()
+    task.presence_penalty = 0.5
+    with pytest.raises(InvalidTaskError, match=r"GenerationTask\.presence_penalty"):
+        task.validate()
+
+    class Biased(Controller):
+        def process(self, tasks: list[Any], **kwargs: Any) -> Any:
+            tasks[0].logit_bias = {"1": 2.0}
+            yield tasks
+
+    with ScaffoldingLlm(Biased(), {"generation": EngineWorker(SimulatedEngine())}) as llm:
+        with pytest.raises(InvalidTaskError, match=r"logit_bias.*not supported"):
+            llm.generate("q")
+
+
+def test_generation_result_alias() -> None:
+    """``task.result`` (TensorRT-LLM 2025's name) is ``output_str``."""
+    task = GenerationTask(input_str="q")
+    task.result = "Yes."
+    assert task.output_str == "Yes." and task.result == "Yes."
+
+
+# --- outputs and results --------------------------------------------------------------
+
+
+def test_scaffolding_output_accepts_every_released_form() -> None:
+    empty = ScaffoldingOutput()  # 2025: built empty, filled after
+    assert empty.output_str is None and empty.text == ""
+    empty.output_str = "a"
+    assert empty.text == "a"
+    pair = ScaffoldingOutput("b", [1, 2])  # 1.2+: (text, token_ids)
+    assert (pair.text, pair.token_ids, pair.output_tokens) == ("b", [1, 2], [1, 2])
+    triple = ScaffoldingOutput("c", [3], {"k": 1})
+    assert triple.data == {"k": 1}
+    ours = ScaffoldingOutput("d", [4], finish_reason="stop", details={"votes": 2})
+    assert ours.finish_reason == "stop" and ours.details == {"votes": 2}
+    ours.text = "e"
+    assert ours.output_str == "e" and ours.outputs[0] is ours
+    assert ScaffoldingOutput("x", [1]) == ScaffoldingOutput(output_str="x", output_tokens=[1])
+
+
+class EchoWorker(Worker):
+    async def generate(self, task: GenerationTask) -> TaskStatus:
+        await asyncio.sleep(0)
+        task.output_str = f"echo {task.input_str}"
+        task.output_tokens = [1, 2]
+        return TaskStatus.SUCCESS
+
+    task_handlers = {GenerationTask: generate}
+
+
+def test_results_read_as_every_release_reads_them() -> None:
+    """``result.outputs[0].text`` (1.2+), ``result.cur_output`` compared to a
+    string (2025) and its ``.outputs``, ``result.output.output_str`` (ours);
+    iterating a compat result yields the result itself."""
+    with ScaffoldingLlm(NativeGenerationController(), {"generation": EchoWorker()}) as llm:
+        result = llm.generate("q")
+        assert result.outputs[0].text == "echo q"
+        assert result.outputs[0].token_ids == [1, 2]
+        assert result.cur_output == "echo q"
+        assert result.cur_output.outputs[0].text == "echo q"
+        assert result.output is not None and result.output.output_str == "echo q"
+        pending = llm.generate_async("r")
+        seen = list(pending)
+        assert seen and all(item is pending for item in seen)
+        assert pending.outputs[0].text == "echo r"
+
+        async def iterate() -> list[Any]:
+            later = llm.generate_async("s")
+            return [item async for item in later]
+
+        items = asyncio.run(iterate())
+        assert items and items[-1].outputs[0].text == "echo s"
+
+
+def test_a_result_before_any_output_reads_empty() -> None:
+    from scaffold_actors._result import ScaffoldingResult
+
+    class Loop:
+        def Event(self) -> Any:
+            import threading
+
+            return threading.Event()
+
+    fresh = ScaffoldingResult(1, "q", Loop())  # type: ignore[arg-type]
+    assert fresh.outputs[0].text == "" and fresh.cur_output == ""
+
+
+def test_shutdown_takes_tensorrt_llms_spelling() -> None:
+    class Closing(EchoWorker):
+        closed = 0
+
+        def shutdown(self) -> None:
+            Closing.closed += 1
+
+    llm = ScaffoldingLlm(NativeGenerationController(), {"generation": Closing()})
+    llm.shutdown(shutdown_wokers=True)
+    assert Closing.closed == 1
+    other = ScaffoldingLlm(NativeGenerationController(), {"generation": Closing()})
+    with pytest.raises(TypeError, match="shutdown_everything"):
+        other.shutdown(shutdown_everything=True)
+    other.shutdown()
+
+
+# --- answer helpers -------------------------------------------------------------------
+
+
+def test_majority_helpers_return_index_and_answer() -> None:
+    assert get_majority_result(["p", "q", "q"]) == (1, "q")
+    assert get_majority_result(["p", "p", "q"]) == (0, "p")
+    assert get_majority_result([]) == (None, None)
+    assert get_majority_result([None, 3], result_validator=lambda a: a > 5) == (None, None)
+    assert get_majority_result(["A1", "b2", "B2"], result_extractor=str.lower) == (1, "b2")
+    boxed = ["so \\boxed{-4}", "\\boxed{9}", "hence \\boxed{-4}"]
+    assert get_digit_majority_vote_result(boxed) == (0, "-4")
+    assert get_digit_majority_vote_result(["\\boxed{2.5}", "\\boxed{x}", "none"]) == (0, None)
+    assert get_digit_majority_vote_result(["\\boxed{x}", "\\boxed{12}"]) == (1, "12")
+
+
+# --- controller configs ----------------------------------------------------------------
+
+
+def test_config_errors_say_what_tensorrt_llm_says(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="unknown object reference 'tok'"):
+        build_controller({"type": "PRMController", "args": {"tokenizer": {"$ref": "tok"}}})
+    with pytest.raises(ValueError, match="missing required 'type'"):
+        build_controller({"args": {}})
+    with pytest.raises(TypeError, match="cannot construct NativeGenerationController"):
+        build_controller({"type": "NativeGenerationController", "args": {"bogus": 1}})
+    with pytest.raises(ValueError, match=r"controller\.args\.generation_controller: unknown"):
+        build_controller(
+            {"type": "MajorityVoteController", "args": {"generation_controller": {"type": "No"}}}
+        )
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"other": {}}))
+    with pytest.raises(ValueError, match="missing required top-level 'controller'"):
+        load_controller_config(str(path))
+
+
+def test_chat_with_mcp_controller_is_buildable_from_a_config() -> None:
+    tools = [{"name": "add"}]
+    built = build_controller(
+        {
+            "type": "ChatWithMCPController",
+            "args": {
+                "generation_controller": {
+                    "type": "NativeGenerationController",
+                    "args": {"sampling_params": {"max_tokens": 5}},
+                },
+                "tools": {"$ref": "tools"},
+                "max_iterations": 3,
+            },
+        },
+        objects={"tools": tools},
+    )
+    assert isinstance(built, ChatWithMCPController)
+    assert built.tools is tools and built.max_iterations == 3
+    assert built.generation.sampling_params == {"max_tokens": 5}
+    assert ChatWithMCPController.WorkerTag.TOOLCALL.value == "mcp"
+
+
+# --- workers used standalone ---------------------------------------------------------
+
+
+def test_an_engine_worker_runs_a_task_without_a_runtime() -> None:
+    """``asyncio.run(worker.run_task(task))``: the engine is started for the
+    call and closed after (the engine's own state says so), twice in a row."""
+    engine = SimulatedEngine()
+    worker = EngineWorker(engine)
+    for _ in range(2):
+        task = GenerationTask.create_from_prompt("hello there")
+        task.max_tokens = 4
+        assert asyncio.run(worker.run_task(task)) == TaskStatus.SUCCESS
+        assert task.output_str and task.completion_tokens_num == 4
+        assert engine.completed >= 1 and engine.num_active == 0
+    with pytest.raises(EngineError):  # closed after each call
+        asyncio.run(_open_stream_once(engine))
+
+
+async def _open_stream_once(engine: SimulatedEngine) -> None:
+    from engine_bridge import EngineRequest, SamplingParams
+
+    async with engine.open_stream(EngineRequest(SamplingParams(max_tokens=1), prompt="x")):
+        pass
+
+
+def _drop_task() -> tuple[DropKVCacheTask, list[RoleMessage]]:
+    messages = [
+        RoleMessage(role="system", content="rules"),
+        RoleMessage(role="user", content="q1"),
+        RoleMessage(role="assistant", content="a1"),
+    ]
+    return DropKVCacheTask(ChatTask.create_from_messages(messages), worker_tag="drop"), messages
+
+
+def test_openai_worker_attaches_the_kv_cache_hint_to_its_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client gets ``create_kv_cache_hint(task, params)``, which posts the
+    drop to the server root's control endpoint (``/v1`` and slashes stripped),
+    ``extra_body`` merged, the key as a bearer token."""
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"freed_blocks": 3})
+
+    real = httpx.AsyncClient
+    monkeypatch.setattr(
+        httpx, "AsyncClient", lambda *a, **k: real(transport=httpx.MockTransport(handler))
+    )
+    for base, key in (("http://h:1/v1/", "k"), ("http://h:1", None)):
+        client = type("Client", (), {"base_url": base, "api_key": key})()
+        OpenaiWorker(client, "m", kv_cache_hint_enabled=True)
+        task, messages = _drop_task()
+        params = {"model": "m", "extra_body": {"chat_template_kwargs": {"x": 1}}}
+        response = asyncio.run(client.create_kv_cache_hint(task, params))
+        assert response.status_code == 200
+        request = sent[-1]
+        assert str(request.url) == "http://h:1/_control/kv_cache/truncate"
+        assert json.loads(request.content) == {
+            "action": "truncate",
+            "messages": [m.to_dict() for m in messages],
+            "messages_to_retain": [messages[0].to_dict()],
+            "model": "m",
+            "chat_template_kwargs": {"x": 1},
+        }
+        assert request.headers.get("authorization") == (f"Bearer {key}" if key else None)
+    plain = type("Client", (), {"base_url": "http://h:1", "api_key": None})()
+    OpenaiWorker(plain, "m")
+    assert not hasattr(plain, "create_kv_cache_hint")  # only when hints are on
+
+
+def test_openai_worker_runs_a_drop_through_the_clients_hook() -> None:
+    calls: list[tuple[Any, dict[str, Any]]] = []
+
+    class Response:
+        def __init__(self, status: int) -> None:
+            self.status_code = status
+
+        def json(self) -> Any:
+            return {"freed_blocks": 2}
+
+    status = 200
+
+    async def hook(task: Any, params: dict[str, Any]) -> Response:
+        calls.append((task, params))
+        return Response(status)
+
+    client = type("Client", (), {"base_url": "http://h:1/v1", "api_key": None})()
+    worker = OpenaiWorker(client, "m", kv_cache_hint_enabled=True)
+    client.create_kv_cache_hint = hook
+    task, messages = _drop_task()
+    assert asyncio.run(worker.run_task(task)) == TaskStatus.SUCCESS
+    assert task.freed_blocks == 2
+    sent, params = calls[-1]
+    assert sent is task and params["messages"] == [m.to_dict() for m in messages]
+    status = 503
+    with pytest.raises(EngineError, match="HTTP 503"):
+        asyncio.run(worker.run_task(_drop_task()[0]))
+
+
+# --- load strategies and the benchmark ----------------------------------------------
+
+
+def test_load_strategies_say_when_each_request_goes() -> None:
+    from scaffold_actors.compat.load_generation_strategy import (
+        ConcurrentStrategy,
+        ConstantRateStrategy,
+        PoissonRateStrategy,
+        ThroughputStrategy,
+    )
+
+    async def first(strategy: Any, n: int) -> list[float]:
+        out = []
+        async for t in strategy.request_times():
+            out.append(t)
+            if len(out) == n:
+                break
+        return out
+
+    steady = ConstantRateStrategy(rate=4.0, start_time=100.0)
+    assert asyncio.run(first(steady, 3)) == [100.0, 100.25, 100.5]
+    burst = ConstantRateStrategy(rate=2.0, initial_burst=True, start_time=0.0)
+    assert asyncio.run(first(burst, 4)) == [0.0, 0.0, 0.5, 1.0]
+    a = asyncio.run(first(PoissonRateStrategy(rate=5.0, start_time=0.0, random_seed=1), 5))
+    b = asyncio.run(first(PoissonRateStrategy(rate=5.0, start_time=0.0, random_seed=1), 5))
+    assert a == b and a == sorted(a) and a[0] == 0.0
+    assert asyncio.run(first(ThroughputStrategy(start_time=7.0), 3)) == [7.0] * 3
+    assert str(ConcurrentStrategy(concurrency=3)) == "concurrent@3"
+    with pytest.raises(ValueError, match="rate"):
+        ConstantRateStrategy(rate=0)
+
+
+def test_the_benchmark_returns_three_values_and_takes_a_strategy() -> None:
+    from scaffold_actors.compat.load_generation_strategy import ConcurrentStrategy
+
+    requests = [ScaffoldingBenchRequest(prompt=f"p{i}") for i in range(5)]
+    with ScaffoldingLlm(NativeGenerationController(), {"generation": EchoWorker()}) as llm:
+        results, times, total = asyncio.run(
+            async_scaffolding_benchmark(llm, {}, requests, strategy=ConcurrentStrategy(concurrency=2))
+        )
+        assert len(results) == len(times) == 5 and total >= max(times)
+        assert sorted(r.outputs[0].text for r in results) == [f"echo p{i}" for i in range(5)]
+        with pytest.raises(ValueError, match="concurrency"):
+            asyncio.run(async_scaffolding_benchmark(llm, {}, requests))
+
+
+# --- contrib projects ------------------------------------------------------------------
+
+
+class Agent:
+    def __init__(self, name: str, fail: bool = False) -> None:
+        from scaffold_actors.compat.contrib.a2a import AgentInfo
+
+        self.info = AgentInfo(name=name, description=f"{name} agent", skills=["s"])
+        self.fail = fail
+        self.closed = False
+
+    def get_agent_info(self) -> Any:
+        return self.info
+
+    async def send_message(self, message: str) -> str:
+        if self.fail:
+            raise ConnectionError(f"{self.info.name} is down")
+        return f"{self.info.name}: {message.upper()}"
+
+    async def cleanup(self) -> None:
+        self.closed = True
+
+
+class Call:
+    def __init__(self, name: str, arguments: str) -> None:
+        self.function = type("F", (), {"name": name, "arguments": arguments})()
+
+
+def _delegating_worker(arguments: str) -> Worker:
+    from scaffold_actors.compat.contrib.mcp.chat_task import ChatTask as ContribChat
+
+    class Delegating(Worker):
+        async def chat(self, task: ContribChat) -> TaskStatus:
+            if len(task.messages) == 2:  # system + user: delegate
+                assert task.tools and task.tools[0]["function"]["name"] == "math"
+                task.output_str, task.finish_reason = "asking math", "tool_calls"
+                task.tool_calls = [Call("math", arguments)]
+            else:  # the agent's reply came back as the user's turn
+                task.output_str, task.finish_reason = f"final: {task.messages[-1]['content']}", "stop"
+            return TaskStatus.SUCCESS
+
+        task_handlers = {ContribChat: chat}
+
+    return Delegating()
+
+
+def test_a2a_controller_delegates_and_answers_from_the_reply() -> None:
+    from scaffold_actors.compat.contrib.a2a import A2AController, A2AWorker
+
+    for arguments, sent in ((json.dumps({"message": "two plus two"}), "TWO PLUS TWO"),
+                            ("not json", "NOT JSON")):
+        agents = A2AWorker([Agent("math")])
+        workers = {"generation": _delegating_worker(arguments), "a2a": agents}
+        with ScaffoldingLlm(A2AController(), workers) as llm:
+            assert llm.generate("q").outputs[0].text == f"final: math: {sent}"
+
+
+def test_a2a_worker_alone_and_its_failures() -> None:
+    from scaffold_actors.compat.contrib.a2a import (
+        A2AController,
+        A2AListTask,
+        A2ASendTask,
+        A2AWorker,
+    )
+
+    agents = [Agent("a"), Agent("b")]
+    worker = A2AWorker(agents)
+    listing = A2AListTask.create_a2a_task()
+    assert asyncio.run(worker.run_task(listing)) == TaskStatus.SUCCESS
+    assert [a.name for a in listing.result_agents or ()] == ["a", "b"]
+    missing = A2ASendTask.create_a2a_task("zzz", "hi")
+    assert asyncio.run(worker.run_task(missing)) == TaskStatus.WORKER_NOT_SUPPORTED
+    assert "zzz" in (missing.output_str or "")
+    asyncio.run(worker.async_shutdown())
+    assert all(a.closed for a in agents)
+    # an agent's error reaches the request as itself
+    workers = {"generation": _delegating_worker("{}"), "a2a": A2AWorker([Agent("math", fail=True)])}
+    with ScaffoldingLlm(A2AController(), workers) as llm:
+        with pytest.raises(ConnectionError, match="math is down"):
+            llm.generate("q")
+
+
+def test_contrib_chat_task_appends_the_prompt() -> None:
+    from scaffold_actors.compat.contrib.mcp import ChatTask as ContribChat
+    from scaffold_actors.compat.contrib.mcp import MCPCallTask as ContribCall
+
+    messages = [{"role": "system", "content": "s"}]
+    chat = ContribChat.create_from_prompt(messages, "u", [{"type": "function"}])
+    assert chat.messages is messages and messages[-1] == {"role": "user", "content": "u"}
+    assert chat.request_inputs()["tools"] == [{"type": "function"}]
+    call = ContribCall.create_mcptask("add", {"a": 1}, retry=3)
+    assert (call.tool_name, call.args, call.retry) == ("add", {"a": 1}, 3)
+
+
+# --- the tensorrt_llm.scaffolding alias ---------------------------------------------------
+
+
+def test_the_alias_serves_every_submodule_and_names_what_it_lacks() -> None:
+    out = _python(
+        """
+        from scaffold_actors.compat import install_trtllm_alias, real_trtllm_installed
+        assert not real_trtllm_installed()
+        assert install_trtllm_alias() and install_trtllm_alias()
+        import scaffold_actors.compat as compat
+        from tensorrt_llm.scaffolding import ScaffoldingLlm, NativeGenerationController
+        from tensorrt_llm.scaffolding.task import GenerationTask, ChatTask
+        from tensorrt_llm.scaffolding.worker import OpenaiWorker, Worker
+        from tensorrt_llm.scaffolding.math_utils import get_majority_result
+        from tensorrt_llm.scaffolding.result import ScaffoldingOutput
+        from tensorrt_llm.scaffolding.load_generation_strategy import PoissonRateStrategy
+        from tensorrt_llm.scaffolding.contrib.a2a import A2AController
+        from tensorrt_llm.scaffolding.contrib.mcp.chat_task import ChatTask as C
+        import tensorrt_llm
+        assert GenerationTask is compat.GenerationTask and ScaffoldingLlm is compat.ScaffoldingLlm
+        assert C is not ChatTask and tensorrt_llm.scaffolding.Worker is Worker
+        for stmt in ("import tensorrt_llm.scaffolding.nope",
+                     "from tensorrt_llm import LLM",
+                     "import tensorrt_llm.llmapi",
+                     "import tensorrt_llm.scaffolding.contrib.nope"):
+            try:
+                exec(stmt)
+            except ImportError as e:
+                print(type(e).__name__, "|", e)
+            else:
+                raise AssertionError(stmt)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 4
+    assert "tensorrt_llm.scaffolding and its submodules" in lines[0]
+    assert "only tensorrt_llm.scaffolding" in lines[1] and "LLM" in lines[1]
+    assert "only tensorrt_llm.scaffolding" in lines[2]
+    assert "no such contrib module" in lines[3]
+
+
+def test_the_alias_never_shadows_a_real_install() -> None:
+    """With a tensorrt_llm importable (the stand-in here), nothing is installed
+    and init_with_new_llm goes to it; without one, it fails in one line."""
+    out = _python(
+        f"""
+        import sys
+        sys.path.insert(0, {str(ROOT / "tests" / "standins")!r})
+        from scaffold_actors.compat import install_trtllm_alias, real_trtllm_installed
+        assert real_trtllm_installed() and install_trtllm_alias() is False
+        import tensorrt_llm
+        assert not hasattr(tensorrt_llm, "__scaffold_actors_alias__")
+        print("real kept")
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "real kept"
+    out = _python(
+        """
+        from scaffold_actors.compat import TRTLLMWorker
+        try:
+            TRTLLMWorker.init_with_new_llm("/models/x")
+        except ImportError as e:
+            print(e)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    message = out.stdout.strip()
+    assert "\\n" not in message and "needs TensorRT-LLM" in message and "HFEngine" in message
+
+
+def test_pytest_runs_tensorrt_llm_style_tests_through_the_alias(tmp_path: Path) -> None:
+    """``pytest --trtllm-alias``: a test file written against
+    tensorrt_llm.scaffolding runs unchanged; one that needs TensorRT-LLM's test
+    tree or source files is skipped, saying which; a real failure still fails."""
+    (tmp_path / "test_program.py").write_text(
+        textwrap.dedent(
+            """
+            from tensorrt_llm.scaffolding import (NativeGenerationController, ScaffoldingLlm,
+                                                  TaskStatus, Worker, GenerationTask)
+
+            class Fixed(Worker):
+                async def gen(self, task):
+                    task.result = "ok"
+                    return TaskStatus.SUCCESS
+                task_handlers = {GenerationTask: gen}
+
+            def test_runs():
+                llm = ScaffoldingLlm(NativeGenerationController(),
+                                     {NativeGenerationController.WorkerTag.GENERATION: Fixed()})
+                assert llm.generate("q").outputs[0].text == "ok"
+                llm.shutdown(shutdown_wokers=True)
+
+            def test_fails():
+                assert False, "a real failure"
+            """
+        )
+    )
+    (tmp_path / "test_needs_tree.py").write_text(
+        "from utils.llm_data import llm_models_root\n\ndef test_x():\n    pass\n"
+    )
+    (tmp_path / "test_needs_source.py").write_text(
+        textwrap.dedent(
+            """
+            import importlib.util
+            from pathlib import Path
+
+            def test_reads_a_source_file():
+                path = Path(__file__).parent / "tensorrt_llm" / "scaffolding" / "x.py"
+                spec = importlib.util.spec_from_file_location("x", path)
+                spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         "--trtllm-alias", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, env=_clean_env(), timeout=300,
+    )
+    report = out.stdout
+    assert "1 failed, 1 passed, 2 skipped" in report, report
+    assert "a real failure" in report
+    assert "needs TensorRT-LLM's source tree (its test package 'utils')" in report
+    assert "needs TensorRT-LLM's source tree (" in report and "x.py is not there" in report
+    # without the flag, the same files do not import at all
+    plain = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         str(tmp_path / "test_program.py")],
+        capture_output=True, text=True, cwd=tmp_path, env=_clean_env(), timeout=300,
+    )
+    assert plain.returncode != 0 and "tensorrt_llm" in plain.stdout
+
+
+def test_port_run_runs_a_tensorrt_llm_script_unchanged(tmp_path: Path) -> None:
+    script = tmp_path / "program.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from tensorrt_llm.scaffolding import (MajorityVoteController,
+                NativeGenerationController, ScaffoldingLlm, TaskStatus, Worker, GenerationTask)
+
+            class Boxed(Worker):
+                async def gen(self, task):
+                    task.output_str = "so \\\\boxed{" + sys.argv[1] + "}"
+                    return TaskStatus.SUCCESS
+                task_handlers = {GenerationTask: gen}
+
+            if __name__ == "__main__":
+                vote = MajorityVoteController(NativeGenerationController(), default_sample_num=3)
+                llm = ScaffoldingLlm(vote, {NativeGenerationController.WorkerTag.GENERATION: Boxed()})
+                print("answer:", llm.generate("q").outputs[0].text, sys.argv[2:])
+                llm.shutdown()
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "scaffold_actors.cli", "port-run", str(script), "42", "--flag"],
+        capture_output=True, text=True, env=_clean_env(), timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "answer: so \\boxed{42} ['--flag']"
+    missing = subprocess.run(
+        [sys.executable, "-m", "scaffold_actors.cli", "port-run", str(tmp_path / "nope.py")],
+        capture_output=True, text=True, env=_clean_env(), timeout=300,
+    )
+    assert missing.returncode != 0 and "nope.py" in missing.stderr
+
+
+def test_an_mcp_worker_started_in_the_callers_asyncio_loop() -> None:
+    """``MCPWorker(urls=...)`` / ``init_in_asyncio_event_loop()`` / ``run_task``
+    / ``await shutdown()``: tools called with no runtime, the server (a real one,
+    over stdio here) answers, and shutting down ends the session."""
+    from scaffold_actors.compat import MCPCallTask, MCPWorker
+
+    server = [sys.executable, str(ROOT / "tests" / "mcp_server.py"), "stdio"]
+
+    async def session() -> tuple[list[str], bool]:
+        worker = MCPWorker({"tools": server})
+        await worker.init_in_asyncio_event_loop()
+        with pytest.raises(RuntimeError, match="already started"):
+            await worker.init_in_asyncio_event_loop()
+        results = []
+        for a, b in ((5, 3), (10, 20)):
+            task = MCPCallTask()
+            task.tool_name, task.args = "add", json.dumps({"a": a, "b": b})
+            assert await worker.run_task(task) == TaskStatus.SUCCESS
+            results.append(task.result_str or "")
+        standalone = worker._standalone
+        await worker.shutdown()
+        assert standalone is not None and standalone.task.done()
+        await worker.shutdown()  # again: nothing left to close
+        return results, worker._tg is None
+
+    results, closed = asyncio.run(session())
+    assert results == ["8", "30"] and closed
+    assert MCPWorker(urls=["http://h:1/sse", "http://h:2/mcp"]).servers == {
+        "server0": "http://h:1/sse",
+        "server1": "http://h:2/mcp",
+    }
+
+    async def unreachable() -> None:
+        worker = MCPWorker({"gone": [sys.executable, "-c", "import sys; sys.exit(3)"]})
+        worker.connect_timeout = 20
+        await worker.init_in_asyncio_event_loop()
+
+    with pytest.raises(Exception, match="gone"):
+        asyncio.run(unreachable())

@@ -329,7 +329,7 @@ class MCPWorker(Worker):
             await asyncio.gather(task, return_exceptions=True)
             raise failure[0]
 
-    def shutdown(self) -> Any:  # type: ignore[override]
+    def shutdown(self) -> Any:
         """Close what :meth:`init_in_asyncio_event_loop` opened.  The closing
         happens in the worker's event loop: ``await worker.shutdown()`` waits
         for it (and raises a closing error); a plain ``worker.shutdown()``

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -749,3 +750,97 @@ def test_an_mcp_worker_started_in_the_callers_asyncio_loop() -> None:
 
     with pytest.raises(Exception, match="gone"):
         asyncio.run(unreachable())
+
+
+def test_a_trtllm_worker_runs_on_a_substituted_engine() -> None:
+    """``set_trtllm_worker_engine``: init_with_new_llm builds its worker on the
+    given engine, the earlier releases' sampling keywords become the worker's
+    defaults, an unknown keyword is refused; ``None`` restores the default."""
+    from scaffold_actors.compat import TRTLLMWorker, set_trtllm_worker_engine
+    from scaffold_actors.compat._workers import worker_engine_factory
+
+    engines: list[SimulatedEngine] = []
+
+    def make(model_dir: str) -> SimulatedEngine:
+        engines.append(SimulatedEngine())
+        return engines[-1]
+
+    set_trtllm_worker_engine(make)
+    try:
+        worker = TRTLLMWorker.init_with_new_llm("some/model", temperature=0.5, topk=3)
+        assert (worker.default_params.temperature, worker.default_params.top_k) == (0.5, 3)
+        with pytest.raises(TypeError, match="'bogus'"):
+            TRTLLMWorker.init_with_new_llm("some/model", bogus=1)
+        with ScaffoldingLlm(NativeGenerationController(), {"generation": worker}) as llm:
+            assert llm.generate("hello").outputs[0].text
+        assert engines[0].completed == 1 and engines[0].num_active == 0
+    finally:
+        set_trtllm_worker_engine(None)
+    with pytest.raises(ValueError, match="'hf' or 'openai=URL'"):
+        worker_engine_factory("trt")
+    with pytest.raises(ValueError, match="http"):
+        worker_engine_factory("openai=localhost:1")
+
+
+def test_port_run_serves_trtllm_workers_from_an_openai_server(tmp_path: Path) -> None:
+    """``scaffold port-run --worker-engine openai=URL``: a program built on
+    TRTLLMWorker.init_with_new_llm, with a stream it cancels past a threshold
+    (TensorRT-LLM's AsyncGeneration pattern), runs unchanged against a server on
+    loopback; the server's own counts show the cancelled stream was aborted."""
+    pytest.importorskip("starlette")
+    from test_engine_conformance import LoopbackServer
+
+    script = tmp_path / "streams.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import argparse
+            from enum import Enum
+            from tensorrt_llm.scaffolding import Controller, ScaffoldingLlm, TRTLLMWorker
+            from tensorrt_llm.scaffolding.contrib import (StreamGenerationTask,
+                                                          stream_generation_handler)
+
+            class Streamer(Controller):
+                class WorkerTag(Enum):
+                    STREAM = "stream"
+
+                def process(self, tasks, **kwargs):
+                    stream = StreamGenerationTask.create_from_generation_task(tasks[0], 2)
+                    stream.worker_tag = self.WorkerTag.STREAM
+                    stream.max_tokens = 400
+                    while not stream.end_flag:
+                        yield [stream]
+                        if len(stream.output_tokens) >= 6:
+                            stream.cancel_flag = True
+                    tasks[0].output_str = stream.output_str
+
+            parser = argparse.ArgumentParser()
+            parser.add_argument("--model_dir", required=True)
+            args = parser.parse_args()
+            worker = TRTLLMWorker.init_with_new_llm(args.model_dir, temperature=0.9)
+            worker.register_task_handler(StreamGenerationTask, stream_generation_handler)
+            llm = ScaffoldingLlm(Streamer(), {Streamer.WorkerTag.STREAM: worker})
+            text = llm.generate("tell me about fruit").outputs[0].text
+            print("words:", len(text.split()) >= 6)
+            llm.shutdown(shutdown_workers=True)
+            """
+        )
+    )
+    server = LoopbackServer()
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "scaffold_actors.cli", "port-run",
+             "--worker-engine", f"openai={server.url}", str(script), "--model_dir", "scaffold"],
+            capture_output=True, text=True, env=_clean_env(), timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "words: True"
+        # the server sees the client leave when it next writes: wait for its count
+        for _ in range(1200):
+            health = httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=10).json()
+            if health["aborted"]:
+                break
+            time.sleep(0.05)
+        assert health["aborted"] == 1 and health["active"] == 0, health
+    finally:
+        server.kill()

@@ -36,6 +36,7 @@ SA = "src/scaffold_actors/"
 CONF = "tests/test_engine_conformance.py::"
 TRT = "tests/test_trtllm_engine.py::"
 RT = "tests/test_runtime_promises.py::"
+FID = "tests/test_trtllm_fidelity.py::"
 WP = "tests/test_worker_protocol.py::"
 SUB = "tests/test_submit.py::"
 FAN = "tests/test_fanout.py::"
@@ -1319,6 +1320,58 @@ MUTATIONS = [
             ),
         ),
         (FAN + "test_a_finished_fan_out_is_freed_without_the_collector",),
+    ),
+    Mutation(
+        "alias-never-shadows-a-real-install",
+        "the tensorrt_llm alias is installed over a real (importable) tensorrt_llm",
+        SA + "compat/_alias.py",
+        (("    if real_trtllm_installed():\n        return False\n", ""),),
+        (FID + "test_the_alias_never_shadows_a_real_install",),
+    ),
+    Mutation(
+        "compat-results-iterate-as-themselves",
+        "iterating a compat result yields outputs instead of the result itself",
+        SA + "_result.py",
+        (("        if not self.iterates_results:\n", "        if True:\n"),),
+        (FID + "test_results_read_as_every_release_reads_them",),
+    ),
+    Mutation(
+        "run-task-starts-the-engine",
+        "an engine worker's run_task without a runtime no longer starts its engine",
+        SA + "_engine_worker.py",
+        (
+            (
+                '        if self.manage_engine and not getattr(self, "_running", 0):\n',
+                "        if False:\n",
+            ),
+        ),
+        (FID + "test_an_engine_worker_runs_a_task_without_a_runtime",),
+    ),
+    Mutation(
+        "kv-hint-posts-at-the-server-root",
+        "the attached create_kv_cache_hint posts under /v1 instead of the server's root",
+        SA + "compat/_workers.py",
+        (('    if root.endswith("/v1"):\n', "    if False:\n"),),
+        (FID + "test_openai_worker_attaches_the_kv_cache_hint_to_its_client",),
+    ),
+    Mutation(
+        "kv-hint-refusal-raises",
+        "a KV-cache hint the server refuses is reported done",
+        SA + "compat/_workers.py",
+        (("        if not 200 <= int(status) < 300:\n", "        if False:\n"),),
+        (FID + "test_openai_worker_runs_a_drop_through_the_clients_hook",),
+    ),
+    Mutation(
+        "alias-skips-only-what-needs-trtllms-tree",
+        "pytest --trtllm-alias no longer skips the tests that need TensorRT-LLM's source tree",
+        SA + "testing/_plugin.py",
+        (
+            (
+                "        if top in _TRTLLM_TEST_TREE:\n",
+                "        if False:\n",
+            ),
+        ),
+        (FID + "test_pytest_runs_tensorrt_llm_style_tests_through_the_alias",),
     ),
 ]
 

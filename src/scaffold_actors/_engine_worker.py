@@ -44,6 +44,7 @@ def _apply(task: GenerationTask, delta: EngineDelta) -> None:
         if task.logprobs is None:
             task.logprobs = []
         task.logprobs.extend(delta.logprobs)
+        task.cumulative_logprob = (task.cumulative_logprob or 0.0) + sum(delta.logprobs)
     if delta.top_logprobs is not None:
         if task.top_logprobs is None:
             task.top_logprobs = []
@@ -61,6 +62,7 @@ def _reset_outputs(task: GenerationTask) -> None:
     task.output_tokens = []
     if task.logprobs is not None:
         task.logprobs = None
+        task.cumulative_logprob = None
     if task.top_logprobs is not None:
         task.top_logprobs = None
     if task.finish_reason is not None:

@@ -415,6 +415,7 @@ class GenerationTask(Task):
     prompt_tokens_num: int = 0
     completion_tokens_num: int = 0
     context_logits: Any = None
+    cumulative_logprob: float | None = None  # the sum of logprobs, when asked for
     customized_result_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     input_fields: ClassVar[tuple[str, ...]] = (
@@ -448,11 +449,6 @@ class GenerationTask(Task):
     @result.setter
     def result(self, value: str | None) -> None:
         self.output_str = value
-
-    @property
-    def cumulative_logprob(self) -> float | None:
-        """The sum of ``logprobs`` (``None`` when the engine reported none)."""
-        return None if self.logprobs is None else sum(self.logprobs)
 
     @classmethod
     def create_from_prompt(cls, prompt: str | Sequence[Mapping[str, str]]) -> GenerationTask:

@@ -420,9 +420,19 @@ def main() -> None:
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
     epilog="Example: scaffold port-run examples/scaffolding/run_majority_vote_aime24.py --help",
 )
+@click.option(
+    "--worker-engine",
+    default=None,
+    metavar="hf|openai=URL",
+    help=(
+        "what TRTLLMWorker.init_with_new_llm(model_dir) runs on where TensorRT-LLM is not "
+        "installed: 'hf' (transformers on the CPU; model_dir 'embedded' is the embedded "
+        "SmolLM2) or 'openai=URL' (an OpenAI-compatible server, model_dir its model name)"
+    ),
+)
 @click.argument("script", type=click.Path(dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def port_run(script: str, args: tuple[str, ...]) -> None:
+def port_run(worker_engine: str | None, script: str, args: tuple[str, ...]) -> None:
     """Run a TensorRT-LLM Scaffolding SCRIPT unchanged on scaffold-actors.
 
     ``import tensorrt_llm.scaffolding`` (and its submodules) resolve to
@@ -431,13 +441,19 @@ def port_run(script: str, args: tuple[str, ...]) -> None:
     """
     import runpy
 
-    from scaffold_actors.compat import install_trtllm_alias
+    from scaffold_actors.compat import install_trtllm_alias, set_trtllm_worker_engine
+    from scaffold_actors.compat._workers import worker_engine_factory
 
     path = os.path.abspath(script)
     if not os.path.isfile(path):
         raise click.BadParameter(f"{script}: no such file", param_hint="SCRIPT")
     if not install_trtllm_alias():
         click.echo("port-run: the real tensorrt_llm is installed; running on it", err=True)
+    elif worker_engine is not None:
+        try:
+            set_trtllm_worker_engine(worker_engine_factory(worker_engine))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--worker-engine") from None
     sys.argv = [path, *args]
     sys.path.insert(0, os.path.dirname(path))
     runpy.run_path(path, run_name="__main__")

@@ -95,7 +95,13 @@ from ._tracing import (
     tokenize_trace_scope,
     with_execution_tracing,
 )
-from ._workers import ApiaryMCPWorker, OpenaiWorker, TRTLLMWorker, TRTOpenaiWorker
+from ._workers import (
+    ApiaryMCPWorker,
+    OpenaiWorker,
+    TRTLLMWorker,
+    TRTOpenaiWorker,
+    set_trtllm_worker_engine,
+)
 
 __all__ = [
     "CONTROLLER_REGISTRY",
@@ -167,6 +173,7 @@ __all__ = [
     "make_seeded_rng_factory",
     "real_trtllm_installed",
     "register_controller",
+    "set_trtllm_worker_engine",
     "sub_request_node",
     "system_prompt",
     "tokenize_trace_scope",

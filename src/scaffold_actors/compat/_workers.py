@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
-from engine_bridge import EngineError
+from engine_bridge import EngineError, SamplingParams
 
 from .._engine_worker import EngineWorker
 from .._errors import InvalidTaskError
@@ -15,7 +15,13 @@ from .._mcp import MCPWorker
 from .._tasks import Task, TaskStatus
 from .._worker import Handler
 
-__all__ = ["ApiaryMCPWorker", "OpenaiWorker", "TRTLLMWorker", "TRTOpenaiWorker"]
+__all__ = [
+    "ApiaryMCPWorker",
+    "OpenaiWorker",
+    "TRTLLMWorker",
+    "TRTOpenaiWorker",
+    "set_trtllm_worker_engine",
+]
 
 
 class OpenaiWorker(EngineWorker):
@@ -161,47 +167,111 @@ class TRTLLMWorker(EngineWorker):
     def init_with_new_llm(
         cls,
         model_dir: str,
-        backend: str = "pytorch",
+        backend: str | None = "pytorch",
         max_batch_size: int = 32,
         max_num_tokens: int = 4096,
         kv_cache_free_gpu_memory_fraction: float = 0.9,
         disable_overlap_scheduler: bool = False,
         scheduler_config: Any = None,
+        **sampling: Any,
     ) -> TRTLLMWorker:
         """A worker whose engine makes (and shuts down) its own ``LLM``.
 
-        Raises :class:`ImportError` at once when the real ``tensorrt_llm`` is
-        not installed (the compat alias does not count), naming what to use
-        instead."""
+        ``sampling`` (TensorRT-LLM's earlier form: ``temperature``, ``top_p``,
+        ``topk`` / ``top_k``, ``stop``) are the worker's sampling defaults for
+        what a task leaves unset.  Raises :class:`ImportError` at once when the
+        real ``tensorrt_llm`` is not installed (the compat alias does not
+        count), naming what to use instead, unless the worker engine was
+        substituted (``scaffold port-run --worker-engine``,
+        :func:`set_trtllm_worker_engine`): then the worker runs on that engine.
+        Raises :class:`TypeError` for an unknown keyword."""
         from engine_bridge import TRTLLMEngine
 
         from ._alias import real_trtllm_installed
 
-        if not real_trtllm_installed():
+        defaults = _sampling_defaults(sampling)
+        substitute = _SUBSTITUTE[0]
+        if substitute is not None:
+            engine: Any = substitute(model_dir)
+        elif not real_trtllm_installed():
             raise ImportError(
                 "TRTLLMWorker.init_with_new_llm needs TensorRT-LLM (pip install "
                 "'scaffold-actors[trtllm]' on an NVIDIA GPU host); without it, use "
                 "EngineWorker(HFEngine(model_dir)) (transformers) or "
                 "OpenaiWorker(openai.AsyncOpenAI(base_url=...), model) for a served model"
             )
-
-        llm_kwargs: dict[str, Any] = {
-            "backend": backend,
-            "max_batch_size": max_batch_size,
-            "max_num_tokens": max_num_tokens,
-            "disable_overlap_scheduler": disable_overlap_scheduler,
-        }
-        if scheduler_config is not None:
-            llm_kwargs["scheduler_config"] = scheduler_config
-        engine = TRTLLMEngine(
-            model_dir,
-            free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
-            llm_kwargs=llm_kwargs,
-        )
+        else:
+            llm_kwargs: dict[str, Any] = {
+                "backend": backend,
+                "max_batch_size": max_batch_size,
+                "max_num_tokens": max_num_tokens,
+                "disable_overlap_scheduler": disable_overlap_scheduler,
+            }
+            if scheduler_config is not None:
+                llm_kwargs["scheduler_config"] = scheduler_config
+            engine = TRTLLMEngine(
+                model_dir,
+                free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
+                llm_kwargs=llm_kwargs,
+            )
         worker = cls.__new__(cls)
-        EngineWorker.__init__(worker, engine)
-        worker.llm, worker.tokenizer, worker.own_llm = None, None, True
+        EngineWorker.__init__(worker, engine, default_params=defaults)
+        worker.llm, worker.own_llm = None, True
+        worker.tokenizer = getattr(engine, "tokenizer", None)
         return worker
+
+
+_SAMPLING_NAMES = {"temperature": "temperature", "top_p": "top_p", "topk": "top_k",
+                   "top_k": "top_k", "stop": "stop", "max_tokens": "max_tokens"}
+
+
+def _sampling_defaults(given: dict[str, Any]) -> SamplingParams | None:
+    unknown = sorted(set(given) - set(_SAMPLING_NAMES))
+    if unknown:
+        raise TypeError(f"init_with_new_llm() got an unexpected keyword argument {unknown[0]!r}")
+    values = {_SAMPLING_NAMES[k]: v for k, v in given.items() if v is not None}
+    return SamplingParams(**values) if values else None
+
+
+#: the engine factory that TRTLLMWorker.init_with_new_llm uses instead of
+#: TensorRT-LLM's (one slot: set by set_trtllm_worker_engine)
+_SUBSTITUTE: list[Callable[[str], Any] | None] = [None]
+
+
+def set_trtllm_worker_engine(factory: Callable[[str], Any] | None) -> None:
+    """Make :meth:`TRTLLMWorker.init_with_new_llm` build its worker on
+    ``factory(model_dir)`` (an :class:`~engine_bridge.Engine`) instead of
+    TensorRT-LLM's ``LLM``; ``None`` restores the default.  This is how ``scaffold
+    port-run --worker-engine hf|openai=URL`` runs a TensorRT-LLM program
+    unchanged where TensorRT-LLM is not installed.  Does not block."""
+    _SUBSTITUTE[0] = factory
+
+
+def worker_engine_factory(spec: str) -> Callable[[str], Any]:
+    """The engine factory a ``--worker-engine`` spec names: ``hf`` (transformers
+    on the CPU: ``model_dir`` a model folder, or ``embedded`` for the embedded
+    SmolLM2) or ``openai=URL`` (an OpenAI-compatible server; ``model_dir`` is
+    sent as the model name).  Raises :class:`ValueError` for anything else."""
+    if spec == "hf":
+
+        def hf(model_dir: str) -> Any:
+            from engine_bridge import HFEngine
+
+            return HFEngine(None if model_dir in ("", "embedded") else model_dir)
+
+        return hf
+    if spec.startswith("openai="):
+        url = spec[len("openai=") :]
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"--worker-engine openai=URL needs an http(s) URL, got {url!r}")
+
+        def openai(model_dir: str) -> Any:
+            from engine_bridge import OpenAIEngine
+
+            return OpenAIEngine(url, model_dir)
+
+        return openai
+    raise ValueError(f"--worker-engine must be 'hf' or 'openai=URL', got {spec!r}")
 
 
 class ApiaryMCPWorker(MCPWorker):

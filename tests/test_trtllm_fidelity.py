@@ -844,3 +844,91 @@ def test_port_run_serves_trtllm_workers_from_an_openai_server(tmp_path: Path) ->
         assert health["aborted"] == 1 and health["active"] == 0, health
     finally:
         server.kill()
+
+
+@pytest.fixture(scope="module")
+def smol_folder() -> str:
+    """The embedded SmolLM2, converted once to a transformers folder."""
+    pytest.importorskip("transformers")
+    from engine_bridge._hf import (
+        EMBEDDED_GGUF,
+        _load,
+        conversion_cache_folder,
+        embedded_model_path,
+    )
+
+    _load(embedded_model_path(), EMBEDDED_GGUF, "cpu", "float32", "sdpa")  # converts once
+    folder = conversion_cache_folder(embedded_model_path())
+    assert (folder / "config.json").is_file()
+    return str(folder)
+
+
+@pytest.mark.slow_model
+def test_pytorch_worker_generates_streams_and_scores(smol_folder: str) -> None:
+    """TensorRT-LLM's PyTorchWorker on the embedded model: handlers called
+    directly (greedy is repeatable, logprobs are the model's with ranks, context
+    logits per prompt token, a stop string ends and is cut, token-id prompts,
+    a task with no input is WORKER_EXECEPTION), a stream stepped and cancelled,
+    the worker behind a ScaffoldingLlm, and a classifier head scoring."""
+    import torch
+
+    from scaffold_actors.compat import PyTorchWorker, RewardTask
+
+    worker = PyTorchWorker.from_pretrained(smol_folder, device="cpu", torch_dtype=torch.float32)
+    assert str(worker.device) == "cpu" and worker.tokenizer is not None
+
+    def greedy(prompt: str, **fields: Any) -> GenerationTask:
+        task = GenerationTask.create_from_prompt(prompt)
+        task.max_tokens, task.temperature = 4, 0.0
+        for k, v in fields.items():
+            setattr(task, k, v)
+        assert asyncio.run(worker.generation_handler(task)) == TaskStatus.SUCCESS
+        return task
+
+    a = greedy("The capital of France is", num_logprobs=2, return_context_logits=True)
+    b = greedy("The capital of France is")
+    assert a.output_str == b.output_str and a.output_tokens and len(a.output_tokens) <= 4
+    assert len(a.logprobs or []) == len(a.output_tokens)
+    for token, entry in zip(a.output_tokens, a.logprobs or [], strict=True):
+        assert entry[token].logprob <= 0.0 and entry[token].rank == 1  # greedy: the top token
+    prompt_len = len(worker.tokenizer.encode("The capital of France is"))
+    assert tuple(a.context_logits.shape) == (prompt_len, worker.model.config.vocab_size)
+    assert b.context_logits is None and b.logprobs is None
+    counting = greedy("1, 2, 3, 4, 5,", max_tokens=12, stop=[","])
+    assert "," not in (counting.output_str or "") and counting.finish_reason == "stop"
+    tokens = greedy("", input_str=None, input_tokens=worker.tokenizer.encode("Hello world"))
+    assert tokens.output_str is not None
+    empty = GenerationTask()
+    empty.input_str = None
+    assert asyncio.run(worker.generation_handler(empty)) == TaskStatus.WORKER_EXECEPTION
+
+    stream = StreamGenerationTask(input_str="Once upon a time", max_tokens=6, temperature=0.0)
+    stream.streaming_step = 2
+    seen = []
+    for _ in range(10):
+        assert asyncio.run(worker.stream_generation_handler(stream)) == TaskStatus.SUCCESS
+        seen.append(len(stream.output_tokens or []))
+        if stream.end_flag:
+            break
+    assert seen[0] == 2 and stream.end_flag and seen == sorted(seen)
+    cut = StreamGenerationTask(input_str="Once upon a time", max_tokens=50, temperature=0.0)
+    cut.streaming_step = 2
+    asyncio.run(worker.stream_generation_handler(cut))
+    cut.cancel_flag = True
+    asyncio.run(worker.stream_generation_handler(cut))
+    assert cut.end_flag and len(cut.output_tokens or []) == 2
+
+    controller = NativeGenerationController(sampling_params={"max_tokens": 3, "temperature": 0.7})
+    with ScaffoldingLlm(controller, {"generation": worker}) as llm:
+        results = llm.generate(["Hello, my name is", "The weather today is"])
+    assert all(r.outputs[0].text and r.outputs[0].token_ids for r in results)
+
+    judge = PyTorchWorker.from_pretrained_reward_model(smol_folder, torch_dtype=torch.float32)
+    scored = RewardTask(input_str="What is 2 + 2?", candidates=["4", "five"])
+    assert asyncio.run(judge.reward_handler(scored)) == TaskStatus.SUCCESS
+    assert scored.scores is not None and all(0.0 <= s <= 1.0 for s in scored.scores)
+    alone = RewardTask(input_tokens=worker.tokenizer.encode("This is a test."))
+    assert asyncio.run(judge.reward_handler(alone)) == TaskStatus.SUCCESS
+    assert 0.0 <= (alone.custom_output_params or {})["score"] <= 1.0
+    judge.shutdown()
+    assert next(judge.model.parameters()).device.type == "cpu"

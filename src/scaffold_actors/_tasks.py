@@ -628,6 +628,7 @@ class RewardTask(Task):
 
     worker_tag: Any = "reward"
     input_str: str | None = None
+    input_tokens: list[int] | None = None  # (TensorRT-LLM's; a PyTorchWorker scores them)
     candidates: list[str] = dataclasses.field(default_factory=list)
     step_separator: str | None = None
     scores: list[float] | None = None
@@ -646,6 +647,8 @@ class RewardTask(Task):
     def validate(self) -> None:
         super().validate()
         name = type(self).__name__
+        if self.input_tokens is not None and self.input_str is None:
+            return  # token ids to score (a classifier's input), no candidates needed
         if not isinstance(self.input_str, str) or not self.input_str.strip():
             raise InvalidTaskError(f"{name}.input_str", "must be a non-empty string")
         if not self.candidates or not all(isinstance(c, str) for c in self.candidates):

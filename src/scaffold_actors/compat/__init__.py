@@ -66,6 +66,7 @@ from ._math import (
     get_majority_result,
 )
 from ._prompts import system_prompt
+from ._pytorch_worker import PyTorchWorker
 from ._replay import (
     QueueExecutor,
     QueueManager,
@@ -131,6 +132,7 @@ __all__ = [
     "OpenaiWorker",
     "PRMController",
     "ParallelProcess",
+    "PyTorchWorker",
     "QueryCollector",
     "QueueExecutor",
     "QueueManager",

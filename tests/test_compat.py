@@ -760,3 +760,35 @@ def test_a_cloned_generation_controller_shares_nothing_it_may_change() -> None:
     mine = Mine()
     copy = mine.clone()
     assert type(copy) is Mine and copy.seen is not mine.seen
+
+
+@pytest.mark.parametrize("then", ["returns", "cancels"])
+async def test_a_background_streams_error_is_not_lost(autojump_clock: object, then: str) -> None:
+    """A stream fails in the background while its generator does something else;
+    the generator then returns without stepping it, or sets ``cancel_flag`` and
+    yields it: either way the request fails with the stream's own error."""
+    from engine_bridge import EngineError, SimulatedOutput
+
+    def reply(call: Any) -> Any:
+        if "stream" in call.prompt:
+            return SimulatedOutput(
+                " ".join(f"s{i}" for i in range(50)), error=EngineError("stream broke"), error_after=4
+            )
+        return " ".join(f"w{i}" for i in range(30))  # long enough for the stream to break
+
+    class Distracted(Controller):
+        def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
+            stream = StreamGenerationTask(input_str="stream please", max_tokens=50)
+            stream.streaming_step = 2
+            yield [stream]
+            yield [GenerationTask(input_str="other", max_tokens=30)]
+            if then == "cancels":
+                stream.cancel_flag = True
+                yield [stream]
+            tasks[0].output_str = "done"
+
+    engine = SimulatedEngine(reply)  # type: ignore[arg-type]
+    async with AsyncScaffoldingLlm(Distracted(), {"generation": EngineWorker(engine)}) as llm:
+        with pytest.raises(EngineError, match="stream broke"):
+            await llm.generate("q")
+    assert engine.num_active == 0

@@ -344,3 +344,43 @@ async def test_two_real_openai_servers_behind_a_pool() -> None:
     finally:
         for s in servers:
             s.kill()
+
+
+class _FailsToClose(SimulatedEngine):
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await super().__aexit__(*exc_info)
+        finally:  # (also when the close is cancelled: the pool's body failed)
+            raise RuntimeError(f"{self.label} failed to close")
+
+    label = "engine"
+
+
+def _failing(label: str) -> _FailsToClose:
+    engine = _FailsToClose()
+    engine.label = label
+    return engine
+
+
+async def test_a_replica_that_fails_to_close_is_not_lost(autojump_clock: object) -> None:
+    """The engine alone raises its close error; in a pool, leaving the pool
+    raises it (several: the first, the others noted), drain() raises it, and a
+    body's own error keeps the close errors as notes."""
+    with pytest.raises(RuntimeError, match="alone failed to close"):
+        async with _failing("alone"):
+            pass
+    with pytest.raises(RuntimeError, match="failed to close") as caught:
+        async with EnginePool([_failing("a"), SimulatedEngine(), _failing("b")]) as pool:
+            text, *_ = await collect(pool, EngineRequest(SamplingParams(max_tokens=3), prompt="q"))
+            assert text
+    said = " ".join([str(caught.value), *caught.value.__notes__])
+    assert "a failed to close" in said and "b failed to close" in said
+    async with EnginePool([_failing("drained"), SimulatedEngine()]) as pool:
+        first = pool._replicas[0]
+        with pytest.raises(RuntimeError, match="drained failed to close"):
+            await pool.drain(first)
+    # (the pool's own exit had nothing left to raise)
+    with pytest.raises(ValueError, match="the body") as body:
+        async with EnginePool([_failing("c")]):
+            raise ValueError("the body")
+    assert any("c failed to close" in n for n in body.value.__notes__)

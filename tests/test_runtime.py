@@ -631,3 +631,27 @@ async def test_majority_vote_without_any_answer(autojump_clock: object) -> None:
         r = await llm.generate("q")
     assert r.output.output_str == "" and r.output.finish_reason == "no_answer"
     assert r.output.details["answer"] is None and r.output.details["samples_finished"] == 3
+
+
+def test_a_forgotten_sync_runtimes_loop_error_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A ScaffoldingLlm collected without shutdown() is shut down by its
+    finalizer; when its loop ends with an error (a worker failing to close),
+    nobody is left to raise to, so the error is logged with its traceback."""
+    import contextlib
+    import gc
+
+    from scaffold_actors import ScaffoldingLlm
+
+    class FailsToClose(EchoWorker):
+        @contextlib.asynccontextmanager
+        async def lifespan(self) -> Any:
+            yield
+            raise RuntimeError("the worker failed to close")
+
+    llm = ScaffoldingLlm(Sampler(max_tokens=3), {"generation": FailsToClose()})
+    assert llm.generate("q").output is not None
+    with caplog.at_level("ERROR", logger="scaffold_actors"):
+        del llm
+        gc.collect()
+    assert "collected without shutdown() ended with an error" in caplog.text
+    assert "the worker failed to close" in caplog.text

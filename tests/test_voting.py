@@ -186,6 +186,46 @@ def test_a_hostile_answer_is_not_equivalent_and_is_logged(
         _answers._verify.cache_clear()
 
 
+def test_an_error_of_math_verify_is_logged_not_silent(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When math-verify raises in the checker child, the verdict is still "not
+    equivalent" (a vote needs one) but a warning names the error, and the
+    checker counts it; the child goes on serving."""
+    import sys
+
+    from scaffold_actors.methods import _answers
+    from scaffold_actors.methods._mathcheck import MathChecker
+
+    class Raising(MathChecker):
+        def _child_command(self) -> list[str]:
+            code = (
+                "import math_verify\n"
+                "real = math_verify.parse\n"
+                "def parse(text, **kw):\n"
+                "    if 'boom' in text:\n"
+                "        raise OverflowError('sympy gave up')\n"
+                "    return real(text, **kw)\n"
+                "math_verify.parse = parse\n"
+                "from scaffold_actors.methods._mathcheck import _serve\n"
+                "_serve()\n"
+            )
+            return [sys.executable, "-c", code]
+
+    checker = Raising(timeout=120.0)
+    monkeypatch.setattr(_answers, "_CHECKER", checker)
+    _answers._verify.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="scaffold_actors.methods"):
+            assert not math_equivalent("boom", "3")
+            assert math_equivalent("1/2", "0.5")  # the same child still answers
+        assert checker.errors == 1 and checker.timeouts == 0
+        assert "math-verify failed on 'boom' vs '3' (OverflowError: sympy gave up)" in caplog.text
+    finally:
+        checker.close()
+        _answers._verify.cache_clear()
+
+
 async def test_the_loop_keeps_running_while_answers_are_compared(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

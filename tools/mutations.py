@@ -1373,6 +1373,46 @@ MUTATIONS = [
         ),
         (FID + "test_pytest_runs_tensorrt_llm_style_tests_through_the_alias",),
     ),
+    Mutation(
+        "unread-stream-error-raised-on-return",
+        "a background stream's error is dropped when its generator returns without stepping it",
+        SA + "_controller.py",
+        (("                        self._raise_unread_stream_error(tg)\n", ""),),
+        ("tests/test_compat.py::test_a_background_streams_error_is_not_lost[returns]",),
+    ),
+    Mutation(
+        "stream-error-raised-on-cancel",
+        "a background stream's error is dropped when its generator cancels it",
+        SA + "_controller.py",
+        (
+            (
+                "                raise state.error  # it failed before the cancel: not lost to it\n",
+                "                pass\n",
+            ),
+        ),
+        ("tests/test_compat.py::test_a_background_streams_error_is_not_lost[cancels]",),
+    ),
+    Mutation(
+        "pool-close-error-not-lost",
+        "a replica's close error is dropped at the pool's exit",
+        "src/engine_bridge/_pool.py",
+        (("            self._close_errors.append(exc)\n", "            pass\n"),),
+        ("tests/test_pool.py::test_a_replica_that_fails_to_close_is_not_lost",),
+    ),
+    Mutation(
+        "math-verify-error-logged",
+        "math-verify raising in the checker child counts as a verdict, silently",
+        SA + "methods/_mathcheck.py",
+        (("            if isinstance(verdict, dict):  # math-verify raised on this pair\n", "            if False:\n"),),
+        ("tests/test_voting.py::test_an_error_of_math_verify_is_logged_not_silent",),
+    ),
+    Mutation(
+        "forgotten-runtime-error-logged",
+        "a collected ScaffoldingLlm's loop error is swallowed by its finalizer",
+        SA + "_sync.py",
+        (("            _log.error(\n", "            (lambda *a, **k: None)(\n"),),
+        ("tests/test_runtime.py::test_a_forgotten_sync_runtimes_loop_error_is_logged",),
+    ),
 ]
 
 

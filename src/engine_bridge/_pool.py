@@ -46,6 +46,7 @@ class Replica:
         self.served = 0  # requests it finished
         self.failed = 0  # requests that failed on it
         self.error: BaseException | None = None  # why it died
+        self.close_error: BaseException | None = None  # what closing its engine raised
         self._stop = anyio.Event()
         self._idle = anyio.Event()
         self._closed = anyio.Event()
@@ -92,6 +93,11 @@ class EnginePool:
     Each request is forwarded by a task of its own under ``open_stream``; leaving
     the block cancels it, which aborts the request in its replica before the
     block exits.
+
+    A replica whose engine fails to close is not lost: :meth:`drain` raises its
+    error, and leaving ``async with pool:`` raises the errors of the replicas it
+    closed (the first, the others noted on it; noted on the body's own error if
+    the block is leaving with one).
     """
 
     def __init__(
@@ -115,6 +121,7 @@ class EnginePool:
         self._replicas: list[Replica] = []
         self._affinity: OrderedDict[Hashable, Replica] = OrderedDict()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._close_errors: list[BaseException] = []  # replicas that failed to close
         self._active = 0
         self._count = 0
         #: statistics
@@ -229,7 +236,29 @@ class EnginePool:
         for r in self._replicas:
             r._stop.set()  # every replica closes; their live requests fail
         self._affinity.clear()
-        await tg.__aexit__(exc_type, exc, tb)
+        try:
+            await tg.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # the body's error (or a replica task's) comes back as itself, with
+            # the close errors noted on it
+            errors, self._close_errors = self._close_errors, []
+            try:
+                raise_single(group)
+            except BaseException as single:
+                for e in errors:
+                    single.add_note(f"also, a replica failed to close: {e!r}")
+                raise
+        errors, self._close_errors = self._close_errors, []
+        if not errors:
+            return
+        if exc is not None:  # the body's error goes on; the close errors are noted on it
+            for e in errors:
+                exc.add_note(f"also, a replica failed to close: {e!r}")
+            return
+        first = errors[0]
+        for e in errors[1:]:
+            first.add_note(f"also, another replica failed to close: {e!r}")
+        raise first
 
     # -- membership --------------------------------------------------------
     async def add(self, engine: Engine, name: str | None = None) -> Replica:
@@ -261,7 +290,8 @@ class EnginePool:
         """Stop sending requests to ``replica``, wait for its requests to finish
         (at most ``timeout`` seconds: then the rest fail), then close it.
 
-        Blocks until it is closed.  Cancelling the wait leaves it draining."""
+        Blocks until it is closed.  Cancelling the wait leaves it draining.
+        Raises what closing its engine raised (the pool goes on without it)."""
         r = self._find(replica)
         if r.state in (ReplicaState.LIVE, ReplicaState.STARTING):
             r.state = ReplicaState.DRAINING
@@ -271,6 +301,10 @@ class EnginePool:
             await r._idle.wait()
         r._stop.set()
         await r._closed.wait()
+        if r.close_error is not None:
+            if r.close_error in self._close_errors:
+                self._close_errors.remove(r.close_error)  # reported here, not at exit
+            raise r.close_error
 
     def _find(self, replica: Replica | Engine) -> Replica:
         for r in self._replicas:
@@ -292,7 +326,10 @@ class EnginePool:
         except Exception as exc:
             if not started:
                 raise
-            replica.error = replica.error or exc  # a failing close must not end the pool
+            # a failing close must not end the pool, nor be lost: drain() raises
+            # it, or the pool's exit does
+            replica.close_error = exc
+            self._close_errors.append(exc)
         finally:
             replica.state = ReplicaState.CLOSED
             if replica in self._replicas:

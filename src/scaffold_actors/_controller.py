@@ -57,9 +57,10 @@ class _GroupNeeded:
 class _StreamState:
     """A StreamGenerationTask that a generator controller consumes step by step."""
 
-    __slots__ = ("changed", "done", "error", "reported", "scope")
+    __slots__ = ("changed", "done", "error", "group", "reported", "scope")
 
-    def __init__(self) -> None:
+    def __init__(self, group: Any = None) -> None:
+        self.group = group  # the task group of the drive that started it
         self.scope = anyio.CancelScope()
         self.changed = anyio.Event()
         self.done = False
@@ -97,6 +98,7 @@ class _GeneratorDriver:
                 try:
                     async with self.ctx._backend.open_group() as tg:
                         step = await self._steps(gen, step.obj, tg)
+                        self._raise_unread_stream_error(tg)
                         tg.cancel_scope.cancel()  # abort the streams still open
                 except BaseExceptionGroup as group:
                     raise_single(group)
@@ -126,6 +128,15 @@ class _GeneratorDriver:
             except Exception as exc:
                 send_exc = exc
             obj = _UNSET
+
+    def _raise_unread_stream_error(self, group: Any) -> None:
+        """A stream the generator started in ``group`` that failed, and whose
+        error it never stepped into (it returned first): raise that error, so
+        the request fails with it instead of it being lost."""
+        for key, state in list(self.streams.items()):
+            if state.group is group and state.error is not None:
+                del self.streams[key]
+                raise state.error
 
     def _starts_stream(self, obj: Any) -> bool:
         """Whether handling ``obj`` starts a streamed task in the background (a
@@ -227,9 +238,11 @@ class _GeneratorDriver:
                     await state.changed.wait()
             self.streams.pop(key, None)
             task.end_flag = True
+            if state is not None and state.error is not None:
+                raise state.error  # it failed before the cancel: not lost to it
             return
         if state is None:
-            state = self.streams[key] = _StreamState()
+            state = self.streams[key] = _StreamState(group)
             task.request_handle = state
             group.start_soon(self._run_stream, task, state)
         while True:

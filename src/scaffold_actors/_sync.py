@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import weakref
@@ -24,6 +25,9 @@ __all__ = ["ScaffoldingLlm"]
 def _single(error: BaseException) -> BaseException:
     """``error`` itself, or the one real error inside an exception group."""
     return first_error(error) if isinstance(error, BaseExceptionGroup) else error
+
+
+_log = logging.getLogger("scaffold_actors")
 
 
 class _LoopThread:
@@ -100,11 +104,17 @@ class _LoopThread:
             raise error
 
     def stop_quietly(self, timeout: float) -> None:
-        """For the garbage collector's finalizer: nobody is left to raise to."""
+        """For the garbage collector's finalizer: nobody is left to raise to, so
+        the loop's error (or a thread that would not stop) is logged, with its
+        traceback, on the ``scaffold_actors`` logger instead of being lost."""
         try:
             self.stop(timeout)
-        except BaseException:
-            pass
+        except BaseException as exc:
+            _log.error(
+                "a ScaffoldingLlm collected without shutdown() ended with an error: %r",
+                exc,
+                exc_info=exc,
+            )
 
 
 class ScaffoldingLlm:

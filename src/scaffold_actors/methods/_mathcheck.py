@@ -32,7 +32,10 @@ class MathChecker:
     ``equivalent(a, b)`` blocks the calling thread for at most ``timeout`` seconds
     after the child is ready (starting the child, which imports sympy, is bounded
     by ``start_timeout``); a comparison that runs out, or a child that dies, is
-    "not equivalent" and is logged.  Thread-safe: comparisons are serialised.
+    "not equivalent" and is logged, and so is one where math-verify raised (the
+    exception named in the log line; ``errors`` counts them): a vote still
+    needs a verdict, but never a silent one.  Thread-safe: comparisons are
+    serialised.
     """
 
     def __init__(self, timeout: float = 5.0, start_timeout: float = 120.0) -> None:
@@ -41,10 +44,14 @@ class MathChecker:
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
         self.timeouts = 0
+        self.errors = 0
+
+    def _child_command(self) -> list[str]:
+        return [sys.executable, os.path.abspath(__file__)]
 
     def _start(self) -> subprocess.Popen[bytes]:
         child = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__)],
+            self._child_command(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -78,7 +85,17 @@ class MathChecker:
                 _kill(child)
                 self._child = None
                 return False
-            return bool(json.loads(line))
+            verdict = json.loads(line)
+            if isinstance(verdict, dict):  # math-verify raised on this pair
+                self.errors += 1
+                log.warning(
+                    "math-verify failed on %r vs %r (%s): not equivalent",
+                    a[:80],
+                    b[:80],
+                    str(verdict.get("error"))[:200],
+                )
+                return False
+            return bool(verdict)
 
     def close(self) -> None:
         with self._lock:
@@ -127,8 +144,10 @@ def _serve() -> None:  # pragma: no cover - runs in the child
             pa = parse(_as_latex(a), parsing_timeout=3)
             pb = parse(_as_latex(b), parsing_timeout=3)
             same = bool(pa and pb and verify(pa, pb, timeout_seconds=3))
-        except Exception:
-            same = False
+        except Exception as exc:  # reported to the parent, which logs it
+            out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:500]}).encode() + b"\n")
+            out.flush()
+            continue
         out.write(b"true\n" if same else b"false\n")
         out.flush()
 

@@ -4,6 +4,8 @@ What every engine must do is in test_engine_conformance.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 pytest.importorskip("transformers")  # the [hf] extra; the embedded model itself must be there
@@ -150,30 +152,60 @@ def test_a_cancel_never_waits_for_the_admission_window() -> None:
     assert caller.released == ["r0"]
 
 
-def test_a_steady_trickle_is_released_after_admission_window_max() -> None:
-    import threading
-    import time
+def test_a_steady_trickle_is_released_after_admission_window_max(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Adds arriving every 0.1 s never leave a quiet gap of ``admission_window``
+    (0.15 s): the burst they gather is still released ``admission_window_max``
+    (0.3 s) after its first add.  Run on a virtual clock: the submit queue
+    delivers each item at its scripted instant and a wait for it advances the
+    clock, so no real time (and no machine's load) decides the outcome."""
+    import queue
 
-    added: list[float] = []
+    from engine_bridge import _hf
+
+    clock = {"now": 0.0}
+    added: list[tuple[float, str]] = []
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return clock["now"]
+
+    class ScriptedQueue:
+        """Items arriving at given virtual instants (a get waits on the clock)."""
+
+        def __init__(self, items: list[tuple[float, Any]]) -> None:
+            self.items = items
+
+        def get(self, timeout: float | None = None) -> Any:
+            at = self.items[0][0]
+            if timeout is not None and at > clock["now"] + timeout:
+                clock["now"] += timeout
+                raise queue.Empty
+            clock["now"] = max(clock["now"], at)
+            return self.items.pop(0)[1]
+
+        def get_nowait(self) -> Any:
+            return self.get(0.0)
 
     class RecordingManager:
         def add_request(self, ids: list[int], request_id: str, **kw: object) -> None:
-            added.append(time.monotonic())
+            added.append((clock["now"], request_id))
 
+    monkeypatch.setattr(_hf, "time", Clock)
     engine = HFEngine(
         "label", preloaded=(object(), object()), admission_window=0.15, admission_window_max=0.3
     )
     engine._manager = RecordingManager()
-    worker = threading.Thread(target=engine._submit_loop)
-    worker.start()
-    start = time.monotonic()
-    for i in range(8):  # one add every 0.1 s for 0.8 s: never a quiet gap of 0.15 s
-        engine._submit_q.put(("add", [1], {"request_id": f"r{i}"}))
-        time.sleep(0.1)
-    engine._submit_q.put(("stop", None, None))
-    worker.join(5)
-    assert len(added) >= 3  # the first burst went out, capped,
-    assert added[0] - start < 0.6  # long before the trickle ended
+    trickle = [(round(0.1 * i, 1), ("add", [1], {"request_id": f"r{i}"})) for i in range(8)]
+    engine._submit_q = ScriptedQueue([*trickle, (0.8, ("stop", None, None))])  # type: ignore[assignment]
+    engine._submit_loop()  # returns at the stop
+    assert [rid for _, rid in added] == [f"r{i}" for i in range(8)]  # all, in order
+    first_burst = [at for at, _ in added if at == added[0][0]]
+    assert added[0][0] == pytest.approx(0.3)  # released at the cap, not at the trickle's end
+    assert len(first_burst) == 4  # r0..r3 (r3 arrived exactly at the cap)
+    assert engine._bursts[0][1] == 4 and len(engine._bursts) >= 2
 
 
 def test_admission_window_max_below_the_window_is_rejected() -> None:

@@ -80,11 +80,9 @@ async def test_a_child_that_never_comes_up_is_killed_after_the_startup_timeout(
 ) -> None:
     python, pid_file = sleeper(tmp_path)
     engine = ProcessEngine("simulated", python=python, startup_timeout=0.5, stop_timeout=0.5)
-    start = time.monotonic()
     with pytest.raises(EngineError, match=r"did not start within 0.5s"):
         async with engine:
-            pass
-    assert time.monotonic() - start < 5
+            pass  # (the start gave up on its own timeout: the error says which)
     assert not alive(await wait_for(pid_file))
 
 
@@ -145,7 +143,7 @@ def test_a_killed_parent_leaves_no_child(tmp_path: Path) -> None:
         [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
     )
     child = int(out.stdout.strip())
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 120  # a hang guard: we wait for the exit
     while alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(child)

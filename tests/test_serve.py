@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -68,10 +69,28 @@ def server() -> Iterator[Server]:
 
 @pytest.fixture
 def slow_server() -> Iterator[Server]:
-    # 0.2 s per engine step: a request of ~10 tokens takes about 2 s
-    s = Server("--max-in-flight", "1", "--request-timeout", "1", "--simulated-step-seconds", "0.2")
+    # 5 s per engine step: a request of ~10 tokens would take about 50 s, far past
+    # the 1 s request timeout (what decides the outcome is that gap, not a race)
+    s = Server("--max-in-flight", "1", "--request-timeout", "1", "--simulated-step-seconds", "5")
     yield s
     s.stop()
+
+
+@pytest.fixture
+def held_server() -> Iterator[Server]:
+    # one slot, a request that holds it for minutes, no server-side timeout to race
+    s = Server("--max-in-flight", "1", "--request-timeout", "600", "--simulated-step-seconds", "30")
+    yield s
+    s.stop()
+
+
+def wait_until(condition: Any, what: str, bound: float = 120.0) -> None:
+    """Wait for a server's state to say ``condition`` (polled; the bound only
+    keeps a broken server from hanging the suite, nothing is timed)."""
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        time.sleep(0.02)
 
 
 def test_models_are_methods(server: Server) -> None:
@@ -173,34 +192,33 @@ def test_clear_errors(server: Server) -> None:
     assert server.health()["status"] == "ok"
 
 
-def test_saturation_timeout_and_disconnect(slow_server: Server) -> None:
-    client = slow_server.client(timeout=30)
+def test_a_request_past_its_timeout_is_cancelled(slow_server: Server) -> None:
+    """The server's request timeout (1 s, against an engine needing ~50 s) answers
+    504 and cancels the request: nothing is left in flight or in the engine."""
     body = {"model": "cot", "prompt": "q", "max_tokens": 10}
-    # one request in flight: it times out after 1 s (504) and is cancelled
-    with httpx.Client(base_url=slow_server.url, timeout=30) as http:
-        import threading
+    with httpx.Client(base_url=slow_server.url, timeout=120) as http:
+        r = http.post("/v1/completions", json=body)
+    assert r.status_code == 504, r.text
+    wait_until(lambda: slow_server.health()["requests_in_flight"] == 0, "the request ended")
+    assert slow_server.health()["engine_requests"] == 0
 
-        statuses: list[int] = []
-        first = threading.Thread(
-            target=lambda: statuses.append(http.post("/v1/completions", json=body).status_code)
-        )
-        first.start()
-        time.sleep(0.3)
-        second = http.post("/v1/completions", json=body)  # saturated
-        assert second.status_code == 429 and second.json()["error"]["type"] == "rate_limit_error"
-        first.join()
-        assert statuses == [504]
-    h = slow_server.health()
-    assert h["requests_in_flight"] == 0 and h["engine_requests"] == 0
-    # a client that gives up: its request is cancelled on the server
-    with pytest.raises(openai.APITimeoutError):
-        slow_server.client(timeout=0.4).completions.create(model="cot", prompt="q", max_tokens=10)
-    deadline = time.monotonic() + 5
-    while slow_server.health()["requests_in_flight"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    h = slow_server.health()
-    assert h["requests_in_flight"] == 0 and h["engine_requests"] == 0
-    del client
+
+def test_saturation_and_a_client_that_gives_up(held_server: Server) -> None:
+    """While the one slot is held (the server says so), another request is
+    refused with 429 at once; the holder's client then gives up (closes its
+    stream), and the server cancels its request: its own counts go back to zero."""
+    body = {"model": "cot", "prompt": "q", "max_tokens": 10}
+    with httpx.Client(base_url=held_server.url, timeout=60) as http:
+        with http.stream("POST", "/v1/completions", json={**body, "stream": True}) as held:
+            assert held.status_code == 200
+            wait_until(lambda: held_server.health()["requests_in_flight"] == 1, "the slot taken")
+            with httpx.Client(base_url=held_server.url, timeout=30) as other:
+                second = other.post("/v1/completions", json=body)  # saturated
+            assert second.status_code == 429, second.text
+            assert second.json()["error"]["type"] == "rate_limit_error"
+        # (leaving the stream closed the connection: the client gave up)
+    wait_until(lambda: held_server.health()["requests_in_flight"] == 0, "the request cancelled")
+    assert held_server.health()["engine_requests"] == 0
 
 
 def test_each_request_is_logged(caplog: pytest.LogCaptureFixture) -> None:

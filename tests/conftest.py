@@ -93,7 +93,7 @@ def flaky() -> Iterator[Any]:
         procs.append(
             subprocess.Popen([sys.executable, str(script), str(port), str(failures), str(mode)])
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a hang guard: we wait for it to listen
         while time.monotonic() < deadline:
             try:
                 httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)

@@ -8,6 +8,9 @@ nothing), ``drop`` (one chunk, then the connection is cut mid-body).  A request 
 ``"stream": false`` gets one JSON body; ``stall`` then sends nothing at all, and
 ``stall-after-token`` / ``drop`` send the first half of the body.  Chat
 completions always succeed, with the reasoning apart in ``reasoning_content``.
+``ignore-stop`` streams 200 words ``w0 w1 ...`` whatever ``stop`` says (as a server
+that does not honour it), one every 10 ms; ``/health`` counts the streams that ran
+to their end (``completed``) and those the client left (``aborted``).
 """
 
 from __future__ import annotations
@@ -24,15 +27,36 @@ from starlette.routing import Route
 
 PORT, FAILURES = int(sys.argv[1]), int(sys.argv[2])
 MODE = sys.argv[3] if len(sys.argv) > 3 else "503"
-calls = {"n": 0}
+calls = {"n": 0, "completed": 0, "aborted": 0}
 
 
 async def health(request: Request) -> JSONResponse:
-    return JSONResponse({"calls": calls["n"]})
+    return JSONResponse(
+        {"calls": calls["n"], "completed": calls["completed"], "aborted": calls["aborted"]}
+    )
+
+
+def ignoring_stop() -> StreamingResponse:
+    async def events():  # type: ignore[no-untyped-def]
+        done = False
+        try:
+            for i in range(200):
+                finish = "length" if i == 199 else None
+                chunk = {"choices": [{"index": 0, "text": f" w{i}", "finish_reason": finish}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+                await anyio.sleep(0.01)
+            yield "data: [DONE]\n\n"
+            done = True
+        finally:
+            calls["completed" if done else "aborted"] += 1
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 async def completions(request: Request) -> object:
     calls["n"] += 1
+    if MODE == "ignore-stop":
+        return ignoring_stop()
     failing = calls["n"] <= FAILURES
     if failing and MODE.isdigit():
         return JSONResponse(

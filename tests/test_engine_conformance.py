@@ -344,15 +344,21 @@ async def test_logprobs_one_per_token(make_engine: Callable[[], Any]) -> None:
 
 
 async def test_stop_strings(make_engine: Callable[[], Any]) -> None:
+    """A stop string ends the request there, in the engine too: one that still
+    had up to 200 tokens to go is no longer held by the engine itself once the
+    stream is left (a cut on our side must cancel it in the engine)."""
     async with make_engine() as engine:
         base, *_ = await collect(engine, EngineRequest(greedy(12), prompt=PROMPT))
         words = base.split()
         assert len(words) >= 3, base
         stop = " " + words[2]
         text, _, _, finish, _ = await collect(
-            engine, EngineRequest(greedy(12, stop=(stop,)), prompt=PROMPT)
+            engine, EngineRequest(greedy(200, stop=(stop,)), prompt=PROMPT)
         )
         assert finish == "stop" and stop not in text and base.startswith(text) and text
+        assert engine.num_active == 0
+        if type(engine).__name__ in ("SimulatedEngine", "HFEngine", "TRTLLMEngine"):
+            assert await engine_holds(engine) == 0  # its own state, read at once
 
 
 async def test_a_stop_string_never_leaks_into_a_stream(make_engine: Callable[[], Any]) -> None:

@@ -14,6 +14,7 @@ import trio
 
 pytest.importorskip("starlette")
 
+from helpers import collect
 from test_engine_conformance import FRUITS, LoopbackServer
 
 from engine_bridge import EngineError, EngineRequest, OpenAIEngine, SamplingParams
@@ -626,3 +627,23 @@ async def test_a_client_closed_under_a_request_is_an_engine_error(server: Loopba
             async with engine.open_stream(EngineRequest(SamplingParams(), prompt="q")) as s:
                 async for _ in s:
                     pass
+
+
+async def test_a_stop_string_matched_here_aborts_the_request_on_the_server(flaky: Any) -> None:
+    """A server that ignores ``stop`` streams on; the client cuts the text at the
+    stop string, ends the request and closes the connection: the server's own
+    count says the stream was left, not read to its end."""
+    port = flaky(0, "ignore-stop")
+    async with OpenAIEngine(f"http://127.0.0.1:{port}/v1", "m") as engine:
+        params = SamplingParams(max_tokens=200, stop=(" w5",))
+        text, _, _, finish, _ = await collect(engine, EngineRequest(params, prompt="q"))
+        assert (text, finish) == (" w0 w1 w2 w3 w4", "stop")
+        assert engine.num_active == 0
+    async with httpx.AsyncClient() as client:
+        with trio.fail_after(60):  # a hang guard: the server counts the stream's end
+            while True:
+                health = (await client.get(f"http://127.0.0.1:{port}/health")).json()
+                if health["completed"] + health["aborted"]:
+                    break
+                await trio.sleep(0.02)
+    assert (health["aborted"], health["completed"]) == (1, 0), health

@@ -1413,6 +1413,30 @@ MUTATIONS = [
         (("            _log.error(\n", "            (lambda *a, **k: None)(\n"),),
         ("tests/test_runtime.py::test_a_forgotten_sync_runtimes_loop_error_is_logged",),
     ),
+    Mutation(
+        "hf-stop-cut-cancels-in-the-manager",
+        "a stop string cut on our side counts as released: the request runs on in transformers' manager",
+        "src/engine_bridge/_hf.py",
+        (
+            (
+                "            state.stream.push(delta, released=finished)\n",
+                "            state.stream.push(delta, released=finished or finish is not None)\n",
+            ),
+        ),
+        (CONF + "test_stop_strings[hf]",),
+    ),
+    Mutation(
+        "http-stop-match-closes-the-stream",
+        "a stop string matched on the client goes on reading to the server's end (the server never sees the abort)",
+        "src/engine_bridge/_openai.py",
+        (
+            (
+                "                    return  # a stop string ended it; closing the response aborts it\n",
+                "                    continue\n",
+            ),
+        ),
+        ("tests/test_openai_engine.py::test_a_stop_string_matched_here_aborts_the_request_on_the_server",),
+    ),
 ]
 
 

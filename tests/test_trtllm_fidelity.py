@@ -932,3 +932,38 @@ def test_pytorch_worker_generates_streams_and_scores(smol_folder: str) -> None:
     assert 0.0 <= (alone.custom_output_params or {})["score"] <= 1.0
     judge.shutdown()
     assert next(judge.model.parameters()).device.type == "cpu"
+
+
+def test_dynasor_generation_controller_stops_when_probes_agree() -> None:
+    """TensorRT-LLM's contrib Dynasor controller: chunks of reasoning, a probe
+    after each; once ``certainty_threshold`` probes agree with no hesitation it
+    answers; hesitant probes run it to ``max_tokens``.  A model name that is no
+    folder has its prompt counted by the worker (TokenizeTask), not guessed."""
+    from scaffold_actors.compat.contrib.Dynasor import DynasorGenerationController, equal_group
+
+    def reply(hesitant: bool) -> Any:
+        def answer(call: Any) -> str:
+            if "**Final Answer**" in call.prompt:
+                return "wait 7} maybe" if hesitant else "7} so"
+            return "step by step reasoning goes on here"
+
+        return answer
+
+    assert equal_group(["7", " 7 ", "7.0", "7."]) and not equal_group(["7", "8"])
+    assert DynasorGenerationController.obtain_answer("{a}b} rest") == "{a}b"
+    for hesitant in (False, True):
+        engine = SimulatedEngine(reply(hesitant))  # type: ignore[arg-type]
+        controller = DynasorGenerationController(
+            "served-model-name", max_tokens=60, certainty_threshold=2, chunk_size=8
+        )
+        assert controller.tokenizer is None
+        workers = {DynasorGenerationController.WorkerTag.GENERATION: EngineWorker(engine)}
+        with ScaffoldingLlm(controller, workers) as llm:
+            text = llm.generate("What is 3 + 4?").outputs[0].text
+        if hesitant:
+            assert "\\boxed" not in text and text.count("reasoning goes on") >= 3
+        else:
+            assert text.endswith("Final Answer:**\n\\[\n \\boxed{7}\n\\]")
+            # two rounds: the second probe agreed with the first before its chunk was kept
+            assert text.count("reasoning goes on") == 1
+        assert engine.num_active == 0

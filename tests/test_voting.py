@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -162,18 +164,30 @@ async def test_samples_cut_by_the_token_budget_do_not_vote() -> None:
 # -- model output cannot block the event loop -----------------------------------
 
 
+@contextlib.contextmanager
+def checking_with(monkeypatch: pytest.MonkeyPatch, checker: Any) -> Iterator[None]:
+    """Answers compared by ``checker`` (a fresh verdict cache) for the block;
+    its child is stopped after."""
+    from scaffold_actors.methods import _answers
+
+    monkeypatch.setattr(_answers, "_CHECKER", checker)
+    _answers._verify.cache_clear()
+    try:
+        yield
+    finally:
+        checker.close()
+        _answers._verify.cache_clear()
+
+
 def test_a_hostile_answer_is_not_equivalent_and_is_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``9^{9^{9}}`` keeps sympy busy for minutes in C code: the checker child is
     killed after its bound, the verdict is "not equivalent", and it says so."""
-    from scaffold_actors.methods import _answers
     from scaffold_actors.methods._mathcheck import MathChecker
 
     checker = MathChecker(timeout=1.0)
-    monkeypatch.setattr(_answers, "_CHECKER", checker)
-    _answers._verify.cache_clear()
-    try:
+    with checking_with(monkeypatch, checker):
         with caplog.at_level("WARNING", logger="scaffold_actors.methods"):
             assert not math_equivalent("9^{9^{9}}", "3")
         assert checker.timeouts == 1 and "no verdict" in caplog.text
@@ -181,9 +195,6 @@ def test_a_hostile_answer_is_not_equivalent_and_is_logged(
         assert math_equivalent("1/2", "0.5")  # a new child serves the next comparison
         assert not math_equivalent("1" * 201, "1" * 202)  # too long to parse at all
         assert "longer than 200" in caplog.text
-    finally:
-        checker.close()
-        _answers._verify.cache_clear()
 
 
 def test_an_error_of_math_verify_is_logged_not_silent(
@@ -194,7 +205,6 @@ def test_an_error_of_math_verify_is_logged_not_silent(
     checker counts it; the child goes on serving."""
     import sys
 
-    from scaffold_actors.methods import _answers
     from scaffold_actors.methods._mathcheck import MathChecker
 
     class Raising(MathChecker):
@@ -213,17 +223,12 @@ def test_an_error_of_math_verify_is_logged_not_silent(
             return [sys.executable, "-c", code]
 
     checker = Raising(timeout=120.0)
-    monkeypatch.setattr(_answers, "_CHECKER", checker)
-    _answers._verify.cache_clear()
-    try:
+    with checking_with(monkeypatch, checker):
         with caplog.at_level("WARNING", logger="scaffold_actors.methods"):
             assert not math_equivalent("boom", "3")
             assert math_equivalent("1/2", "0.5")  # the same child still answers
         assert checker.errors == 1 and checker.timeouts == 0
         assert "math-verify failed on 'boom' vs '3' (OverflowError: sympy gave up)" in caplog.text
-    finally:
-        checker.close()
-        _answers._verify.cache_clear()
 
 
 async def test_the_loop_keeps_running_while_answers_are_compared(

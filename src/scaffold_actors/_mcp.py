@@ -106,6 +106,22 @@ class MCPListTask(Task):
     output_fields: ClassVar[tuple[str, ...]] = ("result_tools",)
 
 
+def openai_tools(listed: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """The tools an :class:`MCPListTask` listed (``result_tools``) as OpenAI
+    function descriptions, the ``tools`` a chat task offers the model."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": t["name"],
+                "description": t.get("description") or "",
+                "parameters": t.get("input_schema") or {"type": "object"},
+            },
+        }
+        for t in listed or ()
+    ]
+
+
 class _Done:
     """An awaitable that is already done (a shutdown with nothing to close)."""
 

@@ -12,7 +12,7 @@ from .._chat import ChatTask, ToolMessage
 from .._context import RequestContext
 from .._controller import drive_generator
 from .._errors import InvalidTaskError
-from .._mcp import MCPCallTask, MCPListTask
+from .._mcp import MCPCallTask, MCPListTask, openai_tools
 from .._tasks import GenerationTask, RewardTask, ScaffoldingOutput, Task, _deepcopy_lists
 from ._math import get_digit_majority_vote_result
 
@@ -223,17 +223,7 @@ class ChatWithMCPController(Controller):
         if tools is None:
             listing = MCPListTask(worker_tag=self.WorkerTag.MCP)
             yield [listing]
-            tools = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": t["name"],
-                        "description": t.get("description") or "",
-                        "parameters": t.get("input_schema") or {"type": "object"},
-                    },
-                }
-                for t in listing.result_tools or ()
-            ]
+            tools = openai_tools(listing.result_tools)
         chat.tools = tools
         for _ in range(self.max_iterations):
             yield from self.generation.process([chat])

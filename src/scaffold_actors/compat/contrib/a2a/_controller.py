@@ -10,7 +10,7 @@ from typing import Any
 
 from ...._tasks import Task
 from ..._controllers import Controller
-from ..mcp.chat_task import ChatTask
+from ..mcp.chat_task import ChatTask, with_defaults
 from ._tasks import A2AListTask, A2ASendTask
 
 __all__ = ["A2AController"]
@@ -77,10 +77,7 @@ class A2AController(Controller):
     def _chat(self, messages: list[dict[str, Any]], prompt: str | None, tools: Any) -> ChatTask:
         task = ChatTask.create_from_prompt(messages, prompt, tools)
         task.worker_tag = self.WorkerTag.GENERATION
-        for key, value in (self.custom_sampling_params or {}).items():
-            if hasattr(task, key) and getattr(task, key) is None:
-                setattr(task, key, value)
-        return task
+        return with_defaults(task, self.custom_sampling_params)
 
     def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
         if len(tasks) != 1:

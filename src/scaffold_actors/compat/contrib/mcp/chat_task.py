@@ -8,7 +8,7 @@ from typing import Any
 
 from ...._tasks import GenerationTask
 
-__all__ = ["ChatTask"]
+__all__ = ["ChatTask", "with_defaults"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -44,3 +44,12 @@ class ChatTask(GenerationTask):
 
     def request_inputs(self) -> dict[str, Any]:
         return {"messages": self.messages, "tools": self.tools or None}
+
+
+def with_defaults(task: ChatTask, params: dict[str, Any] | None) -> ChatTask:
+    """``task`` with ``params`` (a controller's ``custom_sampling_params``) set
+    on the sampling fields it leaves unset (``None``)."""
+    for key, value in (params or {}).items():
+        if hasattr(task, key) and getattr(task, key) is None:
+            setattr(task, key, value)
+    return task

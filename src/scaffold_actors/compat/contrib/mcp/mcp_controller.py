@@ -7,9 +7,10 @@ import enum
 from collections.abc import Generator, Mapping
 from typing import Any
 
+from ...._mcp import openai_tools
 from ...._tasks import Task
 from ..._controllers import Controller
-from .chat_task import ChatTask
+from .chat_task import ChatTask, with_defaults
 from .mcp_task import MCPCallTask, MCPListTask
 
 __all__ = ["MCPController"]
@@ -40,10 +41,7 @@ class MCPController(Controller):
         )
 
     def _sampled(self, task: ChatTask) -> ChatTask:
-        for key, value in (self.custom_sampling_params or {}).items():
-            if hasattr(task, key) and getattr(task, key) is None:
-                setattr(task, key, value)
-        return task
+        return with_defaults(task, self.custom_sampling_params)
 
     def process(self, tasks: list[Task], **kwargs: Any) -> Generator[Any, Any, None]:
         if len(tasks) != 1:
@@ -52,17 +50,7 @@ class MCPController(Controller):
         listing = MCPListTask.create_mcptask()
         listing.worker_tag = self.WorkerTag.MCP
         yield [listing]
-        tools = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t["name"],
-                    "description": t.get("description") or "",
-                    "parameters": t.get("input_schema") or {"type": "object"},
-                },
-            }
-            for t in listing.result_tools or ()
-        ]
+        tools = openai_tools(listing.result_tools)
         messages: list[dict[str, Any]] = [{"role": "system", "content": _SYSTEM}]
         chat = self._sampled(ChatTask.create_from_prompt(messages, result_task.input_str, tools))
         chat.worker_tag = self.WorkerTag.GENERATION

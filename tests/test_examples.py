@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -412,11 +413,12 @@ def test_cli_seed_draws_the_same_samples_and_help_shows_examples() -> None:
         return run_json("--samples", "8", "--seed", seed)["details"]["votes"]
 
     assert votes("1") == votes("1") != votes("2")
-    for command in ("run", "bench", "serve", "methods"):
+    for command in ("run", "bench", "serve", "methods", "port-run"):
         p = run("-m", "scaffold_actors.cli", command, "--help")
         assert "Example" in p.stdout, command
     top = run("-m", "scaffold_actors.cli", "--help").stdout
-    assert "bench    Run methods over a dataset: accuracy, tokens, latency." in top
+    assert re.search(r"\n  bench +Run methods over a dataset: accuracy, tokens, latency\.", top), top
+    assert re.search(r"\n  port-run +Run a TensorRT-LLM Scaffolding SCRIPT unchanged", top), top
 
 
 def test_cli_asks_a_server_the_question_as_a_chat_turn() -> None:

@@ -756,8 +756,11 @@ def test_a_trtllm_worker_runs_on_a_substituted_engine() -> None:
     """``set_trtllm_worker_engine``: init_with_new_llm builds its worker on the
     given engine, the earlier releases' sampling keywords become the worker's
     defaults, an unknown keyword is refused; ``None`` restores the default."""
-    from scaffold_actors.compat import TRTLLMWorker, set_trtllm_worker_engine
-    from scaffold_actors.compat._workers import worker_engine_factory
+    from scaffold_actors.compat import (
+        TRTLLMWorker,
+        set_trtllm_worker_engine,
+        worker_engine_factory,
+    )
 
     engines: list[SimulatedEngine] = []
 

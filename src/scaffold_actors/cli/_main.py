@@ -441,8 +441,11 @@ def port_run(worker_engine: str | None, script: str, args: tuple[str, ...]) -> N
     """
     import runpy
 
-    from scaffold_actors.compat import install_trtllm_alias, set_trtllm_worker_engine
-    from scaffold_actors.compat._workers import worker_engine_factory
+    from scaffold_actors.compat import (
+        install_trtllm_alias,
+        set_trtllm_worker_engine,
+        worker_engine_factory,
+    )
 
     path = os.path.abspath(script)
     if not os.path.isfile(path):

@@ -102,6 +102,7 @@ from ._workers import (
     TRTLLMWorker,
     TRTOpenaiWorker,
     set_trtllm_worker_engine,
+    worker_engine_factory,
 )
 
 __all__ = [
@@ -181,6 +182,7 @@ __all__ = [
     "tokenize_trace_scope",
     "with_execution_tracing",
     "with_task_collection",
+    "worker_engine_factory",
 ]
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "TRTLLMWorker",
     "TRTOpenaiWorker",
     "set_trtllm_worker_engine",
+    "worker_engine_factory",
 ]
 
 

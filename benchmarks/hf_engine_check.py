@@ -30,7 +30,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from engine_bridge import EngineRequest, HFEngine, SamplingParams  # noqa: E402
+from engine_bridge import EngineRequest, HFEngine, SamplingParams
 
 
 def holds(engine: Any) -> int:

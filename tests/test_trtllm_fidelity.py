@@ -138,11 +138,14 @@ def test_a_dataclass_subclass_of_a_task_runs_through_the_runtime() -> None:
 def test_sampling_fields_no_engine_takes_are_refused_unless_at_their_default() -> None:
     """TensorRT-LLM's OpenAI-style fields exist; a value that would change
     sampling is refused at submission (never dropped silently)."""
+    from scaffold_actors._tasks import check_not_taken_yet
+
     task = GenerationTask(input_str="q", frequency_penalty=0.0, echo=False, user="me")
-    task.validate()
+    check_not_taken_yet(task)
     task.presence_penalty = 0.5
     with pytest.raises(InvalidTaskError, match=r"GenerationTask\.presence_penalty"):
-        task.validate()
+        check_not_taken_yet(task)
+    task.validate()  # a worker of one's own may take it: only engine workers refuse
 
     class Biased(Controller):
         def process(self, tasks: list[Any], **kwargs: Any) -> Any:

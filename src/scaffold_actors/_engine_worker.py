@@ -19,7 +19,14 @@ from ._chat import AssistantMessage, ChatTask
 from ._errors import InvalidTaskError
 from ._hints import DropKVCacheTask, TokenizeTask
 from ._task_context import TaskContext, task_context
-from ._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask, Task, TaskStatus
+from ._tasks import (
+    GenerationTask,
+    ScaffoldingOutput,
+    StreamGenerationTask,
+    Task,
+    TaskStatus,
+    check_not_taken_yet,
+)
 from ._worker import Handler, Worker
 
 if TYPE_CHECKING:
@@ -215,6 +222,7 @@ class EngineWorker(Worker):
     def check_task(self, task: Task) -> None:
         super().check_task(task)
         if isinstance(task, GenerationTask):
+            check_not_taken_yet(task)
             request = task.engine_request(self.default_params, stream=False)
             try:
                 self.engine.check(request)

@@ -160,6 +160,13 @@ def task_field(
     return dataclasses.field(default=default, metadata=metadata, kw_only=kw_only)
 
 
+def sparse_field(default: Any) -> Any:
+    """A rarely set field with an immutable ``default``: copies made for samples
+    (``fresh_copies``) leave it out of their ``__dict__`` (the class attribute
+    answers), so their dicts stay small."""
+    return dataclasses.field(default=default, metadata={"sparse": True})
+
+
 def _sampling_validator(inst: Any, name: str, value: Any) -> None:
     """Check one sampling field, naming it in the error."""
     if value is None:
@@ -175,19 +182,48 @@ def _at_least_zero(inst: Any, name: str, value: Any) -> None:
         raise ValueError(f"{type(inst).__name__}.{name} must be an int >= 0, got {value!r}")
 
 
-# per task class: the fields with a converter or validator (read from the
-# dataclass fields' metadata once, on the class's first assignment)
-_HOOKS: dict[type, dict[str, tuple[Any, Any]]] = {}
-
-
 def _hooks_of(cls: type) -> dict[str, tuple[Any, Any]]:
+    """``cls``'s fields with a converter or validator (its dataclass fields'
+    metadata), by name."""
     hooks = {}
     for f in dataclasses.fields(cls):
         converter, validator = f.metadata.get("converter"), f.metadata.get("validator")
         if converter is not None or validator is not None:
             hooks[f.name] = (converter, validator)
-    _HOOKS[cls] = hooks
     return hooks
+
+
+#: the field hooks of task classes that define their own ``__setattr__``
+_OTHER_HOOKS: dict[type, dict[str, tuple[Any, Any]]] = {}
+
+
+def _setattr_for(cls: type) -> Callable[[Any, str, Any], None]:
+    """The ``__setattr__`` of task class ``cls``: the field's converter, then its
+    validator, for the fields that have them; one dict lookup otherwise.  The
+    table is read from the dataclass fields on the first assignment (when
+    ``@dataclass`` has processed the class, a subclass of a user's included)."""
+    table: list[dict[str, tuple[Any, Any]]] = []
+    set_ = object.__setattr__
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        owner = type(self)
+        if owner is cls:
+            if not table:
+                table.append(_hooks_of(cls))
+            hooks = table[0]
+        else:  # a subclass with a __setattr__ of its own that calls this one
+            hooks = _OTHER_HOOKS.get(owner) or _OTHER_HOOKS.setdefault(owner, _hooks_of(owner))
+        hook = hooks.get(name)
+        if hook is not None:
+            converter, validator = hook
+            if converter is not None:
+                value = converter(value)
+            if validator is not None:
+                validator(self, name, value)
+        set_(self, name, value)
+
+    __setattr__.__qualname__ = f"{cls.__qualname__}.__setattr__"
+    return __setattr__
 
 
 def _stop_converter(value: str | Sequence[str] | None) -> list[str]:
@@ -227,20 +263,10 @@ class Task:
     input_fields: ClassVar[tuple[str, ...]] = ("custom_input_params",)
     output_fields: ClassVar[tuple[str, ...]] = ("custom_output_params",)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # one dict lookup per assignment for the class's validated fields
-        cls = type(self)
-        hooks = _HOOKS.get(cls)
-        if hooks is None:
-            hooks = _hooks_of(cls)
-        hook = hooks.get(name)
-        if hook is not None:
-            converter, validator = hook
-            if converter is not None:
-                value = converter(value)
-            if validator is not None:
-                validator(self, name, value)
-        object.__setattr__(self, name, value)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__setattr__" not in cls.__dict__:  # (a subclass's own one is kept)
+            cls.__setattr__ = _setattr_for(cls)  # type: ignore[method-assign]
 
     def validate(self) -> None:
         """Raise :class:`InvalidTaskError` naming the field if the task cannot run."""
@@ -282,6 +308,8 @@ class Task:
                 fields[name] = copy.deepcopy(value, memo)
         return new
 
+
+Task.__setattr__ = _setattr_for(Task)  # type: ignore[method-assign]  # (its subclasses get theirs)
 
 #: values a deep copy can share
 _IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
@@ -396,16 +424,6 @@ class GenerationTask(Task):
     ignore_eos: bool = False
     skip_tokenizer: bool = False
     skip_detokenizer: bool = False
-    # TensorRT-LLM's OpenAI-style sampling fields that no engine here takes yet:
-    # accepted at their defaults, refused at submission otherwise (never dropped)
-    best_of: int | None = None
-    echo: bool | None = False
-    frequency_penalty: float | None = 0.0
-    logit_bias: dict[str, float] | None = None
-    presence_penalty: float | None = 0.0
-    suffix: str | None = None
-    user: str | None = None
-    return_context_logits: bool | None = False
 
     output_str: str | None = None
     output_tokens: list[int] | None = None
@@ -414,9 +432,23 @@ class GenerationTask(Task):
     finish_reason: str | None = None
     prompt_tokens_num: int = 0
     completion_tokens_num: int = 0
-    context_logits: Any = None
-    cumulative_logprob: float | None = None  # the sum of logprobs, when asked for
     customized_result_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    # TensorRT-LLM's other fields, last and sparse (a sample's copy leaves them to
+    # the class: its dict keeps the few keys CPython shares between instances).
+    # The OpenAI-style sampling ones no engine here takes yet are accepted at
+    # their defaults and refused by engine workers at submission otherwise
+    # (check_not_taken_yet: never dropped)
+    best_of: int | None = sparse_field(None)
+    echo: bool | None = sparse_field(False)
+    frequency_penalty: float | None = sparse_field(0.0)
+    logit_bias: dict[str, float] | None = sparse_field(None)
+    presence_penalty: float | None = sparse_field(0.0)
+    suffix: str | None = sparse_field(None)
+    user: str | None = sparse_field(None)
+    return_context_logits: bool | None = sparse_field(False)
+    context_logits: Any = sparse_field(None)
+    cumulative_logprob: float | None = sparse_field(None)  # the sum of logprobs, when asked for
 
     input_fields: ClassVar[tuple[str, ...]] = (
         "input_str",
@@ -497,14 +529,6 @@ class GenerationTask(Task):
             _check_messages(f"{name}.messages", self.messages)
         # the sampling fields need no check here: each one is validated in
         # __init__ and on every assignment (Task.__setattr__), naming the field
-        for field, default in _NOT_TAKEN_YET:
-            value = getattr(self, field)
-            if value != default and value is not None:
-                raise InvalidTaskError(
-                    f"{name}.{field}",
-                    f"{value!r} is not supported by scaffold-actors' engines yet "
-                    f"(leave it at {default!r})",
-                )
         if self.n != 1:
             raise InvalidTaskError(
                 f"{name}.n", f"must be 1 (submit one task per sample), got {self.n!r}"
@@ -563,7 +587,8 @@ class GenerationTask(Task):
 
 
 #: GenerationTask fields that TensorRT-LLM's task has and no engine here takes
-#: yet, with the value that means "not asked for"
+#: yet, with the value that means "not asked for" (an engine worker refuses
+#: others at submission: :func:`check_not_taken_yet`)
 _NOT_TAKEN_YET = (
     ("best_of", None),
     ("echo", False),
@@ -573,6 +598,31 @@ _NOT_TAKEN_YET = (
     ("suffix", None),
     ("return_context_logits", False),
 )
+_NOT_TAKEN_DEFAULTS = tuple(default for _, default in _NOT_TAKEN_YET)
+
+
+def check_not_taken_yet(task: GenerationTask) -> None:
+    """Raise :class:`InvalidTaskError` naming the field when ``task`` asks for
+    one of TensorRT-LLM's sampling fields that no engine here takes yet (its
+    value would otherwise be dropped).  One tuple comparison when none is set."""
+    values = (
+        task.best_of,
+        task.echo,
+        task.frequency_penalty,
+        task.logit_bias,
+        task.presence_penalty,
+        task.suffix,
+        task.return_context_logits,
+    )
+    if values == _NOT_TAKEN_DEFAULTS:
+        return
+    for (field, default), value in zip(_NOT_TAKEN_YET, values, strict=True):
+        if value != default and value is not None:
+            raise InvalidTaskError(
+                f"{type(task).__name__}.{field}",
+                f"{value!r} is not supported by scaffold-actors' engines yet "
+                f"(leave it at {default!r})",
+            )
 
 
 def _check_messages(field: str, messages: Any) -> None:

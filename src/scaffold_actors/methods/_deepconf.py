@@ -247,7 +247,7 @@ class DeepConf:
             """One streamed trace; None when cut for low confidence."""
             nonlocal terminated
             t = sampler.prepare(fresh_task(task))
-            t.streaming_step = self.check_every
+            t.streaming_step = self.check_every  # type: ignore[attr-defined]
             async with ctx.stream(t) as updates:  # type: ignore[arg-type]
                 async for partial in updates:
                     n = len(partial.logprobs or ())

@@ -25,7 +25,11 @@ def _blank(cls: type[GenerationTask]) -> tuple[dict[str, Any], tuple[tuple[str, 
     a class of at most 30 fields shares its dict keys between instances, and a
     copy filled from a dict that shares them shares them too (about half the
     memory of a dict of its own); a class with more gets a compact dict."""
-    made = cls().__dict__
+    sparse = {f.name for f in dataclasses.fields(cls) if f.metadata.get("sparse")}
+    made = cls.__new__(cls).__dict__  # (split: the class's shared keys, as __init__ fills them)
+    for name, value in cls().__dict__.items():
+        if name not in sparse:  # a sparse field's default is the class attribute
+            made[name] = value
     compact = dict(made)
     plain = made if sys.getsizeof(made) < sys.getsizeof(compact) else compact
     factories: list[tuple[str, Any]] = []

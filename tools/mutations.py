@@ -1341,7 +1341,7 @@ MUTATIONS = [
         SA + "_engine_worker.py",
         (
             (
-                '        if self.manage_engine and not getattr(self, "_running", 0):\n',
+                "        if self.manage_engine and not self._running:\n",
                 "        if False:\n",
             ),
         ),

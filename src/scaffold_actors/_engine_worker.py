@@ -165,6 +165,7 @@ class EngineWorker(Worker):
         check_prompts: bool = True,
     ) -> None:
         self.engine = engine
+        self._running = 0  # lifespans entered (run_task starts the engine when none is)
         self.manage_engine = manage_engine
         self.check_prompts = check_prompts
         self.default_params = default_params if default_params is not None else SamplingParams()
@@ -185,7 +186,7 @@ class EngineWorker(Worker):
             yield
             return
         async with self.engine:
-            self._running = getattr(self, "_running", 0) + 1
+            self._running += 1
             try:
                 yield
             finally:
@@ -198,7 +199,7 @@ class EngineWorker(Worker):
         after, so each call is complete in itself (an engine is bound to the
         event loop that started it).  Raises what the handler raises; cancelling
         the call aborts the engine request."""
-        if self.manage_engine and not getattr(self, "_running", 0):
+        if self.manage_engine and not self._running:
             async with self.lifespan():
                 return await super().run_task(task)
         return await super().run_task(task)

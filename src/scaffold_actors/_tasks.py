@@ -207,12 +207,15 @@ def _setattr_for(cls: type) -> Callable[[Any, str, Any], None]:
 
     def __setattr__(self: Any, name: str, value: Any) -> None:
         owner = type(self)
+        hooks: dict[str, tuple[Any, Any]] | None
         if owner is cls:
             if not table:
                 table.append(_hooks_of(cls))
             hooks = table[0]
         else:  # a subclass with a __setattr__ of its own that calls this one
-            hooks = _OTHER_HOOKS.get(owner) or _OTHER_HOOKS.setdefault(owner, _hooks_of(owner))
+            hooks = _OTHER_HOOKS.get(owner)
+            if hooks is None:
+                hooks = _OTHER_HOOKS[owner] = _hooks_of(owner)
         hook = hooks.get(name)
         if hook is not None:
             converter, validator = hook

@@ -342,3 +342,59 @@ def test_a_fresh_copy_takes_no_more_memory_than_a_constructed_task() -> None:
                 assert sys.getsizeof(copy.__dict__) < own / 2, cls
             else:  # 32 keys: no sharing possible, then no larger than its own
                 assert sys.getsizeof(copy.__dict__) <= own, cls
+
+
+def test_the_direct_init_builds_what_the_dataclass_init_builds() -> None:
+    """Our task classes' ``__init__`` writes fields straight into the instance
+    dict (no hooked assignment per field), yet converts and validates as every
+    assignment does, keeps the dataclass's signature and factories, leaves a
+    sparse field at its default to the class, and shares CPython's keys; an
+    instance of a subclass goes through the dataclass ``__init__``, so a
+    subclass's own ``__setattr__`` sees every field."""
+    import dataclasses
+    import inspect
+    import sys
+
+    from scaffold_actors._tasks import RewardTask, StreamGenerationTask
+
+    for cls in (GenerationTask, StreamGenerationTask, RewardTask):
+        assert "_original" in cls.__init__.__code__.co_names, cls  # the direct one
+    assert list(inspect.signature(GenerationTask).parameters)[:2] == [
+        "worker_tag",
+        "streaming_output_flag",
+    ]
+    a, b = GenerationTask(input_str="q", stop="end"), GenerationTask(input_str="q")
+    assert a.stop == ["end"] and b.stop == [] and a.stop is not b.stop
+    assert a.customized_result_fields is not b.customized_result_fields
+    assert "best_of" not in a.__dict__ and a.best_of is None
+    assert GenerationTask(best_of=3).__dict__["best_of"] == 3
+    with pytest.raises(InvalidTaskError, match=r"GenerationTask\.max_tokens"):
+        GenerationTask(input_str="q", max_tokens=0)
+    with pytest.raises(InvalidTaskError, match=r"StreamGenerationTask\.top_p"):
+        StreamGenerationTask(input_str="q", top_p=2.0)
+    with pytest.raises(ValueError, match="streaming_step"):
+        StreamGenerationTask(streaming_step=-1)
+    with pytest.raises(TypeError, match="bogus"):
+        GenerationTask(bogus=1)  # type: ignore[call-arg]
+    assert sys.getsizeof(a.__dict__) < sys.getsizeof(dict(a.__dict__)) / 2  # keys shared
+
+    seen: list[str] = []
+
+    class Watched(GenerationTask):
+        def __setattr__(self, name: str, value: object) -> None:
+            seen.append(name)
+            super().__setattr__(name, value)
+
+    w = Watched(input_str="q", max_tokens=4)
+    assert {"input_str", "max_tokens", "stop", "best_of"} <= set(seen) and w.max_tokens == 4
+    with pytest.raises(InvalidTaskError, match=r"Watched\.max_tokens"):
+        Watched(max_tokens=0)
+
+    @dataclasses.dataclass(eq=False)
+    class Mine(GenerationTask):
+        extra: int = 2
+
+    m = Mine(input_str="q", max_tokens=3)
+    assert (m.extra, m.max_tokens, m.stop) == (2, 3, [])
+    with pytest.raises(InvalidTaskError, match=r"Mine\.temperature"):
+        Mine(temperature=-1.0)

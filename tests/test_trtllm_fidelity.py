@@ -442,7 +442,9 @@ def test_the_benchmark_returns_three_values_and_takes_a_strategy() -> None:
     requests = [ScaffoldingBenchRequest(prompt=f"p{i}") for i in range(5)]
     with ScaffoldingLlm(NativeGenerationController(), {"generation": EchoWorker()}) as llm:
         results, times, total = asyncio.run(
-            async_scaffolding_benchmark(llm, {}, requests, strategy=ConcurrentStrategy(concurrency=2))
+            async_scaffolding_benchmark(
+                llm, {}, requests, strategy=ConcurrentStrategy(concurrency=2)
+            )
         )
         assert len(results) == len(times) == 5 and total >= max(times)
         assert sorted(r.outputs[0].text for r in results) == [f"echo p{i}" for i in range(5)]
@@ -488,7 +490,10 @@ def _delegating_worker(arguments: str) -> Worker:
                 task.output_str, task.finish_reason = "asking math", "tool_calls"
                 task.tool_calls = [Call("math", arguments)]
             else:  # the agent's reply came back as the user's turn
-                task.output_str, task.finish_reason = f"final: {task.messages[-1]['content']}", "stop"
+                task.output_str, task.finish_reason = (
+                    f"final: {task.messages[-1]['content']}",
+                    "stop",
+                )
             return TaskStatus.SUCCESS
 
         task_handlers = {ContribChat: chat}
@@ -499,8 +504,10 @@ def _delegating_worker(arguments: str) -> Worker:
 def test_a2a_controller_delegates_and_answers_from_the_reply() -> None:
     from scaffold_actors.compat.contrib.a2a import A2AController, A2AWorker
 
-    for arguments, sent in ((json.dumps({"message": "two plus two"}), "TWO PLUS TWO"),
-                            ("not json", "NOT JSON")):
+    for arguments, sent in (
+        (json.dumps({"message": "two plus two"}), "TWO PLUS TWO"),
+        ("not json", "NOT JSON"),
+    ):
         agents = A2AWorker([Agent("math")])
         workers = {"generation": _delegating_worker(arguments), "a2a": agents}
         with ScaffoldingLlm(A2AController(), workers) as llm:
@@ -660,9 +667,22 @@ def test_pytest_runs_tensorrt_llm_style_tests_through_the_alias(tmp_path: Path) 
         )
     )
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-         "--trtllm-alias", str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path, env=_clean_env(), timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "--trtllm-alias",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_clean_env(),
+        timeout=300,
     )
     report = out.stdout
     assert "1 failed, 1 passed, 2 skipped" in report, report
@@ -671,9 +691,20 @@ def test_pytest_runs_tensorrt_llm_style_tests_through_the_alias(tmp_path: Path) 
     assert "needs TensorRT-LLM's source tree (" in report and "x.py is not there" in report
     # without the flag, the same files do not import at all
     plain = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(tmp_path / "test_program.py")],
-        capture_output=True, text=True, cwd=tmp_path, env=_clean_env(), timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(tmp_path / "test_program.py"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_clean_env(),
+        timeout=300,
     )
     assert plain.returncode != 0 and "tensorrt_llm" in plain.stdout
 
@@ -703,13 +734,19 @@ def test_port_run_runs_a_tensorrt_llm_script_unchanged(tmp_path: Path) -> None:
     )
     out = subprocess.run(
         [sys.executable, "-m", "scaffold_actors.cli", "port-run", str(script), "42", "--flag"],
-        capture_output=True, text=True, env=_clean_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "answer: so \\boxed{42} ['--flag']"
     missing = subprocess.run(
         [sys.executable, "-m", "scaffold_actors.cli", "port-run", str(tmp_path / "nope.py")],
-        capture_output=True, text=True, env=_clean_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=300,
     )
     assert missing.returncode != 0 and "nope.py" in missing.stderr
 
@@ -782,8 +819,8 @@ def test_a_trtllm_worker_runs_on_a_substituted_engine() -> None:
         assert engines[0].completed == 1 and engines[0].num_active == 0
     finally:
         set_trtllm_worker_engine(None)
-    with pytest.raises(ValueError, match="'hf' or 'openai=URL'"):
-        worker_engine_factory("trt")
+    with pytest.raises(ValueError, match="'hf', 'pytorch' or 'openai=URL'"):
+        worker_engine_factory("trt")  # (the pytorch spec: see the DeepConf tests)
     with pytest.raises(ValueError, match="http"):
         worker_engine_factory("openai=localhost:1")
 
@@ -835,9 +872,21 @@ def test_port_run_serves_trtllm_workers_from_an_openai_server(tmp_path: Path) ->
     server = LoopbackServer()
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "scaffold_actors.cli", "port-run",
-             "--worker-engine", f"openai={server.url}", str(script), "--model_dir", "scaffold"],
-            capture_output=True, text=True, env=_clean_env(), timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "scaffold_actors.cli",
+                "port-run",
+                "--worker-engine",
+                f"openai={server.url}",
+                str(script),
+                "--model_dir",
+                "scaffold",
+            ],
+            capture_output=True,
+            text=True,
+            env=_clean_env(),
+            timeout=300,
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "words: True"
@@ -973,3 +1022,216 @@ def test_dynasor_generation_controller_stops_when_probes_agree() -> None:
             # two rounds: the second probe agreed with the first before its chunk was kept
             assert text.count("reasoning goes on") == 1
         assert engine.num_active == 0
+
+
+# --- contrib DeepConf ----------------------------------------------------------------
+
+#: a token's alternatives when the model is sure (confidence 4.337) and unsure (1.1)
+_SURE = (("a", -0.01), ("b", -6.0), ("c", -7.0))
+_UNSURE = (("a", -1.0), ("b", -1.1), ("c", -1.2))
+
+
+def _trace(sure: int, unsure: int, answer: str = "") -> Any:
+    """A responder output: ``sure`` confident words, then ``unsure`` hesitant ones,
+    then the boxed answer (one confident token)."""
+    from engine_bridge import SimulatedOutput
+
+    words = [f"w{i}" for i in range(sure + unsure)] + ([f"\\boxed{{{answer}}}"] if answer else [])
+    top = [_SURE] * sure + [_UNSURE] * unsure + ([_SURE] if answer else [])
+    return SimulatedOutput(" ".join(words), logprobs=[-0.01] * len(words), top_logprobs=top)
+
+
+def test_deepconf_confidence_windows_and_vote_policies() -> None:
+    """Token confidence is minus the mean of its alternatives' logprobs; a window's
+    mean joins the list each time the window is full; the statistics and each
+    vote policy pick what their names say."""
+    from scaffold_actors.compat.contrib.DeepConf import ConfidenceInfo, majority_vote
+    from scaffold_actors.compat.contrib.DeepConf._confidence import token_logprobs
+
+    info = ConfidenceInfo(conf_group_size=2, conf_threshold=3.0)
+    info.update_confidence_info({1: -0.01, 2: -6.0, 3: -7.0}, 1)
+    assert info.conf_list == [4.337] and not info.should_stop() and not info.avg_conf_group_list
+    info.update_confidence_info(_UNSURE)
+    assert info.avg_conf_group_list == [pytest.approx((4.337 + 1.1) / 2)] and info.should_stop()
+    info.update_confidence_info([-1.1])  # bare logprobs
+    assert info.avg_conf_group_list[-1] == pytest.approx(1.1)
+    assert info.get_min_conf_grouped() == pytest.approx(1.1)
+    info.get_statistics(tail_tokens=2)
+    assert info.mean_conf == pytest.approx((4.337 + 2.2) / 3)
+    assert info.tail_mean_conf == pytest.approx(1.1)
+    assert info.min_window_conf == info.bottom_window_mean_conf == pytest.approx(1.1)
+    with pytest.raises(ValueError, match="no logprobs"):
+        info.update_confidence_info({})
+    with pytest.warns(UserWarning, match="filled no window"):
+        assert ConfidenceInfo(conf_group_size=4, conf_threshold=0.7).get_min_conf_grouped() == 0.7
+
+    def task(answer: str, conf: float, tokens: int = 1) -> Any:
+        t = GenerationTask(input_str="q")
+        t.output_str = f"so \\boxed{{{answer}}}" if answer else "no answer"
+        c = ConfidenceInfo(conf_group_size=1)
+        for _ in range(tokens):
+            c.add(conf)
+        t.customized_result_fields["confidence_info"] = c
+        return [t]
+
+    # three weak traces say 1, two strong ones say 2, one says nothing
+    traces = [
+        task("1", 0.5),
+        task("1", 0.4),
+        task("1", 0.3),
+        task("2", 3.0),
+        task("2", 2.0),
+        task("", 9.0),
+    ]
+    assert majority_vote(traces, "majority").result.endswith("{1}")
+    for policy in ("mean_confidence_weighted", "min_window_weighted", "top10_tail_filtered"):
+        assert majority_vote(traces, policy).result.endswith("{2}"), policy
+    assert traces[5][0].customized_result_fields["extracted_answer"] is None
+    with pytest.warns(UserWarning, match="no trace has a boxed answer"):
+        assert majority_vote([task("", 1.0)], "majority").result == "no answer"
+    with pytest.raises(NotImplementedError, match="'best'"):
+        majority_vote(traces, "best")
+
+    # the confidence reads TensorRT-LLM's logprobs ({token_id: Logprob}) when given
+    from scaffold_actors.compat._pytorch_worker import Logprob
+
+    t = GenerationTask(input_str="q")
+    t.output_tokens, t.logprobs = [5], [{5: Logprob(-0.5, 1), 6: Logprob(-1.5, 2)}]  # type: ignore[list-item]
+    assert token_logprobs(t) == [[-0.5, -1.5]]
+    t.logprobs, t.output_str = None, "x"
+    with pytest.raises(ValueError, match="set num_logprobs"):
+        token_logprobs(t)
+
+
+def _deepconf_llm(controller: Any, engine: Any) -> Any:
+    from scaffold_actors import AsyncScaffoldingLlm
+
+    return AsyncScaffoldingLlm(
+        controller, {NativeGenerationController.WorkerTag.GENERATION: EngineWorker(engine)}
+    )
+
+
+def _generation(**extra: Any) -> NativeGenerationController:
+    return NativeGenerationController(
+        sampling_params={"max_tokens": 2000, "num_logprobs": 3, "temperature": 0.6, **extra}
+    )
+
+
+async def test_deepconf_online_cancels_a_trace_in_the_engine_once_unsure(
+    autojump_clock: object,
+) -> None:
+    """The online controller streams in windows and aborts the generation in the
+    engine (the engine's own count) once a window's confidence falls below the
+    threshold; a sure trace runs to its end.  The offline one measures the
+    whole trace."""
+    from scaffold_actors.compat.contrib.DeepConf import (
+        DeepConfOfflineController,
+        DeepConfOnlineController,
+    )
+
+    engine = SimulatedEngine(lambda call: _trace(16, 1500))  # type: ignore[arg-type]
+    online = DeepConfOnlineController(_generation(), conf_group_size=8, conf_threshold=2.0)
+    async with _deepconf_llm(online, engine) as llm:
+        r = await llm.generate("q")
+    info = r.output.details["confidence_info"]
+    # the window of 8 ending at token 22 (16 sure, 6 unsure) is the first below
+    # 2.0; the stream had delivered 3 steps of 8 tokens, which are kept
+    assert len(info.conf_list) == 22 and info.should_stop()
+    assert len(r.output.output_str.split()) == 24
+    assert engine.aborted == 1 and engine.num_active == 0 and engine.completed == 0
+
+    engine = SimulatedEngine(lambda call: _trace(30, 0, "7"))  # type: ignore[arg-type]
+    online = DeepConfOnlineController(_generation(), conf_group_size=8, conf_threshold=2.0)
+    async with _deepconf_llm(online, engine) as llm:
+        r = await llm.generate("q")
+    assert r.output.output_str.endswith("\\boxed{7}") and engine.aborted == 0
+    assert len(r.output.details["confidence_info"].conf_list) == 31
+
+    engine = SimulatedEngine(lambda call: _trace(8, 8))  # type: ignore[arg-type]
+    offline = DeepConfOfflineController(_generation(), conf_group_size=4, conf_threshold=2.0)
+    async with _deepconf_llm(offline, engine) as llm:
+        r = await llm.generate("q")
+    info = r.output.details["confidence_info"]
+    assert len(info.conf_list) == 16 and len(info.avg_conf_group_list) == 13
+    assert engine.aborted == 0 and info.should_stop()
+
+
+async def test_deepconf_votes_set_the_online_threshold_from_the_warmup(
+    autojump_clock: object,
+) -> None:
+    """Online majority vote: the warm-up traces' weakest windows set the final
+    traces' threshold (its percentile), the weak final traces are cut in the
+    engine, and the vote's answer is the task's result."""
+    from scaffold_actors.compat.contrib.DeepConf import (
+        DeepConfOfflineController,
+        DeepConfOfflineMajorityVoteController,
+        DeepConfOnlineController,
+        DeepConfOnlineMajorityVoteController,
+    )
+
+    def responder(call: Any) -> Any:
+        # the warm-up (first 2 requests) and 2 of the final 4 are sure and say 42;
+        # the other final traces hesitate at length
+        return _trace(24, 0, "42") if call.index in (0, 1, 2, 4) else _trace(8, 1500, "13")
+
+    engine = SimulatedEngine(responder)  # type: ignore[arg-type]
+    kw = {"generation_controller": _generation(), "conf_group_size": 8, "conf_threshold": 0.0}
+    vote = DeepConfOnlineMajorityVoteController(
+        warmup_generation_controller=DeepConfOfflineController(**kw),
+        final_generation_controller=DeepConfOnlineController(**kw),
+        sample_num=6,
+        warmup_sample_num=2,
+        vote_policy="majority",
+        confidence_percentile=90,
+    )
+    async with _deepconf_llm(vote, engine) as llm:
+        r = await llm.generate("q")
+    assert r.output.output_str.endswith("\\boxed{42}")
+    assert engine.aborted == 2 and engine.completed == 4 and engine.num_active == 0
+
+    engine = SimulatedEngine(lambda call: _trace(4, 0, "5" if call.index < 3 else "6"))  # type: ignore[arg-type]
+    offline = DeepConfOfflineMajorityVoteController(
+        DeepConfOfflineController(**kw), sample_num=5, vote_policy="mean_confidence_weighted"
+    )
+    async with _deepconf_llm(offline, engine) as llm:
+        assert (await llm.generate("q")).output.output_str.endswith("\\boxed{5}")
+
+    with pytest.raises(ValueError, match="must be at least warmup_sample_num"):
+        DeepConfOnlineMajorityVoteController(
+            DeepConfOfflineController(**kw), DeepConfOnlineController(**kw), sample_num=2
+        )
+    with pytest.raises(NotImplementedError, match="'loudest'"):
+        DeepConfOfflineMajorityVoteController(DeepConfOfflineController(**kw), 4, "loudest")
+    with pytest.raises(ValueError, match="conf_group_size"):
+        DeepConfOnlineController(_generation(), conf_group_size=0, conf_threshold=1.0)
+
+
+async def test_deepconf_without_logprobs_fails_the_request(autojump_clock: object) -> None:
+    """No logprobs asked: the controller fails the request (nothing made up)."""
+    from scaffold_actors.compat.contrib.DeepConf import DeepConfOfflineController
+
+    engine = SimulatedEngine("a b c")
+    plain = NativeGenerationController(sampling_params={"max_tokens": 8})
+    controller = DeepConfOfflineController(plain, conf_group_size=2, conf_threshold=1.0)
+    async with _deepconf_llm(controller, engine) as llm:
+        with pytest.raises(ValueError, match="set num_logprobs"):
+            await llm.generate("q")
+
+
+def test_port_run_pytorch_worker_engine_gives_top_logprobs(smol_folder: str) -> None:
+    """``--worker-engine pytorch``: init_with_new_llm returns a PyTorchWorker,
+    whose logprobs carry each token's alternatives (what DeepConf reads)."""
+    from scaffold_actors.compat import PyTorchWorker, TRTLLMWorker
+    from scaffold_actors.compat._workers import set_trtllm_worker_engine, worker_engine_factory
+
+    set_trtllm_worker_engine(worker_engine_factory("pytorch"))
+    try:
+        worker = TRTLLMWorker.init_with_new_llm(smol_folder, backend="pytorch", max_batch_size=4)
+    finally:
+        set_trtllm_worker_engine(None)
+    assert isinstance(worker, PyTorchWorker)
+    task = GenerationTask(input_str="Hello", max_tokens=3, num_logprobs=4, temperature=0.6)
+    assert asyncio.run(worker.run_task(task)) == TaskStatus.SUCCESS
+    assert task.logprobs and all(len(d) >= 4 for d in task.logprobs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'hf', 'pytorch' or 'openai=URL'"):
+        worker_engine_factory("vllm")

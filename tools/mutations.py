@@ -1437,6 +1437,58 @@ MUTATIONS = [
         ),
         ("tests/test_openai_engine.py::test_a_stop_string_matched_here_aborts_the_request_on_the_server",),
     ),
+    Mutation(
+        "deepconf-online-cancels-in-the-engine",
+        "the DeepConf online controller never cancels an unsure trace",
+        SA + "compat/contrib/DeepConf/_controllers.py",
+        (("                    stream.cancel_flag = True\n", "                    pass\n"),),
+        (
+            "tests/test_trtllm_fidelity.py::"
+            "test_deepconf_online_cancels_a_trace_in_the_engine_once_unsure",
+        ),
+    ),
+    Mutation(
+        "deepconf-threshold-from-the-warmup",
+        "the online vote's final traces keep the configured threshold, not the warm-up's",
+        SA + "compat/contrib/DeepConf/_controllers.py",
+        (("            tasks, self.final_sample_num, self.final_generation_controller, bar, kwargs",
+          "            tasks, self.final_sample_num, self.final_generation_controller, None, kwargs"),),
+        (
+            "tests/test_trtllm_fidelity.py::"
+            "test_deepconf_votes_set_the_online_threshold_from_the_warmup",
+        ),
+    ),
+    Mutation(
+        "deepconf-confidence-needs-logprobs",
+        "DeepConf makes up a confidence when the worker returned no logprobs",
+        SA + "compat/contrib/DeepConf/_confidence.py",
+        (("    if task.output_tokens or task.output_str:\n", "    if False:\n"),),
+        ("tests/test_trtllm_fidelity.py::test_deepconf_without_logprobs_fails_the_request",),
+    ),
+    Mutation(
+        "direct-init-validates",
+        "the tasks' direct __init__ stores sampling values without validating them",
+        SA + "_tasks.py",
+        (('            body.append(f"    _v{i}(self, {name!r}, {name})")',
+          '            pass'),),
+        ("tests/test_tasks.py::test_bad_sampling_value_names_the_field",
+         "tests/test_tasks.py::test_the_direct_init_builds_what_the_dataclass_init_builds"),
+    ),
+    Mutation(
+        "direct-init-leaves-sparse-defaults-to-the-class",
+        "the tasks' direct __init__ stores every sparse field in the instance dict",
+        SA + "_tasks.py",
+        (('            body.append(f"    if {name} is not _d{i}: _values[{name!r}] = {name}")',
+          '            body.append(f"    _values[{name!r}] = {name}")'),),
+        ("tests/test_tasks.py::test_the_direct_init_builds_what_the_dataclass_init_builds",),
+    ),
+    Mutation(
+        "direct-init-subclasses-take-the-dataclass-init",
+        "a task subclass's own __setattr__ no longer sees the fields set by __init__",
+        SA + "_tasks.py",
+        (('        f"    if type(self) is not _cls:\\n"', '        f"    if False:\\n"'),),
+        ("tests/test_tasks.py::test_the_direct_init_builds_what_the_dataclass_init_builds",),
+    ),
 ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -229,6 +230,64 @@ def _setattr_for(cls: type) -> Callable[[Any, str, Any], None]:
     return __setattr__
 
 
+def _direct_init(cls: type) -> type:
+    """Give one of our task classes (after ``@dataclass``) an ``__init__`` that
+    writes its fields straight into the instance dict: the converters and
+    validators run as they would through ``__setattr__``, without a hooked
+    assignment per field, and a sparse field left at its default stays out of
+    the dict (the class attribute answers).  Signature, defaults and factories
+    are the dataclass's own.  An instance of a subclass (a user's, maybe with
+    a ``__setattr__`` of its own) goes through the dataclass ``__init__``
+    unchanged."""
+    original = cls.__init__  # type: ignore[misc]
+    signature = inspect.signature(original)
+    hooks = _hooks_of(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    ns: dict[str, Any] = {"_cls": cls, "_original": original}
+    params, forward, body = [], [], []
+    keyword_only = False
+    for i, p in enumerate(list(signature.parameters.values())[1:]):
+        name, f = p.name, by_name[p.name]
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and not keyword_only:
+            params.append("*")
+            keyword_only = True
+        if p.default is inspect.Parameter.empty:
+            params.append(name)
+        else:
+            ns[f"_d{i}"] = p.default
+            params.append(f"{name}=_d{i}")
+        forward.append(f"{name}={name}")
+        if f.default_factory is not dataclasses.MISSING:
+            ns[f"_f{i}"] = f.default_factory
+            body.append(f"    if {name} is _d{i}: {name} = _f{i}()")
+        converter, validator = hooks.get(name, (None, None))
+        if converter is not None:
+            ns[f"_c{i}"] = converter
+            body.append(f"    {name} = _c{i}({name})")
+        if validator is not None:
+            ns[f"_v{i}"] = validator
+            body.append(f"    _v{i}(self, {name!r}, {name})")
+        if f.metadata.get("sparse"):
+            body.append(f"    if {name} is not _d{i}: _values[{name!r}] = {name}")
+        else:
+            body.append(f"    _values[{name!r}] = {name}")
+    if hasattr(cls, "__post_init__"):
+        body.append("    self.__post_init__()")
+    source = (
+        f"def __init__(self, {', '.join(params)}):\n"
+        f"    if type(self) is not _cls:\n"
+        f"        return _original(self, {', '.join(forward)})\n"
+        "    _values = self.__dict__\n" + "\n".join(body) + "\n"
+    )
+    exec(source, ns)  # the dataclass's own way of making an __init__
+    init = ns["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = original.__doc__
+    init.__signature__ = signature
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
+
+
 def _stop_converter(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return []
@@ -395,6 +454,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@_direct_init
 @dataclasses.dataclass(eq=False)
 class GenerationTask(Task):
     """Generate one completion.
@@ -642,6 +702,7 @@ def _check_messages(field: str, messages: Any) -> None:
             )
 
 
+@_direct_init
 @dataclasses.dataclass(eq=False)
 class StreamGenerationTask(GenerationTask):
     """A generation task delivered to its controller in pieces.
@@ -668,6 +729,7 @@ class StreamGenerationTask(GenerationTask):
         return cls(**values, streaming_step=streaming_step)
 
 
+@_direct_init
 @dataclasses.dataclass(eq=False)
 class RewardTask(Task):
     """Score candidate responses to ``input_str`` with a reward model.

@@ -423,11 +423,12 @@ def main() -> None:
 @click.option(
     "--worker-engine",
     default=None,
-    metavar="hf|openai=URL",
+    metavar="hf|pytorch|openai=URL",
     help=(
         "what TRTLLMWorker.init_with_new_llm(model_dir) runs on where TensorRT-LLM is not "
         "installed: 'hf' (transformers on the CPU; model_dir 'embedded' is the embedded "
-        "SmolLM2) or 'openai=URL' (an OpenAI-compatible server, model_dir its model name)"
+        "SmolLM2), 'pytorch' (a PyTorchWorker: no batching, but top logprobs, which "
+        "DeepConf needs) or 'openai=URL' (an OpenAI-compatible server, model_dir its model name)"
     ),
 )
 @click.argument("script", type=click.Path(dir_okay=False))

@@ -13,7 +13,7 @@ from .._errors import InvalidTaskError
 from .._hints import DropKVCacheTask
 from .._mcp import MCPWorker
 from .._tasks import Task, TaskStatus
-from .._worker import Handler
+from .._worker import Handler, Worker
 
 __all__ = [
     "ApiaryMCPWorker",
@@ -194,6 +194,8 @@ class TRTLLMWorker(EngineWorker):
         substitute = _SUBSTITUTE[0]
         if substitute is not None:
             engine: Any = substitute(model_dir)
+            if isinstance(engine, Worker):  # a whole worker (--worker-engine pytorch)
+                return engine  # type: ignore[return-value]
         elif not real_trtllm_installed():
             raise ImportError(
                 "TRTLLMWorker.init_with_new_llm needs TensorRT-LLM (pip install "
@@ -251,8 +253,12 @@ def set_trtllm_worker_engine(factory: Callable[[str], Any] | None) -> None:
 def worker_engine_factory(spec: str) -> Callable[[str], Any]:
     """The engine factory a ``--worker-engine`` spec names: ``hf`` (transformers
     on the CPU: ``model_dir`` a model folder, or ``embedded`` for the embedded
-    SmolLM2) or ``openai=URL`` (an OpenAI-compatible server; ``model_dir`` is
-    sent as the model name).  Raises :class:`ValueError` for anything else."""
+    SmolLM2), ``pytorch`` (a whole :class:`PyTorchWorker` instead of the
+    ``TRTLLMWorker``: one token step at a time, no batching, but each token's
+    top logprobs, which transformers' continuous batching does not give, as
+    TensorRT-LLM's do) or ``openai=URL`` (an OpenAI-compatible server;
+    ``model_dir`` is sent as the model name).  Raises :class:`ValueError` for
+    anything else."""
     if spec == "hf":
 
         def hf(model_dir: str) -> Any:
@@ -272,7 +278,22 @@ def worker_engine_factory(spec: str) -> Callable[[str], Any]:
             return OpenAIEngine(url, model_dir)
 
         return openai
-    raise ValueError(f"--worker-engine must be 'hf' or 'openai=URL', got {spec!r}")
+    if spec == "pytorch":
+
+        def pytorch(model_dir: str) -> Any:
+            from ._pytorch_worker import PyTorchWorker
+
+            if model_dir in ("", "embedded"):
+                from engine_bridge._hf import EMBEDDED_GGUF, _load, embedded_model_path
+
+                model, tokenizer, _ = _load(
+                    embedded_model_path(), EMBEDDED_GGUF, "cpu", "float32", "sdpa"
+                )
+                return PyTorchWorker(model, tokenizer, "cpu")
+            return PyTorchWorker.from_pretrained(model_dir)
+
+        return pytorch
+    raise ValueError(f"--worker-engine must be 'hf', 'pytorch' or 'openai=URL', got {spec!r}")
 
 
 class ApiaryMCPWorker(MCPWorker):

@@ -6,6 +6,8 @@ As TensorRT-LLM's, this namespace also re-exports every public name of
 offered over its releases:
 
 * :mod:`.AsyncGeneration`: ``StreamGenerationTask``, ``stream_generation_handler``.
+* :mod:`.DeepConf`: ``DeepConfOfflineController``, ``DeepConfOnlineController`` and
+  their majority-vote controllers (Deep Think with Confidence).
 * :mod:`.Dynasor`: ``DynasorGenerationController`` (Dynasor-CoT), ``equal_group``.
 * :mod:`.a2a`: delegate to remote agents (``A2AController``, ``A2AWorker``,
   ``A2AListTask``, ``A2ASendTask``, ``AgentInfo``).

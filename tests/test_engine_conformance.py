@@ -564,3 +564,97 @@ def test_scaffold_run_against_transformers_serve() -> None:
         "no answer: none of 2 samples gave an answer that could be extracted (2 empty)"
         in raw.stdout
     ), raw.stdout
+
+
+# --- streams started without a task ----------------------------------------------------
+
+
+class _Reader:
+    """Reads a started stream as the runtime does: on each wake, every queued
+    delta; records the end."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.finish: str | None = None
+        self.over = False
+        self.woke = trio.Event()
+
+    def __call__(self) -> None:
+        self.woke.set()
+
+    async def read(self, stream: Any) -> None:
+        while not self.over:
+            await self.woke.wait()
+            self.woke = trio.Event()
+            try:
+                while (delta := stream.next_nowait()) is not None:
+                    self.text += delta.text
+                    self.finish = delta.finish_reason or self.finish
+            except StopAsyncIteration:
+                self.over = True
+
+    async def close(self, stream: Any) -> None:
+        """Close it and wait until the engine released it (or gave up)."""
+        stream.close()
+        while not stream.released:
+            await self.woke.wait()
+            self.woke = trio.Event()
+        stream.close()
+
+
+def _starts_streams(make_engine: Callable[[], Any], engine: Any) -> None:
+    if getattr(type(engine), "start_stream", None) is None:
+        pytest.skip(
+            f"{type(engine).__name__} reads each response in a task of its own (HTTP); "
+            "it does not start streams"
+        )
+
+
+async def test_a_started_stream_gives_what_open_stream_gives(
+    make_engine: Callable[[], Any],
+) -> None:
+    """``start_stream`` (no task per request): the same greedy text as
+    ``open_stream``, and at its end the engine holds nothing (its own state)."""
+    async with make_engine() as engine:
+        _starts_streams(make_engine, engine)
+        base, *_ = await collect(engine, EngineRequest(greedy(8), prompt=PROMPT))
+        reader = _Reader()
+        stream = engine.start_stream(EngineRequest(greedy(8), prompt=PROMPT), reader)
+        with trio.fail_after(120):  # a hang guard
+            await reader.read(stream)
+            await reader.close(stream)
+        assert reader.text == base and reader.finish in ("stop", "length")
+        assert engine.num_active == 0 and await engine_holds(engine) == 0
+
+
+async def test_closing_a_started_stream_aborts_it_in_the_engine(
+    make_engine: Callable[[], Any],
+) -> None:
+    """Closed after its first delta, a started request (64 tokens to go) is
+    dropped by the engine itself once the stream reads released; a stop string
+    cut on our side ends it there too."""
+    async with make_engine() as engine:
+        _starts_streams(make_engine, engine)
+        reader = _Reader()
+        stream = engine.start_stream(EngineRequest(greedy(64), prompt=PROMPT), reader)
+        with trio.fail_after(120):  # a hang guard
+            while not stream.done and not reader.text:
+                await reader.woke.wait()
+                reader.woke = trio.Event()
+                delta = stream.next_nowait()
+                reader.text += delta.text if delta is not None else ""
+            await reader.close(stream)
+        assert engine.num_active == 0 and engine.aborted == 1
+        assert await engine_holds(engine) == 0
+
+        base, *_ = await collect(engine, EngineRequest(greedy(12), prompt=PROMPT))
+        stop = " " + base.split()[2]
+        reader = _Reader()
+        request = EngineRequest(greedy(200, stop=(stop,)), prompt=PROMPT)
+        stream = engine.start_stream(request, reader)
+        with trio.fail_after(120):  # a hang guard
+            await reader.read(stream)
+            await reader.close(stream)
+        assert reader.finish == "stop" and stop not in reader.text and base.startswith(reader.text)
+        assert engine.num_active == 0 and await engine_holds(engine) == 0
+        assert engine.aborted == 1  # a stop string's end is no abort

@@ -255,3 +255,126 @@ def test_trtllm_style_trtllm_worker_on_a_given_llm_and_a_new_one(
     assert owned.is_shutdown and worker.own_llm
     with pytest.raises(ValueError, match="exactly one of model"):
         TRTLLMWorker(None)
+
+
+# --- streams started without a task (engine_bridge.StartsStreams) --------------------
+
+
+def _started(e: TRTLLMEngine, max_tokens: int = 64) -> tuple[Any, trio.Event]:
+    woke = trio.Event()
+    stream = e.start_stream(
+        EngineRequest(SamplingParams(max_tokens=max_tokens), prompt="q"), woke.set
+    )
+    return stream, woke
+
+
+async def test_a_started_stream_is_admitted_at_once_or_not_at_all() -> None:
+    """``start_stream`` takes a free slot without waiting and returns ``None``
+    when none is free (nothing reaches the executor); its deltas arrive with
+    ``on_wake``; at the end the slot is free again."""
+    with trio.fail_after(60):  # a hang guard, not a budget (this takes milliseconds)
+        await _admitted_at_once_or_not_at_all()
+
+
+async def _admitted_at_once_or_not_at_all() -> None:
+    async with TRTLLMEngine(
+        "standin-model", max_concurrent=2, llm_kwargs={"_standin_step_s": 0.01}
+    ) as e:
+        (a, _), (b, _) = _started(e), _started(e)
+        assert a is not None and b is not None
+        assert _started(e)[0] is None and e.llm.submitted <= 2 and e.num_active == 2
+        for s in (a, b):  # the slots come back once the executor confirmed the aborts
+            released = trio.Event()
+            s.on_wake = released.set
+            s.close()
+            await released.wait()
+        assert e.llm.live == 0 and e.num_active == 0
+        c, woke = _started(e, max_tokens=4)
+        assert c is not None
+        tokens = 0
+        while True:
+            await woke.wait()
+            woke = trio.Event()
+            c.on_wake = woke.set
+            try:
+                while (delta := c.next_nowait()) is not None:
+                    tokens += len(delta.token_ids)
+            except StopAsyncIteration:
+                break
+        assert tokens == 4 and c.released
+        c.close()
+        assert e.num_active == 0 and e.llm.live == 0 and e.completed == 1 and e.aborted == 2
+
+
+async def test_closing_a_started_stream_aborts_it_in_the_executor_without_waiting() -> None:
+    """``close()`` returns at once; the executor's own cancel response releases
+    the request later, waking the stream once more (no task per request)."""
+    with trio.fail_after(60):  # a hang guard
+        await _closed_without_waiting()
+
+
+async def _closed_without_waiting() -> None:
+    async with engine(_standin_step_s=0.01) as e:
+        stream, woke = _started(e)
+        await woke.wait()  # the first delta
+        assert e.llm.live == 1
+        released = trio.Event()
+        stream.on_wake = released.set
+        stream.close()
+        assert not stream.released  # the executor has not answered yet
+        await released.wait()
+        assert stream.released and e.llm.live == 0 and e.llm.finish_reasons == ["cancelled"]
+        stream.close()  # forgets it
+        assert e.num_active == 0 and e.aborted == 1
+
+
+async def test_a_started_streams_lost_abort_is_loud_after_abort_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An abort the executor never confirms: after ``abort_timeout`` the engine's
+    deadline thread warns, counts it, frees the slot and ends the stream for its
+    consumer, and the request stays counted where the executor still holds it."""
+    with trio.fail_after(60):  # a hang guard
+        await _lost_abort(monkeypatch)
+
+
+async def _lost_abort(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with engine(_standin_step_s=0.05, abort_timeout=0.2) as e:
+        monkeypatch.setattr(e.llm, "_abort_request", lambda request_id: None)  # lost abort
+        stream, woke = _started(e)
+        await woke.wait()
+        gave_up = trio.Event()
+        stream.on_wake = gave_up.set
+        with pytest.warns(AbortNotAcknowledgedWarning, match="did not confirm the abort"):
+            stream.close()
+            await gave_up.wait()
+            while not stream.released:  # (a delta may wake it first)
+                gave_up = trio.Event()
+                stream.on_wake = gave_up.set
+                await gave_up.wait()
+        stream.close()
+        assert e.abort_timeouts == 1 and e.aborted == 0
+        assert e.num_active == 1 == e.llm.live  # still held, and said so
+    assert e.num_active == 0  # closing the engine frees everything
+
+
+async def test_runtime_generations_start_on_the_engine_and_cancel_there() -> None:
+    """Through the runtime, plain generations start without runners (the engine
+    counts them) up to ``max_concurrent``, the rest wait in runners; cancelling
+    the request aborts every one in the executor before the cancel returns."""
+    e = TRTLLMEngine("standin-model", max_concurrent=3, llm_kwargs={"_standin_step_s": 0.02})
+    vote = MajorityVote(Sampler(max_tokens=200), samples=5, early_stop=False)
+    with trio.fail_after(60):  # a hang guard
+        await _start_and_cancel(e, vote)
+    assert e.started_streams == 3
+
+
+async def _start_and_cancel(e: TRTLLMEngine, vote: MajorityVote) -> None:
+    async with AsyncScaffoldingLlm(vote, {"generation": EngineWorker(e)}) as llm:
+        result = await llm.generate_async("q")
+        while e.llm.live < 3:  # noqa: ASYNC110 - the executor's own state has no event
+            await trio.sleep(0.01)
+        assert e.started_streams == 3 and e.num_active == 3  # two more wait for a slot
+        await result.acancel()
+        assert e.llm.live == 0 and e.num_active == 0
+        assert e.llm.finish_reasons == ["cancelled"] * e.llm.submitted

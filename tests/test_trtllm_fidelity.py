@@ -1235,3 +1235,67 @@ def test_port_run_pytorch_worker_engine_gives_top_logprobs(smol_folder: str) -> 
     assert task.logprobs and all(len(d) >= 4 for d in task.logprobs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'hf', 'pytorch' or 'openai=URL'"):
         worker_engine_factory("vllm")
+
+
+def test_port_run_hf_worker_engine_serves_a_reward_model_folder(
+    smol_folder: str, tmp_path: Path
+) -> None:
+    """``--worker-engine hf`` on a token-classification folder gives a process
+    reward worker (loaded at once, its tokenizer set, as TensorRT-LLM's worker
+    has it), so run_best_of_n_with_reward's pattern runs: samples from the
+    generation worker, step scores from the reward model, the best kept."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForTokenClassification
+
+    from scaffold_actors import RewardWorker
+    from scaffold_actors.compat import BestOfNController, PRMController, TRTLLMWorker
+    from scaffold_actors.compat._workers import (
+        _reward_kind,
+        set_trtllm_worker_engine,
+        worker_engine_factory,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(smol_folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, num_labels=2,
+    )  # fmt: skip
+    prm = tmp_path / "prm"
+    LlamaForTokenClassification(config).save_pretrained(prm)
+    tokenizer.save_pretrained(prm)
+    assert _reward_kind(str(prm)) == "process" and _reward_kind(smol_folder) is None
+    assert _reward_kind("served-name") is None
+
+    set_trtllm_worker_engine(worker_engine_factory("hf"))
+    try:
+        reward = TRTLLMWorker.init_with_new_llm(str(prm), disable_overlap_scheduler=True)
+    finally:
+        set_trtllm_worker_engine(None)
+    assert isinstance(reward, RewardWorker) and reward.kind == "process"
+    assert reward.tokenizer is not None
+
+    seen: list[list[float]] = []
+
+    class Recording(PRMController):
+        def process(self, tasks: list[Task], **kwargs: Any) -> Any:
+            yield from super().process(tasks, **kwargs)
+            seen.append(list(self.scores or []))
+
+    replies = ["step one\n\nso 4", "step one\n\nstep two\n\nso 5"]
+    engine = SimulatedEngine(lambda call: replies[call.index % 2])  # type: ignore[arg-type]
+    controller = BestOfNController(
+        NativeGenerationController(sampling_params={"max_tokens": 16}),
+        Recording(tokenizer=reward.tokenizer),
+        default_sample_num=2,
+    )
+    workers = {
+        NativeGenerationController.WorkerTag.GENERATION: EngineWorker(engine),
+        PRMController.WorkerTag.REWARD: reward,
+    }
+    with ScaffoldingLlm(controller, workers) as llm:
+        text = llm.generate("q").outputs[0].text
+    # (4 samples: BestOfNController takes the larger of process()'s sample_num and
+    # its default, as TensorRT-LLM's does)
+    assert len(seen) == 1 and len(seen[0]) == 4 and all(0.0 < x < 1.0 for x in seen[0])
+    assert text == replies[seen[0].index(max(seen[0])) % 2]  # the reward model's pick

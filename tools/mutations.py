@@ -1489,6 +1489,45 @@ MUTATIONS = [
         (('        f"    if type(self) is not _cls:\\n"', '        f"    if False:\\n"'),),
         ("tests/test_tasks.py::test_the_direct_init_builds_what_the_dataclass_init_builds",),
     ),
+    Mutation(
+        "port-run-hf-serves-reward-models",
+        "--worker-engine hf builds a generation engine over a reward model's folder",
+        SA + "compat/_workers.py",
+        (("            if kind is not None:  # a reward model", "            if False:  # a reward model"),),
+        ("tests/test_trtllm_fidelity.py::test_port_run_hf_worker_engine_serves_a_reward_model_folder",),
+    ),
+    Mutation(
+        "started-stream-close-aborts-in-the-engine",
+        "closing a stream started without a task never tells the engine to drop it",
+        "src/engine_bridge/_bridge.py",
+        (("        self._abort(stream._key, stream._state)  #", "        pass  #"),),
+        (
+            "tests/test_trtllm_engine.py::test_closing_a_started_stream_aborts_it_in_the_executor_without_waiting",
+            "tests/test_trtllm_engine.py::test_runtime_generations_start_on_the_engine_and_cancel_there",
+        ),
+    ),
+    Mutation(
+        "started-stream-abort-deadline",
+        "a started stream's lost abort is waited for forever (no abort_timeout deadline)",
+        "src/engine_bridge/_bridge.py",
+        (("        self._watch(stream._key)\n", "        pass\n"),),
+        ("tests/test_trtllm_engine.py::test_a_started_streams_lost_abort_is_loud_after_abort_timeout",),
+    ),
+    Mutation(
+        "started-stream-frees-its-slot",
+        "a released started stream keeps its bridged engine slot",
+        "src/engine_bridge/_bridge.py",
+        (("            del self._live[key]\n            assert self._slots is not None\n            self._slots.release()\n            if stream._closing",
+          "            del self._live[key]\n            if stream._closing"),),
+        ("tests/test_trtllm_engine.py::test_a_started_stream_is_admitted_at_once_or_not_at_all",),
+    ),
+    Mutation(
+        "started-generation-falls-back-to-a-runner",
+        "a generation the engine had no slot for is left without a runner",
+        SA + "_engine_worker.py",
+        (("        if stream is None:  # no free slot", "        if False:  # no free slot"),),
+        ("tests/test_trtllm_engine.py::test_runtime_generations_start_on_the_engine_and_cancel_there",),
+    ),
 ]
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +16,13 @@ from typing import Any, NoReturn, Protocol
 import anyio
 import sniffio
 
-from ._types import AbortNotAcknowledgedWarning, EngineClosedError, EngineDelta, EngineError
+from ._types import (
+    AbortNotAcknowledgedWarning,
+    EngineClosedError,
+    EngineDelta,
+    EngineError,
+    EngineRequest,
+)
 from .lowlevel import Park, Parked, Unpark, parking
 
 __all__ = ["BridgedEngine", "LoopCaller", "RequestStream", "first_error", "raise_single"]
@@ -107,7 +115,21 @@ class RequestStream(Parked):
     engine's confirmation.
     """
 
-    __slots__ = ("_park", "_pending", "_released_event", "_unpark", "done", "error", "released")
+    __slots__ = (
+        "_closing",
+        "_ended",
+        "_engine",
+        "_key",
+        "_park",
+        "_pending",
+        "_released_event",
+        "_state",
+        "_unpark",
+        "done",
+        "error",
+        "on_wake",
+        "released",
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -119,6 +141,14 @@ class RequestStream(Parked):
         self.done = False
         self.error: BaseException | None = None
         self.released = False
+        # a stream started without a task (BridgedEngine.start_stream): what wake()
+        # calls, and the engine that close() hands the request back to
+        self.on_wake: Callable[[], None] | None = None
+        self._engine: BridgedEngine | None = None
+        self._key: Any = None
+        self._state: Any = None
+        self._closing = False  # close() asked the engine to drop it
+        self._ended = False  # its last delta was delivered before close()
 
     def push(self, delta: EngineDelta, *, released: bool = True) -> None:
         """Queue ``delta``; a final delta ends the stream and, unless
@@ -138,17 +168,47 @@ class RequestStream(Parked):
         self.done = True
         self.wake()
 
-    def close(self) -> None:
+    def drop(self) -> None:
         """The consumer left: drop whatever the engine still sends."""
         self.done = True
         self._pending = None
 
+    def close(self) -> None:
+        """A started stream's end (:class:`~engine_bridge.StartedStream`): the
+        engine is told to drop the request, aborting it if it still runs; once it
+        confirmed (or ``abort_timeout`` passed) ``released`` is true and
+        ``on_wake`` is called once more.  On a stream read through
+        ``open_stream``: :meth:`drop`.  Idempotent; never blocks."""
+        engine = self._engine
+        if engine is None:
+            self.drop()
+        elif not self.released:
+            engine._end_started(self)
+
+    def next_nowait(self) -> EngineDelta | None:
+        """The next delta; ``None`` while none is queued.  Raises the request's
+        error once the queued deltas are read, :class:`StopAsyncIteration` once
+        it is over.  Never blocks."""
+        if self._pending:
+            return self._pending.popleft()
+        if self.error is not None:
+            raise self.error
+        if self.done:
+            raise StopAsyncIteration
+        return None
+
     def release(self) -> None:
-        """The engine holds nothing of this request any more (idempotent)."""
+        """The engine holds nothing of this request any more (idempotent).  A
+        started stream the consumer closed is woken (its end is now complete)."""
         if not self.released:
             self.released = True
             if self._released_event is not None:
                 self._released_event.set()
+            engine = self._engine
+            if engine is not None:  # a started stream: its slot is free from now on
+                engine._forget_started(self)
+                if self._closing and self.on_wake is not None:
+                    self.on_wake()
 
     async def wait_released(self) -> None:
         """Block until :meth:`release` (at once if it was).  Cancellable."""
@@ -158,8 +218,11 @@ class RequestStream(Parked):
             await self._released_event.wait()
 
     def wake(self) -> None:
-        """Resume the consumer if it waits for a delta."""
-        if self.waiter is not None:
+        """Resume the consumer if it waits for a delta (a started stream's
+        ``on_wake`` is called instead)."""
+        if self.on_wake is not None:
+            self.on_wake()
+        elif self.waiter is not None:
             assert self._unpark is not None
             self._unpark(self, None)
 
@@ -219,9 +282,14 @@ class BridgedEngine:
         self._caller: LoopCaller | None = None
         self._slots: anyio.Semaphore | None = None
         self._thread: threading.Thread | None = None
+        # abort deadlines of started streams: (monotonic time, key), one thread
+        self._deadlines: list[tuple[float, Any]] = []
+        self._deadline_lock = threading.Condition()
+        self._watchdog: threading.Thread | None = None
         self.completed = 0
         self.aborted = 0
         self.abort_timeouts = 0
+        self.started_streams = 0  # requests admitted by start_stream (no task to read them)
 
     # -- for subclasses ----------------------------------------------------------
     def _running(self) -> bool:
@@ -283,7 +351,7 @@ class BridgedEngine:
                     # a final delta already delivered (a stop string cut here) is an end,
                     # not an abort, though the engine must still be told to drop it
                     ended = stream.done and stream.error is None
-                    stream.close()  # no output of it is delivered from now on
+                    stream.drop()  # no output of it is delivered from now on
                     self._abort(key, state)
                     with anyio.CancelScope(shield=True):
                         with anyio.move_on_after(self.abort_timeout):
@@ -321,6 +389,142 @@ class BridgedEngine:
     def _fail_all(self, err: BaseException) -> None:
         """The engine is gone or closing: every request fails, and nothing is held."""
         for state in [*self._live.values(), *self._orphans.values()]:
-            state.stream.fail(err)
+            # released first: a started stream's consumer, woken by the failure,
+            # then ends it at once
             state.stream.release()
+            state.stream.fail(err)
         self._orphans.clear()
+
+    # -- streams started without a task ---------------------------------------------
+    def _prepare(self, request: EngineRequest) -> _HasStream:
+        """Check ``request`` and make its per-request state (with a fresh
+        ``stream``) without blocking; raise what ``open_stream``'s entry raises."""
+        raise NotImplementedError
+
+    def _submit(self, key: Any, state: Any) -> None:
+        """Hand the admitted request ``key`` to the engine thread (never blocks)."""
+        raise NotImplementedError
+
+    @asynccontextmanager
+    async def open_stream(
+        self, request: EngineRequest
+    ) -> AsyncIterator[AsyncIterator[EngineDelta]]:
+        """Admit ``request`` (waiting while ``max_concurrent`` requests run) and
+        yield its deltas; leaving the block aborts it in the engine and waits, for
+        at most ``abort_timeout`` seconds, until the engine confirms."""
+        state = self._prepare(request)
+        async with self._admit(state) as key:
+            self._submit(key, state)
+            yield state.stream
+
+    def start_stream(
+        self, request: EngineRequest, on_wake: Callable[[], None]
+    ) -> RequestStream | None:
+        """Admit ``request`` now, without a task to read it, and return its
+        :class:`~engine_bridge.StartedStream`; ``None`` when all
+        ``max_concurrent`` slots are taken (nothing was started: read it through
+        :meth:`open_stream`, which waits for one).  ``on_wake()`` is called in the
+        event loop whenever the stream may have something new.  ``close()`` on
+        the stream aborts the request and does not wait: the engine confirms
+        later (``released``, and ``on_wake`` once more), or after
+        ``abort_timeout`` seconds an engine-wide deadline gives up on it as
+        :meth:`open_stream` does (counted in ``abort_timeouts``, the request
+        kept in ``num_active`` until the engine lets it go).  Raises what
+        ``open_stream``'s entry raises.  Never blocks."""
+        self._ensure_usable()
+        slots = self._slots
+        assert slots is not None
+        try:
+            slots.acquire_nowait()
+        except anyio.WouldBlock:
+            return None
+        key: Any = None
+        try:
+            state = self._prepare(request)
+            key = self._request_key(next(self._ids))
+            stream = state.stream
+            stream.on_wake, stream._engine, stream._key, stream._state = on_wake, self, key, state
+            self._live[key] = state
+            self._submit(key, state)
+            self.started_streams += 1
+        except BaseException:
+            if key is not None:
+                self._live.pop(key, None)
+            slots.release()
+            raise
+        return stream
+
+    def _end_started(self, stream: RequestStream) -> None:
+        """``stream.close()`` of a started stream the engine still holds: abort
+        it (once); the engine's confirmation (``release()``) or the deadline
+        (:meth:`_expire`) frees its slot and wakes its consumer.  Never blocks."""
+        if stream._closing:
+            return  # asked already: the engine's confirmation or the deadline comes
+        stream._ended = stream.done and stream.error is None  # a stop string cut here
+        stream._closing = True
+        stream.drop()  # no output of it is delivered from now on
+        self._watch(stream._key)
+        self._abort(stream._key, stream._state)  # (last: an engine already gone releases at once)
+
+    def _forget_started(self, stream: RequestStream) -> None:
+        """A started stream the engine released: free its slot (once)."""
+        key = stream._key
+        if self._live.get(key) is stream._state:  # (an orphan's slot was freed by _expire)
+            del self._live[key]
+            assert self._slots is not None
+            self._slots.release()
+            if stream._closing and not stream._ended:
+                self.aborted += 1
+
+    def _watch(self, key: Any) -> None:
+        """Give up on the abort of started request ``key`` after ``abort_timeout``
+        seconds (one deadline thread per engine, none per request)."""
+        with self._deadline_lock:
+            heapq.heappush(self._deadlines, (time.monotonic() + self.abort_timeout, key))
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._watch_deadlines, name=f"{type(self).__name__}-abort-deadlines",
+                    daemon=True,
+                )  # fmt: skip
+                self._watchdog.start()
+            else:
+                self._deadline_lock.notify()
+
+    def _watch_deadlines(self) -> None:
+        """Deadline thread: hands each due key to :meth:`_expire` in the loop;
+        exits when none is left (the next :meth:`_watch` starts another)."""
+        with self._deadline_lock:
+            while self._deadlines:
+                due, key = self._deadlines[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._deadline_lock.wait(wait)
+                    continue
+                heapq.heappop(self._deadlines)
+                caller = self._caller
+                if caller is not None:
+                    caller.call_soon(self._expire, key)
+            self._watchdog = None
+
+    def _expire(self, key: Any) -> None:
+        """(In the loop) the engine did not confirm the abort of started request
+        ``key`` in time: warn, keep it counted as an orphan, free its slot, and end
+        the stream for its consumer."""
+        state = self._live.get(key)
+        if state is None or state.stream.released:
+            return
+        self.abort_timeouts += 1
+        warnings.warn(
+            f"{self!r} did not confirm the abort of request {key!r} within "
+            f"{self.abort_timeout} s; it may still hold an engine slot",
+            AbortNotAcknowledgedWarning,
+            stacklevel=2,
+        )
+        del self._live[key]
+        self._orphans[key] = state
+        assert self._slots is not None
+        self._slots.release()
+        stream = state.stream
+        stream.released = True  # for its consumer: over (the engine may still hold it)
+        if stream.on_wake is not None:
+            stream.on_wake()

@@ -32,8 +32,6 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -223,13 +221,23 @@ def _fatal_error(manager: Any) -> str:
 
 
 class _HFRequest:
-    __slots__ = ("emitted", "max_tokens", "n_tokens", "prompt_tokens", "request", "stream", "text")
+    __slots__ = (
+        "emitted",
+        "ids",
+        "max_tokens",
+        "n_tokens",
+        "prompt_tokens",
+        "request",
+        "stream",
+        "text",
+    )
 
     def __init__(self, request: EngineRequest, prompt_tokens: int) -> None:
         self.request = request
         self.prompt_tokens = prompt_tokens
         self.max_tokens = request.params.max_tokens
         self.stream = RequestStream()
+        self.ids: list[int] | None = None  # the prompt, until submitted
         self.n_tokens = 0
         self.text = ""
         self.emitted = 0
@@ -580,27 +588,28 @@ class HFEngine(BridgedEngine):
             if thread is not None:
                 await anyio.to_thread.run_sync(thread.join, 30)
 
-    @asynccontextmanager
-    async def open_stream(
-        self, request: EngineRequest
-    ) -> AsyncIterator[AsyncIterator[EngineDelta]]:
+    def _prepare(self, request: EngineRequest) -> _HFRequest:
         self._ensure_usable()
         self.check(request)
         ids = list(self.encode(request))
         state = _HFRequest(request, len(ids))
-        async with self._admit(state) as rid:
-            kwargs = {
-                "request_id": rid,
-                "max_new_tokens": request.params.max_tokens,
-                # only the final output is needed unless the caller streams or stop
-                # strings must be watched token by token
-                "streaming": request.stream or bool(request.params.stop),
-                **self._sampling_kwargs(request),
-            }
-            if request.params.ignore_eos:
-                kwargs["eos_token_id"] = -1  # no end-of-sequence token for this request
-            self._submit_q.put(("add", ids, kwargs))
-            yield state.stream
+        state.ids = ids
+        return state
+
+    def _submit(self, key: Any, state: Any) -> None:
+        request = state.request
+        kwargs = {
+            "request_id": key,
+            "max_new_tokens": request.params.max_tokens,
+            # only the final output is needed unless the caller streams or stop
+            # strings must be watched token by token
+            "streaming": request.stream or bool(request.params.stop),
+            **self._sampling_kwargs(request),
+        }
+        if request.params.ignore_eos:
+            kwargs["eos_token_id"] = -1  # no end-of-sequence token for this request
+        ids, state.ids = state.ids, None
+        self._submit_q.put(("add", ids, kwargs))
 
     def _abort(self, key: Any, state: Any) -> None:
         # through the submit queue, so a cancel never overtakes its add

@@ -87,8 +87,11 @@ class StartedStream(Protocol):
     ``close()`` is leaving ``open_stream``'s block: the engine is told to drop
     the request (aborting it if it still runs), and no delta is delivered after.
     ``released`` is ``True`` once the engine holds nothing of the request any
-    more; an engine that confirms a drop later calls the stream's ``on_wake``
-    once more when it has.  Neither blocks.
+    more, or once it gave up waiting for that (a bridged engine's
+    ``abort_timeout``: the request then stays counted in ``num_active`` until
+    the engine lets it go, as after ``open_stream``); an engine that confirms a
+    drop later calls the stream's ``on_wake`` once more when it has.  Neither
+    blocks.
     """
 
     @property
@@ -105,11 +108,12 @@ class StartsStreams(Protocol):
 
     ``start_stream(request, on_wake)`` admits ``request`` at once, raising what
     ``open_stream``'s entry raises (a closed or failed engine, an invalid
-    request), and returns its :class:`StartedStream`.  ``on_wake()`` is called in
-    the event loop, from the engine's own task, whenever the stream may have
+    request), and returns its :class:`StartedStream`, or ``None`` when the
+    engine has no room for it now (nothing started: ``open_stream`` waits for
+    room).  ``on_wake()`` is called in the event loop (from the engine's own
+    task, or a callback its thread scheduled) whenever the stream may have
     something new (a delta, an error, the end, a confirmed release); it must
-    neither block nor raise, and may close the stream.  Never blocks: an engine
-    that admits by waiting for capacity does not implement it.
+    neither block nor raise, and may close the stream.  Never blocks.
 
     The runtime uses it for a plain :class:`GenerationTask` on an
     :class:`EngineWorker` (no task, no cancel scope and no frames per running
@@ -118,4 +122,4 @@ class StartsStreams(Protocol):
 
     def start_stream(
         self, request: EngineRequest, on_wake: Callable[[], None]
-    ) -> StartedStream: ...
+    ) -> StartedStream | None: ...

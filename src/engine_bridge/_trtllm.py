@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import threading
-from collections.abc import AsyncIterator
 from concurrent.futures import Future
-from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
 
@@ -71,6 +69,7 @@ class _TRTRequest:
         "request",
         "result",
         "stream",
+        "submission",
         "tokens",
     )
 
@@ -78,6 +77,7 @@ class _TRTRequest:
         self.request = request
         self.prompt_tokens = prompt_tokens
         self.stream = RequestStream()
+        self.submission: Any = None  # (prompt, sampling params) until submitted
         self.key: Any = None
         self.result: Any = None  # the RequestOutput (bridge thread only)
         self.abort_requested = False  # bridge thread only
@@ -295,10 +295,7 @@ class TRTLLMEngine(BridgedEngine):
             except RuntimeError:
                 pass
 
-    @asynccontextmanager
-    async def open_stream(
-        self, request: EngineRequest
-    ) -> AsyncIterator[AsyncIterator[EngineDelta]]:
+    def _prepare(self, request: EngineRequest) -> _TRTRequest:
         self._ensure_usable()
         self.check(request)
         prompt = self._prompt(request)
@@ -307,11 +304,14 @@ class TRTLLMEngine(BridgedEngine):
             len(prompt) if isinstance(prompt, list) else self.count_prompt_tokens(request)
         )
         state = _TRTRequest(request, prompt_tokens)
-        async with self._admit(state) as key:
-            assert self._loop is not None
-            state.key = key
-            asyncio.run_coroutine_threadsafe(self._serve(state, prompt, params), self._loop)
-            yield state.stream
+        state.submission = (prompt, params)
+        return state
+
+    def _submit(self, key: Any, state: Any) -> None:
+        assert self._loop is not None
+        state.key = key
+        (prompt, params), state.submission = state.submission, None
+        asyncio.run_coroutine_threadsafe(self._serve(state, prompt, params), self._loop)
 
     # -- fault injection -------------------------------------------------------
     def inject_failure(self) -> None:

@@ -146,11 +146,14 @@ class EngineWorker(Worker):
     (:meth:`check_request`) unless ``check_prompts=False``.  A task's engine request is aborted as soon as the task is
     cancelled (the engine frees its slot before the cancellation completes).
 
-    On an engine that can start streams (:class:`~engine_bridge.StartsStreams`,
-    the simulated engine), a plain :class:`GenerationTask` run by the stock
-    ``generation_handler`` on a worker without ``task_timeout`` runs without a
-    task of its own: the engine hands it each delta, and it does what the
-    handler would (same outputs, token reports, progress, errors, cancellation).
+    On an engine that can start streams (:class:`~engine_bridge.StartsStreams`:
+    the simulated, transformers and TensorRT-LLM engines), a plain
+    :class:`GenerationTask` run by the stock ``generation_handler`` on a worker
+    without ``task_timeout`` runs without a task of its own: the engine hands it
+    each delta, and it does what the handler would (same outputs, token reports,
+    progress, errors, cancellation).  When the engine has no free slot (a
+    bridged engine at ``max_concurrent``) it runs in a runner as usual, which
+    waits for one.
     """
 
     def __init__(
@@ -270,7 +273,10 @@ class EngineWorker(Worker):
             self.default_params, stream=job.counts_tokens or job.streamed or partials
         )
         _reset_outputs(task)
-        run.stream = start(engine, request, run)
+        stream = start(engine, request, run)
+        if stream is None:  # no free slot: a runner waits for one (open_stream)
+            return False
+        run.stream = stream
         job.cancel_scope = run
         return True
 

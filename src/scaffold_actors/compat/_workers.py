@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlencode
 
 from engine_bridge import EngineError, SamplingParams
@@ -250,10 +250,31 @@ def set_trtllm_worker_engine(factory: Callable[[str], Any] | None) -> None:
     _SUBSTITUTE[0] = factory
 
 
+def _reward_kind(model_dir: str) -> Literal["process", "outcome"] | None:
+    """``"process"`` for a folder holding a token-classification model (a
+    process reward model), ``"outcome"`` for a sequence-classification one,
+    ``None`` for anything else (a causal LM, a name that is no folder)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+            architectures = json.load(f).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    if any(str(a).endswith("ForTokenClassification") for a in architectures):
+        return "process"
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return "outcome"
+    return None
+
+
 def worker_engine_factory(spec: str) -> Callable[[str], Any]:
     """The engine factory a ``--worker-engine`` spec names: ``hf`` (transformers
     on the CPU: ``model_dir`` a model folder, or ``embedded`` for the embedded
-    SmolLM2), ``pytorch`` (a whole :class:`PyTorchWorker` instead of the
+    SmolLM2; a folder of a token- or sequence-classification model gives a
+    :class:`RewardWorker` of kind ``process`` or ``outcome``, loaded at once),
+    ``pytorch`` (a whole :class:`PyTorchWorker` instead of the
     ``TRTLLMWorker``: one token step at a time, no batching, but each token's
     top logprobs, which transformers' continuous batching does not give, as
     TensorRT-LLM's do) or ``openai=URL`` (an OpenAI-compatible server;
@@ -264,6 +285,13 @@ def worker_engine_factory(spec: str) -> Callable[[str], Any]:
         def hf(model_dir: str) -> Any:
             from engine_bridge import HFEngine
 
+            kind = _reward_kind(model_dir)
+            if kind is not None:  # a reward model: its worker, loaded now (as TensorRT-LLM's)
+                from .._reward_worker import RewardWorker
+
+                worker = RewardWorker(model_dir, kind=kind)
+                worker.load()
+                return worker
             return HFEngine(None if model_dir in ("", "embedded") else model_dir)
 
         return hf

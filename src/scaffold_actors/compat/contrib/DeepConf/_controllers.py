@@ -6,8 +6,8 @@ import copy
 from typing import Any
 
 from ...._tasks import StreamGenerationTask, Task
-from ..._controllers import Controller, ParallelProcess, TaskGen
 from ....methods._deepconf import _percentile
+from ..._controllers import Controller, ParallelProcess, TaskGen
 from ._confidence import ConfidenceInfo, check_vote_policy, majority_vote, token_logprobs
 
 __all__ = [

@@ -145,6 +145,7 @@ class TRTLLMEngine(BridgedEngine):
         self.llm: Any = None
         self._trt: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._serving: set[asyncio.Task[None]] = set()  # requests' tasks (bridge loop only)
         self._stop: asyncio.Event | None = None
         self._crash: BaseException | None = None
 
@@ -311,7 +312,17 @@ class TRTLLMEngine(BridgedEngine):
         assert self._loop is not None
         state.key = key
         (prompt, params), state.submission = state.submission, None
-        asyncio.run_coroutine_threadsafe(self._serve(state, prompt, params), self._loop)
+        # a task in the bridge loop (no concurrent.futures.Future per request, which
+        # nobody reads: the stream carries the outcome)
+        self._loop.call_soon_threadsafe(self._spawn, state, prompt, params)
+
+    def _spawn(self, state: _TRTRequest, prompt: str | list[int], params: Any) -> None:
+        """Bridge loop: serve one request in a task of its own (kept referenced
+        until it ends, as the loop holds tasks only weakly: :meth:`_serve` lets go
+        of it)."""
+        self._serving.add(
+            asyncio.get_running_loop().create_task(self._serve(state, prompt, params))
+        )
 
     # -- fault injection -------------------------------------------------------
     def inject_failure(self) -> None:
@@ -355,6 +366,7 @@ class TRTLLMEngine(BridgedEngine):
                 self._caller.call_soon(self._on_failure, err)
 
     async def _amain(self, ready: Future[None]) -> None:
+        self._serving = set()
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         trt = self._trt
@@ -384,8 +396,11 @@ class TRTLLMEngine(BridgedEngine):
         try:
             if state.abort_requested:
                 return  # left before it reached the executor
+            # streamed only when the caller streams: otherwise the executor's final
+            # response alone crosses to the event loop (stop words are the
+            # executor's own; an abort still ends it with a "cancelled" response)
             result = state.result = self.llm.generate_async(
-                prompt, sampling_params=params, streaming=True
+                prompt, sampling_params=params, streaming=state.request.stream
             )
             failed = False
             async for out in result:
@@ -409,6 +424,7 @@ class TRTLLMEngine(BridgedEngine):
             )
         finally:
             caller.call_soon(self._release, state.key)
+            self._serving.discard(asyncio.current_task())
 
     def _delta(self, state: _TRTRequest, out: Any) -> EngineDelta | None:
         """Turn one cumulative RequestOutput step into a delta (bridge thread).

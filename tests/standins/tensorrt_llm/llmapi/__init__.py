@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_REPLY = "Apples, bananas, cherries, dates, figs, grapes, kiwis, lemons, mangoes and plums."

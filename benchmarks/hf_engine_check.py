@@ -14,6 +14,9 @@ after the engine call returns, with no waiting:
   cancels it in the manager;
 * ``cancel_many``: 32 streams left after one delta each (the cancels go out
   together) leave nothing;
+* ``started_leave_early`` / ``started_stop_string``: the same for streams started
+  without a task (``start_stream``): after ``close()``, once the stream reads
+  released (the engine's confirmation), the manager holds nothing;
 * ``still_serves``: a request after all that completes.
 """
 
@@ -52,6 +55,39 @@ async def collect(engine: Any, request: EngineRequest) -> tuple[str, list[int], 
             ids.extend(delta.token_ids)
             finish = delta.finish_reason or finish
     return text, ids, finish
+
+
+async def started(engine: Any, request: EngineRequest, leave_after_first: bool) -> str:
+    """Read a stream started without a task (as the runtime does), leave it after
+    its first delta or at its end, and return once the engine released it."""
+    woke = trio.Event()
+
+    def wake() -> None:
+        woke.set()
+
+    stream = engine.start_stream(request, wake)
+    assert stream is not None, "no free slot"
+    text = ""
+    while True:
+        await woke.wait()
+        woke = trio.Event()
+        try:
+            delta = stream.next_nowait()
+            while delta is not None:
+                text += delta.text
+                if leave_after_first:
+                    break
+                delta = stream.next_nowait()
+        except StopAsyncIteration:
+            break
+        if leave_after_first and text:
+            break
+    stream.close()
+    while not stream.released:
+        await woke.wait()
+        woke = trio.Event()
+    stream.close()
+    return text
 
 
 def build(args: argparse.Namespace) -> Any:
@@ -94,6 +130,23 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 nursery.start_soon(first_delta, engine, EngineRequest(greedy, prompt=f"{prompt} {i}"))
         out["cancel_many"] = {"engine_active": engine.num_active, "manager_holds": holds(engine)}
 
+        await started(engine, EngineRequest(greedy, prompt=prompt), leave_after_first=True)
+        out["started_leave_early"] = {
+            "engine_active": engine.num_active,
+            "manager_holds": holds(engine),
+        }
+        if "stop" in out["stop_string"]:
+            params = SamplingParams(max_tokens=200, temperature=0.0, stop=(stop,))
+            text = await started(engine, EngineRequest(params, prompt=prompt), False)
+            out["started_stop_string"] = {
+                "cut_before_stop": stop not in text and bool(text),
+                "engine_active": engine.num_active,
+                "manager_holds": holds(engine),
+            }
+        else:
+            out["started_stop_string"] = out["stop_string"]
+        out["started_streams"] = engine.started_streams
+
         text, _, finish = await collect(
             engine, EngineRequest(SamplingParams(max_tokens=4, temperature=0.0), prompt=prompt)
         )
@@ -104,6 +157,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         out["leave_early"]["manager_holds"] == 0,
         out["stop_string"].get("manager_holds", 0) == 0,
         out["cancel_many"]["manager_holds"] == 0,
+        out["started_leave_early"]["manager_holds"] == 0,
+        out["started_stop_string"].get("manager_holds", 0) == 0,
         out["still_serves"]["finish"] is not None,
     ]
     out["ok"] = all(checks)

@@ -525,6 +525,10 @@ class HFEngine(BridgedEngine):
         return await anyio.to_thread.run_sync(_free_cached_blocks, manager, ids, keep)
 
     def check(self, request: EngineRequest) -> None:
+        self._check(request, None)
+
+    def _check(self, request: EngineRequest, prompt_tokens: int | None) -> None:
+        """:meth:`check`, with the prompt's token count when it is known."""
         p = request.params
         if p.seed is not None:
             raise InvalidRequestError(
@@ -542,7 +546,7 @@ class HFEngine(BridgedEngine):
                 "ignore_eos",
                 "this transformers version takes no per-request end-of-sequence token",
             )
-        n = self.count_prompt_tokens(request)
+        n = self.count_prompt_tokens(request) if prompt_tokens is None else prompt_tokens
         check_context(n, p.max_tokens, self.max_context)
         need = n + p.max_tokens
         if self.kv_cache_tokens is not None and need > self.kv_cache_tokens:
@@ -590,8 +594,8 @@ class HFEngine(BridgedEngine):
 
     def _prepare(self, request: EngineRequest) -> _HFRequest:
         self._ensure_usable()
-        self.check(request)
-        ids = list(self.encode(request))
+        ids = list(self.encode(request))  # (once: checked with its count)
+        self._check(request, len(ids))
         state = _HFRequest(request, len(ids))
         state.ids = ids
         return state

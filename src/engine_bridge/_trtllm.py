@@ -21,6 +21,7 @@ anywhere.
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib
 import threading
 from concurrent.futures import Future
@@ -146,6 +147,9 @@ class TRTLLMEngine(BridgedEngine):
         self._trt: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._serving: set[asyncio.Task[None]] = set()  # requests' tasks (bridge loop only)
+        # submissions for the bridge loop, and whether it was told to take them
+        self._to_spawn: collections.deque[tuple[_TRTRequest, Any, Any]] = collections.deque()
+        self._spawn_scheduled = False
         self._stop: asyncio.Event | None = None
         self._crash: BaseException | None = None
 
@@ -298,12 +302,16 @@ class TRTLLMEngine(BridgedEngine):
 
     def _prepare(self, request: EngineRequest) -> _TRTRequest:
         self._ensure_usable()
-        self.check(request)
-        prompt = self._prompt(request)
-        params = self.sampling_params(request)
+        prompt = self._prompt(request)  # rendered and counted once, then checked
         prompt_tokens = (
-            len(prompt) if isinstance(prompt, list) else self.count_prompt_tokens(request)
+            len(prompt)
+            if isinstance(prompt, list)
+            else len(self._tokenizer().encode(prompt, add_special_tokens=False))
         )
+        limit = self.max_context
+        if limit is not None:
+            check_context(prompt_tokens, request.params.max_tokens, limit)
+        params = self.sampling_params(request)
         state = _TRTRequest(request, prompt_tokens)
         state.submission = (prompt, params)
         return state
@@ -312,17 +320,24 @@ class TRTLLMEngine(BridgedEngine):
         assert self._loop is not None
         state.key = key
         (prompt, params), state.submission = state.submission, None
-        # a task in the bridge loop (no concurrent.futures.Future per request, which
-        # nobody reads: the stream carries the outcome)
-        self._loop.call_soon_threadsafe(self._spawn, state, prompt, params)
+        # queued for the bridge loop, which is woken once per burst of submissions
+        # (a wake-up is a write to its self-pipe from this thread, the costliest
+        # part of a submission); no concurrent.futures.Future per request, which
+        # nobody would read: the stream carries the outcome
+        self._to_spawn.append((state, prompt, params))
+        if not self._spawn_scheduled:
+            self._spawn_scheduled = True
+            self._loop.call_soon_threadsafe(self._spawn)
 
-    def _spawn(self, state: _TRTRequest, prompt: str | list[int], params: Any) -> None:
-        """Bridge loop: serve one request in a task of its own (kept referenced
-        until it ends, as the loop holds tasks only weakly: :meth:`_serve` lets go
-        of it)."""
-        self._serving.add(
-            asyncio.get_running_loop().create_task(self._serve(state, prompt, params))
-        )
+    def _spawn(self) -> None:
+        """Bridge loop: serve each queued request in a task of its own (kept
+        referenced until it ends, as the loop holds tasks only weakly:
+        :meth:`_serve` lets go of it)."""
+        self._spawn_scheduled = False  # (first: a submission from now on wakes us again)
+        queued, create = self._to_spawn, asyncio.get_running_loop().create_task
+        while queued:
+            state, prompt, params = queued.popleft()
+            self._serving.add(create(self._serve(state, prompt, params)))
 
     # -- fault injection -------------------------------------------------------
     def inject_failure(self) -> None:
@@ -367,6 +382,8 @@ class TRTLLMEngine(BridgedEngine):
 
     async def _amain(self, ready: Future[None]) -> None:
         self._serving = set()
+        self._to_spawn.clear()  # (a loop before this one may have left some: failed)
+        self._spawn_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         trt = self._trt

@@ -1528,6 +1528,13 @@ MUTATIONS = [
         (("        if stream is None:  # no free slot", "        if False:  # no free slot"),),
         ("tests/test_trtllm_engine.py::test_runtime_generations_start_on_the_engine_and_cancel_there",),
     ),
+    Mutation(
+        "trtllm-alias-names-fastmcp",
+        "pytest --trtllm-alias no longer gives mcp 1.x's FastMCP name to mcp 2's MCPServer",
+        SA + "testing/_plugin.py",
+        (("    _install_fastmcp_name()\n", "    pass\n"),),
+        ("tests/test_trtllm_fidelity.py::test_pytest_runs_tensorrt_llm_style_tests_through_the_alias",),
+    ),
 ]
 
 

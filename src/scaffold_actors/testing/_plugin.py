@@ -63,8 +63,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=(
             "run tests written for tensorrt_llm.scaffolding on scaffold_actors.compat "
             "(installs the alias unless the real tensorrt_llm is importable); a test "
-            "that needs TensorRT-LLM's source tree or an mcp 1.x server is skipped, "
-            "saying which"
+            "that needs TensorRT-LLM's source tree is skipped, saying which; mcp 1.x's "
+            "FastMCP name is given to mcp 2's MCPServer"
         ),
     )
 
@@ -76,11 +76,37 @@ def pytest_configure(config: pytest.Config) -> None:
 
     installed = install_trtllm_alias()
     config.stash[_ALIAS_KEY] = installed
+    _install_fastmcp_name()
     config.addinivalue_line("markers", "cpu_only: TensorRT-LLM's marker (no GPU needed)")
     config.addinivalue_line("markers", "disabled: TensorRT-LLM's marker (disabled upstream)")
 
 
 _ALIAS_KEY = pytest.StashKey[bool]()
+
+
+def _install_fastmcp_name() -> None:
+    """Make ``from mcp.server.fastmcp import FastMCP`` (mcp 1.x, which TensorRT-LLM's
+    tests import) name mcp 2's ``MCPServer``, its new name, when mcp 2 is installed
+    and lacks the old module.  Only the name: the API behind it is mcp 2's, so a
+    test that relies on mcp 1 behaviour still fails, as a failure."""
+    import importlib
+    import sys
+    import types
+
+    try:
+        importlib.import_module("mcp.server.fastmcp")
+        return  # mcp 1.x: the real one
+    except ImportError:
+        pass
+    try:
+        from mcp.server.mcpserver import MCPServer
+    except ImportError:
+        return  # no mcp: the import error stays the test's
+    module = types.ModuleType(
+        "mcp.server.fastmcp", "mcp 1.x's name of mcp 2's MCPServer (scaffold_actors --trtllm-alias)"
+    )
+    module.FastMCP = MCPServer  # type: ignore[attr-defined]
+    sys.modules["mcp.server.fastmcp"] = module
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -413,7 +413,7 @@ def test_cli_seed_draws_the_same_samples_and_help_shows_examples() -> None:
         return run_json("--samples", "8", "--seed", seed)["details"]["votes"]
 
     assert votes("1") == votes("1") != votes("2")
-    for command in ("run", "bench", "serve", "methods", "port-run"):
+    for command in ("run", "bench", "serve", "methods", "port-run", "cache"):
         p = run("-m", "scaffold_actors.cli", command, "--help")
         assert "Example" in p.stdout, command
     top = run("-m", "scaffold_actors.cli", "--help").stdout
@@ -433,3 +433,26 @@ def test_cli_asks_a_server_the_question_as_a_chat_turn() -> None:
     assert raw.chat is False
     with pytest.raises(ValueError, match="--raw-completions is for --engine openai"):
         build_engine(EngineOptions(engine="simulated", raw_completions=True))
+
+
+def test_cli_cache_names_the_embedded_models_folder_and_a_serve_command(tmp_path: Path) -> None:
+    """``scaffold cache``: the conversion cache, the embedded model's folder in it
+    (said not converted in an empty cache) and a ``transformers serve`` command;
+    ``--path`` prints the folder alone (for ``transformers serve "$(scaffold cache
+    --path)"``)."""
+    from click.testing import CliRunner
+
+    from engine_bridge import conversion_cache_folder, embedded_model_path
+    from scaffold_actors.cli._main import main
+
+    env = {"SCAFFOLD_ACTORS_CACHE": str(tmp_path)}
+    folder = conversion_cache_folder(embedded_model_path(), root=tmp_path)
+    out = CliRunner().invoke(main, ["cache"], env=env)
+    assert out.exit_code == 0, out.output
+    assert f"cache folder:   {tmp_path}" in out.output
+    assert f"embedded model: {folder}  (not converted yet: scaffold cache --convert)" in out.output
+    assert f"transformers serve {folder} --continuous-batching --device cpu" in out.output
+    (folder / "config.json").parent.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert f"{folder}  (converted)" in CliRunner().invoke(main, ["cache"], env=env).output
+    assert CliRunner().invoke(main, ["cache", "--path"], env=env).output == f"{folder}\n"

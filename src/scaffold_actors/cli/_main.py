@@ -463,6 +463,34 @@ def port_run(worker_engine: str | None, script: str, args: tuple[str, ...]) -> N
     runpy.run_path(path, run_name="__main__")
 
 
+@main.command(epilog="Example: transformers serve \"$(scaffold cache --path)\" --continuous-batching --device cpu")
+@click.option("--path", "path_only", is_flag=True, help="print only the embedded model's folder")
+@click.option("--convert", is_flag=True, help="convert the embedded model now if it is not yet")
+def cache(path_only: bool, convert: bool) -> None:
+    """Where the embedded model's transformers folder (the GGUF conversion cache)
+    is, and a `transformers serve` command over it."""
+    from engine_bridge import conversion_cache_folder, conversion_cache_root, embedded_model_path
+
+    try:
+        folder = conversion_cache_folder(embedded_model_path())
+    except (OSError, ImportError) as e:
+        raise click.ClickException(str(e)) from None
+    ready = (folder / "config.json").is_file()
+    if not ready and convert:
+        from engine_bridge import HFEngine
+
+        _say_if_converting(None)
+        HFEngine().load()
+        ready = (folder / "config.json").is_file()
+    if path_only:
+        click.echo(str(folder))
+        return
+    click.echo(f"cache folder:   {conversion_cache_root()}  (set SCAFFOLD_ACTORS_CACHE to move it)")
+    state = "converted" if ready else "not converted yet: scaffold cache --convert"
+    click.echo(f"embedded model: {folder}  ({state})")
+    click.echo(f"serve it:       transformers serve {folder} --continuous-batching --device cpu")
+
+
 @main.command(epilog="Example: scaffold methods --json")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable list")
 def methods(as_json: bool) -> None:

@@ -226,8 +226,12 @@ def test_cli_methods_lists_every_method() -> None:
         "default": 32,
         "help": "tokens between probes",
     }
+    assert table["cot"]["default_samples"] == 1 and not table["cot"]["uses_samples"]
+    assert table["majority-vote"]["default_samples"] == 16
     text = run("-m", "scaffold_actors.cli", "methods").stdout
     assert "-p probe_interval=32" in text
+    # one sample: no --samples default shown for it
+    assert re.search(r"cot .*\n +defaults: one sample, --temperature 0\.7\n", text), text
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -499,7 +499,8 @@ def methods(as_json: bool) -> None:
         name: {
             "summary": spec.summary,
             "uses_reward": spec.uses_reward,
-            "default_samples": spec.default_samples,
+            "default_samples": spec.default_samples if spec.uses_samples else 1,
+            "uses_samples": spec.uses_samples,
             "default_temperature": spec.default_temperature,
             "default_instruction": spec.default_instruction,
             "params": {
@@ -515,8 +516,9 @@ def methods(as_json: bool) -> None:
     for name, info in table.items():
         click.echo(f"{name:22} {info['summary']}")
         click.echo(
-            f"{'':22}   defaults: --samples {info['default_samples']} "
-            f"--temperature {info['default_temperature']}"
+            f"{'':22}   defaults: "
+            + (f"--samples {info['default_samples']} " if info["uses_samples"] else "one sample, ")
+            + f"--temperature {info['default_temperature']}"
             + ("  (asks for the answer alone)" if info["default_instruction"] == SHORT else "")
         )
         for key, p in info["params"].items():

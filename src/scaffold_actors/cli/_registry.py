@@ -45,6 +45,8 @@ class MethodSpec:
     #: (the README's question: a vote of 16 right 10 runs of 10, of 4 wrong;
     #: docs/cli.md), searches and best-of-n stay narrow (each candidate is scored)
     default_samples: int = 4
+    #: whether --samples means anything to it (False: one sample, cot and dynasor)
+    uses_samples: bool = True
     #: --temperature and --instruction when they are not given.  The votes sample
     #: at 0.3 with the short instruction: measured on the built-in set and on the
     #: unfiltered one (a vote of 16: 12/17 and 17/60 right against 5/17 and 5/60
@@ -75,7 +77,7 @@ _TREE = {
 METHODS: dict[str, MethodSpec] = {
     m.name: m
     for m in [
-        MethodSpec("cot", "one chain-of-thought sample", lambda s, n, p: s),
+        MethodSpec("cot", "one chain-of-thought sample", lambda s, n, p: s, uses_samples=False),
         MethodSpec(
             "majority-vote",
             "self-consistency: the most voted answer of --samples samples; stops once decided",
@@ -113,6 +115,7 @@ METHODS: dict[str, MethodSpec] = {
                 "probe_interval": (int, 32, "tokens between probes"),
                 "certainty_window": (int, 2, "agreeing probes that stop the reasoning"),
             },
+            uses_samples=False,
         ),
         MethodSpec(
             "deepconf",

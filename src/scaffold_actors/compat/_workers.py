@@ -311,13 +311,13 @@ def worker_engine_factory(spec: str) -> Callable[[str], Any]:
         def pytorch(model_dir: str) -> Any:
             from ._pytorch_worker import PyTorchWorker
 
-            if model_dir in ("", "embedded"):
-                from engine_bridge._hf import EMBEDDED_GGUF, _load, embedded_model_path
+            if model_dir in ("", "embedded"):  # its transformers folder (the conversion cache)
+                from engine_bridge import HFEngine, conversion_cache_folder, embedded_model_path
 
-                model, tokenizer, _ = _load(
-                    embedded_model_path(), EMBEDDED_GGUF, "cpu", "float32", "sdpa"
-                )
-                return PyTorchWorker(model, tokenizer, "cpu")
+                folder = conversion_cache_folder(embedded_model_path())
+                if not (folder / "config.json").is_file():
+                    HFEngine().load()  # converts the GGUF into that folder, once
+                model_dir = str(folder)
             return PyTorchWorker.from_pretrained(model_dir)
 
         return pytorch

@@ -93,3 +93,46 @@ def test_a_slot_given_back_as_a_waiting_requester_is_cancelled_goes_on(cancelled
         return admitted, admission.free
 
     assert run("asyncio", main) == (["second"], 1)
+
+
+def test_loop_caller_runs_a_burst_in_order_with_one_wake_up() -> None:
+    """``LoopCaller.call_soon`` from another thread: every callback runs, in order,
+    and a burst queued before the loop ran any wakes the loop once; once the loop
+    is gone it says so (False) and keeps nothing."""
+    import threading
+
+    import trio
+
+    from engine_bridge._bridge import LoopCaller
+
+    seen: list[int] = []
+    wake_ups: list[int] = []
+    holder: list[LoopCaller] = []
+
+    async def main() -> None:
+        caller = LoopCaller()
+        holder.append(caller)
+        real = caller._call
+
+        def counted(fn: Any, *args: Any) -> None:
+            wake_ups.append(1)
+            real(fn, *args)
+
+        caller._call = counted
+        done = trio.Event()
+
+        def burst() -> None:
+            for i in range(100):
+                caller.call_soon(seen.append, i)
+            caller.call_soon(done.set)
+
+        # the loop runs no callback while it waits for the thread (blocked in join)
+        thread = threading.Thread(target=burst)
+        thread.start()
+        thread.join()
+        await done.wait()
+
+    trio.run(main)
+    assert seen == list(range(100))
+    assert len(wake_ups) == 1  # the loop ran nothing while the thread queued them
+    assert holder[0].call_soon(seen.append, -1) is False and not holder[0]._queue

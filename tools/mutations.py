@@ -1535,6 +1535,13 @@ MUTATIONS = [
         (("    _install_fastmcp_name()\n", "    pass\n"),),
         ("tests/test_trtllm_fidelity.py::test_pytest_runs_tensorrt_llm_style_tests_through_the_alias",),
     ),
+    Mutation(
+        "loop-caller-one-wake-up-per-burst",
+        "every callback from an engine thread wakes the event loop once more",
+        "src/engine_bridge/_bridge.py",
+        (("        if self._scheduled:\n            return True  #", "        if False:\n            return True  #"),),
+        ("tests/test_backend.py::test_loop_caller_runs_a_burst_in_order_with_one_wake_up",),
+    ),
 ]
 
 

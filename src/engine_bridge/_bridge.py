@@ -76,9 +76,16 @@ def raise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
 class LoopCaller:
     """Schedules callbacks on the current event loop from any thread, without
     blocking the calling thread (trio's ``run_sync_soon`` / asyncio's
-    ``call_soon_threadsafe``).  Create it inside the loop."""
+    ``call_soon_threadsafe``).  Create it inside the loop.
+
+    Callbacks run in the order they were scheduled.  A burst of them wakes the
+    loop once: they queue here, and only the first of a burst schedules the
+    loop to run the queue (each wake-up is a write to the loop's wake-up
+    socket and a turn of its scheduler)."""
 
     def __init__(self) -> None:
+        self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._scheduled = False
         library = sniffio.current_async_library()
         self._call: Callable[..., Any]
         if library == "trio":
@@ -94,11 +101,25 @@ class LoopCaller:
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> bool:
         """Run ``fn(*args)`` in the loop soon; False if the loop is gone."""
+        self._queue.append((fn, args))
+        if self._scheduled:
+            return True  # the loop runs the queue soon, this one included
+        self._scheduled = True
         try:
-            self._call(fn, *args)
+            self._call(self._run_queued)
         except self._closed_errors:
+            self._scheduled = False
+            self._queue.clear()  # (they can never run)
             return False
         return True
+
+    def _run_queued(self) -> None:
+        """(In the loop) run every queued callback, in order."""
+        self._scheduled = False  # (first: one queued from now on schedules us again)
+        queue = self._queue
+        while queue:
+            fn, args = queue.popleft()
+            fn(*args)
 
 
 class RequestStream(Parked):

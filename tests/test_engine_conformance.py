@@ -26,6 +26,7 @@ from engine_bridge import (
     EngineRequest,
     InvalidRequestError,
     NotSupportedError,
+    RayEngine,
     SamplingParams,
     SimulatedEngine,
 )
@@ -226,6 +227,26 @@ def lacks(make_engine: Callable[[], Any], feature: str) -> bool:
     return feature in getattr(make_engine, "lacks", ())
 
 
+def ray_actor() -> Any:
+    """The simulated engine hosted in a Ray actor on a worker node of a real
+    loopback cluster (inside test_ray.py's namespace only)."""
+    import functools
+
+    import raycluster
+
+    raycluster.need_cluster()
+    import ray
+
+    from engine_bridge import RayEngine
+
+    class KillableRayEngine(RayEngine):
+        def inject_failure(self) -> None:
+            ray.kill(self.actor, no_restart=True)  # the actor's process dies mid-stream
+
+    factory = functools.partial(SimulatedEngine, FRUITS, max_context=256)
+    return KillableRayEngine(factory, resources={"node-1": 1}, abort_timeout=30)
+
+
 ENGINES: dict[str, Callable[[], Any]] = {
     "simulated": simulated,
     "hf": hf,
@@ -233,7 +254,10 @@ ENGINES: dict[str, Callable[[], Any]] = {
     "openai": openai,
     "process": process,
     "transformers-serve": transformers_serve,
+    "ray": ray_actor,
 }
+if os.environ.get("SCAFFOLD_RAY_NETNS") == "1":  # the Ray run of test_ray.py: Ray alone
+    ENGINES = {"ray": ray_actor}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -300,6 +324,8 @@ async def engine_holds(engine: Any) -> int:
         return len(scheduler.active_requests) + len(scheduler.waiting_requests)
     if type(engine).__name__ == "TRTLLMEngine":
         return int(getattr(engine.llm, "live", 0))
+    if isinstance(engine, RayEngine):
+        return int((await engine.stats())["active"])  # the actor's engine, as it counts
     import httpx
 
     url = (getattr(engine, "url", None) or engine.base_url).removesuffix("/v1") + "/health"
@@ -357,7 +383,9 @@ async def test_stop_strings(make_engine: Callable[[], Any]) -> None:
         )
         assert finish == "stop" and stop not in text and base.startswith(text) and text
         assert engine.num_active == 0
-        if type(engine).__name__ in ("SimulatedEngine", "HFEngine", "TRTLLMEngine"):
+        if type(engine).__name__ in ("SimulatedEngine", "HFEngine", "TRTLLMEngine") or isinstance(
+            engine, RayEngine
+        ):
             assert await engine_holds(engine) == 0  # its own state, read at once
 
 

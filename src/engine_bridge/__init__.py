@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     )
     from ._openai import OpenAIEngine
     from ._process import ProcessEngine
+    from ._ray import RayEngine, RayPlacement
     from ._trtllm import TRTLLMEngine
 
 from ._bridge import first_error, raise_single
@@ -67,6 +68,8 @@ __all__ = [
     "NotSupportedError",
     "OpenAIEngine",
     "ProcessEngine",
+    "RayEngine",
+    "RayPlacement",
     "Replica",
     "ReplicaState",
     "SamplingParams",
@@ -96,6 +99,8 @@ _LAZY: dict[str, str] = {
     "HFEngine": "._hf",
     "OpenAIEngine": "._openai",
     "ProcessEngine": "._process",
+    "RayEngine": "._ray",
+    "RayPlacement": "._ray",
     "TRTLLMEngine": "._trtllm",
     "embedded_model_path": "._hf",
     "conversion_cache_folder": "._hf",

@@ -65,12 +65,12 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def raise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
     """Raise :func:`first_error` of ``group``: the first real error unwrapped (its
-    context cleared), or the group as is when it holds only cancellations.  Call
+    context cleared, its cause kept), or the group as is when it holds only cancellations.  Call
     it from an ``except BaseExceptionGroup`` block around a task group."""
     error = first_error(group)
     if error is group:
         raise group
-    raise error from None
+    raise error from error.__cause__  # (its context cleared, its own cause kept)
 
 
 class LoopCaller:

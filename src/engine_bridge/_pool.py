@@ -119,6 +119,7 @@ class EnginePool:
         self.max_retries = max_retries
         self.affinity_entries = affinity_entries
         self._replicas: list[Replica] = []
+        self._engines: list[Engine] = []  # every engine given or added, in order
         self._affinity: OrderedDict[Hashable, Replica] = OrderedDict()
         self._tg: anyio.abc.TaskGroup | None = None
         self._close_errors: list[BaseException] = []  # replicas that failed to close
@@ -143,7 +144,13 @@ class EnginePool:
 
     @property
     def replicas(self) -> tuple[Replica, ...]:
+        """The replicas the pool has now (closed ones are dropped)."""
         return tuple(self._replicas)
+
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """Every engine the pool was given or added, in order, closed ones too."""
+        return tuple(self._engines)
 
     def _model(self) -> Engine | None:
         for r in self._replicas:
@@ -274,6 +281,7 @@ class EnginePool:
         self._count += 1
         replica = Replica(engine, name or f"replica-{self._count}")
         self._replicas.append(replica)
+        self._engines.append(engine)
         return replica
 
     async def _start(self, replica: Replica) -> Replica:

@@ -58,6 +58,10 @@ class InvalidRequestError(ValueError):
         self.field = field
         self.reason = message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled as itself (an error from a Ray actor or a child process)
+        return (type(self), (self.field, self.reason), self.__dict__)
+
 
 def _check_optional_number(
     field: str, value: Any, *, low: float, high: float | None = None, low_open: bool = False

@@ -81,9 +81,88 @@ class EngineOptions:
     devices: str | None = None
     replica_processes: bool = False
     reward_model: str | None = None
+    ray: str | None = None  # a Ray cluster's address ("auto": the local `ray start`)
+    replica_resources: str | None = None  # JSON: what each Ray actor needs
     simulated_step_seconds: float | None = None  # a slow simulated engine (hidden option)
     seed: int | None = None
     raw_completions: bool = False
+
+
+#: what --replica-resources may set for each Ray actor
+RAY_RESOURCE_KEYS = ("num_cpus", "num_gpus", "resources", "label_selector", "memory")
+
+
+def ray_actor_options(spec: str | None) -> dict[str, Any]:
+    """``--replica-resources`` as the Ray actor options it names (JSON object,
+    e.g. ``{"num_gpus": 1}`` or ``{"resources": {"node-1": 1}}``); raises
+    :class:`ValueError` naming what is wrong."""
+    if not spec:
+        return {}
+    try:
+        value = json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--replica-resources: not JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError("--replica-resources: a JSON object, e.g. '{\"num_gpus\": 1}'")
+    unknown = sorted(set(value) - set(RAY_RESOURCE_KEYS))
+    if unknown:
+        raise ValueError(
+            f"--replica-resources: unknown key {unknown[0]!r} (one of {', '.join(RAY_RESOURCE_KEYS)})"
+        )
+    return value
+
+
+def build_ray_engines(options: EngineOptions, count: int, devices: list[str]) -> list[Any]:
+    """``count`` replicas as Ray actors, one bundle of a placement group each
+    (spread over the cluster's nodes where it has them): the engine the options
+    name, built in each actor's process."""
+    from engine_bridge import RayEngine, RayPlacement
+
+    if options.engine == "openai":
+        raise ValueError("--ray hosts a local engine (hf, trtllm, simulated), not --engine openai")
+    if options.replica_processes:
+        raise ValueError("--ray and --replica-processes both place replicas: choose one")
+    local = attrs.evolve(options, ray=None, replica_resources=None, replicas=1)
+    actor = ray_actor_options(options.replica_resources)
+    bundle: dict[str, float] = {"CPU": float(actor.get("num_cpus", 1))}
+    if actor.get("num_gpus"):
+        bundle["GPU"] = float(actor["num_gpus"])
+    bundle.update(actor.get("resources") or {})
+    placement = RayPlacement([dict(bundle) for _ in range(count)], "SPREAD")
+    rest: dict[str, Any] = {k: actor[k] for k in ("memory", "label_selector") if k in actor}
+    return [
+        RayEngine(
+            functools.partial(
+                build_engine, local, None, devices[i % len(devices)] if devices else None
+            ),
+            address=options.ray,
+            actor_options=rest,
+            name=f"{options.engine}-{i}",
+            placement=placement,
+            bundle_index=i,
+        )
+        for i in range(count)
+    ]
+
+
+def engine_places(engine: Any) -> list[dict[str, Any]]:
+    """Where each engine of ``engine`` (one, or a pool's) ran: for a Ray
+    actor, its node; for another engine, its class."""
+    members = getattr(engine, "engines", None) or (engine,)
+    places: list[dict[str, Any]] = []
+    for member in members:
+        node = getattr(member, "node", None)
+        if isinstance(node, dict) and node:
+            places.append(
+                {
+                    "engine": repr(member),
+                    "node_ip": node.get("node_ip"),
+                    "node_id": node.get("node_id"),
+                }
+            )
+        else:
+            places.append({"engine": type(member).__name__})
+    return places
 
 
 def build_engine(options: EngineOptions, url: str | None = None, device: str | None = None) -> Any:
@@ -175,6 +254,8 @@ def check_engine_options(options: EngineOptions, devices: list[str]) -> None:
     import importlib.util
 
     modules, extra = _NEEDS.get(options.engine, ((), ""))
+    if options.ray is not None:
+        modules, extra = (*modules, "ray"), f"{extra},ray"
     if options.replica_processes:
         modules, extra = (*modules, "starlette", "uvicorn"), f"{extra},server"
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
@@ -211,6 +292,15 @@ def build_pool(options: EngineOptions) -> Any:
         raise ValueError("--devices is for --engine hf")
     check_engine_options(options, devices)
     count = max(options.replicas, len(devices), len(urls) if options.engine == "openai" else 1)
+    if options.ray is not None:
+        ray_members = build_ray_engines(options, count, devices)
+        if count == 1:
+            return ray_members[0]
+        from engine_bridge import EnginePool
+
+        return EnginePool(ray_members)
+    if options.replica_resources is not None:
+        raise ValueError("--replica-resources is for --ray")
     members = [
         build_engine(
             options,
@@ -377,6 +467,22 @@ engine_options = [
         is_flag=True,
         help="--engine openai: send questions to /v1/completions as raw text, not as a chat turn",
     ),
+    click.option(
+        "--ray",
+        is_flag=False,
+        flag_value="auto",
+        default=None,
+        metavar="[ADDRESS|auto]",
+        help="host each engine replica in a Ray actor on a Ray cluster (auto: the one "
+        "`ray start` made on this machine); with --replicas N, spread over its nodes",
+    ),
+    click.option(
+        "--replica-resources",
+        default=None,
+        metavar="JSON",
+        help="--ray: what each replica's actor needs, e.g. '{\"num_gpus\": 1}' or "
+        '\'{"resources": {"node-1": 1}}\'',
+    ),
     click.option("--simulated-step-seconds", type=float, default=None, hidden=True),
     click.option(
         "--seed",
@@ -463,7 +569,9 @@ def port_run(worker_engine: str | None, script: str, args: tuple[str, ...]) -> N
     runpy.run_path(path, run_name="__main__")
 
 
-@main.command(epilog="Example: transformers serve \"$(scaffold cache --path)\" --continuous-batching --device cpu")
+@main.command(
+    epilog='Example: transformers serve "$(scaffold cache --path)" --continuous-batching --device cpu'
+)
 @click.option("--path", "path_only", is_flag=True, help="print only the embedded model's folder")
 @click.option("--convert", is_flag=True, help="convert the embedded model now if it is not yet")
 def cache(path_only: bool, convert: bool) -> None:
@@ -658,6 +766,8 @@ def run(
         },
         "seconds": {"load": round(loaded - start, 2), "generate": round(done - loaded, 2)},
     }
+    if options.ray is not None:
+        payload["engines"] = engine_places(workers["generation"].engine)
     if as_json:
         click.echo(json.dumps(payload, default=str))
         return
@@ -673,6 +783,8 @@ def run(
         f"{payload['seconds']['generate']} s (engine start {payload['seconds']['load']} s)",
         err=True,
     )
+    for place in payload.get("engines", ()):
+        click.echo(f"engine {place['engine']} ran on node {place.get('node_id')}", err=True)
 
 
 @main.command(

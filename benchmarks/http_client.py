@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import httpx
 
-import engine_bridge._openai as openai_module
+import engine_bridge._engines._openai as openai_module
 from engine_bridge import EngineRequest, OpenAIEngine, SamplingParams
 
 SERVER = """

@@ -54,7 +54,7 @@ async def test_bad_requests_are_rejected_before_the_engine() -> None:
 
 
 def test_ignore_eos_needs_a_per_request_eos(monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine_bridge import _hf
+    from engine_bridge._engines import _hf
 
     request = EngineRequest(SamplingParams(max_tokens=4, ignore_eos=True), prompt="hi")
     HFEngine().check(request)  # this transformers takes one
@@ -162,7 +162,7 @@ def test_a_steady_trickle_is_released_after_admission_window_max(
     clock, so no real time (and no machine's load) decides the outcome."""
     import queue
 
-    from engine_bridge import _hf
+    from engine_bridge._engines import _hf
 
     clock = {"now": 0.0}
     added: list[tuple[float, str]] = []
@@ -278,7 +278,7 @@ async def test_the_gguf_conversion_is_cached_on_disk(
     import os
     from pathlib import Path
 
-    from engine_bridge import _hf
+    from engine_bridge._engines import _hf
 
     root = Path(str(tmp_path))
     monkeypatch.setenv(_hf.CACHE_ENV, str(root))
@@ -304,7 +304,7 @@ async def test_the_gguf_conversion_is_cached_on_disk(
 def test_a_conversion_cache_that_cannot_be_written_is_a_warning(tmp_path: object) -> None:
     from pathlib import Path
 
-    from engine_bridge import _hf
+    from engine_bridge._engines import _hf
 
     blocker = Path(str(tmp_path)) / "not-a-folder"
     blocker.write_text("a file where the cache folder should go")
@@ -329,7 +329,7 @@ def test_the_cache_folder_changes_with_the_file(tmp_path: object) -> None:
     import os
     from pathlib import Path
 
-    from engine_bridge import _hf
+    from engine_bridge._engines import _hf
 
     folder = Path(str(tmp_path))
     gguf = folder / "m.gguf"

@@ -597,7 +597,7 @@ async def test_token_counts_are_never_made_up(flaky: Any) -> None:
 
 def test_a_server_answer_missing_a_logprob_or_with_bad_tool_calls_is_an_engine_error() -> None:
     from engine_bridge._bridge import RequestStream
-    from engine_bridge._openai import _delta, _StreamState
+    from engine_bridge._engines._openai import _delta, _StreamState
 
     asked = EngineRequest(
         SamplingParams(num_logprobs=0), messages=[{"role": "user", "content": "q"}]

@@ -910,7 +910,7 @@ def test_port_run_serves_trtllm_workers_from_an_openai_server(tmp_path: Path) ->
 def smol_folder() -> str:
     """The embedded SmolLM2, converted once to a transformers folder."""
     pytest.importorskip("transformers")
-    from engine_bridge._hf import (
+    from engine_bridge._engines._hf import (
         EMBEDDED_GGUF,
         _load,
         conversion_cache_folder,

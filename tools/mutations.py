@@ -41,6 +41,8 @@ WP = "tests/test_worker_protocol.py::"
 SUB = "tests/test_submit.py::"
 FAN = "tests/test_fanout.py::"
 SG = "tests/test_started_generations.py::"
+# the Ray tests run in a loopback namespace of their own, started by this one test
+RAY = "tests/test_ray.py::test_ray_tests_in_a_loopback_namespace"
 
 
 @dataclass(frozen=True)
@@ -63,21 +65,21 @@ MUTATIONS = [
     Mutation(
         "trt-abort-reaches-executor",
         "TRTLLMEngine does not call RequestOutput.abort()",
-        SRC + "_trtllm.py",
+        SRC + "_engines/_trtllm.py",
         (("result.abort()  # the executor ends it", "pass  # the executor ends it"),),
         (TRT + "test_cancel_calls_abort_in_the_executor",),
     ),
     Mutation(
         "trt-abort-before-submit",
         "an abort requested before the bridge loop submitted the request is forgotten",
-        SRC + "_trtllm.py",
+        SRC + "_engines/_trtllm.py",
         (("return  # left before it reached the executor", "pass  # mutant"),),
         (TRT + "test_leaving_before_the_first_step_never_leaves_the_request_running",),
     ),
     Mutation(
         "hf-ack-from-the-manager",
         "HFEngine acknowledges a cancel as soon as it is sent, not when the manager dropped it",
-        SRC + "_hf.py",
+        SRC + "_engines/_hf.py",
         (
             (
                 "held = {rid for rid in pending if _manager_holds(manager, rid)}",
@@ -89,7 +91,7 @@ MUTATIONS = [
     Mutation(
         "hf-cancel-skips-the-window",
         "a cancel waits in the admission window like an add",
-        SRC + "_hf.py",
+        SRC + "_engines/_hf.py",
         (
             (
                 "                break  # a cancel of a request the manager has, or the stop: now",
@@ -101,7 +103,7 @@ MUTATIONS = [
     Mutation(
         "simulated-releases-on-leave",
         "SimulatedEngine keeps a request whose consumer left",
-        SRC + "_simulated.py",
+        SRC + "_engines/_simulated.py",
         (("        if r.released:\n            return\n", "        return\n"),),
         (CONF + "test_leaving_early_aborts[simulated]",),
     ),
@@ -118,14 +120,14 @@ MUTATIONS = [
     Mutation(
         "trt-logprobs-asked-for",
         "num_logprobs=0 is sent as logprobs=0 (the real API then returns none)",
-        SRC + "_trtllm.py",
+        SRC + "_engines/_trtllm.py",
         (('kw["logprobs"] = max(p.num_logprobs, 1)', 'kw["logprobs"] = p.num_logprobs'),),
         (TRT + "test_logprobs_are_asked_for_never_invented",),
     ),
     Mutation(
         "trt-logprobs-never-invented",
         "missing logprobs are filled with 0.0",
-        SRC + "_trtllm.py",
+        SRC + "_engines/_trtllm.py",
         (
             ("        if len(lps) < len(token_ids):\n", "        if False:\n"),
             (
@@ -139,14 +141,14 @@ MUTATIONS = [
     Mutation(
         "trt-logprob-values",
         "TRTLLMEngine reports 0.0 instead of the engine's logprob",
-        SRC + "_trtllm.py",
+        SRC + "_engines/_trtllm.py",
         (('        return float(getattr(lp, "logprob", lp))', "        return 0.0"),),
         (CONF + "test_logprobs_one_per_token[trtllm]",),
     ),
     Mutation(
         "trt-restarts-after-failed-start",
         "a failed start leaves the bridge thread recorded",
-        SRC + "_trtllm.py",
+        SRC + "_engines/_trtllm.py",
         (
             (
                 "            self._thread = None\n            self.llm = None\n",
@@ -440,7 +442,7 @@ MUTATIONS = [
     Mutation(
         "http-count-asks-the-server",
         "OpenAIEngine.count_tokens answers 0 instead of asking the server's /tokenize",
-        SRC + "_openai.py",
+        SRC + "_engines/_openai.py",
         (
             (
                 '        response = await self._post_root(\n            "/tokenize", ask,',
@@ -479,7 +481,7 @@ MUTATIONS = [
     Mutation(
         "http-engine-sends-tools",
         "OpenAIEngine leaves a chat's tools out of the request body",
-        SRC + "_openai.py",
+        SRC + "_engines/_openai.py",
         (
             (
                 '            if request.tools:\n                body["tools"]',
@@ -493,7 +495,7 @@ MUTATIONS = [
     Mutation(
         "stream-tool-call-fragments",
         "OpenAIEngine ignores the tool-call fragments of a streamed answer",
-        SRC + "_openai.py",
+        SRC + "_engines/_openai.py",
         (
             (
                 "                state.tool_fragments(choice)\n"
@@ -523,7 +525,7 @@ MUTATIONS = [
     Mutation(
         "reasoning-kept-apart",
         "OpenAIEngine drops the reasoning a server sends apart from the answer",
-        SRC + "_openai.py",
+        SRC + "_engines/_openai.py",
         (
             (
                 'reasoning = message.get("reasoning_content") or message.get("reasoning") or ""',
@@ -552,7 +554,7 @@ MUTATIONS = [
     Mutation(
         "http-logprob-never-invented",
         "OpenAIEngine fills a logprob the server left out with 0.0",
-        SRC + "_openai.py",
+        SRC + "_engines/_openai.py",
         (
             ('        if any("logprob" not in c for c in entries):', "        if False:"),
             (
@@ -579,7 +581,7 @@ MUTATIONS = [
     Mutation(
         "hf-drop-returns-blocks",
         "HFEngine.drop_kv_cache counts the blocks but leaves them in transformers' ledger",
-        SRC + "_hf.py",
+        SRC + "_engines/_hf.py",
         (
             ("                del ledger.cached_blocks[block]\n", ""),
             ("                del ledger.hash_to_block[parent]\n", ""),
@@ -591,7 +593,7 @@ MUTATIONS = [
     Mutation(
         "drop-keeps-the-system-blocks",
         "the simulated engine's drop frees the kept messages' blocks too",
-        SRC + "_simulated.py",
+        SRC + "_engines/_simulated.py",
         (("        for h in chain[first:]:", "        for h in chain:"),),
         (
             "tests/test_kv_hints.py::test_the_simulated_engine_frees_the_chat_past_its_system_blocks",
@@ -600,7 +602,7 @@ MUTATIONS = [
     Mutation(
         "drop-hint-reaches-the-server",
         "OpenAIEngine.drop_kv_cache answers without asking the server",
-        SRC + "_openai.py",
+        SRC + "_engines/_openai.py",
         (
             (
                 "        response = await self._post_root(path, body, unsupported)",
@@ -626,8 +628,8 @@ MUTATIONS = [
     Mutation(
         "ignore-eos-reaches-the-engine",
         "HFEngine does not pass the per-request end-of-sequence override",
-        SRC + "_hf.py",
-        (('                kwargs["eos_token_id"] = -1', "                pass"),),
+        SRC + "_engines/_hf.py",
+        (('            kwargs["eos_token_id"] = -1  # no end-of-sequence', "            pass  # no end-of-sequence"),),
         (CONF + "test_ignore_eos_generates_to_max_tokens[hf]",),
     ),
     Mutation(
@@ -702,7 +704,7 @@ MUTATIONS = [
     Mutation(
         "stall-in-the-engine",
         "the simulated engine ignores a stall (SimulatedOutput.delay)",
-        SRC + "_simulated.py",
+        SRC + "_engines/_simulated.py",
         (("            r.ready_at = anyio.current_time() + out.delay", "            pass"),),
         ("tests/test_testing_kit.py::test_stalls_and_failures_happen_in_the_engine",),
     ),
@@ -775,7 +777,7 @@ MUTATIONS = [
     Mutation(
         "gguf-conversion-read-back",
         "a start never reads the stored GGUF conversion (converts every time)",
-        SRC + "_hf.py",
+        SRC + "_engines/_hf.py",
         (
             (
                 "    if stored:\n        source, kw = str(folder), {}",
@@ -787,7 +789,7 @@ MUTATIONS = [
     Mutation(
         "openai-client-matches-stop-strings",
         "OpenAIEngine trusts the server to honour stop strings (transformers serve does not)",
-        SRC + "_openai.py",
+        SRC + "_engines/_openai.py",
         (
             (
                 "        if not stops:\n            return delta\n",
@@ -802,7 +804,7 @@ MUTATIONS = [
     Mutation(
         "openai-no-silent-logprob-gap",
         "OpenAIEngine passes on an answer without the logprobs it asked for",
-        SRC + "_openai.py",
+        SRC + "_engines/_openai.py",
         (
             (
                 "if request.params.num_logprobs is not None and not lps and (text or ids):",
@@ -1070,7 +1072,7 @@ MUTATIONS = [
     Mutation(
         "simulated-step-yields-between-chunks",
         "a simulated engine step advances every request in one go, holding the loop for the whole batch",
-        SRC + "_simulated.py",
+        SRC + "_engines/_simulated.py",
         (("                if n % chunk == 0:\n", "                if False:\n"),),
         ("tests/test_simulated_engine.py::test_a_large_step_lets_the_loop_run_between_chunks",),
     ),
@@ -1395,7 +1397,7 @@ MUTATIONS = [
     Mutation(
         "pool-close-error-not-lost",
         "a replica's close error is dropped at the pool's exit",
-        "src/engine_bridge/_pool.py",
+        "src/engine_bridge/_scaling/_pool.py",
         (("            self._close_errors.append(exc)\n", "            pass\n"),),
         ("tests/test_pool.py::test_a_replica_that_fails_to_close_is_not_lost",),
     ),
@@ -1416,7 +1418,7 @@ MUTATIONS = [
     Mutation(
         "hf-stop-cut-cancels-in-the-manager",
         "a stop string cut on our side counts as released: the request runs on in transformers' manager",
-        "src/engine_bridge/_hf.py",
+        "src/engine_bridge/_engines/_hf.py",
         (
             (
                 "            state.stream.push(delta, released=finished)\n",
@@ -1428,7 +1430,7 @@ MUTATIONS = [
     Mutation(
         "http-stop-match-closes-the-stream",
         "a stop string matched on the client goes on reading to the server's end (the server never sees the abort)",
-        "src/engine_bridge/_openai.py",
+        "src/engine_bridge/_engines/_openai.py",
         (
             (
                 "                    return  # a stop string ended it; closing the response aborts it\n",
@@ -1542,6 +1544,28 @@ MUTATIONS = [
         (("        if self._scheduled:\n            return True  #", "        if False:\n            return True  #"),),
         ("tests/test_backend.py::test_loop_caller_runs_a_burst_in_order_with_one_wake_up",),
     ),
+    Mutation(
+        "ray-last-delta-flushed-after-yield",
+        "the actor's generator ends on the pump's end seen after a yield, dropping what came meanwhile",
+        SRC + "_scaling/_ray.py",
+        (("                if finished:\n                    break", "                if pump.finished:\n                    break"),),
+        (RAY,),
+    ),
+    Mutation(
+        "ray-lost-actor-fails-the-engine",
+        "a lost Ray actor fails only its request: the engine stays healthy and the rest wait",
+        SRC + "_scaling/_ray.py",
+        (("            if self._lost(exc):\n                caller.call_soon(self._on_failure", "            if False:\n                caller.call_soon(self._on_failure"),),
+        (RAY,),
+    ),
+    Mutation(
+        "ray-abort-reaches-the-actor",
+        "leaving a RayEngine stream early no longer asks the actor to drop the request",
+        SRC + "_scaling/_ray.py",
+        (("                state.abort_ref = self.actor.abort.remote(str(key))", "                pass"),),
+        (RAY,),
+    ),
+
 ]
 
 

@@ -11,21 +11,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._hf import (
+    from ._engines._hf import (
         HFEngine,
         conversion_cache_folder,
         conversion_cache_root,
         embedded_model_path,
     )
-    from ._openai import OpenAIEngine
-    from ._process import ProcessEngine
-    from ._ray import RayEngine, RayPlacement
-    from ._trtllm import TRTLLMEngine
+    from ._engines._openai import OpenAIEngine
+    from ._engines._trtllm import TRTLLMEngine
+    from ._scaling._process import ProcessEngine
+    from ._scaling._ray import RayEngine, RayPlacement
 
 from ._bridge import first_error, raise_single
-from ._pool import EnginePool, Replica, ReplicaState, prompt_key
+from ._engines._simulated import CostModel, SimulatedCall, SimulatedEngine, SimulatedOutput
 from ._protocol import Engine, StartedStream, StartsStreams
-from ._simulated import CostModel, SimulatedCall, SimulatedEngine, SimulatedOutput
+from ._scaling._pool import EnginePool, Replica, ReplicaState, prompt_key
 from ._toolcalls import (
     FunctionCall,
     ToolCall,
@@ -96,15 +96,15 @@ __all__ = [
 
 # name -> private module, imported on first access (keeps torch/transformers optional)
 _LAZY: dict[str, str] = {
-    "HFEngine": "._hf",
-    "OpenAIEngine": "._openai",
-    "ProcessEngine": "._process",
-    "RayEngine": "._ray",
-    "RayPlacement": "._ray",
-    "TRTLLMEngine": "._trtllm",
-    "embedded_model_path": "._hf",
-    "conversion_cache_folder": "._hf",
-    "conversion_cache_root": "._hf",
+    "HFEngine": "._engines._hf",
+    "OpenAIEngine": "._engines._openai",
+    "ProcessEngine": "._scaling._process",
+    "RayEngine": "._scaling._ray",
+    "RayPlacement": "._scaling._ray",
+    "TRTLLMEngine": "._engines._trtllm",
+    "embedded_model_path": "._engines._hf",
+    "conversion_cache_folder": "._engines._hf",
+    "conversion_cache_root": "._engines._hf",
 }
 
 

@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
 
     engine: Any
     if args.engine == "simulated":
-        from ._simulated import CostModel, SimulatedEngine
+        from ._engines._simulated import CostModel, SimulatedEngine
 
         step = args.simulated_step_seconds
         engine = SimulatedEngine(
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             max_batch_size=max(256, args.max_concurrent),
         )
     else:
-        from ._hf import HFEngine
+        from ._engines._hf import HFEngine
 
         engine = HFEngine(
             args.model,

@@ -24,8 +24,8 @@ from typing import Any, Self
 import anyio
 import anyio.to_thread
 
-from ._bridge import BridgedEngine, RequestStream
-from ._types import (
+from .._bridge import BridgedEngine, RequestStream
+from .._types import (
     EngineClosedError,
     EngineDelta,
     EngineError,
@@ -40,9 +40,9 @@ _RAY_INIT = threading.Lock()
 
 #: engine kinds a RayEngine can name instead of giving a factory
 _KINDS = {
-    "simulated": ("engine_bridge._simulated", "SimulatedEngine"),
-    "hf": ("engine_bridge._hf", "HFEngine"),
-    "trtllm": ("engine_bridge._trtllm", "TRTLLMEngine"),
+    "simulated": ("engine_bridge._engines._simulated", "SimulatedEngine"),
+    "hf": ("engine_bridge._engines._hf", "HFEngine"),
+    "trtllm": ("engine_bridge._engines._trtllm", "TRTLLMEngine"),
 }
 
 

@@ -15,8 +15,8 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ._openai import OpenAIEngine
-from ._types import EngineClosedError, EngineDelta, EngineError, EngineRequest, KVCacheDrop
+from .._engines._openai import OpenAIEngine
+from .._types import EngineClosedError, EngineDelta, EngineError, EngineRequest, KVCacheDrop
 
 __all__ = ["ProcessEngine"]
 
@@ -199,7 +199,7 @@ class ProcessEngine:
 
     async def _listening(self) -> str:
         """The URL from the child's first line on stdout."""
-        from .openai_server import LISTENING
+        from ..openai_server import LISTENING
 
         assert self._process is not None and self._process.stdout is not None
         lines = BufferedByteReceiveStream(self._process.stdout)

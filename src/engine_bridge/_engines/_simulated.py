@@ -24,8 +24,8 @@ import anyio
 import anyio.abc
 import attrs
 
-from ._toolcalls import render_messages
-from ._types import (
+from .._toolcalls import render_messages
+from .._types import (
     EngineClosedError,
     EngineDelta,
     EngineError,
@@ -38,8 +38,8 @@ from ._types import (
     first_stop,
     stop_holdback,
 )
-from ._wordtok import WordTokenizer
-from .lowlevel import Park, Parked, Unpark, parking, trio_park, trio_unpark
+from .._wordtok import WordTokenizer
+from ..lowlevel import Park, Parked, Unpark, parking, trio_park, trio_unpark
 
 __all__ = ["CostModel", "SimulatedCall", "SimulatedEngine", "SimulatedOutput"]
 

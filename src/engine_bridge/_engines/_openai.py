@@ -11,9 +11,9 @@ from typing import Any, Self
 import anyio
 import attrs
 
-from ._bridge import RequestStream, raise_single
-from ._toolcalls import FunctionCall, ToolCall
-from ._types import (
+from .._bridge import RequestStream, raise_single
+from .._toolcalls import FunctionCall, ToolCall
+from .._types import (
     EngineClosedError,
     EngineDelta,
     EngineError,

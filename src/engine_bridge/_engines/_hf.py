@@ -39,9 +39,9 @@ from typing import Any, Self
 import anyio
 import anyio.to_thread
 
-from ._bridge import BridgedEngine, RequestStream
-from ._toolcalls import render_messages
-from ._types import (
+from .._bridge import BridgedEngine, RequestStream
+from .._toolcalls import render_messages
+from .._types import (
     EngineClosedError,
     EngineDelta,
     EngineError,

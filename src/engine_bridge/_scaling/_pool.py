@@ -13,9 +13,9 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 
-from ._bridge import RequestStream, raise_single
-from ._protocol import Engine
-from ._types import (
+from .._bridge import RequestStream, raise_single
+from .._protocol import Engine
+from .._types import (
     EngineClosedError,
     EngineDelta,
     EngineError,

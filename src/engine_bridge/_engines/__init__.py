@@ -1,0 +1,1 @@
+"""The engines: transformers, TensorRT-LLM, OpenAI-compatible HTTP, simulated."""

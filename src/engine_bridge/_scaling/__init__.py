@@ -1,0 +1,1 @@
+"""Beyond one engine: replica pools, engines in child processes, Ray actors."""

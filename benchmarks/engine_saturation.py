@@ -12,6 +12,11 @@ ways, on the same warm engine, alternating and repeated:
 Throughput is generated tokens per second; the ratio framework / direct is the
 number that matters (target >= 0.97).  Prints one JSON object.
 
+With ``--ray``, the framework runs over a ``RayEngine``: the same engine, built the
+same way, in a Ray actor of a local Ray cluster started for the run (given the GPU
+with ``num_gpus=1`` on CUDA), while ``direct`` drives the engine in this process;
+both engines stay loaded and the runs alternate.
+
 Models: ``embedded`` (SmolLM2-135M GGUF, CPU), a local folder, or
 ``random-qwen2-0.5b``: a Qwen2-shaped model (hidden 896, 14 heads, 2 KV heads,
 intermediate 4864, 30 layers) with random weights built from a config on the
@@ -22,6 +27,7 @@ embedding size).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import platform
@@ -133,6 +139,11 @@ def main() -> None:
     ap.add_argument("--admission-window-max", type=float, default=0.05, help="longest burst (s)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
+        "--ray",
+        action="store_true",
+        help="framework over the same engine hosted in a Ray actor (a local Ray cluster)",
+    )
+    ap.add_argument(
         "--gc",
         choices=("on", "between-runs"),
         default="on",
@@ -143,19 +154,36 @@ def main() -> None:
     prompts = [QUESTIONS[i % len(QUESTIONS)] + f" (#{i})" for i in range(args.prompts)]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
     engine = build_engine(args)
+    framework_engine = engine
+    if args.ray:
+        import functools
+
+        import ray
+
+        from engine_bridge import RayEngine
+
+        gpus = 1 if args.device.startswith("cuda") else 0
+        ray.init(num_cpus=2, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
+        framework_engine = RayEngine(
+            functools.partial(build_engine, args), num_gpus=gpus, max_concurrent=args.max_concurrent
+        )
 
     async def bench() -> dict[str, list[tuple[float, int]]]:
         runs: dict[str, list[tuple[float, int]]] = {"direct": [], "framework": []}
-        async with engine:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(engine)
+            if framework_engine is not engine:
+                await stack.enter_async_context(framework_engine)
             # warm-up at full size, discarded: the first 256-request batch of a fresh
             # engine was always the slowest run (new batch shapes)
             await run_direct(engine, prompts, args.samples, params)
-            await run_framework(engine, prompts, args.samples, params)
+            await run_framework(framework_engine, prompts, args.samples, params)
             for i in range(args.repeats):
                 # ABBA order, so slow drift of the engine weighs on both modes alike
                 order = ("direct", "framework") if i % 2 == 0 else ("framework", "direct")
                 for mode in order:
                     run = run_direct if mode == "direct" else run_framework
+                    target = engine if mode == "direct" else framework_engine
                     if args.gc == "between-runs":
                         gc.enable()
                         gc.collect()
@@ -163,7 +191,7 @@ def main() -> None:
                         gc.disable()
                     engine._bursts.clear()
                     t0 = time.monotonic()
-                    runs[mode].append(await run(engine, prompts, args.samples, params))
+                    runs[mode].append(await run(target, prompts, args.samples, params))
                     bursts[mode].append([(round(t - t0, 4), n) for t, n in engine._bursts][:6])
             gc.enable()
         return runs
@@ -204,6 +232,7 @@ def main() -> None:
         "admission_window": args.admission_window,
         "admission_window_max": args.admission_window_max,
         "gc": args.gc,
+        "framework_engine": "RayEngine (the same engine in a Ray actor)" if args.ray else "the same",
         "machine": platform.machine(),
         **info,
         "tokens_per_second": {k: [round(x, 1) for x in v] for k, v in tps.items()},

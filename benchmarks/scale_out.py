@@ -12,7 +12,11 @@ Replicas (``--replica-kind``):
 * ``thread``: an ``HFEngine`` per GPU in this process (one bridge thread each);
 * ``process``: a ``ProcessEngine`` per GPU (an ``engine_bridge.openai_server`` child
   on loopback; no shared interpreter lock between replicas); each sample is answered
-  in one JSON body, or, with ``--stream-all``, streamed token by token.
+  in one JSON body, or, with ``--stream-all``, streamed token by token;
+* ``ray`` (``--engine simulated``): a ``RayEngine`` per replica, an actor hosting a
+  simulated engine, placed by Ray on the cluster at ``--ray-address`` (default: a
+  local one started for the run, one logical CPU per replica); deltas stream back
+  through Ray's streaming generators.
 
 Prefill per request is measured in the engine: transformers' continuous-batching
 cache reports each prefix match (``search_prefix_match``), so prefill computed =
@@ -256,18 +260,13 @@ async def simulated_processes(args: argparse.Namespace) -> dict[str, Any]:
     replicas (``--prompts`` per replica); runs of all sizes alternate.  Reports
     tokens/s, the ratio to one replica, and the client's CPU seconds per request
     (``time.process_time`` of this process: the children not counted)."""
-    from engine_bridge import ProcessEngine
-
     sizes = [int(x) for x in args.sizes.split(",")]
     reply = " ".join(["token"] * (args.max_tokens * 2))  # cut by max_tokens
-    engines = [
-        ProcessEngine(
-            "simulated", max_concurrent=args.max_concurrent, stream_all=args.stream_all,
-            extra_args=["--simulated-step-seconds", str(args.simulated_step_seconds),
-                        "--simulated-reply", reply, "--max-context", "4096"],
-        )
-        for _ in range(max(sizes))
-    ]  # fmt: skip
+    engines = (
+        ray_replicas(args, max(sizes), reply)
+        if args.replica_kind == "ray"
+        else process_replicas(args, max(sizes), reply)
+    )
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
     async with EnginePool(engines):  # all started once, kept warm
         members = [Borrowed(e) for e in engines]
@@ -284,7 +283,7 @@ async def simulated_processes(args: argparse.Namespace) -> dict[str, Any]:
                 print(json.dumps({n: run}), file=sys.stderr, flush=True)
     one = rate(runs[sizes[0]])
     return {
-        "replica_kind": "process (simulated engine)",
+        "replica_kind": f"{args.replica_kind} (simulated engine)",
         "wire": "sse" if args.stream_all else "body",
         "simulated_step_seconds": args.simulated_step_seconds,
         "cpus": os.cpu_count(),
@@ -304,6 +303,41 @@ async def simulated_processes(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def process_replicas(args: argparse.Namespace, count: int, reply: str) -> list[Any]:
+    from engine_bridge import ProcessEngine
+
+    return [
+        ProcessEngine(
+            "simulated", max_concurrent=args.max_concurrent, stream_all=args.stream_all,
+            extra_args=["--simulated-step-seconds", str(args.simulated_step_seconds),
+                        "--simulated-reply", reply, "--max-context", "4096"],
+        )
+        for _ in range(count)
+    ]  # fmt: skip
+
+
+def ray_replicas(args: argparse.Namespace, count: int, reply: str) -> list[Any]:
+    """Simulated engines in Ray actors, one bundle of a placement group each."""
+    import functools
+
+    import ray
+
+    from engine_bridge import RayEngine
+
+    if args.ray_address:
+        ray.init(address=args.ray_address, log_to_driver=False)
+    else:  # a local cluster for the run: one logical CPU per replica
+        ray.init(num_cpus=count, include_dashboard=False, log_to_driver=False)
+    factory = functools.partial(
+        SimulatedEngine,
+        reply,
+        cost=CostModel(0.0, args.simulated_step_seconds, 0.0),
+        max_batch_size=max(256, args.max_concurrent),
+        max_context=4096,
+    )
+    return RayEngine.replicas(count, factory, max_concurrent=args.max_concurrent)
+
+
 def rate(runs: list[dict[str, Any]]) -> float:
     return float(sum(r["tokens"] for r in runs) / sum(r["wall_s"] for r in runs))
 
@@ -317,7 +351,10 @@ def _request(prompt: str) -> Any:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", choices=("hf", "simulated"), default="hf")
-    ap.add_argument("--replica-kind", choices=("thread", "process"), default="thread")
+    ap.add_argument("--replica-kind", choices=("thread", "process", "ray"), default="thread")
+    ap.add_argument(
+        "--ray-address", default=None, help="ray replicas: a running cluster (default: a local one)"
+    )
     ap.add_argument(
         "--stream-all",
         action="store_true",
@@ -362,7 +399,7 @@ def main() -> None:
         "samples": args.samples,
         "max_tokens": args.max_tokens,
     }
-    if args.engine == "simulated" and args.replica_kind == "process":
+    if args.engine == "simulated" and args.replica_kind in ("process", "ray"):
         out.update(anyio.run(simulated_processes, args, backend="trio"))
         print(json.dumps(out, indent=2))
         return

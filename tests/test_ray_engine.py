@@ -11,6 +11,7 @@ guard, never a wall-clock budget.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import warnings
 from typing import Any
@@ -245,6 +246,53 @@ async def test_a_remote_error_comes_back_as_itself(cluster: Any) -> None:
             assert info.value.field == "prompt"
             assert await read(engine, "q", 3)  # still serving
             assert engine.healthy and (await engine.stats())["refused"] == 1
+
+
+def test_the_actors_generator_sends_what_came_while_it_waited_at_a_yield() -> None:
+    """EngineHost.generate (the actor's side, driven here without Ray): the
+    request finishes in the engine while its reader holds the generator at a
+    yield; resumed, it still sends the rest and the last delta, then ends."""
+    from engine_bridge._scaling._ray import EngineHost
+
+    async def main() -> list[Any]:
+        host = EngineHost("simulated", {})
+        async with SimulatedEngine(REPLY, cost=CostModel.instant()) as engine:
+            host.engine = engine
+            gen = host.generate("r1", EngineRequest(greedy(), prompt="q"))
+            assert await gen.__anext__() == []  # the engine took it
+            first = await gen.__anext__()  # the reader holds it here ...
+            await host._live["r1"].done.wait()  # ... while the engine finishes it
+            rest = [d for items in [x async for x in gen] for d in items]
+            assert host.stats()["completed"] == 1 and host.stats()["live"] == 0
+            return [*first, *rest]
+
+    deltas = asyncio.run(main())
+    assert deltas[-1].finish_reason is not None
+    assert "".join(d.text for d in deltas).strip() == REPLY
+
+
+def test_the_actors_abort_returns_once_its_engine_dropped_the_request() -> None:
+    """EngineHost.abort on an engine stalled for an hour: it returns at once,
+    with the engine (its own count) holding nothing; the generator then ends
+    without sending anything more."""
+    from engine_bridge._scaling._ray import EngineHost
+
+    async def main() -> None:
+        host = EngineHost("simulated", {})
+        async with SimulatedEngine(REPLY, cost=CostModel(0.0, 3600.0, 0.0)) as engine:
+            host.engine = engine
+            gen = host.generate("r1", EngineRequest(greedy(), prompt="q"))
+            assert await gen.__anext__() == []  # the engine took it
+            assert engine.num_active == 1
+            stats = await host.abort("r1")
+            assert stats["active"] == 0 and stats["aborted"] == 1 and engine.num_active == 0
+            assert [x async for x in gen] == []
+            # an abort that comes before its request: the request never starts
+            await host.abort("r2")
+            assert [x async for x in host.generate("r2", EngineRequest(greedy(), prompt="q"))] == []
+            assert engine.num_active == 0
+
+    asyncio.run(main())
 
 
 def test_bad_arguments_are_refused_at_once() -> None:

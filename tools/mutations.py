@@ -1549,7 +1549,7 @@ MUTATIONS = [
         "the actor's generator ends on the pump's end seen after a yield, dropping what came meanwhile",
         SRC + "_scaling/_ray.py",
         (("                if finished:\n                    break", "                if pump.finished:\n                    break"),),
-        (RAY,),
+        ("tests/test_ray_engine.py::test_the_actors_generator_sends_what_came_while_it_waited_at_a_yield",),
     ),
     Mutation(
         "ray-lost-actor-fails-the-engine",

@@ -215,6 +215,30 @@ async def test_missing_tensorrt_llm_is_a_clear_error(monkeypatch: pytest.MonkeyP
             pass
 
 
+async def test_samples_that_sample_alike_share_one_sampling_params() -> None:
+    """A vote's samples reach the executor with one SamplingParams object, as
+    ``llm.generate(prompts, sampling_params)`` passes one for all; a sampling of
+    its own (another seed) gets its own."""
+    e = engine(_standin_reply="Two plus two is \\boxed{4}.")
+    given: list[object] = []
+    async with e:
+        submit = e.llm.generate_async
+
+        def recording(inputs: object, sampling_params: object = None, **kw: object) -> object:
+            given.append(sampling_params)
+            return submit(inputs, sampling_params=sampling_params, **kw)
+
+        e.llm.generate_async = recording
+        async with AsyncScaffoldingLlm(
+            MajorityVote(Sampler(max_tokens=8), samples=4, early_stop=False),
+            {"generation": EngineWorker(e, manage_engine=False)},
+        ) as llm:
+            await llm.generate("What is 2 + 2?")
+        await collect(e, EngineRequest(SamplingParams(max_tokens=8, seed=7), prompt="q"))
+    assert len(given) == 5 and len({id(p) for p in given[:4]}) == 1
+    assert given[4] is not given[0] and given[4].seed == 7  # type: ignore[attr-defined]
+
+
 async def test_majority_vote_through_the_runtime() -> None:
     e = engine(_standin_reply="Two plus two is \\boxed{4}.")
     async with AsyncScaffoldingLlm(

@@ -1566,6 +1566,14 @@ MUTATIONS = [
         (RAY,),
     ),
 
+    Mutation(
+        "trtllm-samples-share-sampling-params",
+        "every request gets a TensorRT-LLM SamplingParams of its own (1.5 KB each in flight)",
+        SRC + "_engines/_trtllm.py",
+        (("        params = self._shared_params.get(request.params)\n", "        params = None\n"),),
+        (TRT + "test_samples_that_sample_alike_share_one_sampling_params",),
+    ),
+
 ]
 
 

@@ -152,6 +152,8 @@ class TRTLLMEngine(BridgedEngine):
         self._spawn_scheduled = False
         self._stop: asyncio.Event | None = None
         self._crash: BaseException | None = None
+        # ours -> TensorRT-LLM's SamplingParams, shared by the requests that sample alike
+        self._shared_params: dict[Any, Any] = {}
 
     def __repr__(self) -> str:
         return f"TRTLLMEngine({self.model!r})"
@@ -255,6 +257,7 @@ class TRTLLMEngine(BridgedEngine):
             raise RuntimeError("TRTLLMEngine already started")
         try:
             self._trt = importlib.import_module(self.module_name)
+            self._shared_params.clear()  # (made by the module imported now)
         except ImportError as exc:
             raise EngineError(
                 "TRTLLMEngine needs tensorrt_llm (pip install 'scaffold-actors[trtllm]' on an NVIDIA GPU host)"
@@ -311,7 +314,14 @@ class TRTLLMEngine(BridgedEngine):
         limit = self.max_context
         if limit is not None:
             check_context(prompt_tokens, request.params.max_tokens, limit)
-        params = self.sampling_params(request)
+        # one TensorRT-LLM SamplingParams per distinct sampling (a vote's samples
+        # share theirs, as llm.generate(prompts, sampling_params) shares one):
+        # 1.5 KB less per request in flight
+        params = self._shared_params.get(request.params)
+        if params is None:
+            if len(self._shared_params) >= 256:
+                self._shared_params.clear()
+            params = self._shared_params[request.params] = self.sampling_params(request)
         state = _TRTRequest(request, prompt_tokens)
         state.submission = (prompt, params)
         return state

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,10 @@ def test_ray_tests_in_a_loopback_namespace() -> None:
     why = _namespace_unavailable()
     if why:
         pytest.skip(why)
-    env = dict(os.environ, SCAFFOLD_RAY_NETNS="1", RAY_USAGE_STATS_ENABLED="0")
+    # a Ray temp folder of its own: `--ray auto` finds this run's cluster, never
+    # another one on the machine (their address files share /tmp/ray otherwise)
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    env = dict(os.environ, SCAFFOLD_RAY_NETNS="1", RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=ray_tmp)
     # Ray's workers import the tests' helpers (engine factories) as the test does
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
     pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "--no-header"]
@@ -52,6 +56,7 @@ def test_ray_tests_in_a_loopback_namespace() -> None:
         text=True,
         timeout=1800,  # a hang guard
     )
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     report = proc.stdout[-6000:] + proc.stderr[-3000:]
     print(report)
     assert proc.returncode == 0, report

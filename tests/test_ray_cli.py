@@ -4,6 +4,7 @@ one per node (inside the loopback namespace of test_ray.py only)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,13 @@ import raycluster
 SCAFFOLD = str(Path(sys.executable).with_name("scaffold"))
 
 
-def run(*args: str) -> dict[str, object]:
+def run(*args: str, env: dict[str, str] | None = None) -> dict[str, object]:
     proc = subprocess.run(
-        [SCAFFOLD, "run", *args, "--json"], capture_output=True, text=True, timeout=900
+        [SCAFFOLD, "run", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=None if env is None else {**os.environ, **env},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -38,13 +43,15 @@ def test_scaffold_run_on_ray_replicas_one_per_node() -> None:
 @pytest.mark.slow_model
 def test_scaffold_run_embedded_model_on_two_nodes_with_ray_auto() -> None:
     """The README's question on the embedded model, two transformers engines in
-    Ray actors on two nodes, the cluster found as `ray start` leaves it (auto);
-    pinned to the worker nodes by their resources."""
-    raycluster.need_cluster()
+    Ray actors on two nodes, the cluster found by `--ray` alone (auto: here
+    through RAY_ADDRESS, since Ray's own search would see every cluster of the
+    machine, other test runs' included)."""
+    cluster = raycluster.need_cluster()
     pytest.importorskip("transformers")
     out = run(
         "What is 12 + 7? Give the final answer as \\boxed{}.", "--samples", "4",
         "--max-tokens", "16", "--ray", "--replicas", "2",
+        env={"RAY_ADDRESS": cluster.address},
     )  # fmt: skip
     engines = out["engines"]
     assert isinstance(engines, list) and len({e["node_id"] for e in engines}) == 2

@@ -207,8 +207,9 @@ class EngineHost:
             pump.done.set()
             pump.wake.set()
 
-    async def generate(self, rid: str, request: EngineRequest) -> Any:
-        """Stream request ``rid``'s deltas in lists; raises the engine's error."""
+    async def generate(self, rid: str, request: EngineRequest, announce: bool = True) -> Any:
+        """Stream request ``rid``'s deltas in lists; raises the engine's error.
+        With ``announce``, an empty list first says that the engine took it."""
         if rid in self._aborted_early:
             self._aborted_early.discard(rid)
             return
@@ -227,7 +228,8 @@ class EngineHost:
                 pump.wake.clear()
                 if pump.entered and not admitted:
                     admitted = True
-                    yield []  # the engine took it: the caller's open_stream returns on this
+                    if announce:
+                        yield []  # the engine took it: the caller's open_stream returns on this
                 # (read before yielding: the pump may finish while we wait at yield,
                 # and then adds nothing more)
                 finished = pump.finished
@@ -536,6 +538,8 @@ class RayEngine(BridgedEngine):
             self._ray = importlib.import_module("ray")
         except ImportError as exc:
             raise EngineError("RayEngine needs ray (pip install 'scaffold-actors[ray]')") from exc
+        # (outside the bridge thread's asyncio loop, which must not own Ray's driver)
+        await anyio.to_thread.run_sync(self._init_ray)
         self._start_bridge()
         ready: Future[None] = Future()
         self._thread = threading.Thread(
@@ -570,6 +574,14 @@ class RayEngine(BridgedEngine):
         if error is not None:
             raise error
 
+    def _init_ray(self) -> None:
+        """Join the cluster at ``address`` unless Ray is initialised in this
+        process already (once per process: several engines start at once)."""
+        ray = self._ray
+        with _RAY_INIT:
+            if not ray.is_initialized():
+                ray.init(address=self.address, log_to_driver=False)
+
     def _stop_loop(self) -> None:
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
@@ -591,9 +603,6 @@ class RayEngine(BridgedEngine):
         self._to_spawn.clear()
         self._spawn_scheduled = False
         self._stop = asyncio.Event()
-        with _RAY_INIT:  # (several engines start at once: one ray.init per process)
-            if not ray.is_initialized():
-                ray.init(address=self.address, log_to_driver=False)
         options = dict(self.actor_options)
         if self.placement is not None:
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -703,7 +712,7 @@ class RayEngine(BridgedEngine):
                 return  # left before it reached the actor
             state.generator = self.actor.generate.options(
                 num_returns="streaming", _generator_backpressure_num_objects=self.backpressure
-            ).remote(str(state.key), state.request)
+            ).remote(str(state.key), state.request, state.admitted is not None)
             async for ref in state.generator:
                 items = await ref
                 if not items:  # the actor's engine checked and took the request
@@ -747,12 +756,16 @@ class RayEngine(BridgedEngine):
                 return cause
             return EngineError(f"{self!r}: the actor raised {exc}")
         if self._lost(exc):
-            node = self.node.get("node_ip", "?")
-            node_id = str(self.node.get("node_id", "?"))[:12]
+            where = (
+                f"on node {self.node.get('node_ip')} ({str(self.node.get('node_id'))[:12]}) "
+                if self.node
+                else "(before it started) "
+            )
             what = f" while serving request {key!r}" if key is not None else ""
+            # Ray's own account of the death, first lines only (it can be long)
+            why = " ".join(str(exc).split())[:300]
             err = EngineClosedError(
-                f"{self!r}: the Ray actor on node {node} ({node_id}) is gone{what}: "
-                f"{type(exc).__name__}"
+                f"{self!r}: the Ray actor {where}is gone{what}: {type(exc).__name__}: {why}"
             )
             err.__cause__ = exc
             return err

@@ -124,6 +124,13 @@ def build_ray_engines(options: EngineOptions, count: int, devices: list[str]) ->
         raise ValueError("--ray and --replica-processes both place replicas: choose one")
     local = attrs.evolve(options, ray=None, replica_resources=None, replicas=1)
     actor = ray_actor_options(options.replica_resources)
+    # join the cluster here, in the command's own (main) thread: Ray's driver made
+    # from another thread lost actors that took long to start (seen with two
+    # transformers engines)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=options.ray, log_to_driver=False)
     bundle: dict[str, float] = {"CPU": float(actor.get("num_cpus", 1))}
     if actor.get("num_gpus"):
         bundle["GPU"] = float(actor["num_gpus"])

@@ -70,3 +70,27 @@ def test_replica_resources_are_checked_before_any_engine_starts() -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0 and "--replica-resources is for --ray" in proc.stderr
+
+
+def test_a_cluster_that_does_not_answer_is_a_clear_error_not_a_hang() -> None:
+    """RayEngine joining an address where no cluster runs: an EngineError naming
+    the address, at the latest after start_timeout (in a process of its own:
+    this one has joined the test cluster)."""
+    raycluster.need_cluster()
+    code = (
+        "import trio\n"
+        "from engine_bridge import RayEngine, EngineError\n"
+        "async def main():\n"
+        "    try:\n"
+        "        async with RayEngine('simulated', address='127.0.0.1:9', start_timeout=20):\n"
+        "            pass\n"
+        "    except EngineError as exc:\n"
+        "        print('ERROR', exc)\n"
+        "trio.run(main)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )  # (a hang guard: the engine gives up after 20 s)
+    assert "ERROR RayEngine 'simulated': could not join the Ray cluster at 127.0.0.1:9" in (
+        proc.stdout
+    ), proc.stdout + proc.stderr[-2000:]

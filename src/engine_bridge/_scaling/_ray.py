@@ -538,8 +538,20 @@ class RayEngine(BridgedEngine):
             self._ray = importlib.import_module("ray")
         except ImportError as exc:
             raise EngineError("RayEngine needs ray (pip install 'scaffold-actors[ray]')") from exc
-        # (outside the bridge thread's asyncio loop, which must not own Ray's driver)
-        await anyio.to_thread.run_sync(self._init_ray)
+        # (outside the bridge thread's asyncio loop, which must not own Ray's driver;
+        # a cluster that does not answer is given up on after start_timeout)
+        where = f"the Ray cluster at {self.address or 'the default address'}"
+        with anyio.move_on_after(self.start_timeout) as joining:
+            try:
+                await anyio.to_thread.run_sync(self._init_ray, abandon_on_cancel=True)
+            except Exception as exc:
+                raise EngineError(
+                    f"RayEngine {self.name!r}: could not join {where}: {exc}"
+                ) from exc
+        if joining.cancelled_caught:
+            raise EngineError(
+                f"RayEngine {self.name!r}: could not join {where} within {self.start_timeout} s"
+            )
         self._start_bridge()
         ready: Future[None] = Future()
         self._thread = threading.Thread(

@@ -248,49 +248,62 @@ async def test_a_remote_error_comes_back_as_itself(cluster: Any) -> None:
             assert engine.healthy and (await engine.stats())["refused"] == 1
 
 
-def test_the_actors_generator_sends_what_came_while_it_waited_at_a_yield() -> None:
-    """EngineHost.generate (the actor's side, driven here without Ray): the
-    request finishes in the engine while its reader holds the generator at a
-    yield; resumed, it still sends the rest and the last delta, then ends."""
+def test_the_actors_event_stream_sends_what_came_while_it_waited_at_a_yield() -> None:
+    """EngineHost (the actor's side, driven here without Ray): two requests
+    finish in the engine while the reader holds the event stream at a yield;
+    resumed, it sends the rest of each, its last delta, and its end."""
     from engine_bridge._scaling._ray import EngineHost
 
-    async def main() -> list[Any]:
+    async def main() -> dict[str, list[Any]]:
         host = EngineHost("simulated", {})
+        got: dict[str, list[Any]] = {"r1": [], "r2": []}
+        ends: dict[str, Any] = {}
         async with SimulatedEngine(REPLY, cost=CostModel.instant()) as engine:
             host.engine = engine
-            gen = host.generate("r1", EngineRequest(greedy(), prompt="q"))
-            assert await gen.__anext__() == []  # the engine took it
-            first = await gen.__anext__()  # the reader holds it here ...
-            await host._live["r1"].done.wait()  # ... while the engine finishes it
-            rest = [d for items in [x async for x in gen] for d in items]
-            assert host.stats()["completed"] == 1 and host.stats()["live"] == 0
-            return [*first, *rest]
+            events = host.events()
+            for rid in got:
+                assert await host.submit(rid, EngineRequest(greedy(), prompt="q"))
+            for rid, items, end in await events.__anext__():  # the reader holds it here ...
+                got[rid] += items
+                if end is not None:
+                    ends[rid] = end
+            for rid in got:
+                await host._live[rid].done.wait() if rid in host._live else None  # ... while both end
+            while len(ends) < 2:
+                for rid, items, end in await events.__anext__():
+                    got[rid] += items
+                    if end is not None:
+                        ends[rid] = end
+            assert ends == {"r1": ("end", None), "r2": ("end", None)}
+            assert host.stats()["completed"] == 2 and host.stats()["live"] == 0
+        return got
 
-    deltas = asyncio.run(main())
-    assert deltas[-1].finish_reason is not None
-    assert "".join(d.text for d in deltas).strip() == REPLY
+    for deltas in asyncio.run(main()).values():
+        assert deltas[-1].finish_reason is not None
+        assert "".join(d.text for d in deltas).strip() == REPLY
 
 
 def test_the_actors_abort_returns_once_its_engine_dropped_the_request() -> None:
     """EngineHost.abort on an engine stalled for an hour: it returns at once,
-    with the engine (its own count) holding nothing; the generator then ends
-    without sending anything more."""
+    with the engine (its own count) holding nothing; the event stream then
+    ends the request with no delta; a refusal is submit()'s error and nothing
+    of it comes through the event stream."""
+    from engine_bridge import InvalidRequestError
     from engine_bridge._scaling._ray import EngineHost
 
     async def main() -> None:
         host = EngineHost("simulated", {})
-        async with SimulatedEngine(REPLY, cost=CostModel(0.0, 3600.0, 0.0)) as engine:
+        async with SimulatedEngine(REPLY, cost=CostModel(0.0, 3600.0, 0.0), max_context=64) as engine:
             host.engine = engine
-            gen = host.generate("r1", EngineRequest(greedy(), prompt="q"))
-            assert await gen.__anext__() == []  # the engine took it
+            events = host.events()
+            assert await host.submit("r1", EngineRequest(greedy(), prompt="q"))  # taken
             assert engine.num_active == 1
             stats = await host.abort("r1")
             assert stats["active"] == 0 and stats["aborted"] == 1 and engine.num_active == 0
-            assert [x async for x in gen] == []
-            # an abort that comes before its request: the request never starts
-            await host.abort("r2")
-            assert [x async for x in host.generate("r2", EngineRequest(greedy(), prompt="q"))] == []
-            assert engine.num_active == 0
+            assert await events.__anext__() == [("r1", [], ("end", None))]
+            with pytest.raises(InvalidRequestError):
+                await host.submit("r2", EngineRequest(greedy(), prompt="word " * 100))
+            assert host.stats()["refused"] == 1 and host._dirty == {}
 
     asyncio.run(main())
 

@@ -1545,17 +1545,17 @@ MUTATIONS = [
         ("tests/test_backend.py::test_loop_caller_runs_a_burst_in_order_with_one_wake_up",),
     ),
     Mutation(
-        "ray-last-delta-flushed-after-yield",
-        "the actor's generator ends on the pump's end seen after a yield, dropping what came meanwhile",
+        "ray-last-delta-sent",
+        "the Ray actor's event stream never sends a request's last delta (held for its end)",
         SRC + "_scaling/_ray.py",
-        (("                if finished:\n                    break", "                if pump.finished:\n                    break"),),
-        ("tests/test_ray_engine.py::test_the_actors_generator_sends_what_came_while_it_waited_at_a_yield",),
+        (("                if items and (finished or not final):", "                if items and not final:"),),
+        ("tests/test_ray_engine.py::test_the_actors_event_stream_sends_what_came_while_it_waited_at_a_yield",),
     ),
     Mutation(
         "ray-lost-actor-fails-the-engine",
-        "a lost Ray actor fails only its request: the engine stays healthy and the rest wait",
+        "a lost Ray actor's event stream is not noticed: the engine stays healthy and its requests wait",
         SRC + "_scaling/_ray.py",
-        (("            if self._lost(exc):\n                caller.call_soon(self._on_failure", "            if False:\n                caller.call_soon(self._on_failure"),),
+        (("        except BaseException as exc:\n            caller.call_soon(self._on_failure, exc)\n", "        except BaseException as exc:\n            pass\n"),),
         (RAY,),
     ),
     Mutation(

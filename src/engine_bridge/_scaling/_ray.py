@@ -70,12 +70,15 @@ class _Pump:
     not yet sent, and how it ended."""
 
     __slots__ = (
-        "aborted", "done", "entered", "error", "finished", "items", "scope", "task", "wake",
+        "aborted", "done", "entered", "error", "finished", "items", "reported", "rid", "scope",
+        "taken", "task",
     )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, rid: str) -> None:
+        self.rid = rid
         self.items: list[EngineDelta] = []
-        self.wake = asyncio.Event()
+        self.taken = asyncio.Event()  # the engine took it, or it is over
+        self.reported = False  # its refusal went back as submit()'s error
         self.done = asyncio.Event()  # the engine stream was left (the engine released it)
         self.finished = False
         self.entered = False  # the engine took it (its open_stream entered)
@@ -89,12 +92,15 @@ class EngineHost:
     """The Ray actor that hosts one engine (made a Ray actor class by
     :class:`RayEngine`; its methods run in the actor's asyncio loop).
 
-    ``generate(rid, request)`` is a streaming generator of lists of deltas (each
-    list what the engine produced since the last one); ``abort(rid)`` makes the
-    engine drop request ``rid`` and returns once the engine confirmed it (its
-    stream left, which waits for the engine's own acknowledgement), with the
-    host's counts.  An error of the engine is raised as itself (Ray carries it
-    back to the caller)."""
+    ``submit(rid, request, announce)`` starts a request (with ``announce``, it
+    returns once the engine took it, raising its refusal); ``events()`` is one
+    streaming generator for all requests: each item a list of ``(rid, deltas,
+    end)``, what every request produced since the last item (one object per
+    engine step, whatever the number of requests), ``end`` set once a request is
+    over (``("end", None)``, or ``("error", exc)`` with the engine's error as
+    itself); ``abort(rid)`` makes the engine drop request ``rid`` and returns
+    once the engine confirmed it (its stream left, which waits for the engine's
+    own acknowledgement), with the host's counts."""
 
     def __init__(self, engine: str | Callable[[], Any], options: dict[str, Any]) -> None:
         self._engine_spec = engine
@@ -103,7 +109,8 @@ class EngineHost:
         self._life: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._live: dict[str, _Pump] = {}
-        self._aborted_early: set[str] = set()  # aborts that came before their request
+        self._dirty: dict[str, _Pump] = {}  # requests with something for events()
+        self._wake = asyncio.Event()
         self.completed = 0
         self.aborted = 0
         self.failed = 0
@@ -147,6 +154,7 @@ class EngineHost:
         """Close the engine (what closing it raises is raised)."""
         life = self._life
         self.engine = None
+        self._wake.set()  # events() ends
         if life is not None:
             self._life = None
             self._closing.set()
@@ -188,12 +196,14 @@ class EngineHost:
         try:
             with anyio.CancelScope() as scope:
                 pump.scope = scope
+                if pump.aborted:  # (aborted before this task ran)
+                    scope.cancel()
                 async with self._engine().open_stream(request) as stream:
                     pump.entered = True
-                    pump.wake.set()
+                    pump.taken.set()
                     async for delta in stream:
                         pump.items.append(delta)
-                        pump.wake.set()
+                        self._touch(pump)
             if scope.cancelled_caught:
                 pump.aborted = True
                 self.aborted += 1
@@ -205,57 +215,68 @@ class EngineHost:
         finally:
             pump.finished = True
             pump.done.set()
-            pump.wake.set()
+            pump.taken.set()
+            self._touch(pump)
 
-    async def generate(self, rid: str, request: EngineRequest, announce: bool = True) -> Any:
-        """Stream request ``rid``'s deltas in lists; raises the engine's error.
-        With ``announce``, an empty list first says that the engine took it."""
-        if rid in self._aborted_early:
-            self._aborted_early.discard(rid)
-            return
+    def _touch(self, pump: _Pump) -> None:
+        self._dirty[pump.rid] = pump
+        self._wake.set()
+
+    async def submit(self, rid: str, request: EngineRequest, announce: bool = True) -> bool:
+        """Start request ``rid``: its deltas and its end come through
+        :meth:`events`.  With ``announce``, returns once the engine took it,
+        raising the engine's refusal (then nothing of it comes through
+        :meth:`events`).  ``False`` when it was aborted before it came."""
         try:
             self._engine().check(request)  # bad input raises here, before admission
         except BaseException:
             self.refused += 1
             raise
-        pump = _Pump()
+        pump = _Pump(rid)
         self._live[rid] = pump
         pump.task = asyncio.get_running_loop().create_task(self._pump(request, pump))
-        admitted = False
-        try:
-            while True:
-                await pump.wake.wait()
-                pump.wake.clear()
-                if pump.entered and not admitted:
-                    admitted = True
-                    if announce:
-                        yield []  # the engine took it: the caller's open_stream returns on this
-                # (read before yielding: the pump may finish while we wait at yield,
-                # and then adds nothing more)
-                finished = pump.finished
-                items = pump.items
-                # the last delta waits for the engine stream's exit (the engine
-                # released the request), so its arrival tells the caller so
-                final = bool(items) and items[-1].finish_reason is not None
-                if items and not pump.aborted and (finished or not final):
-                    pump.items = []
-                    yield items
-                if finished:
-                    break
-            if pump.error is not None:
+        if announce:
+            await pump.taken.wait()
+            if not pump.entered and pump.error is not None:
+                pump.reported = True
                 raise pump.error
-        finally:
-            if not pump.finished and pump.scope is not None:
-                pump.scope.cancel()  # the caller is gone: the engine drops the request
-            self._live.pop(rid, None)
+        return True
+
+    async def events(self) -> Any:
+        """Every request's deltas and ends, in lists of ``(rid, deltas, end)``;
+        ends once the host closes."""
+        while self.engine is not None or self._dirty:
+            await self._wake.wait()
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, {}
+            batch: list[tuple[str, list[EngineDelta], Any]] = []
+            for rid, pump in dirty.items():
+                finished, items = pump.finished, pump.items
+                end: Any = None
+                if finished:
+                    self._live.pop(rid, None)
+                    if pump.reported:
+                        continue  # its refusal went back as submit()'s error
+                    end = ("error", pump.error) if pump.error is not None else ("end", None)
+                # the last delta waits for the engine stream's exit (the engine
+                # released the request), so its arrival says so
+                final = bool(items) and items[-1].finish_reason is not None
+                send: list[EngineDelta] = []
+                if items and (finished or not final):
+                    pump.items = []
+                    send = [] if pump.aborted else items
+                if send or end is not None:
+                    batch.append((rid, send, end))
+            if batch:
+                yield batch
 
     async def abort(self, rid: str) -> dict[str, Any]:
         """Drop request ``rid`` in the engine; returns once the engine confirmed
         it (or at once when it is over), with :meth:`stats`."""
+        # (a caller's calls start in the order it made them: a request it aborts
+        # was submitted before; none here means it is over)
         pump = self._live.get(rid)
-        if pump is None:
-            self._aborted_early.add(rid)  # (its generate() has not started: it will not)
-        elif not pump.finished:
+        if pump is not None and not pump.finished:
             pump.aborted = True
             if pump.scope is not None:
                 pump.scope.cancel()
@@ -310,7 +331,7 @@ class RayPlacement:
 
 class _RayRequest:
     __slots__ = (
-        "abort_ref", "abort_requested", "admitted", "generator", "key", "request", "stream",
+        "abort_ref", "abort_requested", "admitted", "key", "request", "stream", "submitted",
     )  # fmt: skip
 
     def __init__(self, request: EngineRequest) -> None:
@@ -318,7 +339,7 @@ class _RayRequest:
         self.stream = RequestStream()
         self.admitted: anyio.Event | None = None  # set by open_stream, which waits on it
         self.key: Any = None
-        self.generator: Any = None  # the ObjectRefGenerator (bridge thread only)
+        self.submitted = False  # sent to the actor (bridge thread only)
         self.abort_requested = False  # bridge thread only
         self.abort_ref: Any = None
 
@@ -445,6 +466,8 @@ class RayEngine(BridgedEngine):
         self._to_spawn: collections.deque[_RayRequest] = collections.deque()
         self._spawn_scheduled = False
         self._close_error: BaseException | None = None
+        self._by_rid: dict[str, _RayRequest] = {}  # submitted requests (bridge loop only)
+        self._reader: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         where = f" on {self.node['node_ip']}" if self.node else ""
@@ -651,11 +674,13 @@ class RayEngine(BridgedEngine):
             ) from cause
         self.actor = actor
         self._loop = asyncio.get_running_loop()
+        self._by_rid = {}
+        self._reader = asyncio.get_running_loop().create_task(self._read_events())
         ready.set_result(None)
         try:
             await self._stop.wait()
         finally:
-            for task in list(self._serving):
+            for task in [*self._serving, self._reader]:
                 task.cancel()
             try:
                 await asyncio.wait_for(actor.close.remote(), 60)
@@ -705,8 +730,9 @@ class RayEngine(BridgedEngine):
 
         def abort() -> None:  # bridge thread
             state.abort_requested = True
-            if state.generator is not None and state.abort_ref is None:
+            if state.submitted and state.abort_ref is None:
                 state.abort_ref = self.actor.abort.remote(str(key))
+                self._serving.add(asyncio.get_running_loop().create_task(self._confirm(state)))
 
         try:
             loop.call_soon_threadsafe(abort)
@@ -714,37 +740,77 @@ class RayEngine(BridgedEngine):
             self._release(key)
 
     async def _serve(self, state: _RayRequest) -> None:
-        """Bridge loop: send one request to the actor and relay its deltas until
-        its generator ends; an abort is confirmed by the actor before the
-        request is released here."""
+        """Bridge loop: send one request to the actor; its deltas and its end
+        come through :meth:`_read_events`.  Through ``open_stream``, the actor
+        answers once its engine took the request (or with its refusal)."""
         caller = self._caller
         assert caller is not None
+        rid = str(state.key)
         try:
             if state.abort_requested:
-                return  # left before it reached the actor
-            state.generator = self.actor.generate.options(
-                num_returns="streaming", _generator_backpressure_num_objects=self.backpressure
-            ).remote(str(state.key), state.request, state.admitted is not None)
-            async for ref in state.generator:
-                items = await ref
-                if not items:  # the actor's engine checked and took the request
-                    if state.admitted is not None:
-                        caller.call_soon(state.admitted.set)
-                elif not state.abort_requested:
-                    caller.call_soon(self._deliver, state, items)
-            if state.abort_ref is not None:
-                await state.abort_ref
+                caller.call_soon(self._release, state.key)  # it never reached the actor
+                return
+            self._by_rid[rid] = state
+            state.submitted = True
+            await self.actor.submit.remote(rid, state.request, state.admitted is not None)
+            if state.admitted is not None:
+                caller.call_soon(state.admitted.set)
         except asyncio.CancelledError:
             raise  # the engine closes
         except BaseException as exc:
+            self._by_rid.pop(rid, None)
             error = self._unwrap(exc, state.key)
             if self._lost(exc):
-                caller.call_soon(self._on_failure, error)
-            elif not state.abort_requested:
-                caller.call_soon(self._fail, state, error)
+                caller.call_soon(self._on_failure, exc)
+            else:
+                if not state.abort_requested:
+                    caller.call_soon(self._fail, state, error)
+                caller.call_soon(self._release, state.key)
         finally:
-            caller.call_soon(self._release, state.key)
             self._serving.discard(asyncio.current_task())
+
+    async def _confirm(self, state: _RayRequest) -> None:
+        """Bridge loop: the actor's answer to an abort: its engine dropped the
+        request, which is released here from now on."""
+        caller = self._caller
+        assert caller is not None
+        try:
+            await state.abort_ref
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            return  # a lost actor: every request fails and is released at once
+        finally:
+            self._serving.discard(asyncio.current_task())
+        self._by_rid.pop(str(state.key), None)
+        caller.call_soon(self._release, state.key)
+
+    async def _read_events(self) -> None:
+        """Bridge loop: the actor's one stream of every request's deltas and
+        ends, handed to the event loop a batch at a time."""
+        caller = self._caller
+        assert caller is not None
+        try:
+            stream = self.actor.events.options(
+                num_returns="streaming", _generator_backpressure_num_objects=self.backpressure
+            ).remote()
+            async for ref in stream:
+                out: list[tuple[_RayRequest, list[EngineDelta], Any]] = []
+                for rid, items, end in await ref:
+                    state = self._by_rid.get(rid)
+                    if state is None:
+                        continue  # released already (its abort confirmed)
+                    if end is not None:
+                        del self._by_rid[rid]
+                    out.append((state, [] if state.abort_requested else items, end))
+                if out:
+                    caller.call_soon(self._deliver_batch, out)
+            if self._stop is not None and not self._stop.is_set():
+                raise EngineError(f"{self!r}: the actor's event stream ended")
+        except asyncio.CancelledError:
+            raise  # the engine closes
+        except BaseException as exc:
+            caller.call_soon(self._on_failure, exc)
 
     def _lost(self, exc: BaseException) -> bool:
         """Whether ``exc`` says the actor (or its node) is gone."""
@@ -803,6 +869,27 @@ class RayEngine(BridgedEngine):
             if stream.error is not None and not stream._pending:
                 raise stream.error
             yield stream
+
+    def _deliver_batch(self, out: list[tuple[_RayRequest, list[EngineDelta], Any]]) -> None:
+        for state, items, end in out:
+            if items:
+                self._deliver(state, items)
+            if end is not None:
+                kind, error = end
+                if kind == "error" and not state.stream.done:
+                    self._fail(state, error)
+                self._release(state.key)
+
+    def _on_failure(self, exc: BaseException) -> None:
+        """The actor's stream or a call failed for the actor's sake: every
+        request fails, each with an error naming it; the engine is unhealthy."""
+        self._failure = self._unwrap(exc, None)
+        for key, state in [*self._live.items(), *self._orphans.items()]:
+            state.stream.release()
+            state.stream.fail(self._unwrap(exc, key) if self._lost(exc) else self._failure)
+            if state.admitted is not None:
+                state.admitted.set()
+        self._orphans.clear()
 
     def _fail(self, state: _RayRequest, error: BaseException) -> None:
         state.stream.fail(error)

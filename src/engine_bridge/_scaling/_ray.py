@@ -1,10 +1,12 @@
 """Any local engine hosted in a Ray actor, placed by Ray anywhere in a cluster.
 
-The actor (:class:`EngineHost`) builds the engine inside its own process and
-serves each request as a Ray streaming generator; the caller's side
-(:class:`RayEngine`) is a :class:`~engine_bridge.BridgedEngine` whose bridge
-thread runs an asyncio loop that reads those generators, so no Ray call ever
-runs on the caller's event loop.  ``ray`` is imported when the engine starts,
+The actor (:class:`EngineHost`) builds the engine inside its own process,
+takes each request as a ``submit`` call, and sends every request's deltas and
+ends through one Ray streaming generator (one object per engine step, whatever
+the number of requests); the caller's side (:class:`RayEngine`) is a
+:class:`~engine_bridge.BridgedEngine` whose bridge thread runs an asyncio loop
+that makes those calls and reads that stream, so no Ray call ever runs on the
+caller's event loop.  ``ray`` is imported when the engine starts,
 so this module imports anywhere.
 """
 
@@ -369,8 +371,8 @@ class RayEngine(BridgedEngine):
             actor to confirm that its engine dropped the request.
         start_timeout: how long starting waits for Ray to place the actor and
             for its engine to start.
-        backpressure: lists of deltas a request's generator may run ahead of
-            the reader before the actor waits (Ray's generator backpressure).
+        backpressure: objects the actor's event stream may run ahead of the
+            reader before the actor waits (Ray's generator backpressure).
 
     Behaviour: ``async with engine:`` starts the actor and its engine (raising
     :class:`EngineError` with the actor's own error when it fails to start, or

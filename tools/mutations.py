@@ -148,11 +148,11 @@ MUTATIONS = [
     Mutation(
         "trt-restarts-after-failed-start",
         "a failed start leaves the bridge thread recorded",
-        SRC + "_engines/_trtllm.py",
+        "src/engine_bridge/_bridge.py",
         (
             (
-                "            self._thread = None\n            self.llm = None\n",
-                "            self.llm = None\n",
+                "                await anyio.to_thread.run_sync(thread.join, 60)\n            self._thread = None\n            raise\n",
+                "                await anyio.to_thread.run_sync(thread.join, 60)\n            raise\n",
             ),
         ),
         (TRT + "test_starts_again_after_a_failed_start",),

@@ -10,10 +10,12 @@ import time
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn, Protocol
 
 import anyio
+import anyio.to_thread
 import sniffio
 
 from ._types import (
@@ -25,7 +27,14 @@ from ._types import (
 )
 from .lowlevel import Park, Parked, Unpark, parking
 
-__all__ = ["BridgedEngine", "LoopCaller", "RequestStream", "first_error", "raise_single"]
+__all__ = [
+    "AsyncioBridgedEngine",
+    "BridgedEngine",
+    "LoopCaller",
+    "RequestStream",
+    "first_error",
+    "raise_single",
+]
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -549,3 +558,58 @@ class BridgedEngine:
         stream.released = True  # for its consumer: over (the engine may still hold it)
         if stream.on_wake is not None:
             stream.on_wake()
+
+
+class AsyncioBridgedEngine(BridgedEngine):
+    """A :class:`BridgedEngine` whose bridge thread runs an asyncio loop of its
+    own (TensorRT-LLM's ``LLM`` API, Ray's futures need one).  The subclass's
+    ``_thread_main(ready)`` runs the loop, sets ``_loop`` and ``_stop`` (an
+    :class:`asyncio.Event` that ends it) and then ``ready``."""
+
+    def __init__(self, max_concurrent: int, abort_timeout: float = 10.0) -> None:
+        super().__init__(max_concurrent, abort_timeout)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    def _thread_main(self, ready: Future[None]) -> None:
+        raise NotImplementedError
+
+    async def _start_thread(self, name: str) -> None:
+        """Start the bridge thread and wait (cancellably) until it is ready; a
+        failed or cancelled start stops it and leaves nothing behind, so the
+        engine can be started again.  Raises what the start raised."""
+        self._start_bridge()
+        ready: Future[None] = Future()
+        thread = self._thread = threading.Thread(
+            target=self._thread_main, args=(ready,), name=name, daemon=True
+        )
+        thread.start()
+        try:
+            await anyio.to_thread.run_sync(ready.result)
+        except BaseException:
+            self._close_bridge()
+            self._stop_loop()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(thread.join, 60)
+            self._thread = None
+            raise
+
+    async def _stop_thread(self) -> None:
+        """Fail what is left, stop the loop and wait (shielded, at most 60 s)
+        for the thread; the engine can be started again."""
+        self._close_bridge()
+        self._stop_loop()
+        thread = self._thread
+        if thread is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(thread.join, 60)
+        self._thread = None
+
+    def _stop_loop(self) -> None:
+        """Ask the bridge loop to end (never blocks; a loop already gone is left)."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:
+                pass

@@ -23,15 +23,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import importlib
-import threading
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Self
 
-import anyio
-import anyio.to_thread
-
-from .._bridge import BridgedEngine, RequestStream
+from .._bridge import AsyncioBridgedEngine, RequestStream
 from .._toolcalls import render_messages
 from .._types import (
     EngineClosedError,
@@ -86,7 +82,7 @@ class _TRTRequest:
         self.emitted = 0
 
 
-class TRTLLMEngine(BridgedEngine):
+class TRTLLMEngine(AsyncioBridgedEngine):
     """A TensorRT-LLM model behind the :class:`~engine_bridge.Engine` protocol.
 
     Parameters:
@@ -145,12 +141,10 @@ class TRTLLMEngine(BridgedEngine):
         self.llm_kwargs = dict(llm_kwargs or {})
         self.llm: Any = None
         self._trt: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._serving: set[asyncio.Task[None]] = set()  # requests' tasks (bridge loop only)
         # submissions for the bridge loop, and whether it was told to take them
         self._to_spawn: collections.deque[tuple[_TRTRequest, Any, Any]] = collections.deque()
         self._spawn_scheduled = False
-        self._stop: asyncio.Event | None = None
         self._crash: BaseException | None = None
         # ours -> TensorRT-LLM's SamplingParams, shared by the requests that sample alike
         self._shared_params: dict[Any, Any] = {}
@@ -262,21 +256,9 @@ class TRTLLMEngine(BridgedEngine):
             raise EngineError(
                 "TRTLLMEngine needs tensorrt_llm (pip install 'scaffold-actors[trtllm]' on an NVIDIA GPU host)"
             ) from exc
-        self._start_bridge()
-        ready: Future[None] = Future()
-        self._thread = threading.Thread(
-            target=self._thread_main, args=(ready,), name="trtllm-bridge", daemon=True
-        )
-        self._thread.start()
         try:
-            await anyio.to_thread.run_sync(ready.result)
+            await self._start_thread("trtllm-bridge")
         except BaseException:
-            # a failed (or cancelled) start leaves nothing behind: it can be tried again
-            self._close_bridge()
-            self._stop_loop()
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._thread.join, 60)
-            self._thread = None
             self.llm = None
             raise
         return self
@@ -287,21 +269,7 @@ class TRTLLMEngine(BridgedEngine):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._close_bridge()
-        self._stop_loop()
-        thread = self._thread
-        if thread is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(thread.join, 60)
-        self._thread = None  # it can be started again
-
-    def _stop_loop(self) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(stop.set)
-            except RuntimeError:
-                pass
+        await self._stop_thread()
 
     def _prepare(self, request: EngineRequest) -> _TRTRequest:
         self._ensure_usable()

@@ -26,7 +26,7 @@ from typing import Any, Self
 import anyio
 import anyio.to_thread
 
-from .._bridge import BridgedEngine, RequestStream
+from .._bridge import AsyncioBridgedEngine, RequestStream
 from .._types import (
     EngineClosedError,
     EngineDelta,
@@ -346,7 +346,7 @@ class _RayRequest:
         self.abort_ref: Any = None
 
 
-class RayEngine(BridgedEngine):
+class RayEngine(AsyncioBridgedEngine):
     """An engine hosted in a Ray actor, which Ray places on any node of the
     cluster that has the resources asked for.
 
@@ -462,8 +462,6 @@ class RayEngine(BridgedEngine):
         self.node: dict[str, Any] = {}  # where the actor runs (after start)
         self.actor: Any = None
         self._ray: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
         self._serving: set[asyncio.Task[None]] = set()
         self._to_spawn: collections.deque[_RayRequest] = collections.deque()
         self._spawn_scheduled = False
@@ -577,21 +575,7 @@ class RayEngine(BridgedEngine):
             raise EngineError(
                 f"RayEngine {self.name!r}: could not join {where} within {self.start_timeout} s"
             )
-        self._start_bridge()
-        ready: Future[None] = Future()
-        self._thread = threading.Thread(
-            target=self._thread_main, args=(ready,), name="ray-bridge", daemon=True
-        )
-        self._thread.start()
-        try:
-            await anyio.to_thread.run_sync(ready.result)
-        except BaseException:
-            self._close_bridge()
-            self._stop_loop()
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._thread.join, 60)
-            self._thread = None
-            raise
+        await self._start_thread("ray-bridge")
         return self
 
     async def __aexit__(
@@ -600,13 +584,7 @@ class RayEngine(BridgedEngine):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._close_bridge()
-        self._stop_loop()
-        thread = self._thread
-        if thread is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(thread.join, 60)
-        self._thread = None
+        await self._stop_thread()
         error, self._close_error = self._close_error, None
         if error is not None:
             raise error
@@ -618,14 +596,6 @@ class RayEngine(BridgedEngine):
         with _RAY_INIT:
             if not ray.is_initialized():
                 ray.init(address=self.address, log_to_driver=False)
-
-    def _stop_loop(self) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(stop.set)
-            except RuntimeError:
-                pass
 
     def _thread_main(self, ready: Future[None]) -> None:
         try:

@@ -4,6 +4,7 @@ What every engine must do is in test_engine_conformance.py."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ pytest.importorskip("transformers")  # the [hf] extra; the embedded model itself
 
 from helpers import collect
 
-from engine_bridge import EngineRequest, HFEngine, InvalidRequestError, SamplingParams
+from engine_bridge import EngineRequest, HFEngine, InvalidRequestError, PrefixGroup, SamplingParams
 from scaffold_actors import AsyncScaffoldingLlm, EngineWorker, InvalidTaskError
 from scaffold_actors.methods import MajorityVote, Sampler
 
@@ -76,6 +77,30 @@ async def test_majority_vote_on_the_real_model() -> None:
     for r in results:
         assert r.usage.tasks >= 2 and 0 < r.usage.completion_tokens <= 24
         assert r.output.details["samples_requested"] == 3
+
+
+async def test_a_prefix_group_is_prefilled_once_in_transformers() -> None:
+    """Four samples of a 2-block prompt asked for together (not streamed): the
+    leader computes the prompt, the three others reuse its two full blocks, by
+    transformers' own prefix search.  Without the group all four are prefilled
+    in one step and share nothing."""
+    prompt = "Reason about the question below carefully, one step at a time. " * 45
+    async with HFEngine() as engine:
+        assert engine.share_prefixes  # transformers 5.2x keeps a prefix cache
+        group = PrefixGroup(4)
+        request = EngineRequest(
+            SamplingParams(max_tokens=2, temperature=0.7), prompt=prompt, stream=False, group=group
+        )
+        n = engine.count_prompt_tokens(request)
+        assert 512 < n < 768
+        async with contextlib.AsyncExitStack() as stack:
+            streams = [await stack.enter_async_context(engine.open_stream(request)) for _ in range(4)]
+            for stream in streams:
+                async for _ in stream:
+                    pass
+        assert engine.cached_prompt_tokens == 3 * 512
+        assert engine.prefill_tokens == 4 * n - 3 * 512
+        assert engine.num_active == 0
 
 
 def test_missing_model_path_is_a_clear_error() -> None:

@@ -74,9 +74,16 @@ METHODS: dict[str, Callable[[], Any]] = {
 }
 
 
+@pytest.mark.parametrize("prefix_cache_blocks", [0, 4096], ids=["no-prefix-cache", "groups"])
 @pytest.mark.parametrize("name", list(METHODS))
-async def test_cancel_leaves_no_engine_request(name: str, autojump_clock: object) -> None:
-    engine = SimulatedEngine(long_reply, cost=CostModel(0.0, 0.01, 0.0))
+async def test_cancel_leaves_no_engine_request(
+    name: str, prefix_cache_blocks: int, autojump_clock: object
+) -> None:
+    """Also with a prefix cache, where a vote's samples and a node's children
+    are prefix groups whose members may be held back by the engine."""
+    engine = SimulatedEngine(
+        long_reply, cost=CostModel(0.0, 0.01, 0.0), prefix_cache_blocks=prefix_cache_blocks
+    )
     workers = {
         "generation": EngineWorker(engine),
         "reward": ConstantReward(),

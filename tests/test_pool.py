@@ -16,6 +16,7 @@ from engine_bridge import (
     EnginePool,
     EngineRequest,
     InvalidRequestError,
+    PrefixGroup,
     ReplicaState,
     SamplingParams,
     SimulatedCall,
@@ -37,15 +38,21 @@ def replica(**kw: Any) -> SimulatedEngine:
     return SimulatedEngine(reply, prefix_cache_blocks=4096, **kw)
 
 
-def req(prompt: str, tokens: int = 64, stream: bool = False) -> EngineRequest:
-    return EngineRequest(SamplingParams(max_tokens=tokens), prompt=prompt, stream=stream)
+def req(
+    prompt: str, tokens: int = 64, stream: bool = False, group: PrefixGroup | None = None
+) -> EngineRequest:
+    return EngineRequest(
+        SamplingParams(max_tokens=tokens), prompt=prompt, stream=stream, group=group
+    )
 
 
-async def run_all(pool: EnginePool, prompts: list[str]) -> list[str]:
+async def run_all(
+    pool: EnginePool, prompts: list[str], group: PrefixGroup | None = None
+) -> list[str]:
     out: list[str] = [""] * len(prompts)
 
     async def one(i: int) -> None:
-        out[i] = (await collect(pool, req(prompts[i]))).text
+        out[i] = (await collect(pool, req(prompts[i], group=group))).text
 
     async with trio.open_nursery() as n:
         for i in range(len(prompts)):
@@ -68,16 +75,17 @@ async def test_least_loaded_dispatch_spreads_distinct_prompts(autojump_clock: ob
 
 
 async def test_prefix_affinity_keeps_samples_on_one_replica(autojump_clock: object) -> None:
-    """Majority vote of 8 on 4 prompts: with affinity, each prompt's samples run
-    where its KV blocks are, so the prompt is prefilled about once instead of on
-    every replica; without it, samples scatter and prefill repeats."""
+    """Majority vote of 8 on 4 prompts, each vote's samples one prefix group:
+    with affinity, each prompt's samples run where its KV blocks are, so the
+    prompt is prefilled about once instead of on every replica; without it,
+    samples scatter and prefill repeats."""
     prompts = [f"#{i} {LONG}" for i in range(4) for _ in range(8)]  # distinct from the start
     prefill = {}
     for affinity in (True, False):
         engines = [replica(), replica()]
         async with EnginePool(engines, affinity=affinity) as pool:
             for start in range(0, len(prompts), 8):  # one vote after another
-                await run_all(pool, prompts[start : start + 8])
+                await run_all(pool, prompts[start : start + 8], PrefixGroup(8))
             if affinity:
                 assert pool.affinity_hits == 28 and pool.affinity_spills == 0
                 assert sorted(served(pool)) == [16, 16]

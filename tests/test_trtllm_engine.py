@@ -15,6 +15,7 @@ from engine_bridge import (
     AbortNotAcknowledgedWarning,
     EngineError,
     EngineRequest,
+    PrefixGroup,
     SamplingParams,
     TRTLLMEngine,
 )
@@ -385,8 +386,15 @@ async def _lost_abort(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_runtime_generations_start_on_the_engine_and_cancel_there() -> None:
     """Through the runtime, plain generations start without runners (the engine
     counts them) up to ``max_concurrent``, the rest wait in runners; cancelling
-    the request aborts every one in the executor before the cancel returns."""
-    e = TRTLLMEngine("standin-model", max_concurrent=3, llm_kwargs={"_standin_step_s": 0.02})
+    the request aborts every one in the executor before the cancel returns
+    (without block reuse: the vote's samples are then admitted together, not
+    after the first one's context phase)."""
+    e = TRTLLMEngine(
+        "standin-model",
+        max_concurrent=3,
+        enable_block_reuse=False,
+        llm_kwargs={"_standin_step_s": 0.02},
+    )
     vote = MajorityVote(Sampler(max_tokens=200), samples=5, early_stop=False)
     with trio.fail_after(60):  # a hang guard
         await _start_and_cancel(e, vote)
@@ -402,3 +410,57 @@ async def _start_and_cancel(e: TRTLLMEngine, vote: MajorityVote) -> None:
         await result.acancel()
         assert e.llm.live == 0 and e.num_active == 0
         assert e.llm.finish_reasons == ["cancelled"] * e.llm.submitted
+
+
+LONG_PROMPT = "Reason about the question below one careful step after another. " * 12
+
+
+async def _drain_together(e: TRTLLMEngine, requests: list[EngineRequest]) -> None:
+    import contextlib
+
+    async with contextlib.AsyncExitStack() as stack:
+        streams = [await stack.enter_async_context(e.open_stream(r)) for r in requests]
+        for stream in streams:
+            async for _ in stream:
+                pass
+
+
+async def test_a_prefix_group_reuses_its_leaders_blocks_in_the_executor() -> None:
+    """Four samples asked for together, not streamed: the first one streams
+    from the executor, and the others are submitted after its context phase,
+    reusing its blocks (the executor's own count).  (Without a group, whether
+    requests submitted together overlap their context phases depends on the
+    threads' timing: no assertion is made of it.)"""
+    e = TRTLLMEngine("standin-model", llm_kwargs={"max_seq_len": 1024})
+    params = SamplingParams(max_tokens=4)
+    async with e:
+        group = PrefixGroup(4)
+        grouped = EngineRequest(params, prompt=LONG_PROMPT, stream=False, group=group)
+        n = e.count_prompt_tokens(grouped)
+        computed = e.llm.computed_prompt_tokens
+        await _drain_together(e, [grouped] * 4)
+        # the leader alone was streamed from the executor: its first response let
+        # the others in while it still ran
+        assert e.llm.streamed[-4:] == [True, False, False, False]
+        full = (n - 1) // 32
+        assert full >= 3 and e.llm.reused_blocks == 3 * full
+        assert e.llm.computed_prompt_tokens - computed == 4 * n - 3 * 32 * full
+        assert e.num_active == 0 == e.llm.live
+
+
+async def test_cancelling_a_grouped_vote_aborts_its_members_in_the_executor() -> None:
+    # replies far longer than the test: no member ends before the cancel
+    e = TRTLLMEngine(
+        "standin-model", llm_kwargs={"_standin_step_s": 0.02, "_standin_reply": "word " * 300}
+    )
+    vote = MajorityVote(Sampler(max_tokens=200), samples=5, early_stop=False)
+    with trio.fail_after(60):  # a hang guard
+        async with AsyncScaffoldingLlm(vote, {"generation": EngineWorker(e)}) as llm:
+            result = await llm.generate_async("q")
+            while e.llm.live < 5:  # noqa: ASYNC110 - the executor's own state has no event
+                await trio.sleep(0.01)
+            await result.acancel()
+            assert e.llm.live == 0 and e.num_active == 0
+    # the leader finished its context phase before the others were submitted
+    assert e.llm.submitted == 5 and e.llm.reused_blocks == 0  # (a 1-block prompt)
+    assert e.llm.finish_reasons == ["cancelled"] * 5

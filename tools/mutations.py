@@ -41,6 +41,7 @@ WP = "tests/test_worker_protocol.py::"
 SUB = "tests/test_submit.py::"
 FAN = "tests/test_fanout.py::"
 SG = "tests/test_started_generations.py::"
+PG = "tests/test_prefix_groups.py::"
 # the Ray tests run in a loopback namespace of their own, started by this one test
 RAY = "tests/test_ray.py::test_ray_tests_in_a_loopback_namespace"
 
@@ -1574,6 +1575,77 @@ MUTATIONS = [
         (TRT + "test_samples_that_sample_alike_share_one_sampling_params",),
     ),
 
+    Mutation(
+        "simulated-holds-a-group-until-its-prefill",
+        "the simulated engine admits a prefix group's members as they come (no gate)",
+        SRC + "_engines/_simulated.py",
+        (
+            (
+                "        if group is not None and self.prefix_cache_blocks:\n",
+                "        if False:\n",
+            ),
+        ),
+        (
+            PG + "test_a_group_computes_its_prompt_once",
+            PG + "test_members_wait_for_the_leaders_prefill",
+        ),
+    ),
+    Mutation(
+        "bridged-holds-a-group-until-its-prefill",
+        "a bridged engine (transformers, TensorRT-LLM) submits a group's members as they come",
+        SRC + "_bridge.py",
+        (("        if group is None or not self._share_prefixes:\n", "        if True:\n"),),
+        (
+            TRT + "test_a_prefix_group_reuses_its_leaders_blocks_in_the_executor",
+            "tests/test_hf_engine.py::test_a_prefix_group_is_prefilled_once_in_transformers",
+        ),
+    ),
+    Mutation(
+        "a-held-member-leaves-without-the-engine",
+        "a held group member that is cancelled stays queued and reaches the engine later",
+        SRC + "_prefix.py",
+        (("                g.held.remove(item)\n", "                g.held.index(item)\n"),),
+        (PG + "test_a_held_member_cancelled_never_reaches_the_engine",),
+    ),
+    Mutation(
+        "a-leader-gone-hands-over",
+        "a leader cancelled before its prefill leaves its group's others held for ever",
+        SRC + "_prefix.py",
+        (
+            (
+                "            if g.held:  # the prefix is not computed yet: the next member leads\n",
+                "            if False:\n",
+            ),
+        ),
+        (PG + "test_a_leader_cancelled_before_its_prefill_hands_over",),
+    ),
+    Mutation(
+        "vote-samples-are-one-group",
+        "a majority vote's samples are submitted without a prefix group",
+        SA + "methods/_majority_vote.py",
+        (("        base = grouped(task, n)\n", "        base = task\n"),),
+        (PG + "test_a_majority_vote_is_one_group",),
+    ),
+    Mutation(
+        "tree-children-are-one-group",
+        "a tree node's children are submitted without a prefix group",
+        SA + "methods/_tree_search.py",
+        (("            t.prefix_group = group\n", "            pass\n"),),
+        (PG + "test_a_tree_node_s_children_are_one_group",),
+    ),
+    Mutation(
+        "group-leader-streams-from-the-executor",
+        "a TensorRT-LLM group leader asked for without streaming is not streamed from the "
+        "executor (its others wait for its end)",
+        SRC + "_engines/_trtllm.py",
+        (
+            (
+                "                prompt, sampling_params=params, streaming=state.request.stream or leads\n",
+                "                prompt, sampling_params=params, streaming=state.request.stream\n",
+            ),
+        ),
+        (TRT + "test_a_prefix_group_reuses_its_leaders_blocks_in_the_executor",),
+    ),
 ]
 
 

@@ -18,6 +18,7 @@ import anyio
 import anyio.to_thread
 import sniffio
 
+from ._prefix import PrefixGate
 from ._types import (
     AbortNotAcknowledgedWarning,
     EngineClosedError,
@@ -149,7 +150,9 @@ class RequestStream(Parked):
         "_closing",
         "_ended",
         "_engine",
+        "_group",
         "_key",
+        "_leads",
         "_park",
         "_pending",
         "_released_event",
@@ -179,6 +182,10 @@ class RequestStream(Parked):
         self._state: Any = None
         self._closing = False  # close() asked the engine to drop it
         self._ended = False  # its last delta was delivered before close()
+        # its PrefixGroup while it is a member here, and the gate to tell once
+        # its prompt is computed (its first delta) while it leads the group
+        self._group: Any = None
+        self._leads: PrefixGate[Any] | None = None
 
     def push(self, delta: EngineDelta, *, released: bool = True) -> None:
         """Queue ``delta``; a final delta ends the stream and, unless
@@ -187,11 +194,21 @@ class RequestStream(Parked):
         if self._pending is None:
             self._pending = deque()
         self._pending.append(delta)
+        if self._leads is not None:  # its prompt is computed: the group's others follow
+            self.prefilled()
         if delta.finish_reason is not None:
             self.done = True
             if released:
                 self.release()
         self.wake()
+
+    def prefilled(self) -> None:
+        """The engine computed this request's prompt (its first output, which
+        an engine may see before anything is delivered): when it leads a
+        prefix group, the group's held members are submitted now."""
+        gate, self._leads = self._leads, None
+        if gate is not None:
+            gate.prefilled(self._group)
 
     def fail(self, error: BaseException) -> None:
         self.error = error
@@ -280,7 +297,9 @@ class BridgedEngine:
     """What engines whose model lives on another thread have in common.
 
     It keeps the live requests, bounds admission (``max_concurrent`` at once; more
-    wait in :meth:`_admit` without polling), aborts a request whose consumer leaves
+    wait in :meth:`_admit` without polling), admits a :class:`PrefixGroup`'s
+    members after its first one's prefill (:class:`PrefixGate`; a subclass whose
+    engine keeps no prefix cache sets ``_share_prefixes = False``), aborts a request whose consumer leaves
     early and waits until the engine acknowledges the abort, and turns the
     engine's death into :class:`EngineError` for every live request.  Subclasses
     start their thread, call :meth:`_start_bridge` from the event loop, implement
@@ -320,6 +339,8 @@ class BridgedEngine:
         self.aborted = 0
         self.abort_timeouts = 0
         self.started_streams = 0  # requests admitted by start_stream (no task to read them)
+        self._gate: PrefixGate[Any] = PrefixGate(self._group_submit)
+        self._share_prefixes = True
 
     # -- for subclasses ----------------------------------------------------------
     def _running(self) -> bool:
@@ -377,6 +398,10 @@ class BridgedEngine:
                 yield key
             finally:
                 stream = state.stream
+                if stream._group is not None and self._leave_group(state):
+                    stream.drop()
+                    stream.release()  # held back by its group: it never reached the engine
+                    self.aborted += 1
                 if not stream.released:
                     # a final delta already delivered (a stop string cut here) is an end,
                     # not an abort, though the engine must still be told to drop it
@@ -408,6 +433,29 @@ class BridgedEngine:
         if state is not None:
             state.stream.release()
 
+    def _hand(self, key: Any, state: Any, request: EngineRequest) -> None:
+        """Submit admitted ``state`` now, or through its prefix group's gate."""
+        group = request.group
+        if group is None or not self._share_prefixes:
+            self._submit(key, state)
+            return
+        stream = state.stream
+        stream._key, stream._group = key, group
+        self._gate.enter(group, state)
+
+    def _group_submit(self, state: Any, leads: bool) -> None:
+        stream = state.stream
+        if leads:
+            stream._leads = self._gate
+        self._submit(stream._key, state)
+
+    def _leave_group(self, state: Any) -> bool:
+        """``state`` leaves its prefix group (once); True when it was still held
+        back (it never reached the engine)."""
+        stream = state.stream
+        group, stream._group, stream._leads = stream._group, None, None
+        return self._gate.leave(group, state)
+
     def _close_bridge(self) -> None:
         self._closed = True
         self._fail_all(EngineClosedError("engine closed"))
@@ -424,6 +472,7 @@ class BridgedEngine:
             state.stream.release()
             state.stream.fail(err)
         self._orphans.clear()
+        self._gate.clear()
 
     # -- streams started without a task ---------------------------------------------
     def _prepare(self, request: EngineRequest) -> _HasStream:
@@ -444,7 +493,7 @@ class BridgedEngine:
         at most ``abort_timeout`` seconds, until the engine confirms."""
         state = self._prepare(request)
         async with self._admit(state) as key:
-            self._submit(key, state)
+            self._hand(key, state, request)
             yield state.stream
 
     def start_stream(
@@ -475,7 +524,7 @@ class BridgedEngine:
             stream = state.stream
             stream.on_wake, stream._engine, stream._key, stream._state = on_wake, self, key, state
             self._live[key] = state
-            self._submit(key, state)
+            self._hand(key, state, request)
             self.started_streams += 1
         except BaseException:
             if key is not None:
@@ -493,12 +542,17 @@ class BridgedEngine:
         stream._ended = stream.done and stream.error is None  # a stop string cut here
         stream._closing = True
         stream.drop()  # no output of it is delivered from now on
+        if stream._group is not None and self._leave_group(stream._state):
+            stream.release()  # held back by its group: it never reached the engine
+            return
         self._watch(stream._key)
         self._abort(stream._key, stream._state)  # (last: an engine already gone releases at once)
 
     def _forget_started(self, stream: RequestStream) -> None:
         """A started stream the engine released: free its slot (once)."""
         key = stream._key
+        if stream._group is not None:
+            self._leave_group(stream._state)
         if self._live.get(key) is stream._state:  # (an orphan's slot was freed by _expire)
             del self._live[key]
             assert self._slots is not None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +23,7 @@ __all__ = [
     "InvalidRequestError",
     "KVCacheDrop",
     "NotSupportedError",
+    "PrefixGroup",
     "SamplingParams",
     "check_sampling_field",
     "stop_holdback",
@@ -280,6 +283,44 @@ def _tools(value: Any) -> tuple[dict[str, Any], ...] | None:
         raise InvalidRequestError("tools", str(e)) from None
 
 
+# a process's groups are told apart from another's (a group crosses to a Ray
+# actor or a child process pickled): a random process tag above a counter
+_GROUP_TAG = int.from_bytes(os.urandom(4), "little") << 32
+_group_keys = itertools.count(1)
+
+
+def _group_key() -> int:
+    return _GROUP_TAG | next(_group_keys)
+
+
+def _check_size(_: Any, __: Any, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidRequestError("group", f"size must be an int >= 1 or None, got {value!r}")
+
+
+@attrs.frozen(slots=True)
+class PrefixGroup:
+    """Requests that share a prompt prefix and may arrive together: the samples
+    of a vote (one prompt), the children of a tree-search node (the parent's
+    text), a chat's next turns (the history).
+
+    Give every member's :class:`EngineRequest` the same group (``group=``).  It
+    is a hint: each engine uses it the best way it has (a bridged or simulated
+    engine admits the first member alone and the others once its prompt is
+    prefilled, so they reuse its KV blocks instead of computing the prefix
+    again; see docs/performance.md, "Shared prefixes").  Members stay separate
+    requests: each is cancelled, fails and finishes on its own.
+
+    ``size`` is how many members are expected (``None``: unknown), for engines
+    that take a group at once.  Two groups are the same group when their
+    ``key`` is (a group keeps it across processes: a Ray actor or a child
+    process sees the group its members were given).
+    """
+
+    size: int | None = attrs.field(default=None, validator=_check_size)
+    key: int = attrs.field(factory=_group_key, repr=False)
+
+
 @attrs.frozen(slots=True)
 class EngineRequest:
     """One completion request as an engine sees it.
@@ -298,6 +339,9 @@ class EngineRequest:
     engine offers them in the system message (:func:`render_messages`); the
     calls come back on the final delta's ``tool_calls`` (an HTTP server's) or
     are written in the text as ``<tool_call>`` blocks (:func:`parse_tool_calls`).
+
+    ``group`` (optional) names the :class:`PrefixGroup` of requests sharing
+    this one's prompt prefix, so the engine computes the prefix once.
     """
 
     params: SamplingParams
@@ -309,8 +353,11 @@ class EngineRequest:
     stream: bool = True
     continuation: str | None = None
     tools: tuple[dict[str, Any], ...] | None = attrs.field(default=None, converter=_tools)
+    group: PrefixGroup | None = None
 
     def __attrs_post_init__(self) -> None:
+        if self.group is not None and not isinstance(self.group, PrefixGroup):
+            raise InvalidRequestError("group", f"must be a PrefixGroup or None, got {self.group!r}")
         if self.continuation is not None and not isinstance(self.continuation, str):
             raise InvalidRequestError("continuation", "must be a string or None")
         given = [x is not None for x in (self.prompt, self.prompt_token_ids, self.messages)]

@@ -110,6 +110,9 @@ async def health(request: Any) -> Any:
             "active": engine.num_active,
             "aborted": getattr(engine, "aborted", None),
             "cached_blocks": getattr(engine, "cached_blocks", None),
+            # prompt tokens the engine computed and reused from its prefix cache
+            "prefill_tokens": getattr(engine, "prefill_tokens", None),
+            "cached_prompt_tokens": getattr(engine, "cached_prompt_tokens", None),
         },
         status_code=200 if ok else 503,
     )

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from engine_bridge import (
     EngineRequest,
     InvalidRequestError,
+    PrefixGroup,
     SamplingParams,
     check_sampling_field,
 )
@@ -176,6 +177,13 @@ def _sampling_validator(inst: Any, name: str, value: Any) -> None:
         check_sampling_field(name, value)
     except InvalidRequestError as e:
         raise InvalidTaskError.of(type(inst).__name__, e) from None
+
+
+def _group_validator(inst: Any, name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, PrefixGroup):
+        raise InvalidTaskError(
+            f"{type(inst).__name__}.{name}", f"must be a PrefixGroup or None, got {value!r}"
+        )
 
 
 def _at_least_zero(inst: Any, name: str, value: Any) -> None:
@@ -463,7 +471,10 @@ class GenerationTask(Task):
     or ``messages`` (chat messages ``{"role", "content"}``, rendered with the
     engine's chat template); sampling parameters (``None`` means the worker's
     default); ``continuation``: the start of the response, which the model
-    continues (output excludes it).  Outputs, filled by the worker: ``output_str``, ``output_tokens``,
+    continues (output excludes it); ``prefix_group``: the
+    :class:`~engine_bridge.PrefixGroup` of the tasks sharing this one's prompt
+    prefix (a vote's samples: the methods set it), so the engine computes the
+    prefix once (copies made for samples keep it).  Outputs, filled by the worker: ``output_str``, ``output_tokens``,
     ``logprobs`` (one per output token, when ``num_logprobs`` is set),
     ``top_logprobs`` (per output token its ``num_logprobs`` most likely
     alternatives ``((token, logprob), ...)``, when ``num_logprobs > 0`` and the
@@ -485,8 +496,6 @@ class GenerationTask(Task):
     continuation: str | None = None
     n: int = task_field(default=1, validator=_sampling_validator)
     ignore_eos: bool = False
-    skip_tokenizer: bool = False
-    skip_detokenizer: bool = False
 
     output_str: str | None = None
     output_tokens: list[int] | None = None
@@ -502,6 +511,8 @@ class GenerationTask(Task):
     # The OpenAI-style sampling ones no engine here takes yet are accepted at
     # their defaults and refused by engine workers at submission otherwise
     # (check_not_taken_yet: never dropped)
+    skip_tokenizer: bool = sparse_field(False)
+    skip_detokenizer: bool = sparse_field(False)
     best_of: int | None = sparse_field(None)
     echo: bool | None = sparse_field(False)
     frequency_penalty: float | None = sparse_field(0.0)
@@ -512,6 +523,11 @@ class GenerationTask(Task):
     return_context_logits: bool | None = sparse_field(False)
     context_logits: Any = sparse_field(None)
     cumulative_logprob: float | None = sparse_field(None)  # the sum of logprobs, when asked for
+    # the requests sharing this one's prompt prefix (a vote's samples): the
+    # engine computes the prefix once (copies for samples keep it).  Not sparse:
+    # a sample's copy sets it, and a key outside the shared layout would give
+    # the copy's dict keys of its own (288 -> 1,584 bytes)
+    prefix_group: PrefixGroup | None = task_field(default=None, validator=_group_validator)
 
     input_fields: ClassVar[tuple[str, ...]] = (
         "input_str",
@@ -643,6 +659,7 @@ class GenerationTask(Task):
                 self.sampling_params(defaults),
                 stream=stream,
                 continuation=self.continuation or None,
+                group=self.prefix_group,
                 **self.request_inputs(),
             )
         except InvalidRequestError as e:

@@ -410,6 +410,10 @@ class HFEngine(BridgedEngine):
         self._manager: Any = None
         self._stop = threading.Event()
         self._token_cache: dict[Any, tuple[int, ...]] = {}
+        #: prompt tokens handed to transformers' manager, and those of them it
+        #: reused from its prefix cache (its own prefix search, counted)
+        self.submitted_prompt_tokens = 0
+        self.cached_prompt_tokens = 0
 
     def __repr__(self) -> str:
         return (
@@ -605,9 +609,12 @@ class HFEngine(BridgedEngine):
         kwargs = {
             "request_id": key,
             "max_new_tokens": request.params.max_tokens,
-            # only the final output is needed unless the caller streams or stop
-            # strings must be watched token by token
-            "streaming": request.stream or bool(request.params.stop),
+            # only the final output is needed unless the caller streams, stop
+            # strings must be watched token by token, or the request leads a
+            # prefix group (its first token releases the group's others)
+            "streaming": request.stream
+            or bool(request.params.stop)
+            or state.stream._leads is not None,
             **self._sampling_kwargs(request),
         }
         if request.params.ignore_eos:
@@ -646,6 +653,7 @@ class HFEngine(BridgedEngine):
                 try:
                     if op == "add":
                         manager.add_request(a, **b)
+                        self.submitted_prompt_tokens += len(a)
                     else:
                         manager.cancel_request(a)
                         pending.add(a)
@@ -708,6 +716,18 @@ class HFEngine(BridgedEngine):
             self._acknowledge(rid)
         return held
 
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens transformers computed: those handed to it less those
+        it reused from its prefix cache."""
+        return self.submitted_prompt_tokens - self.cached_prompt_tokens
+
+    @property
+    def share_prefixes(self) -> bool:
+        """Whether a :class:`PrefixGroup`'s members wait for their leader's
+        prefill (the installed transformers keeps a prefix cache)."""
+        return self._share_prefixes
+
     # -- fault injection -------------------------------------------------------
     def inject_failure(self) -> None:
         """Simulate the generation thread dying (stops the transformers manager);
@@ -748,7 +768,32 @@ class HFEngine(BridgedEngine):
             generation_config=gen, continuous_batching_config=ContinuousBatchingConfig(**config)
         )
         manager.start()
+        self._count_prefix_matches(manager)
         return manager
+
+    def _count_prefix_matches(self, manager: Any) -> None:
+        """(Worker thread, at start.)  Count the prompt tokens transformers reuses
+        from its prefix cache (``cached_prompt_tokens``, read off its own prefix
+        search) and admit prefix groups after their leader's prefill; without a
+        prefix cache in this transformers version, groups are admitted as they
+        come (``share_prefixes`` is False)."""
+        deadline = time.monotonic() + 60
+        cache = _paged_cache(manager)
+        while cache is None and manager.is_running() and time.monotonic() < deadline:
+            time.sleep(0.002)  # the generation thread makes its cache as it starts
+            cache = _paged_cache(manager)
+        search = getattr(cache, "search_prefix_match", None)
+        if search is None or not getattr(cache, "use_prefix_sharing", False):
+            self._share_prefixes = False
+            return
+        self._share_prefixes = True
+
+        def counted(request_id: str, prompt_ids: list[int]) -> int:
+            reused = int(search(request_id, prompt_ids))
+            self.cached_prompt_tokens += reused  # (the generation thread alone writes it)
+            return reused
+
+        cache.search_prefix_match = counted
 
     def _sampling_kwargs(self, request: EngineRequest) -> dict[str, Any]:
         p = request.params
@@ -802,6 +847,10 @@ class HFEngine(BridgedEngine):
         finished = bool(out.is_finished())
         if not new and not finished:
             return
+        if state.stream._leads is not None:
+            state.stream.prefilled()  # its prompt's blocks are cached: the group follows
+        if not finished and not state.request.stream and not state.request.params.stop:
+            return  # only its end is delivered (the manager streams a group's leader)
         logprobs = None
         if state.request.params.num_logprobs is not None:
             logprobs = self._logprobs(out, state.n_tokens, len(tokens))

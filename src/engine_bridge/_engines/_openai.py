@@ -12,6 +12,7 @@ import anyio
 import attrs
 
 from .._bridge import RequestStream, raise_single
+from .._prefix import PrefixGate
 from .._toolcalls import FunctionCall, ToolCall
 from .._types import (
     EngineClosedError,
@@ -21,6 +22,7 @@ from .._types import (
     InvalidRequestError,
     KVCacheDrop,
     NotSupportedError,
+    PrefixGroup,
     TopLogprobs,
     first_stop,
     stop_holdback,
@@ -63,6 +65,13 @@ class OpenAIEngine:
     At most ``max_concurrent`` requests are open at once, each on a connection of
     its own; more block (cancellably) in ``open_stream`` until one ends.
 
+    A :class:`PrefixGroup`'s members are sent after its first one's first
+    streamed chunk (the server has computed the prompt: its prefix cache then
+    serves the others; the first one is streamed for it even when its caller
+    does not stream); they wait, cancellably, in ``open_stream``.
+    ``share_prefixes=False`` sends them as they come (a server without a
+    prefix cache).
+
     A remote engine cannot count prompt tokens without the model's tokenizer, so
     ``check`` accepts everything and the server's 400 is the rejection.
     """
@@ -81,6 +90,7 @@ class OpenAIEngine:
         backoff: float = 0.5,
         stream_all: bool = False,
         response_timeout: float | None = 600.0,
+        share_prefixes: bool = True,
     ) -> None:
         if max_concurrent < 1 or max_retries < 0 or backoff < 0 or timeout <= 0:
             raise ValueError(
@@ -99,6 +109,8 @@ class OpenAIEngine:
         self.backoff = backoff
         self.stream_all = stream_all
         self.response_timeout = response_timeout
+        self.share_prefixes = share_prefixes
+        self._gate: PrefixGate[_Member] = PrefixGate(_Member.go_ahead)
         self._clients: list[Any] = []  # shards of the connection pool, while running
         self._shard_load: list[int] = []
         self._slots: anyio.Semaphore | None = None
@@ -350,6 +362,28 @@ class OpenAIEngine:
         if not self._clients or self._slots is None:
             raise EngineClosedError("engine is not running (use `async with engine:`)")
         path, body = self.body(request)
+        group = request.group if self.share_prefixes else None
+        if group is None:
+            async with self._open(request, path, body, None) as stream:
+                yield stream
+            return
+        member = _Member()
+        self._gate.enter(group, member)
+        try:
+            await member.go.wait()  # the group's first member, or its prompt is computed
+            if member.leads and not body["stream"]:
+                # streamed, so that its first chunk says the prompt is computed
+                body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+            async with self._open(request, path, body, group if member.leads else None) as stream:
+                yield stream
+        finally:
+            self._gate.leave(group, member)
+
+    @asynccontextmanager
+    async def _open(
+        self, request: EngineRequest, path: str, body: dict[str, Any], leads: PrefixGroup | None
+    ) -> AsyncIterator[RequestStream]:
+        assert self._slots is not None
         async with self._slots:
             self._active += 1
             # the least-loaded shard: the semaphore leaves one with a free connection
@@ -358,6 +392,8 @@ class OpenAIEngine:
             load[shard] += 1
             client = self._clients[shard]
             stream = RequestStream()
+            if leads is not None:  # its first chunk lets the group's others go
+                stream._group, stream._leads = leads, self._gate
             response = None
             try:
                 if body["stream"]:
@@ -489,6 +525,8 @@ class OpenAIEngine:
             if data == "[DONE]":
                 break
             chunk = json.loads(data)
+            if state.stream._leads is not None:
+                state.stream.prefilled()  # the server computed its prompt
             if "error" in chunk:
                 message, _ = _error_message(json.dumps(chunk))
                 raise EngineError(f"server error mid-stream: {message}")
@@ -499,6 +537,20 @@ class OpenAIEngine:
             usage = chunk.get("usage")
             if usage:
                 state.usage(usage)
+
+
+class _Member:
+    """A prefix group's member waiting in ``open_stream`` to be sent."""
+
+    __slots__ = ("go", "leads")
+
+    def __init__(self) -> None:
+        self.go = anyio.Event()
+        self.leads = False
+
+    def go_ahead(self, leads: bool) -> None:
+        self.leads = leads
+        self.go.set()
 
 
 class _StreamState:

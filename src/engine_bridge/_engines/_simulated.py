@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from .._prefix import PrefixGate
 from .._toolcalls import render_messages
 from .._types import (
     EngineClosedError,
@@ -33,6 +34,7 @@ from .._types import (
     InvalidRequestError,
     KVCacheDrop,
     NotSupportedError,
+    PrefixGroup,
     TopLogprobs,
     check_context,
     first_stop,
@@ -169,6 +171,8 @@ class _SimRequest(Parked):
         "error",
         "fail",
         "finish",
+        "group",
+        "leads",
         "logprobs",
         "on_wake",
         "park",
@@ -215,6 +219,8 @@ class _SimRequest(Parked):
         # set by start_stream: what wake() calls, and whose _release close() calls
         self.on_wake: Callable[[], None] | None = None
         self.engine: SimulatedEngine | None = None
+        self.group: PrefixGroup | None = None  # while a member of a prefix group here
+        self.leads = False  # its group's others wait for its prefill
 
     def push(self, delta: EngineDelta) -> None:
         if self.pending is None:
@@ -299,7 +305,12 @@ class SimulatedEngine:
             reuse (least recently used evicted; 0 = no prefix caching).  A request
             whose prompt starts with cached full blocks is prefilled (and charged
             prefill time) only for the rest, as vLLM/SGLang/TensorRT-LLM do with KV
-            reuse.  ``prefill_tokens`` counts the prompt tokens computed,
+            reuse.  As in the engines it models, a block is reusable once the
+            prefill step computing it is over (prompts prefilled in the same
+            step share nothing), and at least the prompt's last token is
+            computed.  With a prefix cache, a :class:`PrefixGroup`'s members
+            are admitted after its first one's prefill (:class:`PrefixGate`),
+            so they reuse its blocks.  ``prefill_tokens`` counts the prompt tokens computed,
             ``cached_prompt_tokens`` those reused.
         block_size: prompt tokens per KV block.
 
@@ -344,6 +355,8 @@ class SimulatedEngine:
         self._running: dict[int, _SimRequest] = {}
         self._kv_used = 0
         self._wakeup: anyio.Event | None = None  # made in __aenter__, in its loop
+        self._gate: PrefixGate[_SimRequest] = PrefixGate(self._group_submit)
+        self._held = 0  # prefix-group members held back by the gate
         self._parking: tuple[Park, Unpark] = (trio_park, trio_unpark)  # the loop's: __aenter__
         self._stalls = False  # whether a request ever stalled (SimulatedOutput.delay)
         self._index = 0
@@ -362,7 +375,7 @@ class SimulatedEngine:
     # -- Engine protocol -------------------------------------------------
     @property
     def num_active(self) -> int:
-        return len(self._waiting) + len(self._running)
+        return len(self._waiting) + len(self._running) + self._held
 
     @property
     def healthy(self) -> bool:
@@ -496,10 +509,24 @@ class SimulatedEngine:
         if self._tg is None or self._closed:
             raise EngineClosedError("engine is not running (use `async with engine:`)")
         r = self._new_request(request, *self._checked(request))
+        group = request.group
+        if group is not None and self.prefix_cache_blocks:
+            r.group = group
+            self._held += 1
+            self._gate.enter(group, r)
+            return r
         self._waiting.append(r)
         assert self._wakeup is not None
         self._wakeup.set()
         return r
+
+    def _group_submit(self, r: _SimRequest, leads: bool) -> None:
+        """(The gate) ``r`` of a prefix group goes to the scheduler's queue."""
+        self._held -= 1
+        r.leads = leads
+        self._waiting.append(r)
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     # -- fault injection -------------------------------------------------
     def inject_failure(self, error: BaseException | None = None) -> None:
@@ -562,29 +589,41 @@ class SimulatedEngine:
             r.blocks = self._chain(ids)
         return r
 
-    def _prefill(self, r: _SimRequest) -> int:
-        """Prompt tokens ``r`` must compute, after reusing its cached prefix blocks
-        (and caching its own)."""
+    def _prefill(self, r: _SimRequest, computed: list[int]) -> int:
+        """Prompt tokens ``r`` must compute, after reusing its cached prefix
+        blocks (at least its last token is computed); the blocks it computes
+        are added to ``computed`` (cached once the step is over)."""
         if not r.blocks:
             return r.prompt_tokens
         cache = self._cache
         reused = 0
-        for h in r.blocks:
+        most = (r.prompt_tokens - 1) // self.block_size
+        for h in r.blocks[:most]:
             if h not in cache:
                 break
             cache.move_to_end(h)
             reused += 1
-        for h in r.blocks[reused:]:
-            cache[h] = None
-        while len(cache) > self.prefix_cache_blocks:
-            cache.popitem(last=False)
+        computed.extend(r.blocks[reused:])
         self.cached_prompt_tokens += reused * self.block_size
         return r.prompt_tokens - reused * self.block_size
+
+    def _cache_blocks(self, computed: list[int]) -> None:
+        """The prefill step is over: its blocks become reusable."""
+        cache = self._cache
+        for h in computed:
+            cache[h] = None
+            cache.move_to_end(h)
+        while len(cache) > self.prefix_cache_blocks:
+            cache.popitem(last=False)
 
     def _release(self, r: _SimRequest) -> None:
         if r.released:
             return
         r.released = True
+        if r.group is not None:
+            group, r.group, r.leads = r.group, None, False
+            if self._gate.leave(group, r):
+                self._held -= 1  # held back: it never reached the scheduler
         try:
             self._waiting.remove(r)
         except ValueError:
@@ -598,13 +637,14 @@ class SimulatedEngine:
             self._wakeup.set()
 
     def _fail_all(self, err: BaseException) -> None:
-        for r in [*self._waiting, *self._running.values()]:
+        for r in [*self._waiting, *self._running.values(), *self._gate.clear()]:
             r.error = err
             r.done = True
             r.wake()
         self._waiting.clear()
         self._running.clear()
         self._kv_used = 0
+        self._held = 0
 
     async def _sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -619,6 +659,8 @@ class SimulatedEngine:
                 await self._wakeup.wait()
                 continue
             admitted = 0
+            computed: list[int] = []
+            leaders: list[_SimRequest] = []
             while (
                 self._waiting
                 and len(self._running) < self.max_batch_size
@@ -627,10 +669,18 @@ class SimulatedEngine:
                 r = self._waiting.popleft()
                 self._running[id(r)] = r
                 self._kv_used += r.reserve
-                admitted += self._prefill(r)
+                admitted += self._prefill(r, computed)
+                if r.leads:
+                    leaders.append(r)
             if admitted:
                 self.prefill_tokens += admitted
                 await self._sleep(self.cost.prefill_time(admitted))
+            if computed:
+                self._cache_blocks(computed)
+            for r in leaders:  # their prompts are computed: their groups' others follow
+                if r.leads and r.group is not None:
+                    r.leads = False
+                    self._gate.prefilled(r.group)
             if not self._running:
                 # Everything admitted was aborted during prefill.
                 continue

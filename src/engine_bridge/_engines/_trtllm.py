@@ -137,13 +137,16 @@ class TRTLLMEngine(AsyncioBridgedEngine):
         self._max_context = max_context
         self.free_gpu_memory_fraction = free_gpu_memory_fraction
         self.enable_block_reuse = enable_block_reuse
+        # a prefix group's others wait for its leader's context phase only
+        # where the executor reuses blocks
+        self._share_prefixes = enable_block_reuse
         self.chat_template = chat_template
         self.llm_kwargs = dict(llm_kwargs or {})
         self.llm: Any = None
         self._trt: Any = None
         self._serving: set[asyncio.Task[None]] = set()  # requests' tasks (bridge loop only)
         # submissions for the bridge loop, and whether it was told to take them
-        self._to_spawn: collections.deque[tuple[_TRTRequest, Any, Any]] = collections.deque()
+        self._to_spawn: collections.deque[tuple[_TRTRequest, Any, Any, bool]] = collections.deque()
         self._spawn_scheduled = False
         self._crash: BaseException | None = None
         # ours -> TensorRT-LLM's SamplingParams, shared by the requests that sample alike
@@ -302,7 +305,9 @@ class TRTLLMEngine(AsyncioBridgedEngine):
         # (a wake-up is a write to its self-pipe from this thread, the costliest
         # part of a submission); no concurrent.futures.Future per request, which
         # nobody would read: the stream carries the outcome
-        self._to_spawn.append((state, prompt, params))
+        # a prefix group's leader streams from the executor: its first response
+        # (its prompt computed, the blocks reusable) lets the group's others in
+        self._to_spawn.append((state, prompt, params, state.stream._leads is not None))
         if not self._spawn_scheduled:
             self._spawn_scheduled = True
             self._loop.call_soon_threadsafe(self._spawn)
@@ -314,8 +319,8 @@ class TRTLLMEngine(AsyncioBridgedEngine):
         self._spawn_scheduled = False  # (first: a submission from now on wakes us again)
         queued, create = self._to_spawn, asyncio.get_running_loop().create_task
         while queued:
-            state, prompt, params = queued.popleft()
-            self._serving.add(create(self._serve(state, prompt, params)))
+            state, prompt, params, leads = queued.popleft()
+            self._serving.add(create(self._serve(state, prompt, params, leads)))
 
     # -- fault injection -------------------------------------------------------
     def inject_failure(self) -> None:
@@ -381,7 +386,9 @@ class TRTLLMEngine(AsyncioBridgedEngine):
             if shutdown is not None and self._crash is None and self._given_llm is None:
                 shutdown()
 
-    async def _serve(self, state: _TRTRequest, prompt: str | list[int], params: Any) -> None:
+    async def _serve(
+        self, state: _TRTRequest, prompt: str | list[int], params: Any, leads: bool = False
+    ) -> None:
         """Bridge loop: submit one request and relay its outputs until the executor's
         final response.  An abort (requested before or after submission) is sent to
         the executor, and the request counts as released only once the executor's
@@ -395,10 +402,13 @@ class TRTLLMEngine(AsyncioBridgedEngine):
             # response alone crosses to the event loop (stop words are the
             # executor's own; an abort still ends it with a "cancelled" response)
             result = state.result = self.llm.generate_async(
-                prompt, sampling_params=params, streaming=state.request.stream
+                prompt, sampling_params=params, streaming=state.request.stream or leads
             )
             failed = False
             async for out in result:
+                if leads:
+                    leads = False
+                    caller.call_soon(state.stream.prefilled)
                 if state.abort_requested or failed:
                     continue  # draining until the executor's final response
                 try:

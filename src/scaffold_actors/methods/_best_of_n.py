@@ -8,7 +8,7 @@ import attrs
 
 from .._context import RequestContext
 from .._tasks import GenerationTask, RewardTask, ScaffoldingOutput
-from ._sampler import Sampler, fresh_task, result_from, sample_count
+from ._sampler import Sampler, fresh_task, grouped, result_from, sample_count
 
 __all__ = ["BestOfN"]
 
@@ -53,9 +53,10 @@ class BestOfN:
         n = sample_count(self.samples, samples)
         question = question_of(task)
         scored: list[tuple[float, GenerationTask]] = []
+        base = grouped(task, n)  # one prefix group: the engine computes the prompt once
 
         async def sample_and_score() -> None:
-            out: GenerationTask = await self.sampler.run(ctx, fresh_task(task))
+            out: GenerationTask = await self.sampler.run(ctx, fresh_task(base))
             reward = await ctx.run(
                 RewardTask(
                     worker_tag=self.reward_tag,

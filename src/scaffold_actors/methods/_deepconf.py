@@ -11,7 +11,14 @@ import attrs
 from .._context import RequestContext
 from .._tasks import GenerationTask
 from ._answers import extract_answer
-from ._sampler import Sampler, fresh_task, result_from, sample_count, sample_within_budget
+from ._sampler import (
+    Sampler,
+    fresh_task,
+    grouped,
+    result_from,
+    sample_count,
+    sample_within_budget,
+)
 from ._voting import canonical
 
 __all__ = ["DeepConf", "group_confidences", "trace_confidence"]
@@ -209,7 +216,7 @@ class DeepConf:
         )
 
     async def _offline(self, ctx: RequestContext, task: GenerationTask, n: int) -> GenerationTask:
-        outs = await self._generate(ctx, task, n)
+        outs = await self._generate(ctx, grouped(task, n), n)  # one prefix group
         scored = sorted(((self._confidence(o), o) for o in outs), key=lambda p: -p[0])
         keep = max(1, math.ceil(len(scored) * self.keep_top)) if scored else 0
         kept = scored[:keep]
@@ -226,7 +233,8 @@ class DeepConf:
         )
 
     async def _online(self, ctx: RequestContext, task: GenerationTask, n: int) -> GenerationTask:
-        warm = await self._generate(ctx, task, min(self.warmup, n))
+        base = grouped(task, n)  # the warm-up and the later traces: one prefix group
+        warm = await self._generate(ctx, base, min(self.warmup, n))
         confs = [self._confidence(o) for o in warm]
         threshold = _percentile(confs, 100.0 * (1.0 - self.keep_top)) if confs else -math.inf
         scored = [(c, o) for c, o in zip(confs, warm, strict=True) if c >= threshold]
@@ -246,7 +254,7 @@ class DeepConf:
         async def trace() -> GenerationTask | None:
             """One streamed trace; None when cut for low confidence."""
             nonlocal terminated
-            t = sampler.prepare(fresh_task(task))
+            t = sampler.prepare(fresh_task(base))
             t.streaming_step = self.check_every  # type: ignore[attr-defined]
             async with ctx.stream(t) as updates:  # type: ignore[arg-type]
                 async for partial in updates:

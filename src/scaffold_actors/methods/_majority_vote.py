@@ -17,6 +17,7 @@ from ._sampler import (
     Sampler,
     fresh_copies,
     fresh_task,
+    grouped,
     result_from,
     sample_count,
     sample_within_budget,
@@ -111,9 +112,12 @@ class MajorityVote:
         # of its own, so what it changes stays in its sample
         copy = (lambda t: t) if type(self.sampler) is Sampler else fresh_task
 
+        # the samples are one prefix group: the engine computes the prompt once
+        base = grouped(task, n)
+
         async def one() -> GenerationTask | None:
             async with slots or contextlib.nullcontext():
-                return await sample_within_budget(self.sampler, ctx, copy(task))
+                return await sample_within_budget(self.sampler, ctx, copy(base))
 
         # our Sampler's sample is one task: it goes to the worker as a job (no
         # task of the request's own per sample), except under a token budget,
@@ -127,7 +131,7 @@ class MajorityVote:
         async with ctx.parallel() as par:
             if direct:
                 # prepared and validated once; the samples are copies of it
-                first = self.sampler.prepare(task)
+                first = self.sampler.prepare(base)
                 actor = ctx.resolve(first)
                 for t in [first, *fresh_copies(first, n - 1, type(first))]:
                     par._submit(t, actor)

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 from typing import Any
 
 import attrs
 
+from engine_bridge import PrefixGroup
+
 from .._budget import TokenBudgetExhaustedError
 from .._context import RequestContext
 from .._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask
 
-__all__ = ["Sampler", "fresh_task", "result_from", "sample_count", "sample_within_budget"]
+__all__ = [
+    "Sampler",
+    "fresh_task",
+    "grouped",
+    "result_from",
+    "sample_count",
+    "sample_within_budget",
+]
 
 COT_INSTRUCTION = "Think step by step, then give the final answer as \\boxed{answer}."
 
@@ -59,6 +69,7 @@ def fresh_copies(
     fields = {f: getattr(task, f) for f in GenerationTask.input_fields}
     fields["worker_tag"] = task.worker_tag
     stop, messages = task.stop, task.messages
+    fields["prefix_group"] = task.prefix_group  # (not an input: no trace shows it)
     blank = _BLANKS.get(cls)
     if blank is None:  # a subclass of somebody's: its own __init__ and validators
         return [
@@ -79,6 +90,16 @@ def fresh_copies(
             values["messages"] = _copied(messages)
         copies.append(new)
     return copies
+
+
+def grouped(task: GenerationTask, n: int) -> GenerationTask:
+    """A shallow copy of ``task`` whose samples share one prefix group (its own,
+    when it has one): the engine computes their common prompt once
+    (:class:`~engine_bridge.PrefixGroup`).  ``task`` itself is left as it was."""
+    out = copy.copy(task)
+    if out.prefix_group is None:
+        out.prefix_group = PrefixGroup(n)
+    return out
 
 
 def _copied(messages: list[dict[str, str]] | None) -> list[dict[str, str]] | None:

@@ -10,6 +10,8 @@ from typing import Any
 
 import attrs
 
+from engine_bridge import PrefixGroup
+
 from .._budget import TokenBudgetExhaustedError
 from .._context import RequestContext
 from .._tasks import GenerationTask, RewardTask
@@ -66,8 +68,10 @@ class StepSearch:
         if node.steps:
             prefix += self.step_delimiter
         tasks = []
+        group = PrefixGroup(k)  # the children share the prompt and the node's text
         for _ in range(k):
             t = self.step_sampler.prepare(fresh_task(task))
+            t.prefix_group = group
             t.stop = [*t.stop, self.step_delimiter]
             t.continuation = (t.continuation or "") + prefix if prefix else t.continuation
             tasks.append(t)

@@ -18,6 +18,15 @@ Behaviours copied from TensorRT-LLM 1.x's public source
   ``include_stop_str_in_output``, ``stop_reason`` names the stop string, and the
   text is decoded from the (trimmed) token ids.
 * The tokenizer may be called from several threads at once.
+* KV-cache block reuse (``KvCacheConfig(enable_block_reuse=True)``, blocks of
+  ``tokens_per_block`` = 32 tokens): a request's context phase reuses the
+  longest chain of its prompt's full blocks already stored (at least the last
+  prompt token is computed), and its own context blocks are stored for reuse
+  once its context phase is over (requests in the same context step share
+  nothing).  ``SamplingParams(return_perf_metrics=True)`` puts the request's
+  ``request_perf_metrics.kv_cache_metrics`` (``num_reused_blocks``,
+  ``num_missed_blocks``, ``num_total_allocated_blocks``,
+  ``num_new_allocated_blocks``, ``kv_cache_hit_rate``) on its output.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ class KvCacheConfig:
     enable_block_reuse: bool = True
     free_gpu_memory_fraction: float | None = None
     max_tokens: int | None = None
+    tokens_per_block: int = 32
 
 
 @dataclass(slots=True, kw_only=True)
@@ -59,6 +69,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     detokenize: bool = True
     ignore_eos: bool = False
+    return_perf_metrics: bool = False
     _stop_word_ids: list[list[int]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +114,20 @@ class Logprob:
 
 
 @dataclass
+class KvCacheMetrics:
+    num_total_allocated_blocks: int = 0
+    num_new_allocated_blocks: int = 0
+    num_reused_blocks: int = 0
+    num_missed_blocks: int = 0
+    kv_cache_hit_rate: float = 0.0
+
+
+@dataclass
+class RequestPerfMetrics:
+    kv_cache_metrics: KvCacheMetrics = field(default_factory=KvCacheMetrics)
+
+
+@dataclass
 class CompletionOutput:
     index: int
     text: str = ""
@@ -110,6 +135,7 @@ class CompletionOutput:
     logprobs: list[Any] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    request_perf_metrics: RequestPerfMetrics | None = None
 
 
 class _Tokenizer:
@@ -222,10 +248,13 @@ class RequestOutput:
                 pieces = pieces[i + 1 :]
                 break
         stops = p._get_stop_reasons_and_words()
+        blocks = llm._context_blocks(self.prompt_token_ids, out, p.return_perf_metrics)
         if p.ignore_eos and pieces:  # past the end of the reply, as a model past its EOS
             pieces = (pieces * (p.max_tokens // len(pieces) + 1))[: p.max_tokens]
         for i, piece in enumerate(pieces):
             await asyncio.sleep(llm.step_s)
+            if i == 0:  # the context phase is over: its blocks can be reused
+                llm._store_blocks(blocks)
             if self.request_id in llm._to_cancel:  # the executor drops it at this step
                 llm._to_cancel.discard(self.request_id)
                 out.finish_reason = "cancelled"
@@ -296,8 +325,55 @@ class LLM:
         self._active: dict[int, RequestOutput] = {}
         self._to_cancel: set[int] = set()
         self.submitted = 0
+        self.streamed: list[bool] = []  # (stand-in's record) each request's ``streaming``
         #: the finish reason of each request's final response, in order
         self.finish_reasons: list[str | None] = []
+        #: KV-cache blocks stored for reuse (hash chains), and the blocks reused
+        self._reusable: set[int] = set()
+        self.reused_blocks = 0
+        self.computed_prompt_tokens = 0
+
+    @property
+    def _block_reuse(self) -> bool:
+        return self.kv_cache_config is None or self.kv_cache_config.enable_block_reuse
+
+    @property
+    def _tokens_per_block(self) -> int:
+        return self.kv_cache_config.tokens_per_block if self.kv_cache_config else 32
+
+    def _context_blocks(
+        self, ids: list[int], out: CompletionOutput, metrics: bool
+    ) -> list[int]:
+        """The context phase of a request: the blocks of ``ids`` it reuses, and
+        the hash chain of its full blocks (stored once the phase is over)."""
+        size = self._tokens_per_block
+        chain, h = [], 0
+        for start in range(0, len(ids) - size + 1, size):
+            h = hash((h, *ids[start : start + size]))
+            chain.append(h)
+        reused = 0
+        if self._block_reuse:
+            for h in chain[: (len(ids) - 1) // size]:
+                if h not in self._reusable:
+                    break
+                reused += 1
+        self.reused_blocks += reused
+        self.computed_prompt_tokens += len(ids) - reused * size
+        if metrics:
+            total = -(-len(ids) // size)
+            out.request_perf_metrics = RequestPerfMetrics(
+                KvCacheMetrics(
+                    num_total_allocated_blocks=total,
+                    num_new_allocated_blocks=total - reused,
+                    num_reused_blocks=reused,
+                    num_missed_blocks=total - reused,
+                    kv_cache_hit_rate=reused / total if total else 0.0,
+                )
+            )
+        return chain if self._block_reuse else []
+
+    def _store_blocks(self, chain: list[int]) -> None:
+        self._reusable.update(chain)
 
     @property
     def live(self) -> int:
@@ -323,6 +399,7 @@ class LLM:
             raise ValueError("prompt too long")
         self._ids += 1
         self.submitted += 1
+        self.streamed.append(streaming)
         return RequestOutput(self, self._ids, list(ids), params, streaming)
 
     def shutdown(self) -> None:

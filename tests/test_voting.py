@@ -278,11 +278,13 @@ async def test_the_loop_keeps_running_while_answers_are_compared(
         ("\\boxed{<answer>}", None),
         ("\\boxed{[answer]}", None),
         ("\\boxed{x}", "x"),  # a variable is an answer
-        ("\\boxed{\\text{Paris}}", "\\text{Paris}"),
+        ("\\boxed{\\text{Paris}}", "Paris"),  # a boxed word is the word
         ("\\boxed{12}", "12"),
     ],
 )
 def test_placeholders_are_not_answers(completion: str, answer: str | None) -> None:
+    """(What a boxed answer is; the other ways an answer is stated are in
+    ``test_answers_that_fit_the_question``.)"""
     from scaffold_actors.methods._answers import extract_answer
 
     assert extract_answer(completion) == answer
@@ -333,3 +335,50 @@ async def test_partial_outputs_show_the_votes_as_of_their_sample(autojump_clock:
     for p, k in zip(partials, finished, strict=True):
         assert not p.finished and p.output_str == replies[k - 1]
         assert p.details["votes"] == votes_after[k - 1]
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer"),
+    [
+        ("The capital of France is Paris.", "The capital of France is Paris"),
+        ("**Paris**", "Paris"),
+        ("Answer: Paris.", "Paris"),
+        ("So the answer is 42 apples.", "42"),
+        ("Yes, the sky is blue because of Rayleigh scattering.", "Yes"),
+        ("No.", "No"),
+        ("12 + 7 = 19", "19"),
+        ("Tom has 19 apples.\nI hope this helps!", "19"),  # the pleasantry is skipped
+        ("Cities:\n1. Paris\n2. Lyon", "Lyon"),  # a list marker is not a number
+        ("#### 1,000", "1000"),
+        ("word " * 40, None),  # a long last line is reasoning, not an answer
+        ("", None),
+    ],
+)
+def test_answers_that_fit_the_question(completion: str, answer: str | None) -> None:
+    from scaffold_actors.methods._answers import extract_answer
+
+    assert extract_answer(completion) == answer
+
+
+def test_cut_text_gives_only_a_boxed_answer() -> None:
+    from scaffold_actors.methods import cut_answer
+
+    assert cut_answer("Let us list the steps:\n- 5. The") is None  # not "5"
+    assert cut_answer("so it is 19 and") is None
+    assert cut_answer("so \\boxed{19}. Then we check") == "19"
+    assert cut_answer("\\boxed{answer} and") is None
+
+
+async def test_a_cut_sample_does_not_vote(autojump_clock: object) -> None:
+    from scaffold_actors.testing import Script, simulated_runtime
+
+    # three samples cut by max_tokens: two mid-list, one after boxing its answer
+    script = Script().then(
+        "1. First 2. Then 5 and so on", "- 5. The list goes on", "So \\boxed{7}. Next we check"
+    )
+    vote = MajorityVote(Sampler(max_tokens=4), samples=3, early_stop=False)
+    async with simulated_runtime(vote, script) as rt:
+        result = await rt.generate("What is 3 + 4?")
+    details = result.output.details
+    assert details["votes"] == {"7": 1} and details["answer"] == "7"
+    assert details["unanswered"]["cut_by_length"] == 2

@@ -1645,6 +1645,29 @@ MUTATIONS = [
             ),
         ),
         (TRT + "test_a_prefix_group_reuses_its_leaders_blocks_in_the_executor",),
+    ),    Mutation(
+        "http-holds-a-group-until-its-first-chunk",
+        "OpenAIEngine sends a prefix group's members as they come",
+        SRC + "_engines/_openai.py",
+        (
+            (
+                "        group = request.group if self.share_prefixes else None\n",
+                "        group = None\n",
+            ),
+        ),
+        (PG + "test_an_http_member_held_then_cancelled_is_never_sent",),
+    ),
+    Mutation(
+        "cut-samples-do-not-vote",
+        "a sample cut by max_tokens votes with whatever its cut text ends in",
+        SA + "methods/_majority_vote.py",
+        (
+            (
+                '                    out.finish_reason != "length" or cut_answer(out.output_str) is not None\n',
+                "                    True\n",
+            ),
+        ),
+        ("tests/test_voting.py::test_a_cut_sample_does_not_vote",),
     ),
 ]
 

@@ -17,7 +17,7 @@ import click
 from engine_bridge import EngineError, InvalidRequestError, SamplingParams
 
 from .. import EngineWorker, ScaffoldError, ScaffoldingLlm
-from ..methods import extract_answer
+from ..methods import cut_answer, extract_answer
 from ._registry import METHODS, SHORT, build_method
 
 ENGINES = ("hf", "openai", "trtllm", "simulated")
@@ -758,12 +758,16 @@ def run(
         raise click.ClickException(_one_line(exc)) from None
     out = result.output
     assert out is not None
+    cut = out.finish_reason == "length"
+    if "answer" in out.details:
+        answer = out.details["answer"]
+    else:  # one sample: cut by --max-tokens, only an answer it boxed counts
+        answer = cut_answer(out.output_str) if cut else extract_answer(out.output_str)
     payload: dict[str, Any] = {
         "question": question,
         "method": method,
-        "answer": out.details["answer"]
-        if "answer" in out.details
-        else extract_answer(out.output_str),
+        "answer": answer,
+        "cut_by_max_tokens": cut,
         "output": out.output_str,
         "details": dict(out.details),
         "usage": {
@@ -779,8 +783,12 @@ def run(
         click.echo(json.dumps(payload, default=str))
         return
     click.echo(out.output_str)
-    answer = payload["answer"]
-    summary = [f"answer: {answer}" if answer is not None else "answer: none found in the output"]
+    if answer is not None:
+        summary = [f"answer: {answer}"]
+    elif cut:
+        summary = [f"answer: none: the output was cut by --max-tokens {max_tokens} before an answer"]
+    else:
+        summary = ["answer: none found in the output"]
     votes = vote_summary(dict(out.details))
     if votes:
         summary.append(votes)

@@ -1,7 +1,13 @@
 """Inference-time compute methods as native controllers."""
 
 from ._agent import ReActAgent
-from ._answers import extract_answer, extract_boxed, math_equivalent, normalize_number
+from ._answers import (
+    cut_answer,
+    extract_answer,
+    extract_boxed,
+    math_equivalent,
+    normalize_number,
+)
 from ._best_of_n import BestOfN
 from ._deepconf import DeepConf, group_confidences, trace_confidence
 from ._dynasor import DynasorCoT
@@ -37,6 +43,7 @@ __all__ = [
     "VoteState",
     "WindowAgreement",
     "beta_majority_confidence",
+    "cut_answer",
     "extract_answer",
     "extract_boxed",
     "fresh_task",

@@ -11,6 +11,7 @@ from fractions import Fraction
 from ._mathcheck import MathChecker
 
 __all__ = [
+    "cut_answer",
     "extract_answer",
     "extract_boxed",
     "is_placeholder",
@@ -85,38 +86,126 @@ def normalize_number(text: str) -> str | None:
     return str(value)
 
 
+#: a text answer (no number, no box) is at most this many words: a longer last
+#: line is reasoning, not an answer
+MAX_TEXT_ANSWER_WORDS = 24
+_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\(?\d{1,3}[.)])\s+")
+_ANSWER_IS = re.compile(
+    r"(?i)\b(?:final answer|the answer|answer)\s*(?:is|:|=)\s*(?P<answer>[^\n]{1,300})"
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+_TEXT_WRAP = re.compile(r"^\\(?:text|textbf|mathrm|mbox)\{(?P<inner>[^{}]*)\}$")
+#: only the end of a completion is searched for a stated answer or a last line
+_TAIL_CHARS = 4000
+
+
+def _clean(answer: str) -> str:
+    """A stated answer as a vote: markdown emphasis, quotes and the closing
+    punctuation dropped, whitespace collapsed, ``\\text{X}`` unwrapped."""
+    answer = " ".join(answer.replace("**", "").replace("__", "").split())
+    answer = answer.strip(" \"'`*").rstrip(".!;:,").strip(" \"'`*")
+    m = _TEXT_WRAP.match(answer)
+    return m.group("inner").strip() if m else answer
+
+
+_PLEASANTRY = re.compile(
+    r"(?i)^(?:i hope|hope this|let me know|feel free|good luck|thanks?\b|thank you|"
+    r"is there anything)"
+)
+_YES_NO = re.compile(r"(?i)^(yes|no)\b")
+
+
+def _last_line(text: str) -> str:
+    """The last line that says something (list markers and closing
+    pleasantries such as "I hope this helps!" skipped)."""
+    for line in reversed(text.splitlines()):
+        previous = None
+        while previous != line:  # "- 5. x": both markers
+            previous, line = line, _LIST_MARKER.sub("", line).strip()
+        if line and not _PLEASANTRY.match(line):
+            return line
+    return ""
+
+
 def extract_answer(text: str | None) -> str | None:
-    """The final answer of a completion: the last ``\\boxed{}`` that is not a
-    placeholder (:func:`is_placeholder`: ``\\boxed{answer}`` echoed from the
-    instruction is no vote), then ``#### x``, then the last number.  Numbers are
-    normalised so ``"1,000"`` and ``"1000.0"`` agree; ``None`` when there is no
-    answer."""
+    """The final answer of a completion, or ``None``.  In order: the last
+    ``\\boxed{}`` that is not a placeholder (:func:`is_placeholder`:
+    ``\\boxed{answer}`` echoed from the instruction is no vote), ``#### x``, a
+    stated answer (``the answer is X``, ``Answer: X``), then the completion's
+    last line (closing pleasantries skipped): its last number (a list marker
+    such as ``5.`` is not one), or, when it has none, its first sentence as a
+    text answer (at most :data:`MAX_TEXT_ANSWER_WORDS` words: "The capital of
+    France is Paris"; "Yes" or "No" for a sentence that starts with one).
+    Numbers are normalised so ``"1,000"`` and ``"1000.0"`` agree.  A
+    completion with a placeholder box and nothing else stated falls back to its
+    last number.  Bounded: only the last 4,000 characters are searched beyond
+    the boxes."""
     if not text:
         return None
     candidate = None
     start = len(text)
+    boxes = False
     for _ in range(MAX_BOXES):  # the last boxed answer that is not a placeholder
         start = text.rfind("\\boxed", 0, start)
         if start == -1:
             break
+        boxes = True
         boxed = _boxed_at(text, start)
         if boxed is not None and not is_placeholder(boxed):
-            candidate = boxed
+            candidate = _clean(boxed)
             break
+    tail = text[-_TAIL_CHARS:]
     if candidate is None:
-        m = _HASHES.findall(text)
+        m = _HASHES.findall(tail)
         if m:
             candidate = m[-1].strip()
     if candidate is None:
-        nums = _NUMBER.findall(text)
-        if not nums:
-            return None
-        candidate = nums[-1]
+        stated = list(_ANSWER_IS.finditer(tail))
+        if stated:
+            said = _clean(stated[-1].group("answer"))
+            nums = _NUMBER.findall(said)
+            candidate = nums[-1] if nums else _SENTENCE_END.split(said, 1)[0]
+    if candidate is None:
+        line = _last_line(tail)
+        nums = _NUMBER.findall(line)
+        if nums:
+            candidate = nums[-1]
+        elif boxes:  # it meant to box its answer: its last number, if any
+            nums = _NUMBER.findall(tail)
+            candidate = nums[-1] if nums else None
+        elif line:
+            sentence = _clean(_SENTENCE_END.split(line, 1)[0])
+            yes_no = _YES_NO.match(sentence)
+            if yes_no:  # "Yes, the sky is blue": the vote is "Yes"
+                candidate = yes_no.group(1).capitalize()
+            elif len(sentence.split()) <= MAX_TEXT_ANSWER_WORDS:
+                candidate = sentence
+    if candidate is None:
+        return None
     candidate = candidate.strip()
     if not candidate:
         return None
     number = normalize_number(candidate)
     return number if number is not None else candidate
+
+
+def cut_answer(text: str | None) -> str | None:
+    """The answer of a completion cut by ``max_tokens``: only a boxed one (it
+    was written out before the cut); a number or a sentence in cut text is not
+    an answer."""
+    if not text:
+        return None
+    start = len(text)
+    for _ in range(MAX_BOXES):
+        start = text.rfind("\\boxed", 0, start)
+        if start == -1:
+            return None
+        boxed = _boxed_at(text, start)
+        if boxed is not None and not is_placeholder(boxed):
+            answer = _clean(boxed)
+            number = normalize_number(answer)
+            return number if number is not None else (answer or None)
+    return None
 
 
 #: answers longer than this are never parsed: only equal strings match
@@ -142,7 +231,7 @@ def math_equivalent(a: str, b: str) -> bool:
     inside an event loop, call it through a thread (``MajorityVote`` does that
     with every ``equivalent`` function).
     """
-    if a == b:
+    if a == b or a.casefold() == b.casefold():
         return True
     if len(a) > MAX_ANSWER_CHARS or len(b) > MAX_ANSWER_CHARS:
         log.warning("answer longer than %d characters, compared as a string only", MAX_ANSWER_CHARS)

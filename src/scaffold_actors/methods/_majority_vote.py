@@ -12,7 +12,7 @@ import attrs
 
 from .._context import RequestContext, under_token_budget
 from .._tasks import GenerationTask, ScaffoldingOutput
-from ._answers import extract_answer
+from ._answers import cut_answer, extract_answer
 from ._sampler import (
     Sampler,
     fresh_copies,
@@ -65,7 +65,9 @@ class MajorityVote:
             lets early stopping save more of the work.
 
     Ties go to the answer seen first.  Samples cut off by a token budget
-    (:meth:`RequestContext.token_budget`) do not vote.  ``output_str`` is the first
+    (:meth:`RequestContext.token_budget`) do not vote, nor do samples cut by
+    ``max_tokens`` (finish reason ``"length"``) before a ``\\boxed{}`` answer:
+    a number or a sentence in cut text is not an answer.  ``output_str`` is the first
     completion that gave the winning answer; ``details`` holds ``answer``,
     ``votes``, ``weights``, ``samples_finished``, ``samples_requested`` and
     ``unanswered``: why finished samples did not vote (``empty`` outputs, outputs
@@ -141,7 +143,11 @@ class MajorityVote:
             async for handle in par.as_completed():
                 out: GenerationTask | None = handle.result()
                 finished += out is not None
-                answer = self.extract(out.output_str) if out is not None else None
+                answer = None
+                if out is not None and (
+                    out.finish_reason != "length" or cut_answer(out.output_str) is not None
+                ):  # a sample cut by max_tokens votes only with an answer it boxed
+                    answer = self.extract(out.output_str)
                 if out is not None and answer is None:
                     if not (out.output_str or "").strip():
                         unanswered["empty"] += 1

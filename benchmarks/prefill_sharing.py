@@ -48,19 +48,18 @@ def make_engines(args: argparse.Namespace) -> list[HFEngine]:
     if args.model == "random-qwen2-0.5b":
         from _random_model import random_qwen2
 
-        model, tokenizer = random_qwen2(args.tokenizer, args.dtype, args.device)
+        # a model each: transformers keeps one batching manager per model
         return [
-            HFEngine("random-qwen2-0.5b", preloaded=(model, tokenizer), dtype=args.dtype, **common)
+            HFEngine(
+                "random-qwen2-0.5b",
+                preloaded=random_qwen2(args.tokenizer, args.dtype, args.device),
+                dtype=args.dtype,
+                **common,
+            )
             for _ in range(args.replicas)
         ]
-    first = HFEngine(None if args.model == "embedded" else args.model, dtype=args.dtype, **common)
-    first.load()
-    return [first] + [
-        HFEngine(
-            first.model_path, preloaded=(first.model, first.tokenizer), dtype=args.dtype, **common
-        )
-        for _ in range(args.replicas - 1)
-    ]
+    model = None if args.model == "embedded" else args.model
+    return [HFEngine(model, dtype=args.dtype, **common) for _ in range(args.replicas)]
 
 
 async def one_vote(
@@ -77,6 +76,7 @@ async def one_vote(
     ttft: list[float] = []
     tokens = [0]
     start = time.perf_counter()
+    start_mono = time.monotonic()
 
     async def sample() -> None:
         first = True
@@ -92,12 +92,22 @@ async def one_vote(
             nursery.start_soon(sample)
     wall = time.perf_counter() - start
     computed = sum(e.prefill_tokens for e in engines) - computed0
+    # when the engine handed the vote's requests to transformers: (s after the
+    # start, how many), the submitter thread's own record
+    handed = [
+        (round(t - start_mono, 4), count)
+        for e in engines
+        for t, count in list(e._bursts)
+        if t >= start_mono
+    ]
     return {
         "computed_per_request": computed / n,
         "ttft_median_s": statistics.median(ttft),
         "ttft_max_s": max(ttft),
         "tokens_per_s": tokens[0] / wall,
         "wall_s": wall,
+        "ttft_s": sorted(round(x, 4) for x in ttft),  # type: ignore[dict-item]
+        "handed_to_transformers": handed,  # type: ignore[dict-item]
     }
 
 
@@ -129,7 +139,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     summary[arm] = {
                         key: round(statistics.median(run[key] for run in runs), 4)
                         for key in runs[0]
+                        if key not in ("ttft_s", "handed_to_transformers")
                     }
+                    # the first run's timeline: each sample's first token, each burst
+                    summary[arm]["first_run_ttft_s"] = runs[0]["ttft_s"]
+                    summary[arm]["first_run_handed"] = runs[0]["handed_to_transformers"]
                     summary[arm]["computed_per_request_runs"] = [
                         round(run["computed_per_request"], 1) for run in runs
                     ]

@@ -111,6 +111,10 @@ def test_bench_writes_results_resumes_and_refuses_to_overwrite(tmp_path: Path) -
         and p.stderr.strip()
         == "Error: out.jsonl exists: pass --resume to continue it, or remove it"
     )
+    # a run interrupted before its first problem leaves an empty file: no refusal
+    (tmp_path / "empty.jsonl").write_text("")
+    p = scaffold(*common, "--output", "empty.jsonl", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
 
 
 def test_bench_compare_all_ranks_every_method_with_intervals(tmp_path: Path) -> None:

@@ -377,6 +377,10 @@ def test_live_view_line() -> None:
         ),
         ({"votes": {"1": 1.7312345, "2": 0.5}}, "1: 1.73, 2: 0.5   majority: 1.73 of 2.23"),
         ({"votes": {"5": 2}, "samples_finished": 4}, "majority: 2 of 2 answers, 4 samples"),
+        (
+            {"votes": {"5": 2}, "samples_finished": 4, "unanswered": {"cut_by_length": 2}},
+            "(2 cut by --max-tokens before an answer: no vote)",
+        ),
     ],
 )
 def test_the_cli_says_what_a_vote_decided(details: dict[str, object], said: str) -> None:

@@ -82,7 +82,10 @@ async def test_cancel_leaves_no_engine_request(
     """Also with a prefix cache, where a vote's samples and a node's children
     are prefix groups whose members may be held back by the engine."""
     engine = SimulatedEngine(
-        long_reply, cost=CostModel(0.0, 0.01, 0.0), prefix_cache_blocks=prefix_cache_blocks
+        long_reply,
+        cost=CostModel(0.0, 0.01, 0.0),
+        prefix_cache_blocks=prefix_cache_blocks,
+        block_size=2,  # ("What is 1?" holds a full block: its groups are held back)
     )
     workers = {
         "generation": EngineWorker(engine),

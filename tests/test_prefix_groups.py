@@ -105,6 +105,17 @@ async def test_a_group_computes_its_prompt_once(autojump_clock: object) -> None:
         assert e.num_active == 0 and e.completed == 16
 
 
+async def test_a_prompt_shorter_than_a_block_is_not_held(autojump_clock: object) -> None:
+    """Nothing of it could be reused: its group's members go at once."""
+    async with engine() as e:
+        short = "What is 1?"
+        async with contextlib.AsyncExitStack() as stack:
+            group = PrefixGroup(3)
+            for _ in range(3):
+                await stack.enter_async_context(e.open_stream(req(group, prompt=short)))
+            assert e.num_active == 3 and len(e._waiting) == 3  # all queued, none held
+
+
 async def test_members_wait_for_the_leaders_prefill(autojump_clock: object) -> None:
     async with engine() as e:
         group = PrefixGroup(4)

@@ -241,14 +241,16 @@ def test_each_request_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     with TestClient(app) as client:
         ok = client.post("/v1/completions", json={"model": "cot", "prompt": "2+2?"})
         bad = client.post("/v1/completions", json={"model": "nope", "prompt": "2+2?"})
+        refused = client.post("/v1/completions", json={"model": "cot", "prompt": 7})
         with client.stream(
             "POST", "/v1/completions", json={"model": "cot", "prompt": "2+2?", "stream": True}
         ) as s:
             s.read()
-    assert (ok.status_code, bad.status_code) == (200, 404)
+    assert (ok.status_code, bad.status_code, refused.status_code) == (200, 404, 400)
     lines = [r.getMessage() for r in caplog.records if r.name == "scaffold_actors.serve"]
-    assert len(lines) == 3, lines
+    assert len(lines) == 4, lines
     assert lines[0].startswith("/v1/completions model=cot status=200 seconds=")
     assert "completion_tokens=" in lines[0] and "completion_tokens=-" not in lines[0]
     assert "model=nope status=404" in lines[1] and "completion_tokens=-" in lines[1]
-    assert lines[2].endswith(" stream") and "status=200" in lines[2]
+    assert "model=cot status=400" in lines[2]  # the model it named, though refused
+    assert lines[3].endswith(" stream") and "status=200" in lines[3]

@@ -1581,7 +1581,7 @@ MUTATIONS = [
         SRC + "_engines/_simulated.py",
         (
             (
-                "        if group is not None and self.prefix_cache_blocks:\n",
+                "        if group is not None and self.prefix_cache_blocks and r.prompt_tokens > self.block_size:\n",
                 "        if False:\n",
             ),
         ),

@@ -436,12 +436,17 @@ class BridgedEngine:
     def _hand(self, key: Any, state: Any, request: EngineRequest) -> None:
         """Submit admitted ``state`` now, or through its prefix group's gate."""
         group = request.group
-        if group is None or not self._share_prefixes:
+        if group is None or not self._share_prefixes or not self._sharable(state):
             self._submit(key, state)
             return
         stream = state.stream
         stream._key, stream._group = key, group
         self._gate.enter(group, state)
+
+    def _sharable(self, state: Any) -> bool:
+        """Whether ``state``'s prompt holds a full KV block another request can
+        reuse (a shorter one is submitted at once: holding it gains nothing)."""
+        return True
 
     def _group_submit(self, state: Any, leads: bool) -> None:
         stream = state.stream

@@ -414,6 +414,7 @@ class HFEngine(BridgedEngine):
         #: reused from its prefix cache (its own prefix search, counted)
         self.submitted_prompt_tokens = 0
         self.cached_prompt_tokens = 0
+        self._block_tokens = 256  # transformers' KV block (read off its cache at start)
 
     def __repr__(self) -> str:
         return (
@@ -716,6 +717,9 @@ class HFEngine(BridgedEngine):
             self._acknowledge(rid)
         return held
 
+    def _sharable(self, state: Any) -> bool:
+        return state.ids is not None and len(state.ids) > self._block_tokens
+
     @property
     def prefill_tokens(self) -> int:
         """Prompt tokens transformers computed: those handed to it less those
@@ -787,6 +791,9 @@ class HFEngine(BridgedEngine):
             self._share_prefixes = False
             return
         self._share_prefixes = True
+        allocators = getattr(cache, "cache_allocators", None) or {}
+        pages = [getattr(a, "tokens_per_page", 0) for a in allocators.values()]
+        self._block_tokens = max(pages, default=0) or int(getattr(cache, "block_size", 256))
 
         def counted(request_id: str, prompt_ids: list[int]) -> int:
             reused = int(search(request_id, prompt_ids))

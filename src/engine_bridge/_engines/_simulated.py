@@ -510,7 +510,7 @@ class SimulatedEngine:
             raise EngineClosedError("engine is not running (use `async with engine:`)")
         r = self._new_request(request, *self._checked(request))
         group = request.group
-        if group is not None and self.prefix_cache_blocks:
+        if group is not None and self.prefix_cache_blocks and r.prompt_tokens > self.block_size:
             r.group = group
             self._held += 1
             self._gate.enter(group, r)

@@ -140,6 +140,8 @@ class TRTLLMEngine(AsyncioBridgedEngine):
         # a prefix group's others wait for its leader's context phase only
         # where the executor reuses blocks
         self._share_prefixes = enable_block_reuse
+        config = (llm_kwargs or {}).get("kv_cache_config")
+        self._tokens_per_block = int(getattr(config, "tokens_per_block", 32))  # (its default)
         self.chat_template = chat_template
         self.llm_kwargs = dict(llm_kwargs or {})
         self.llm: Any = None
@@ -321,6 +323,9 @@ class TRTLLMEngine(AsyncioBridgedEngine):
         while queued:
             state, prompt, params, leads = queued.popleft()
             self._serving.add(create(self._serve(state, prompt, params, leads)))
+
+    def _sharable(self, state: Any) -> bool:
+        return bool(state.prompt_tokens > self._tokens_per_block)
 
     # -- fault injection -------------------------------------------------------
     def inject_failure(self) -> None:

@@ -17,7 +17,7 @@ import anyio.to_thread
 import attrs
 
 from .. import AsyncScaffoldingLlm
-from ..methods import extract_answer, math_equivalent
+from ..methods import cut_answer, extract_answer, math_equivalent
 
 __all__ = [
     "Problem",
@@ -128,7 +128,7 @@ def run_bench(
     ``concurrency`` at a time, appending one JSON line per finished problem
     (flushed, so an interruption loses only the problems in flight).  Blocks
     (runs its own trio loop).  Returns the summary of all records in ``output``."""
-    if output.exists() and not resume:
+    if output.exists() and output.stat().st_size and not resume:  # (an empty one: nothing ran)
         raise FileExistsError(f"{output} exists: pass --resume to continue it, or remove it")
     done = {r["index"] for r in read_records(output) if r.get("method") == method}
     todo = [p for p in problems if p.index not in done]
@@ -177,8 +177,11 @@ async def _run(
                 out = result.output
                 assert out is not None
                 predicted = out.details.get("answer")
-                if predicted is None:
-                    predicted = extract_answer(out.output_str)
+                if predicted is None and "answer" not in out.details:
+                    # one sample: cut by max_tokens, only an answer it boxed counts
+                    cut = out.finish_reason == "length"
+                    text = out.output_str
+                    predicted = cut_answer(text) if cut else extract_answer(text)
                 record.update(
                     predicted=None if predicted is None else str(predicted),
                     correct=predicted is not None

@@ -683,7 +683,9 @@ def vote_summary(details: dict[str, Any]) -> str:
         f" answers, {finished} samples" if finished and finished != total else ""
     )
     kind = "majority" if top * 2 > total else "plurality"
-    return f"votes: {shown}   {kind}: {strength}"
+    cut = (details.get("unanswered") or {}).get("cut_by_length")
+    cut_note = f"   ({cut} cut by --max-tokens before an answer: no vote)" if cut else ""
+    return f"votes: {shown}   {kind}: {strength}{cut_note}"
 
 
 def _live_line(partial: Any, usage: Any, started: float) -> str:

@@ -208,7 +208,10 @@ async def _completion(request: Any, chat: bool, started: float) -> tuple[Any, An
     state = request.app.state
     model: Any = None
     try:
-        req = protocol.parse_request(await protocol.read_json(request, state.max_body_bytes), chat)
+        body = await protocol.read_json(request, state.max_body_bytes)
+        if isinstance(body, dict) and isinstance(body.get("model"), str):
+            model = body["model"][:200]  # (named in the access log even when refused)
+        req = protocol.parse_request(body, chat)
         model = req.model
         kwargs = _controller_kwargs(req, state.methods)
         prompt: Any = list(req.messages or ()) if chat else req.prompt

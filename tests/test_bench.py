@@ -259,3 +259,15 @@ def test_ctrl_c_stops_the_bench_with_one_line_and_resume_goes_on(tmp_path: Path)
     again = scaffold(*args[3:], "--resume", "--limit", str(saved), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert f"resuming majority-vote: {saved} of {saved} problems already done" in again.stderr
+
+
+def test_bench_in_a_pipe_says_its_progress_in_plain_lines(tmp_path: Path) -> None:
+    """Not on a terminal (here: a pipe) the bar becomes plain lines on stderr,
+    the last one when every problem is done."""
+    data = write(
+        tmp_path / "d.jsonl", [{"question": f"What is {i} + 0?", "answer": str(i)} for i in range(3)]
+    )
+    p = scaffold("bench", "--dataset", str(data), "--engine", "simulated", "--samples", "2", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = [x for x in p.stderr.splitlines() if "problems, accuracy" in x]
+    assert lines and lines[-1].startswith("majority-vote: 3/3 problems, accuracy ")

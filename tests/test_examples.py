@@ -464,3 +464,27 @@ def test_cli_cache_names_the_embedded_models_folder_and_a_serve_command(tmp_path
     (folder / "config.json").write_text("{}")
     assert f"{folder}  (converted)" in CliRunner().invoke(main, ["cache"], env=env).output
     assert CliRunner().invoke(main, ["cache", "--path"], env=env).output == f"{folder}\n"
+
+
+def test_the_cli_says_an_unconfirmed_abort_once_and_plainly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    from engine_bridge import AbortNotAcknowledgedWarning
+    from scaffold_actors.cli._main import _plain_warnings
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # (restored after)
+    _plain_warnings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        for key in range(3):
+            message = f"did not confirm the abort of request {key}"
+            warnings.warn(message, AbortNotAcknowledgedWarning, stacklevel=1)
+        warnings.warn("a user's own warning", UserWarning, stacklevel=1)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "warning: did not confirm the abort of request 0 (the machine may be too busy for "
+        "the engine; later ones are not shown)",
+        "warning: a user's own warning",
+    ]

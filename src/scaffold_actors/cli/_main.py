@@ -526,6 +526,40 @@ def with_common(fn: Any) -> Any:
 @click.version_option(package_name="scaffold-actors")
 def main() -> None:
     """Inference-time compute methods over LLMs."""
+    _plain_warnings()
+
+
+def _plain_warnings() -> None:
+    """Warnings for people: one line each, without our source line, and an
+    engine's unconfirmed aborts said once (a starved machine is not the user's
+    fault; the count is in the engine's ``abort_timeouts``)."""
+    import warnings
+
+    from engine_bridge import AbortNotAcknowledgedWarning
+
+    said: set[type[Warning]] = set()
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, AbortNotAcknowledgedWarning):
+            if category in said:
+                return
+            said.add(category)
+            click.echo(
+                f"warning: {message} (the machine may be too busy for the engine; "
+                "later ones are not shown)",
+                err=True,
+            )
+            return
+        click.echo(f"warning: {message}", err=True)
+
+    warnings.showwarning = show
 
 
 @main.command(
@@ -1063,9 +1097,30 @@ def _done(path: Any, method: str, problems: list[Any]) -> int:
 
 @contextmanager
 def _progress(total: int, label: str, quiet: bool) -> Iterator[Callable[[dict[str, Any]], None]]:
-    """A progress bar on stderr (rich); yields the per-problem callback."""
-    if quiet or not sys.stderr.isatty():
+    """A progress bar on stderr (rich); yields the per-problem callback.  Not
+    on a terminal (a pipe, a log file): a plain line at most every 10 s and one
+    at the end."""
+    if quiet:
         yield lambda record: None
+        return
+    if not sys.stderr.isatty():
+        started = last = time.monotonic()
+        counts = [0, 0]  # done, correct
+
+        def line(record: dict[str, Any]) -> None:
+            nonlocal last
+            counts[0] += 1
+            counts[1] += bool(record.get("correct"))
+            now = time.monotonic()
+            if now - last >= 10 or counts[0] == total:
+                last = now
+                click.echo(
+                    f"{label}: {counts[0]}/{total} problems, accuracy "
+                    f"{counts[1] / counts[0]:.2f}, {now - started:.0f} s",
+                    err=True,
+                )
+
+        yield line
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -42,3 +42,31 @@ def test_a_docs_block_parses_and_its_imports_exist(where: str, code: str) -> Non
             for alias in node.names:
                 if alias.name.split(".")[0] in OURS:
                     importlib.import_module(alias.name)
+
+
+def _block(doc: str, first_line: str) -> str:
+    """The Python block of ``docs/doc`` whose first line is ``first_line``."""
+    for code in re.findall(r"```python\n(.*?)```", (DOCS / doc).read_text(), re.S):
+        if code.startswith(first_line):
+            return code
+    raise AssertionError(f"docs/{doc} has no block starting {first_line!r}")
+
+
+def test_the_mcp_example_runs_as_written_and_prints_what_the_docs_say(tmp_path: Path) -> None:
+    """docs/mcp.md's server and client, written to files as the docs name them
+    and run: the output is the block the docs show after "It prints"."""
+    pytest.importorskip("mcp")
+    import subprocess
+    import sys
+
+    (tmp_path / "calc_server.py").write_text(_block("mcp.md", "# calc_server.py"))
+    (tmp_path / "calc_client.py").write_text(_block("mcp.md", "# calc_client.py"))
+    text = (DOCS / "mcp.md").read_text()
+    said = re.search(r"It prints:\n\n```\n(.*?)```", text, re.S)
+    assert said is not None
+    p = subprocess.run(
+        [sys.executable, "calc_client.py"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == said.group(1)

@@ -231,7 +231,11 @@ def test_cli_methods_lists_every_method() -> None:
     text = run("-m", "scaffold_actors.cli", "methods").stdout
     assert "-p probe_interval=32" in text
     # one sample: no --samples default shown for it
-    assert re.search(r"cot .*\n +defaults: one sample, --temperature 0\.7\n", text), text
+    assert re.search(
+        r"cot .*\n +defaults: one sample, --max-tokens \d+ --temperature 0\.7\n", text
+    ), text
+    # each method's own token limit, stated
+    assert all(info["default_max_tokens"] >= 16 for info in table.values())
 
 
 @pytest.mark.parametrize("method", list(METHODS))

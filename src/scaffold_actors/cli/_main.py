@@ -323,7 +323,9 @@ def build_pool(options: EngineOptions) -> Any:
     return EnginePool(members)
 
 
-def build_workers(options: EngineOptions, method: str, max_tokens: int) -> dict[str, Any]:
+def build_workers(options: EngineOptions, method: str, max_tokens: int | None) -> dict[str, Any]:
+    if max_tokens is None:
+        max_tokens = METHODS[method].default_max_tokens
     workers: dict[str, Any] = {
         "generation": EngineWorker(
             build_pool(options), default_params=SamplingParams(max_tokens=max_tokens)
@@ -353,7 +355,7 @@ def build_controllers(
     method: str,
     given: dict[str, str],
     samples: int | None,
-    max_tokens: int,
+    max_tokens: int | None,
     temperature: float | None,
     instruction: str | None,
 ) -> dict[str, Any]:
@@ -403,7 +405,12 @@ common_options = [
         help="samples / width of the method (default: 16 for majority-vote, "
         "adaptive-consistency and deepconf, 4 for the others)",
     ),
-    click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True),
+    click.option(
+        "--max-tokens",
+        type=click.IntRange(min=1),
+        default=None,
+        help="tokens per sample at most (default: the method's, see `scaffold methods`)",
+    ),
     click.option(
         "--temperature",
         type=click.FloatRange(min=0.0),
@@ -651,6 +658,7 @@ def methods(as_json: bool) -> None:
             "default_samples": spec.default_samples if spec.uses_samples else 1,
             "uses_samples": spec.uses_samples,
             "default_temperature": spec.default_temperature,
+            "default_max_tokens": spec.default_max_tokens,
             "default_instruction": spec.default_instruction,
             "params": {
                 k: {"type": t.__name__, "default": d, "help": h}
@@ -667,6 +675,7 @@ def methods(as_json: bool) -> None:
         click.echo(
             f"{'':22}   defaults: "
             + (f"--samples {info['default_samples']} " if info["uses_samples"] else "one sample, ")
+            + f"--max-tokens {info['default_max_tokens']} "
             + f"--temperature {info['default_temperature']}"
             + ("  (asks for the answer alone)" if info["default_instruction"] == SHORT else "")
         )
@@ -751,7 +760,7 @@ def run(
     question: str,
     method: str,
     samples: int | None,
-    max_tokens: int,
+    max_tokens: int | None,
     temperature: float | None,
     instruction: str | None,
     params: tuple[str, ...],
@@ -822,7 +831,8 @@ def run(
     if answer is not None:
         summary = [f"answer: {answer}"]
     elif cut:
-        summary = [f"answer: none: the output was cut by --max-tokens {max_tokens} before an answer"]
+        limit = max_tokens if max_tokens is not None else METHODS[method].default_max_tokens
+        summary = [f"answer: none: the output was cut by --max-tokens {limit} before an answer"]
     else:
         summary = ["answer: none found in the output"]
     votes = vote_summary(dict(out.details))
@@ -869,7 +879,7 @@ def run(
 def serve(
     method: str,
     samples: int | None,
-    max_tokens: int,
+    max_tokens: int | None,
     temperature: float | None,
     instruction: str | None,
     params: tuple[str, ...],
@@ -977,7 +987,7 @@ def bench(
     dataset: str,
     method: str,
     samples: int | None,
-    max_tokens: int,
+    max_tokens: int | None,
     temperature: float | None,
     instruction: str | None,
     params: tuple[str, ...],

@@ -53,6 +53,9 @@ class MethodSpec:
     #: at 0.7 with the step-by-step one; benchmarks/vote_defaults.py, docs/cli.md)
     default_temperature: float = 0.7
     default_instruction: str = COT
+    #: --max-tokens when it is not given: what a sample needs to finish its
+    #: answer on the embedded model (measured: docs/methods.md, "Defaults")
+    default_max_tokens: int = 64
 
 
 def _vote(s: Sampler, n: int, p: dict[str, Any]) -> Any:
@@ -198,15 +201,15 @@ def build_method(
     name: str,
     *,
     samples: int | None,
-    max_tokens: int,
+    max_tokens: int | None,
     temperature: float | None = None,
     params: Mapping[str, Any] | None = None,
     instruction: str | None = None,
 ) -> Any:
-    """The controller for method ``name``.  ``samples``, ``temperature`` and
-    ``instruction`` left ``None`` are the method's own defaults
-    (:attr:`MethodSpec.default_samples`, ``default_temperature``,
-    ``default_instruction``); ``instruction`` is appended to every prompt (empty:
+    """The controller for method ``name``.  ``samples``, ``max_tokens``,
+    ``temperature`` and ``instruction`` left ``None`` are the method's own
+    defaults (:attr:`MethodSpec.default_samples`, ``default_max_tokens``,
+    ``default_temperature``, ``default_instruction``); ``instruction`` is appended to every prompt (empty:
     none).  Raises ``ValueError`` naming what is wrong (unknown method, unknown or
     badly typed parameter, bad value)."""
     spec = METHODS.get(name)
@@ -222,7 +225,7 @@ def build_method(
         for k, (kind, default, _) in spec.params.items()
     }
     sampler = Sampler(
-        max_tokens=max_tokens,
+        max_tokens=spec.default_max_tokens if max_tokens is None else max_tokens,
         temperature=spec.default_temperature if temperature is None else temperature,
         instruction=(spec.default_instruction if instruction is None else instruction) or None,
     )

@@ -28,6 +28,10 @@ COT = "Think step by step, then give the final answer as \\boxed{answer}."
 #: the votes' instruction: on the embedded model the samples agree far more often
 #: when asked for the answer alone (benchmarks/vote_defaults.py; docs/cli.md)
 SHORT = "Give only the final answer, as \\boxed{answer}."
+#: tokens for a step-by-step chain: the longest of the built-in set's 17 took 274
+#: on the embedded model (median 140, none cut at 512; `scaffold bench --dataset
+#: arithmetic --method cot --max-tokens 512`, docs/methods.md)
+REASONING_TOKENS = 320
 
 
 @attrs.frozen
@@ -54,7 +58,10 @@ class MethodSpec:
     default_temperature: float = 0.7
     default_instruction: str = COT
     #: --max-tokens when it is not given: what a sample needs to finish its
-    #: answer on the embedded model (measured: docs/methods.md, "Defaults")
+    #: answer on the embedded model (measured: docs/methods.md, "Token limits").
+    #: A step-by-step chain took up to 274 tokens on the built-in set (median
+    #: 140), so the methods that reason take 320; the votes ask for the answer
+    #: alone and the searches cut steps by -p step_tokens
     default_max_tokens: int = 64
 
 
@@ -80,7 +87,13 @@ _TREE = {
 METHODS: dict[str, MethodSpec] = {
     m.name: m
     for m in [
-        MethodSpec("cot", "one chain-of-thought sample", lambda s, n, p: s, uses_samples=False),
+        MethodSpec(
+            "cot",
+            "one chain-of-thought sample",
+            lambda s, n, p: s,
+            uses_samples=False,
+            default_max_tokens=REASONING_TOKENS,
+        ),
         MethodSpec(
             "majority-vote",
             "self-consistency: the most voted answer of --samples samples; stops once decided",
@@ -107,6 +120,7 @@ METHODS: dict[str, MethodSpec] = {
             "the candidate a reward scores highest (--reward-model, else self-verification)",
             lambda s, n, p: BestOfN(s, samples=n),
             uses_reward=True,
+            default_max_tokens=REASONING_TOKENS,
         ),
         MethodSpec(
             "dynasor",
@@ -119,6 +133,7 @@ METHODS: dict[str, MethodSpec] = {
                 "certainty_window": (int, 2, "agreeing probes that stop the reasoning"),
             },
             uses_samples=False,
+            default_max_tokens=REASONING_TOKENS,
         ),
         MethodSpec(
             "deepconf",
@@ -143,6 +158,7 @@ METHODS: dict[str, MethodSpec] = {
                 ),
             },
             default_samples=16,
+            default_max_tokens=REASONING_TOKENS,
         ),
         MethodSpec(
             "beam-search",

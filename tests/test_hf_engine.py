@@ -98,8 +98,10 @@ async def test_a_prefix_group_is_prefilled_once_in_transformers() -> None:
             for stream in streams:
                 async for _ in stream:
                     pass
-        assert engine.cached_prompt_tokens == 3 * 512
-        assert engine.prefill_tokens == 4 * n - 3 * 512
+        # (5.2x recomputes the prompt's last partial block: exactly 3 x 512 reused;
+        # 5.17 on the GPU host reused the whole prompt)
+        assert 3 * 512 <= engine.cached_prompt_tokens <= 3 * n
+        assert engine.prefill_tokens == 4 * n - engine.cached_prompt_tokens
         assert engine.num_active == 0
 
 

@@ -89,9 +89,9 @@ def normalize_number(text: str) -> str | None:
 #: a text answer (no number, no box) is at most this many words: a longer last
 #: line is reasoning, not an answer
 MAX_TEXT_ANSWER_WORDS = 24
-_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\(?\d{1,3}[.)])\s+")
+_LIST_MARKER = re.compile(r"(?i)^\s*(?:[-*\u2022]|\(?\d{1,3}[.)]|(?:step|part)\s*\d{1,3}\s*[:.)])\s+")
 _ANSWER_IS = re.compile(
-    r"(?i)\b(?:final answer|the answer|answer)\s*(?:is|:|=)\s*(?P<answer>[^\n]{1,300})"
+    r"(?i)\b(?:final answer|the answer|answer)\s*(?:is\s*:?|:|=)\s*(?P<answer>[^\n]{1,300})"
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 _TEXT_WRAP = re.compile(r"^\\(?:text|textbf|mathrm|mbox)\{(?P<inner>[^{}]*)\}$")
@@ -115,13 +115,18 @@ _PLEASANTRY = re.compile(
 _YES_NO = re.compile(r"(?i)^(yes|no)\b")
 
 
+def _unmarked(line: str) -> str:
+    previous = None
+    while previous != line:  # "- 5. x": both markers
+        previous, line = line, _LIST_MARKER.sub("", line).strip()
+    return line
+
+
 def _last_line(text: str) -> str:
     """The last line that says something (list markers and closing
     pleasantries such as "I hope this helps!" skipped)."""
     for line in reversed(text.splitlines()):
-        previous = None
-        while previous != line:  # "- 5. x": both markers
-            previous, line = line, _LIST_MARKER.sub("", line).strip()
+        line = _unmarked(line)
         if line and not _PLEASANTRY.match(line):
             return line
     return ""
@@ -161,8 +166,8 @@ def extract_answer(text: str | None) -> str | None:
             candidate = m[-1].strip()
     if candidate is None:
         stated = list(_ANSWER_IS.finditer(tail))
-        if stated:
-            said = _clean(stated[-1].group("answer"))
+        said = _clean(stated[-1].group("answer")) if stated else ""
+        if said and "\\boxed" not in said and not is_placeholder(said):  # (not the format echoed)
             nums = _NUMBER.findall(said)
             candidate = nums[-1] if nums else _SENTENCE_END.split(said, 1)[0]
     if candidate is None:
@@ -170,10 +175,10 @@ def extract_answer(text: str | None) -> str | None:
         nums = _NUMBER.findall(line)
         if nums:
             candidate = nums[-1]
-        elif boxes:  # it meant to box its answer: its last number, if any
-            nums = _NUMBER.findall(tail)
+        elif boxes:  # it meant to box its answer: its last number (not a list's), if any
+            nums = _NUMBER.findall("\n".join(_unmarked(x) for x in tail.splitlines()))
             candidate = nums[-1] if nums else None
-        elif line:
+        elif line and not _ANSWER_IS.search(line):  # (a stated placeholder is no answer)
             sentence = _clean(_SENTENCE_END.split(line, 1)[0])
             yes_no = _YES_NO.match(sentence)
             if yes_no:  # "Yes, the sky is blue": the vote is "Yes"

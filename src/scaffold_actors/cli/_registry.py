@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,12 +23,30 @@ from ..methods import (
     math_equivalent,
 )
 
-__all__ = ["COT", "METHODS", "SHORT", "MethodSpec", "build_method"]
+__all__ = ["COT", "METHODS", "PLAIN", "SHORT", "MethodSpec", "asks_for_a_number", "build_method"]
 
 COT = "Think step by step, then give the final answer as \\boxed{answer}."
 #: the votes' instruction: on the embedded model the samples agree far more often
 #: when asked for the answer alone (benchmarks/vote_defaults.py; docs/cli.md)
 SHORT = "Give only the final answer, as \\boxed{answer}."
+#: what `scaffold run` asks instead of COT when the question asks for no number:
+#: reasoning "step by step" over "What is the capital of France?" made the
+#: embedded model list and count ("1. First, take a look at the French capital
+#: list. It has 3 digits ...", answered "2"); docs/methods.md
+PLAIN = "Answer in one short sentence."
+_NUMERIC = re.compile(
+    r"(?i)\d|[+*/=^\u00d7\u00f7]|\b(?:how (?:many|much|long|far|old)|calculate|compute|"
+    r"solve|sum|product|difference|percent|average|total|equation)\b"
+)
+
+
+def asks_for_a_number(question: str) -> bool:
+    """Whether ``question`` looks like arithmetic (a digit, an operator, "how
+    many", "solve", ...): those get the method's own instruction (step by step,
+    a boxed answer); the others are asked for a short sentence."""
+    return _NUMERIC.search(question[:2000]) is not None
+
+
 #: tokens for a step-by-step chain: the longest of the built-in set's 17 took 274
 #: on the embedded model (median 140, none cut at 512; `scaffold bench --dataset
 #: arithmetic --method cot --max-tokens 512`, docs/methods.md)

@@ -10,7 +10,7 @@ import attrs
 
 from .._context import RequestContext
 from .._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask
-from ._answers import extract_boxed, is_placeholder
+from ._answers import cut_answer, extract_answer, is_placeholder
 from ._sampler import Sampler, result_from
 
 __all__ = ["DynasorCoT"]
@@ -122,7 +122,10 @@ class DynasorCoT:
             task,
             main,
             {
-                "answer": extract_boxed(main.output_str or ""),
+                # its own answer, as a vote would read it (cut: only a boxed one)
+                "answer": cut_answer(main.output_str)
+                if main.finish_reason == "length"
+                else extract_answer(main.output_str),
                 "early_exit": False,
                 "probes": probes,
                 "reasoning_tokens": len(main.output_tokens or ()),

@@ -1594,7 +1594,12 @@ MUTATIONS = [
         "bridged-holds-a-group-until-its-prefill",
         "a bridged engine (transformers, TensorRT-LLM) submits a group's members as they come",
         SRC + "_bridge.py",
-        (("        if group is None or not self._share_prefixes:\n", "        if True:\n"),),
+        (
+            (
+                "        if group is None or not self._share_prefixes or not self._sharable(state):\n",
+                "        if True:\n",
+            ),
+        ),
         (
             TRT + "test_a_prefix_group_reuses_its_leaders_blocks_in_the_executor",
             "tests/test_hf_engine.py::test_a_prefix_group_is_prefilled_once_in_transformers",

@@ -310,3 +310,54 @@ async def test_an_http_member_held_then_cancelled_is_never_sent(flaky: Any) -> N
             scopes[0].cancel()  # the stalled first one: member 2 leads and is sent now
         assert len(texts) == 1 and texts[0]
         assert await trio.to_thread.run_sync(calls) == 2 and http.num_active == 0
+
+
+async def test_an_http_member_held_when_the_engine_closes_finds_it_closed(flaky: Any) -> None:
+    """A member still held back when its engine closes is let go and fails as
+    :class:`EngineClosedError` (what a pool retries elsewhere), not with an
+    error of the closed client."""
+    pytest.importorskip("starlette")
+
+    from engine_bridge import EngineClosedError, OpenAIEngine
+
+    port = flaky(1, "stall")  # the first member stalls: the second stays held
+    http = OpenAIEngine(f"http://127.0.0.1:{port}/v1", "m", max_retries=0)
+    await http.__aenter__()
+    group = PrefixGroup(2)
+    leader = trio.CancelScope()
+    held_error: list[BaseException] = []
+    held_done = trio.Event()
+
+    async def first() -> None:
+        with leader:
+            try:
+                await collect(http, req(group))
+            except Exception:
+                pass  # (its stalled stream ends with the engine: any error)
+
+    async def second() -> None:
+        try:
+            await collect(http, req(group))
+        except Exception as exc:
+            held_error.append(exc)
+        held_done.set()
+
+    with trio.fail_after(60):  # a hang guard: a held member must be let go
+        await _close_with_one_held(http, port, first, second, held_done, leader)
+    assert len(held_error) == 1 and isinstance(held_error[0], EngineClosedError)
+
+
+async def _close_with_one_held(
+    http: Any, port: int, first: Any, second: Any, held_done: trio.Event, leader: trio.CancelScope
+) -> None:
+    import httpx
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first)
+        while httpx.get(f"http://127.0.0.1:{port}/health").json()["calls"] < 1:  # noqa: ASYNC110,ASYNC210 - the server's own count
+            await trio.sleep(0.01)
+        nursery.start_soon(second)
+        await trio.testing.wait_all_tasks_blocked()
+        await http.__aexit__(None, None, None)
+        await held_done.wait()
+        leader.cancel()

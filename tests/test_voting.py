@@ -352,6 +352,7 @@ async def test_partial_outputs_show_the_votes_as_of_their_sample(autojump_clock:
         ("#### 1,000", "1000"),
         ("word " * 40, None),  # a long last line is reasoning, not an answer
         ("The answer is: your answer", None),  # the format echoed is no answer
+        ("I am not sure.", None),  # a line that says it has no answer
         ("Give it as \\boxed{answer}.\nStep 2: Next, choose", None),  # "Step 2" is no number
         ("", None),
     ],

@@ -1663,6 +1663,18 @@ MUTATIONS = [
         (PG + "test_an_http_member_held_then_cancelled_is_never_sent",),
     ),
     Mutation(
+        "http-held-member-finds-the-engine-closed",
+        "an OpenAIEngine request let go after its engine closed uses the closed client",
+        SRC + "_engines/_openai.py",
+        (
+            (
+                "            if not self._clients:  # closed while this one waited (for a slot, or its group)\n",
+                "            if False:\n",
+            ),
+        ),
+        (PG + "test_an_http_member_held_when_the_engine_closes_finds_it_closed",),
+    ),
+    Mutation(
         "cut-samples-do-not-vote",
         "a sample cut by max_tokens votes with whatever its cut text ends in",
         SA + "methods/_majority_vote.py",

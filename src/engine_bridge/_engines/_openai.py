@@ -246,6 +246,8 @@ class OpenAIEngine:
         tb: TracebackType | None,
     ) -> None:
         clients, self._clients = self._clients, []
+        for member in self._gate.clear():  # held back: they find the engine closed
+            member.go_ahead(False)
         with anyio.CancelScope(shield=True):
             for client in clients:
                 await client.aclose()
@@ -385,6 +387,8 @@ class OpenAIEngine:
     ) -> AsyncIterator[RequestStream]:
         assert self._slots is not None
         async with self._slots:
+            if not self._clients:  # closed while this one waited (for a slot, or its group)
+                raise EngineClosedError("engine is not running (it closed)")
             self._active += 1
             # the least-loaded shard: the semaphore leaves one with a free connection
             load = self._shard_load

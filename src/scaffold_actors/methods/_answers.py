@@ -113,6 +113,11 @@ _PLEASANTRY = re.compile(
     r"is there anything)"
 )
 _YES_NO = re.compile(r"(?i)^(yes|no)\b")
+#: a last line that says it has no answer is none
+_NO_ANSWER = re.compile(
+    r"(?i)^(?:i(?:'m| am) not sure|not sure|i (?:do not|don'?t) know|no idea|unknown|"
+    r"i can(?:not|'t)|i'?m unable|i am unable|sorry)"
+)
 
 
 def _unmarked(line: str) -> str:
@@ -181,7 +186,9 @@ def extract_answer(text: str | None) -> str | None:
         elif line and not _ANSWER_IS.search(line):  # (a stated placeholder is no answer)
             sentence = _clean(_SENTENCE_END.split(line, 1)[0])
             yes_no = _YES_NO.match(sentence)
-            if yes_no:  # "Yes, the sky is blue": the vote is "Yes"
+            if _NO_ANSWER.match(sentence):
+                pass  # "I am not sure": no answer
+            elif yes_no:  # "Yes, the sky is blue": the vote is "Yes"
                 candidate = yes_no.group(1).capitalize()
             elif len(sentence.split()) <= MAX_TEXT_ANSWER_WORDS:
                 candidate = sentence

@@ -116,7 +116,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(0)
     vocab = len(engines[0].tokenizer) if engines[0].tokenizer is not None else 32000
     results: dict[str, Any] = {}
-    async with contextlib_stack(engines) as target:
+    async with _Target(engines) as target:
         for e in engines:
             if not e.share_prefixes:
                 raise SystemExit("this transformers keeps no prefix cache: nothing to share")
@@ -156,7 +156,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-class contextlib_stack:
+class _Target:
     """``async with`` the engines, and yield the target: the engine, or a pool
     with prefix affinity over several."""
 

@@ -65,6 +65,12 @@ async def run_group(e: SimulatedEngine, n: int, group: PrefixGroup | None) -> No
                 nursery.start_soon(drain, s)
 
 
+async def collect_under(scope: trio.CancelScope, target: Any, request: EngineRequest) -> None:
+    """``collect`` inside ``scope`` (the test cancels that one member)."""
+    with scope:
+        await collect(target, request)
+
+
 async def drain(stream: Any) -> None:
     async for _ in stream:
         pass
@@ -134,15 +140,10 @@ async def test_a_held_member_cancelled_never_reaches_the_engine(autojump_clock: 
         group = PrefixGroup(3)
         n = e.count_prompt_tokens(req(None))
         cancel_me = trio.CancelScope()
-
-        async def cancelled_member() -> None:
-            with cancel_me:
-                await collect(e, req(group))
-
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect, e, req(group))  # the leader
             await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(cancelled_member)
+            nursery.start_soon(collect_under, cancel_me, e, req(group))
             nursery.start_soon(collect, e, req(group))
             await trio.testing.wait_all_tasks_blocked()
             assert e.num_active == 3  # the leader prefilling, two held
@@ -159,13 +160,8 @@ async def test_a_leader_cancelled_before_its_prefill_hands_over(autojump_clock: 
         group = PrefixGroup(4)
         n = e.count_prompt_tokens(req(None))
         leader = trio.CancelScope()
-
-        async def first() -> None:
-            with leader:
-                await collect(e, req(group))
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(first)
+            nursery.start_soon(collect_under, leader, e, req(group))
             await trio.testing.wait_all_tasks_blocked()
             for _ in range(3):
                 nursery.start_soon(collect, e, req(group))

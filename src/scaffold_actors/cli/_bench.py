@@ -17,7 +17,7 @@ import anyio.to_thread
 import attrs
 
 from .. import AsyncScaffoldingLlm
-from ..methods import cut_answer, extract_answer, math_equivalent
+from ..methods import extract_answer, math_equivalent, sample_answer
 
 __all__ = [
     "Problem",
@@ -179,9 +179,7 @@ async def _run(
                 predicted = out.details.get("answer")
                 if predicted is None and "answer" not in out.details:
                     # one sample: cut by max_tokens, only an answer it boxed counts
-                    cut = out.finish_reason == "length"
-                    text = out.output_str
-                    predicted = cut_answer(text) if cut else extract_answer(text)
+                    predicted = sample_answer(out.output_str, out.finish_reason)
                 record.update(
                     predicted=None if predicted is None else str(predicted),
                     correct=predicted is not None

@@ -17,7 +17,7 @@ import click
 from engine_bridge import EngineError, InvalidRequestError, SamplingParams
 
 from .. import EngineWorker, ScaffoldError, ScaffoldingLlm
-from ..methods import cut_answer, extract_answer
+from ..methods import sample_answer
 from ._registry import COT, METHODS, PLAIN, SHORT, asks_for_a_number, build_method
 
 ENGINES = ("hf", "openai", "trtllm", "simulated")
@@ -811,7 +811,7 @@ def run(
     if "answer" in out.details:
         answer = out.details["answer"]
     else:  # one sample: cut by --max-tokens, only an answer it boxed counts
-        answer = cut_answer(out.output_str) if cut else extract_answer(out.output_str)
+        answer = sample_answer(out.output_str, out.finish_reason)
     payload: dict[str, Any] = {
         "question": question,
         "method": method,

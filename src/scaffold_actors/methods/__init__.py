@@ -7,6 +7,7 @@ from ._answers import (
     extract_boxed,
     math_equivalent,
     normalize_number,
+    sample_answer,
 )
 from ._best_of_n import BestOfN
 from ._deepconf import DeepConf, group_confidences, trace_confidence
@@ -50,6 +51,7 @@ __all__ = [
     "group_confidences",
     "math_equivalent",
     "normalize_number",
+    "sample_answer",
     "sample_within_budget",
     "trace_confidence",
     "vote_is_decided",

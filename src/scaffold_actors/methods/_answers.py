@@ -17,6 +17,7 @@ __all__ = [
     "is_placeholder",
     "math_equivalent",
     "normalize_number",
+    "sample_answer",
 ]
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
@@ -152,18 +153,7 @@ def extract_answer(text: str | None) -> str | None:
     the boxes."""
     if not text:
         return None
-    candidate = None
-    start = len(text)
-    boxes = False
-    for _ in range(MAX_BOXES):  # the last boxed answer that is not a placeholder
-        start = text.rfind("\\boxed", 0, start)
-        if start == -1:
-            break
-        boxes = True
-        boxed = _boxed_at(text, start)
-        if boxed is not None and not is_placeholder(boxed):
-            candidate = _clean(boxed)
-            break
+    candidate, boxes = _real_box(text)
     tail = text[-_TAIL_CHARS:]
     if candidate is None:
         m = _HASHES.findall(tail)
@@ -192,6 +182,27 @@ def extract_answer(text: str | None) -> str | None:
                 candidate = yes_no.group(1).capitalize()
             elif len(sentence.split()) <= MAX_TEXT_ANSWER_WORDS:
                 candidate = sentence
+    return _normalized(candidate)
+
+
+def _real_box(text: str) -> tuple[str | None, bool]:
+    """The last ``\\boxed{}`` answer of ``text`` that is not a placeholder
+    (cleaned; ``None`` when there is none), and whether ``text`` has a box."""
+    start = len(text)
+    boxes = False
+    for _ in range(MAX_BOXES):  # the last boxed answer that is not a placeholder
+        start = text.rfind("\\boxed", 0, start)
+        if start == -1:
+            break
+        boxes = True
+        boxed = _boxed_at(text, start)
+        if boxed is not None and not is_placeholder(boxed):
+            return _clean(boxed), True
+    return None, boxes
+
+
+def _normalized(candidate: str | None) -> str | None:
+    """An answer as it votes: stripped, a number normalised; ``None`` if empty."""
     if candidate is None:
         return None
     candidate = candidate.strip()
@@ -201,23 +212,17 @@ def extract_answer(text: str | None) -> str | None:
     return number if number is not None else candidate
 
 
+def sample_answer(text: str | None, finish_reason: str | None) -> str | None:
+    """The answer of one sample: :func:`cut_answer` when it was cut by
+    ``max_tokens`` (finish reason ``"length"``), else :func:`extract_answer`."""
+    return cut_answer(text) if finish_reason == "length" else extract_answer(text)
+
+
 def cut_answer(text: str | None) -> str | None:
     """The answer of a completion cut by ``max_tokens``: only a boxed one (it
     was written out before the cut); a number or a sentence in cut text is not
     an answer."""
-    if not text:
-        return None
-    start = len(text)
-    for _ in range(MAX_BOXES):
-        start = text.rfind("\\boxed", 0, start)
-        if start == -1:
-            return None
-        boxed = _boxed_at(text, start)
-        if boxed is not None and not is_placeholder(boxed):
-            answer = _clean(boxed)
-            number = normalize_number(answer)
-            return number if number is not None else (answer or None)
-    return None
+    return _normalized(_real_box(text)[0]) if text else None
 
 
 #: answers longer than this are never parsed: only equal strings match

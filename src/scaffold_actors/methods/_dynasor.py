@@ -10,7 +10,7 @@ import attrs
 
 from .._context import RequestContext
 from .._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask
-from ._answers import cut_answer, extract_answer, is_placeholder
+from ._answers import is_placeholder, sample_answer
 from ._sampler import Sampler, result_from
 
 __all__ = ["DynasorCoT"]
@@ -123,9 +123,7 @@ class DynasorCoT:
             main,
             {
                 # its own answer, as a vote would read it (cut: only a boxed one)
-                "answer": cut_answer(main.output_str)
-                if main.finish_reason == "length"
-                else extract_answer(main.output_str),
+                "answer": sample_answer(main.output_str, main.finish_reason),
                 "early_exit": False,
                 "probes": probes,
                 "reasoning_tokens": len(main.output_tokens or ()),

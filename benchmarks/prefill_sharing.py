@@ -44,15 +44,16 @@ def make_engines(args: argparse.Namespace) -> list[HFEngine]:
         "max_concurrent": args.max_concurrent,
         "kv_cache_tokens": args.kv_cache_tokens or None,
         "seed": 0,
+        "batching": json.loads(args.batching),
     }
-    if args.model == "random-qwen2-0.5b":
+    if args.model.startswith("random-qwen2-"):
         from _random_model import random_qwen2
 
         # a model each: transformers keeps one batching manager per model
         return [
             HFEngine(
-                "random-qwen2-0.5b",
-                preloaded=random_qwen2(args.tokenizer, args.dtype, args.device),
+                args.model,
+                preloaded=random_qwen2(args.tokenizer, args.dtype, args.device, args.model),
                 dtype=args.dtype,
                 **common,
             )
@@ -151,9 +152,36 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 summary["tokens_per_s_ratio"] = round(g["tokens_per_s"] / u["tokens_per_s"], 3)
                 summary["ttft_median_ratio"] = round(g["ttft_median_s"] / u["ttft_median_s"], 3)
                 summary["bound_p_over_n_plus_block"] = p / n + 256
+                if args.prefill_probe:
+                    await probe_prefill(target, engines, rng, vocab, p, n, args, summary)
                 results[f"P={p},N={n}"] = summary
                 print(json.dumps({f"P={p},N={n}": summary}), file=sys.stderr, flush=True)
     return results
+
+
+async def probe_prefill(
+    target: Any, engines: list[HFEngine], rng: random.Random, vocab: int, p: int, n: int,
+    args: argparse.Namespace, summary: dict[str, Any],
+) -> None:  # fmt: skip
+    """The factor the saved prefill allows: the ungrouped arm once more with one
+    new token (its wall time is the vote's prefill), and the grouped arm too (its
+    prefill with the hand-off); ``allowed_ratio`` = ungrouped wall / (ungrouped
+    wall - the ungrouped prefill time scaled by the share of prompt tokens that
+    grouping saved): the ratio if the saved tokens cost what they cost
+    ungrouped and the hand-off cost nothing."""
+    walls: dict[str, list[float]] = {"ungrouped": [], "grouped": []}
+    for r in range(args.repeats):
+        order = (False, True) if r % 2 == 0 else (True, False)
+        for grouped in order:
+            ids = tuple(rng.randrange(100, vocab) for _ in range(p))
+            run = await one_vote(target, engines, ids, n, grouped, 1)
+            walls["grouped" if grouped else "ungrouped"].append(run["wall_s"])
+    pre_u = statistics.median(walls["ungrouped"])
+    pre_g = statistics.median(walls["grouped"])
+    summary["prefill_wall_s"] = {"ungrouped": round(pre_u, 4), "grouped": round(pre_g, 4)}
+    u, g = summary["ungrouped"], summary["grouped"]
+    share_saved = 1 - g["computed_per_request"] / u["computed_per_request"]
+    summary["allowed_ratio"] = round(u["wall_s"] / (u["wall_s"] - pre_u * share_saved), 3)
 
 
 class _Target:
@@ -179,8 +207,23 @@ class _Target:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="embedded", help="embedded | random-qwen2-0.5b | PATH")
-    ap.add_argument("--tokenizer", default=None, help="tokenizer folder for random-qwen2-0.5b")
+    ap.add_argument(
+        "--model",
+        default="embedded",
+        help="embedded | random-qwen2-0.5b | random-qwen2-1.5b | random-qwen2-7b | PATH",
+    )
+    ap.add_argument("--tokenizer", default=None, help="tokenizer folder for random-qwen2-*")
+    ap.add_argument(
+        "--batching",
+        default="{}",
+        help="extra transformers ContinuousBatchingConfig fields, JSON "
+        '(e.g. \'{"max_memory_percent": 0.4}\' for two engines on one GPU)',
+    )
+    ap.add_argument(
+        "--prefill-probe",
+        action="store_true",
+        help="also time each arm with one new token: the factor the saved prefill allows",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--prompt-tokens", default="512", help="comma-separated prompt lengths")
@@ -212,6 +255,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "repeats": args.repeats,
         "replicas": args.replicas,
+        "batching": json.loads(args.batching),
         "results": trio.run(run, args),
     }
     print(json.dumps(out, indent=1))

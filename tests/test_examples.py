@@ -492,21 +492,3 @@ def test_the_cli_says_an_unconfirmed_abort_once_and_plainly(
         "the engine; later ones are not shown)",
         "warning: a user's own warning",
     ]
-
-
-@pytest.mark.parametrize(
-    ("question", "number"),
-    [
-        ("What is the capital of France?", False),
-        ("Is the sky blue on a clear day? Answer yes or no.", False),
-        ("Tom has 3 apples and buys 4 more. How many apples does he have?", True),
-        ("What is 12 + 7?", True),
-        ("How many legs does a spider have?", True),
-    ],
-)
-def test_scaffold_run_asks_a_fact_for_a_sentence(question: str, number: bool) -> None:
-    """The step-by-step instruction goes with arithmetic; another question is
-    asked for a short sentence (`scaffold run` without --instruction)."""
-    from scaffold_actors.cli._registry import asks_for_a_number
-
-    assert asks_for_a_number(question) is number

@@ -1686,6 +1686,33 @@ MUTATIONS = [
         ),
         ("tests/test_voting.py::test_a_cut_sample_does_not_vote",),
     ),
+    Mutation(
+        "the-instruction-follows-the-question",
+        "a Sampler's instruction callable is never given the question (no instruction added)",
+        SA + "methods/_sampler.py",
+        (
+            (
+                "            instruction = instruction(question_text(t.input_str, t.messages))\n",
+                "            instruction = None\n",
+            ),
+        ),
+        (
+            "tests/test_instructions.py::test_one_sampler_picks_the_instruction_for_each_request",
+            "tests/test_instructions.py::test_the_step_by_step_methods_ask_a_fact_for_a_sentence",
+        ),
+    ),
+    Mutation(
+        "step-by-step-methods-ask-a-fact-for-a-sentence",
+        "the methods built for run, bench and serve ask every question step by step",
+        SA + "cli/_registry.py",
+        (
+            (
+                "            ByQuestionKind(COT, PLAIN) if spec.default_instruction == COT else spec.default_instruction\n",
+                "            spec.default_instruction\n",
+            ),
+        ),
+        ("tests/test_instructions.py::test_the_step_by_step_methods_ask_a_fact_for_a_sentence",),
+    ),
 ]
 
 

@@ -18,7 +18,7 @@ from engine_bridge import EngineError, InvalidRequestError, SamplingParams
 
 from .. import EngineWorker, ScaffoldError, ScaffoldingLlm
 from ..methods import sample_answer
-from ._registry import COT, METHODS, PLAIN, SHORT, asks_for_a_number, build_method
+from ._registry import METHODS, SHORT, build_method
 
 ENGINES = ("hf", "openai", "trtllm", "simulated")
 #: the hf engine's KV cache (tokens) and batch size (tokens per step) on a CPU
@@ -770,10 +770,6 @@ def run(
     """Answer QUESTION with an inference-time compute method."""
     if not question.strip():  # before any engine starts
         raise click.UsageError("QUESTION must not be empty")
-    spec = METHODS.get(method)
-    if instruction is None and spec is not None and spec.default_instruction == COT:
-        if not asks_for_a_number(question):  # reasoning step by step over a fact misleads
-            instruction = PLAIN
     try:
         controller = build_method(
             method,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,12 +13,14 @@ from ..methods import (
     BeamSearch,
     BestFirstSearch,
     BestOfN,
+    ByQuestionKind,
     DeepConf,
     DiverseVerifierTreeSearch,
     DynasorCoT,
     MajorityVote,
     Sampler,
     StepSearch,
+    asks_for_a_number,
     math_equivalent,
 )
 
@@ -29,24 +30,11 @@ COT = "Think step by step, then give the final answer as \\boxed{answer}."
 #: the votes' instruction: on the embedded model the samples agree far more often
 #: when asked for the answer alone (benchmarks/vote_defaults.py; docs/cli.md)
 SHORT = "Give only the final answer, as \\boxed{answer}."
-#: what `scaffold run` asks instead of COT when the question asks for no number:
+#: what the step-by-step methods ask instead of COT when the question asks for no number:
 #: reasoning "step by step" over "What is the capital of France?" made the
 #: embedded model list and count ("1. First, take a look at the French capital
 #: list. It has 3 digits ...", answered "2"); docs/methods.md
 PLAIN = "Answer in one short sentence."
-_NUMERIC = re.compile(
-    r"(?i)\d|[+*/=^\u00d7\u00f7]|\b(?:how (?:many|much|long|far|old)|calculate|compute|"
-    r"solve|sum|product|difference|percent|average|total|equation)\b"
-)
-
-
-def asks_for_a_number(question: str) -> bool:
-    """Whether ``question`` looks like arithmetic (a digit, an operator, "how
-    many", "solve", ...): those get the method's own instruction (step by step,
-    a boxed answer); the others are asked for a short sentence."""
-    return _NUMERIC.search(question[:2000]) is not None
-
-
 #: tokens for a step-by-step chain: the longest of the built-in set's 17 took 274
 #: on the embedded model (median 140, none cut at 512; `scaffold bench --dataset
 #: arithmetic --method cot --max-tokens 512`, docs/methods.md)
@@ -244,8 +232,10 @@ def build_method(
     """The controller for method ``name``.  ``samples``, ``max_tokens``,
     ``temperature`` and ``instruction`` left ``None`` are the method's own
     defaults (:attr:`MethodSpec.default_samples`, ``default_max_tokens``,
-    ``default_temperature``, ``default_instruction``); ``instruction`` is appended to every prompt (empty:
-    none).  Raises ``ValueError`` naming what is wrong (unknown method, unknown or
+    ``default_temperature``, ``default_instruction``; a method whose default is
+    step by step asks a question that wants no number for one short sentence
+    instead, per request: :class:`ByQuestionKind`); ``instruction`` is appended
+    to every prompt (empty: none).  Raises ``ValueError`` naming what is wrong (unknown method, unknown or
     badly typed parameter, bad value)."""
     spec = METHODS.get(name)
     if spec is None:
@@ -259,9 +249,16 @@ def build_method(
         k: _convert(name, k, kind, given[k]) if k in given else default
         for k, (kind, default, _) in spec.params.items()
     }
+    chosen: Any = instruction
+    if instruction is None:
+        # the methods that reason step by step ask a fact for a short sentence
+        # (by the question of each request: `scaffold run`, bench and serve alike)
+        chosen = (
+            ByQuestionKind(COT, PLAIN) if spec.default_instruction == COT else spec.default_instruction
+        )
     sampler = Sampler(
         max_tokens=spec.default_max_tokens if max_tokens is None else max_tokens,
         temperature=spec.default_temperature if temperature is None else temperature,
-        instruction=(spec.default_instruction if instruction is None else instruction) or None,
+        instruction=chosen or None,
     )
     return spec.build(sampler, samples if samples is not None else spec.default_samples, values)

@@ -12,6 +12,7 @@ from ._answers import (
 from ._best_of_n import BestOfN
 from ._deepconf import DeepConf, group_confidences, trace_confidence
 from ._dynasor import DynasorCoT
+from ._instructions import ByQuestionKind, asks_for_a_number
 from ._majority_vote import MajorityVote, vote_is_decided
 from ._sampler import Sampler, fresh_task, sample_within_budget
 from ._streaming import StreamUntil
@@ -31,6 +32,7 @@ __all__ = [
     "BeamSearch",
     "BestFirstSearch",
     "BestOfN",
+    "ByQuestionKind",
     "DeepConf",
     "DiverseVerifierTreeSearch",
     "DynasorCoT",
@@ -43,6 +45,7 @@ __all__ = [
     "StreamUntil",
     "VoteState",
     "WindowAgreement",
+    "asks_for_a_number",
     "beta_majority_confidence",
     "cut_answer",
     "extract_answer",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -14,6 +15,7 @@ from engine_bridge import PrefixGroup
 from .._budget import TokenBudgetExhaustedError
 from .._context import RequestContext
 from .._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask
+from ._instructions import question_text
 
 __all__ = [
     "Sampler",
@@ -143,13 +145,27 @@ def result_from(
     return result
 
 
+#: what :attr:`Sampler.instruction` takes: a text, or question -> text (or None)
+Instruction = str | Callable[[str], str | None]
+
+
+def _instruction(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, str) and not callable(value):
+        raise TypeError(
+            f"Sampler.instruction must be a str, a callable (question -> str | None) "
+            f"or None, got {value!r}"
+        )
+
+
 @attrs.frozen
 class Sampler:
     """Chain-of-thought generation: one sample of the model's reasoning.
 
     Parameters override the task's sampling parameters only where the task leaves
     them unset.  ``instruction`` (if set) is appended to a text prompt or added as
-    a system message to a chat prompt.  With ``stream=True`` the sample is
+    a system message to a chat prompt; a callable is given the question (the
+    text prompt, or the chat's last user message) and returns the instruction
+    for it (``None``: none), e.g. :class:`ByQuestionKind`.  With ``stream=True`` the sample is
     generated as a stream and each step is published as a partial output of the
     request.
 
@@ -163,7 +179,7 @@ class Sampler:
     top_p: float | None = None
     top_k: int | None = None
     num_logprobs: int | None = None
-    instruction: str | None = None
+    instruction: Instruction | None = attrs.field(default=None, validator=_instruction)
     stream: bool = False
     streaming_step: int = 8
     worker_tag: Any = "generation"
@@ -179,11 +195,14 @@ class Sampler:
         for name in ("max_tokens", "temperature", "top_p", "top_k", "num_logprobs"):
             if getattr(t, name) is None and getattr(self, name) is not None:
                 setattr(t, name, getattr(self, name))
-        if self.instruction:
+        instruction = self.instruction
+        if callable(instruction):
+            instruction = instruction(question_text(t.input_str, t.messages))
+        if instruction:
             if t.input_str is not None:
-                t.input_str = f"{t.input_str}\n{self.instruction}"
+                t.input_str = f"{t.input_str}\n{instruction}"
             elif t.messages is not None:
-                t.messages = [{"role": "system", "content": self.instruction}, *t.messages]
+                t.messages = [{"role": "system", "content": instruction}, *t.messages]
         return t
 
     async def run(

@@ -63,11 +63,21 @@ def reseed_trio(seed: int = 0) -> None:
     _run._r.seed(seed) if isinstance(_run._r, random.Random) else None
 
 
+#: engine parameters whose tests load the embedded model (in this process, or
+#: in a transformers serve child)
+_MODEL_ENGINES = frozenset({"hf", "transformers-serve"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every ``async def`` test runs under trio unless it asks for anyio (both backends)."""
+    """Every ``async def`` test runs under trio unless it asks for anyio (both
+    backends); a test parametrized over an engine that loads the embedded model
+    is marked ``slow_model`` (selected at collection, so ``-m`` sees it)."""
     import inspect
 
     for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("make_engine") in _MODEL_ENGINES:
+            item.add_marker(pytest.mark.slow_model)
         fn = getattr(item, "function", None)
         if fn is None or not inspect.iscoroutinefunction(fn):
             continue

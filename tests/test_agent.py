@@ -111,6 +111,56 @@ async def test_unknown_tool_task_is_rejected_at_submission() -> None:
             await llm.generate("x")
 
 
+ADD_EXAMPLE = """Question: What is 123 + 456?
+Thought: I will add them with the add tool.
+Action: add
+Action Input: {"a": 123, "b": 456}
+Observation: 579
+Thought: The tool returned 579.
+Final Answer: 579"""
+
+
+async def test_a_worked_example_of_the_callers_own_is_shown_for_any_tool() -> None:
+    """``example=`` a str: the system message shows that exchange (not the python
+    one, not the described format) and the question is asked as in it."""
+    tools = ToolWorker()
+
+    @tools.register
+    async def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    seen: list[str] = []
+
+    def reply(call: SimulatedCall) -> str:
+        seen.append(call.prompt)
+        if "Observation:" in (call.request.continuation or ""):
+            return " The tool returned 42.\nFinal Answer: 42"
+        return ' I will add.\nAction: add\nAction Input: {"a": 2, "b": 40}\n'
+
+    agent = ReActAgent(tools.specs(), example=ADD_EXAMPLE)
+    async with AsyncScaffoldingLlm(agent, workers(SimulatedEngine(reply), tools)) as llm:
+        r = await llm.generate("What is 2 + 40?")
+    assert r.output.output_str == "42"
+    assert r.output.details["tool_calls"][0]["result"] == "42"
+    assert ADD_EXAMPLE in seen[0] and "Question: What is 2 + 40?" in seen[0]
+    assert "To use a tool, write exactly" not in seen[0]  # the described format is not shown
+    # without an example and with no python tool: the format described
+    async with AsyncScaffoldingLlm(
+        ReActAgent(tools.specs()), workers(SimulatedEngine(reply), tools)
+    ) as llm:
+        seen.clear()
+        await llm.generate("What is 2 + 40?")
+    assert "To use a tool, write exactly" in seen[0] and "Question:" not in seen[0]
+
+
+def test_a_worked_example_must_be_whole() -> None:
+    with pytest.raises(ValueError, match="no 'Final Answer:'"):
+        ReActAgent({"add": "Add."}, example="Action: add\nAction Input: {}")
+    with pytest.raises(TypeError, match="must be a bool or a str"):
+        ReActAgent({"add": "Add."}, example=3)  # type: ignore[arg-type]
+
+
 def test_tool_registration_errors() -> None:
     tools = ToolWorker()
     with pytest.raises(TypeError, match="async"):

@@ -70,3 +70,61 @@ def test_the_mcp_example_runs_as_written_and_prints_what_the_docs_say(tmp_path: 
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert p.stdout == said.group(1)
+
+
+@pytest.mark.slow_model
+def test_the_serve_example_runs_as_written_and_answers_right(tmp_path: Path) -> None:
+    """docs/serve.md: its first command (on a free port instead of 8000, the only
+    change) and its client block through the official openai client, as
+    written: the chat about 12 + 7 answers 19 with the votes the docs show the
+    form of."""
+    pytest.importorskip("openai")
+    pytest.importorskip("starlette")
+    import json
+    import shlex
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    text = (DOCS / "serve.md").read_text()
+    found = re.search(r"```bash\n(scaffold serve [^\n#]*?)\s+# embedded model\n", text)
+    assert found is not None, "docs/serve.md's first command"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = shlex.split(found.group(1).replace("--port 8000", f"--port {port}"))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "scaffold_actors.cli", *args[1:]],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600  # a hang guard: the engine's start is polled
+        while True:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "the server never answered /health"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        client = _block("serve.md", "from openai import OpenAI")
+        script = tmp_path / "client.py"
+        script.write_text(client.replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
+        p = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=600
+        )
+        assert p.returncode == 0, p.stderr[-3000:]
+        content, details = p.stdout.rstrip("\n").split("\n", 1)
+        scaffold = ast.literal_eval(details)  # the dict as Python prints it
+        assert scaffold["answer"] == "19", p.stdout
+        assert "19" in content
+        assert max(scaffold["votes"].values()) > sum(scaffold["votes"].values()) / 2
+        said = re.search(r"It prints \(.*?\):\n\n```\n(.*?)```", text, re.S)
+        assert said is not None and "'answer': '19'" in said.group(1)
+        json.dumps(scaffold)  # plain data
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -270,9 +270,7 @@ def _stop_transformers_serve() -> Any:
 
 @pytest.fixture(params=list(ENGINES), ids=list(ENGINES))
 def make_engine(request: pytest.FixtureRequest) -> Callable[[], Any]:
-    if request.param in ("hf", "transformers-serve"):
-        request.applymarker(pytest.mark.slow_model)
-
+    # (tests/conftest.py marks the hf and transformers-serve ones slow_model)
     def stop_servers() -> None:
         while SERVERS:
             SERVERS.pop().kill()

@@ -84,6 +84,7 @@ def test_overhead_benchmark_prints_json() -> None:
     assert json.loads(p.stdout)["gc_off"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_instruction_counts_print_json() -> None:
     p = run("benchmarks/instructions.py", "--mode", "compat", "--prompts", "5")
@@ -447,6 +448,7 @@ def test_cli_asks_a_server_the_question_as_a_chat_turn() -> None:
         build_engine(EngineOptions(engine="simulated", raw_completions=True))
 
 
+@pytest.mark.slow_model
 def test_cli_cache_names_the_embedded_models_folder_and_a_serve_command(tmp_path: Path) -> None:
     """``scaffold cache``: the conversion cache, the embedded model's folder in it
     (said not converted in an empty cache) and a ``transformers serve`` command;
@@ -492,3 +494,36 @@ def test_the_cli_says_an_unconfirmed_abort_once_and_plainly(
         "the engine; later ones are not shown)",
         "warning: a user's own warning",
     ]
+
+
+def test_a_long_engine_start_says_it_is_still_going(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not on a terminal, ``scaffold run``'s engine start says so at once and
+    then every few seconds until it is up: the body here returns only once the
+    second "so far" line was written (a wait on that event, no timing)."""
+    import threading
+
+    import click
+
+    from scaffold_actors.cli import _main
+
+    lines: list[str] = []
+    two = threading.Event()
+
+    def echo(message: str, err: bool = False) -> None:
+        lines.append(message)
+        if sum("so far" in x for x in lines) >= 2:
+            two.set()
+
+    monkeypatch.setattr(click, "echo", echo)
+    monkeypatch.setattr(_main.sys.stderr, "isatty", lambda: False)
+    with pytest.raises(KeyError):  # the body's own exception comes back as itself
+        with _main._waiting("starting the hf engine", quiet=False, every=0.01):
+            assert two.wait(60), lines  # (the bound only keeps a bug from hanging the suite)
+            raise KeyError("the body's")
+    assert lines[0] == "starting the hf engine..."
+    assert lines[1].startswith("starting the hf engine: ") and lines[1].endswith(" s so far")
+    assert not [t for t in threading.enumerate() if t.name == "scaffold-waiting"]  # stopped
+    lines.clear()
+    with _main._waiting("starting", quiet=True, every=0.01):
+        pass
+    assert lines == []

@@ -34,6 +34,7 @@ def _namespace_unavailable() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(raycluster.IN_NAMESPACE, reason="(this is the run inside the namespace)")
 def test_ray_tests_in_a_loopback_namespace() -> None:
     pytest.importorskip("ray")
@@ -46,7 +47,8 @@ def test_ray_tests_in_a_loopback_namespace() -> None:
     env = dict(os.environ, SCAFFOLD_RAY_NETNS="1", RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=ray_tmp)
     # Ray's workers import the tests' helpers (engine factories) as the test does
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
-    pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "--no-header"]
+    # every Ray test, the ones that load the embedded model too (-m overrides addopts)
+    pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "--no-header", "-m", ""]
     script = 'ip link set lo up && exec "$0" "$@"'
     proc = subprocess.run(
         ["unshare", "-n", "sh", "-c", script, sys.executable, *pytest_args, *RAY_TESTS],

@@ -1223,6 +1223,7 @@ async def test_deepconf_without_logprobs_fails_the_request(autojump_clock: objec
             await llm.generate("q")
 
 
+@pytest.mark.slow_model
 def test_port_run_pytorch_worker_engine_gives_top_logprobs(smol_folder: str) -> None:
     """``--worker-engine pytorch``: init_with_new_llm returns a PyTorchWorker,
     whose logprobs carry each token's alternatives (what DeepConf reads)."""
@@ -1242,6 +1243,7 @@ def test_port_run_pytorch_worker_engine_gives_top_logprobs(smol_folder: str) -> 
         worker_engine_factory("vllm")
 
 
+@pytest.mark.slow_model
 def test_port_run_hf_worker_engine_serves_a_reward_model_folder(
     smol_folder: str, tmp_path: Path
 ) -> None:

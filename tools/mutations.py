@@ -1743,7 +1743,8 @@ def run(m: Mutation, timeout: float) -> dict[str, object]:
         path.write_text(mutant)
         proc = subprocess.run(
             [
-                sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                # -m "": the named tests run, the slow ones too (pyproject's addopts)
+                sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "",
                 f"--junitxml={report}", *m.tests,
             ],
             cwd=ROOT,

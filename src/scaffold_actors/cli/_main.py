@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import attrs
@@ -19,6 +19,7 @@ from engine_bridge import EngineError, InvalidRequestError, SamplingParams
 from .. import EngineWorker, ScaffoldError, ScaffoldingLlm
 from ..methods import sample_answer
 from ._registry import METHODS, SHORT, build_method
+from ._waiting import waiting as _waiting
 
 ENGINES = ("hf", "openai", "trtllm", "simulated")
 #: the hf engine's KV cache (tokens) and batch size (tokens per step) on a CPU
@@ -781,9 +782,9 @@ def run(
         )
         start = time.perf_counter()
         workers = build_workers(options, method, max_tokens)
-        if not as_json:
-            click.echo(f"starting the {options.engine} engine...", err=True)
-        with ScaffoldingLlm(controller, workers) as llm:
+        with ExitStack() as stack:
+            with _waiting(f"starting the {options.engine} engine", quiet=as_json):
+                llm = stack.enter_context(ScaffoldingLlm(controller, workers))
             loaded = time.perf_counter()
             pending = llm.generate_async(question)
             if as_json or not sys.stderr.isatty():

@@ -22,10 +22,11 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
+import click
 
 from engine_bridge import InvalidRequestError
 from engine_bridge import openai_protocol as protocol
@@ -38,6 +39,7 @@ from .. import (
     ScaffoldingResult,
     TooManyRequestsError,
 )
+from ._waiting import waiting
 
 __all__ = ["MethodRouter", "chat_completions", "completions", "create_app", "health", "models"]
 
@@ -152,7 +154,12 @@ def _request_error(exc: InvalidRequestError, chat: bool) -> InvalidRequestError:
 async def _lifespan(app: Any) -> AsyncIterator[None]:
     state = app.state
     router = MethodRouter(state.methods)
-    async with AsyncScaffoldingLlm(router, state.workers, max_in_flight=state.max_in_flight) as llm:
+    async with AsyncExitStack() as stack:
+        with waiting("starting the engine (requests are answered once it is up)", quiet=False):
+            llm = await stack.enter_async_context(
+                AsyncScaffoldingLlm(router, state.workers, max_in_flight=state.max_in_flight)
+            )
+        click.echo("engine ready", err=True)
         state.llm = llm
         yield
 

@@ -27,14 +27,17 @@ Then stop; the result comes back as "Observation: <result>". Repeat as needed.
 When you know the answer, write:
 Final Answer: <the answer>"""
 
-#: the system message when a ``python`` tool is offered: the format shown by a
-#: worked exchange instead of described (the embedded 135M model follows a shown
-#: exchange, and ignores the described format: docs/methods/agents.md)
+#: the system message with a worked exchange: the format shown instead of
+#: described (the embedded 135M model follows a shown exchange, and ignores the
+#: described format: docs/methods/agents.md)
 EXAMPLE_INSTRUCTIONS = """You can use these tools:
 {tools}
 
 Answer in this format. Example:
-Question: What is 3**4 + 1?
+{example}"""
+
+#: the exchange shown when a ``python`` tool is offered and ``example=True``
+PYTHON_EXAMPLE = """Question: What is 3**4 + 1?
 Thought: I will compute it with python.
 Action: python
 Action Input: {"code": "print(3**4 + 1)"}
@@ -53,8 +56,10 @@ class ReActAgent:
     ``tools`` maps tool names to one-line descriptions (``tool_worker.specs()``);
     they are listed in a system message together with the Thought / Action /
     Action Input / Observation / Final Answer format, and, when a ``python`` tool
-    is offered and ``example`` is set, one worked exchange (the question is then
-    asked as ``Question: ...``, as in the example).  The reply starts with
+    is offered and ``example`` is True, one worked exchange (the question is then
+    asked as ``Question: ...``, as in the example); ``example`` may also be a
+    worked exchange of the caller's own, for any tools (``Question:``,
+    ``Action:``, ``Action Input:``, ``Observation:``, ``Final Answer:`` lines).  The reply starts with
     ``primer`` (``"Thought:"``; ``""`` for none), so the model begins in the
     format: on the embedded 135M model this is what makes it call tools (see
     docs/methods/agents.md for the measurement).  Each turn continues the
@@ -79,7 +84,20 @@ class ReActAgent:
     tool_tag: Any = "tool"
     max_observation: int = attrs.field(default=2000, validator=attrs.validators.ge(1))
     primer: str = "Thought:"
-    example: bool = True
+    example: bool | str = attrs.field(default=True)
+
+    @example.validator
+    def _check_example(self, attribute: Any, value: bool | str) -> None:
+        if isinstance(value, bool):
+            return
+        if not isinstance(value, str):
+            raise TypeError(f"ReActAgent.example must be a bool or a str, got {value!r}")
+        missing = [k for k in ("Action:", "Action Input:", "Final Answer:") if k not in value]
+        if missing:
+            raise ValueError(
+                "ReActAgent.example must show a whole exchange; it has no "
+                + ", ".join(repr(k) for k in missing)
+            )
 
     @tools.validator
     def _check_tools(self, attribute: Any, value: dict[str, str]) -> None:
@@ -88,8 +106,13 @@ class ReActAgent:
 
     def _chat(self, task: GenerationTask) -> list[dict[str, str]]:
         listing = "\n".join(f"- {name}: {desc}" for name, desc in self.tools.items())
-        shown = self.example and "python" in self.tools
-        content = (EXAMPLE_INSTRUCTIONS if shown else INSTRUCTIONS).replace("{tools}", listing)
+        if isinstance(self.example, str):
+            example: str | None = self.example
+        else:
+            example = PYTHON_EXAMPLE if self.example and "python" in self.tools else None
+        shown = example is not None
+        template = INSTRUCTIONS if example is None else EXAMPLE_INSTRUCTIONS
+        content = template.replace("{tools}", listing).replace("{example}", example or "")
         system = {"role": "system", "content": content}
         if task.messages is not None:
             return [system, *(dict(m) for m in task.messages)]

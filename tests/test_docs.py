@@ -72,6 +72,29 @@ def test_the_mcp_example_runs_as_written_and_prints_what_the_docs_say(tmp_path: 
     assert p.stdout == said.group(1)
 
 
+
+@pytest.mark.slow_model
+def test_the_mcp_agent_example_calls_the_tool_as_the_docs_say(tmp_path: Path) -> None:
+    """docs/mcp.md's agent on the embedded model (greedy): it calls the server's
+    ``add`` and prints what the docs show after "It prints (greedy"."""
+    pytest.importorskip("mcp")
+    pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    (tmp_path / "calc_server.py").write_text(_block("mcp.md", "# calc_server.py"))
+    (tmp_path / "calc_agent.py").write_text(_block("mcp.md", "# calc_agent.py"))
+    said = re.search(
+        r"It prints \(greedy[^)]*\):\n\n```\n(.*?)```", (DOCS / "mcp.md").read_text(), re.S
+    )
+    assert said is not None
+    p = subprocess.run(
+        [sys.executable, "calc_agent.py"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout == said.group(1)
+
 @pytest.mark.slow_model
 def test_the_serve_example_runs_as_written_and_answers_right(tmp_path: Path) -> None:
     """docs/serve.md: its first command (on a free port instead of 8000, the only

@@ -112,3 +112,25 @@ def test_bad_instructions_are_refused_at_construction() -> None:
         ByQuestionKind(1, "x")  # type: ignore[arg-type]
     task = GenerationTask(input_str="q")
     assert Sampler(instruction=ByQuestionKind(None, None)).prepare(task).input_str == "q"
+
+
+def test_a_chat_gets_the_instruction_in_its_last_user_message() -> None:
+    """As a text prompt gets it (the embedded model ignored it as a system
+    message: docs/serve.md); the caller's messages are not changed."""
+    chat = [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": SUM},
+    ]
+    task = GenerationTask(messages=chat)
+    out = Sampler(instruction=SHORT).prepare(task).messages
+    assert out is not None
+    assert out[-1] == {"role": "user", "content": f"{SUM}\n{SHORT}"}
+    assert out[:2] == chat[:2] and chat[-1]["content"] == SUM
+    only_system = Sampler(instruction="Be brief.").prepare(
+        GenerationTask(messages=[{"role": "system", "content": "s"}])
+    )
+    assert only_system.messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "system", "content": "s"},
+    ]

@@ -270,6 +270,10 @@ async def test_the_loop_keeps_running_while_answers_are_compared(
     ("completion", "answer"),
     [
         ("\\boxed{answer}", None),  # the README's first run: "answer" counted as a vote
+        # a verdict is no answer (docs/serve.md's chat once voted "correct"): the line before
+        ("12 + 7 = 8\n\nThe answer is correct.", "8"),
+        ("The answer is 19.\nThe answer is right.", "19"),
+        ("The answer is below.\n19", "19"),
         ("I get 19. \\boxed{your answer}", "19"),  # the placeholder is skipped, not voted
         ("So \\boxed{7}. (Format: \\boxed{answer})", "7"),  # the real box before the echo
         ("\\boxed{}", None),

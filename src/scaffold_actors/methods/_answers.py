@@ -121,6 +121,24 @@ _NO_ANSWER = re.compile(
 )
 
 
+#: "the answer is correct" is a verdict on an answer, not one
+_VERDICT = re.compile(
+    r"(?i)^(?:not )?(?:correct|incorrect|right|wrong|as follows|(?:given |shown )?(?:below|above))$"
+)
+
+
+def _stated(match: re.Match[str]) -> str | None:
+    """The answer a ``the answer is X`` match states (cleaned), ``None`` for a
+    verdict ("the answer is correct")."""
+    said = _clean(match.group("answer"))
+    return None if _VERDICT.match(said) else said
+
+
+def _is_verdict(line: str) -> bool:
+    m = _ANSWER_IS.search(line)
+    return m is not None and _stated(m) is None
+
+
 def _unmarked(line: str) -> str:
     previous = None
     while previous != line:  # "- 5. x": both markers
@@ -129,11 +147,12 @@ def _unmarked(line: str) -> str:
 
 
 def _last_line(text: str) -> str:
-    """The last line that says something (list markers and closing
-    pleasantries such as "I hope this helps!" skipped)."""
+    """The last line that says something (list markers, closing pleasantries
+    such as "I hope this helps!" and verdicts such as "The answer is correct."
+    skipped)."""
     for line in reversed(text.splitlines()):
         line = _unmarked(line)
-        if line and not _PLEASANTRY.match(line):
+        if line and not _PLEASANTRY.match(line) and not _is_verdict(line):
             return line
     return ""
 
@@ -160,8 +179,8 @@ def extract_answer(text: str | None) -> str | None:
         if m:
             candidate = m[-1].strip()
     if candidate is None:
-        stated = list(_ANSWER_IS.finditer(tail))
-        said = _clean(stated[-1].group("answer")) if stated else ""
+        stated = [x for x in map(_stated, _ANSWER_IS.finditer(tail)) if x is not None]
+        said = stated[-1] if stated else ""
         if said and "\\boxed" not in said and not is_placeholder(said):  # (not the format echoed)
             nums = _NUMBER.findall(said)
             candidate = nums[-1] if nums else _SENTENCE_END.split(said, 1)[0]

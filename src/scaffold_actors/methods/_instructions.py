@@ -29,7 +29,7 @@ def question_text(input_str: str | None, messages: Any) -> str:
     if input_str is not None:
         return input_str
     for message in reversed(list(messages or ())):
-        if message.get("role") != "user":
+        if not isinstance(message, dict) or message.get("role") != "user":
             continue
         content = message.get("content")
         return content if isinstance(content, str) else ""

@@ -145,6 +145,26 @@ def result_from(
     return result
 
 
+def _instructed(messages: Any, instruction: str) -> list[Any]:
+    """``messages`` with ``instruction`` appended to the last user message (a
+    copy; the caller's dicts are not changed), as it is appended to a text
+    prompt; a system message first when no user message has text.  (Measured
+    on the embedded model: a vote over the chat "What is 12 + 7?" with the
+    instruction as a system message answered 9, 9 and "correct" in three runs,
+    most samples cut; appended to the question it answers 19: docs/serve.md.)"""
+    out = list(messages)
+    for i in range(len(out) - 1, -1, -1):
+        message = out[i]
+        if (
+            isinstance(message, dict)
+            and message.get("role") == "user"
+            and isinstance(message.get("content"), str)
+        ):
+            out[i] = {**message, "content": f"{message['content']}\n{instruction}"}
+            return out
+    return [{"role": "system", "content": instruction}, *out]
+
+
 #: what :attr:`Sampler.instruction` takes: a text, or question -> text (or None)
 Instruction = str | Callable[[str], str | None]
 
@@ -162,8 +182,8 @@ class Sampler:
     """Chain-of-thought generation: one sample of the model's reasoning.
 
     Parameters override the task's sampling parameters only where the task leaves
-    them unset.  ``instruction`` (if set) is appended to a text prompt or added as
-    a system message to a chat prompt; a callable is given the question (the
+    them unset.  ``instruction`` (if set) is appended to a text prompt, or to the
+    last user message of a chat (a copy); a callable is given the question (the
     text prompt, or the chat's last user message) and returns the instruction
     for it (``None``: none), e.g. :class:`ByQuestionKind`.  With ``stream=True`` the sample is
     generated as a stream and each step is published as a partial output of the
@@ -202,7 +222,7 @@ class Sampler:
             if t.input_str is not None:
                 t.input_str = f"{t.input_str}\n{instruction}"
             elif t.messages is not None:
-                t.messages = [{"role": "system", "content": instruction}, *t.messages]
+                t.messages = _instructed(t.messages, instruction)
         return t
 
     async def run(

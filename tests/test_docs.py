@@ -151,3 +151,62 @@ def test_the_serve_example_runs_as_written_and_answers_right(tmp_path: Path) -> 
     finally:
         server.terminate()
         server.wait(30)
+
+
+def _documented_commands() -> list[tuple[str, str]]:
+    """Every ``scaffold ...`` command line in a bash block of the README and
+    docs/ (line continuations joined; comments, pipes and ``$ `` prompts cut)."""
+    found = []
+    for path in [DOCS.parent / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        for block in re.findall(r"```(?:bash|console|sh)\n(.*?)```", path.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.strip().removeprefix("$ ")
+                m = re.search(r"(?:^|&& )(scaffold \S.*?)\s*(?:$| #| \|)", line)
+                if m and not m.group(1).endswith("..."):  # (a sketch, not a command)
+                    found.append((path.name, m.group(1)))
+    return found
+
+
+COMMANDS = _documented_commands()
+
+
+def test_the_docs_have_scaffold_commands() -> None:
+    assert len(COMMANDS) >= 15
+
+
+@pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[c for _, c in COMMANDS])
+def test_a_documented_command_is_one_the_cli_takes(where: str, command: str) -> None:
+    """Each documented command parses as written: its subcommand and options
+    exist and their values have the right types, and for run and serve the
+    method and its -p parameters exist (what a renamed option or parameter
+    would break).  Nothing runs."""
+    import shlex
+
+    import click
+
+    from scaffold_actors.cli import main
+    from scaffold_actors.cli._main import parse_params
+    from scaffold_actors.cli._registry import METHODS, build_method
+
+    args = shlex.split(command.replace('"$(scaffold cache --path)"', "MODEL"))[1:]
+    name, rest = args[0], args[1:]
+    parent = click.Context(main, info_name="scaffold")
+    sub = main.get_command(parent, name)
+    assert sub is not None, f"{where}: no subcommand {name!r}"
+    with parent:
+        try:
+            sub_ctx = sub.make_context(name, rest, parent=parent)
+        except click.UsageError as e:
+            pytest.fail(f"{where}: `{command}`: {e.format_message()}")
+        params = sub_ctx.params
+        if name == "bench":
+            compare = params.get("compare") or params["method"]
+            names = list(METHODS) if compare == "all" else compare.split(",")
+            assert set(names) <= set(METHODS), f"{where}: `{command}`"
+        if name in ("run", "serve"):
+            build_method(
+                params["method"],
+                samples=params.get("samples"),
+                max_tokens=params.get("max_tokens"),
+                params=parse_params(params["params"]),
+            )

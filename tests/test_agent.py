@@ -111,13 +111,12 @@ async def test_unknown_tool_task_is_rejected_at_submission() -> None:
             await llm.generate("x")
 
 
-ADD_EXAMPLE = """Question: What is 123 + 456?
-Thought: I will add them with the add tool.
+ADD_EXAMPLE = """Question: How much is 10 plus 20?
+Thought: The add tool adds.
 Action: add
-Action Input: {"a": 123, "b": 456}
-Observation: 579
-Thought: The tool returned 579.
-Final Answer: 579"""
+Action Input: {"a": 10, "b": 20}
+Observation: 30
+Final Answer: 30"""
 
 
 async def test_a_worked_example_of_the_callers_own_is_shown_for_any_tool() -> None:

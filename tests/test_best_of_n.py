@@ -113,3 +113,25 @@ async def test_chat_prompts_score_against_the_last_user_message(autojump_clock: 
 def test_bad_configuration() -> None:
     with pytest.raises(ValueError):
         BestOfN(samples=0)
+
+
+@pytest.mark.trio
+async def test_a_candidate_cut_before_its_answer_is_chosen_only_when_all_were(
+    autojump_clock: object,
+) -> None:
+    """The best score went to a text cut by max_tokens (the embedded model's
+    word problem answered "none" that way): a finished candidate wins instead."""
+    long = "candidate 0 " + "reasoning " * 40  # cut at 8 tokens
+    reward = first_two_words({"candidate 0": 0.9, "candidate 1": 0.2, "candidate 2": 0.1})
+    best = BestOfN(Sampler(max_tokens=8), samples=3)
+    script = Script().then(long, "candidate 1 \\boxed{7}", "candidate 2 \\boxed{5}")
+    async with simulated_runtime(best, script, reward=reward) as rt:
+        r = await rt.generate("q")
+    assert r.output.output_str == "candidate 1 \\boxed{7}"
+    assert r.output.details["best_score"] == 0.2 and r.output.details["cut_by_length"] == 1
+    # all cut: the best of them, said to be cut
+    script = Script(default=long)
+    async with simulated_runtime(BestOfN(Sampler(max_tokens=8), samples=2), script,
+                                 reward=reward) as rt:  # fmt: skip
+        r = await rt.generate("q")
+    assert r.output.finish_reason == "length" and r.output.details["cut_by_length"] == 2

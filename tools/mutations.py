@@ -1713,6 +1713,20 @@ MUTATIONS = [
         ),
         ("tests/test_instructions.py::test_the_step_by_step_methods_ask_a_fact_for_a_sentence",),
     ),
+    Mutation(
+        "best-of-n-prefers-a-whole-candidate",
+        "best-of-n chooses by score alone: a candidate cut before its answer can win",
+        SA + "methods/_best_of_n.py",
+        (
+            (
+                "        best_score, best = max(whole or scored, key=lambda pair: pair[0])\n",
+                "        best_score, best = max(scored, key=lambda pair: pair[0])\n",
+            ),
+        ),
+        (
+            "tests/test_best_of_n.py::test_a_candidate_cut_before_its_answer_is_chosen_only_when_all_were",
+        ),
+    ),
 ]
 
 

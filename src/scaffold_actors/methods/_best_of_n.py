@@ -8,6 +8,7 @@ import attrs
 
 from .._context import RequestContext
 from .._tasks import GenerationTask, RewardTask, ScaffoldingOutput
+from ._answers import cut_answer
 from ._sampler import Sampler, fresh_task, grouped, result_from, sample_count
 
 __all__ = ["BestOfN"]
@@ -30,8 +31,11 @@ class BestOfN:
 
     Each candidate is scored as soon as it is generated, so the reward model works
     while the other samples are still being generated.  Ties go to the candidate
-    that finished first.  ``details`` holds ``scores`` (in finishing order),
-    ``best_score`` and ``samples_finished``.  A failing sample or score fails the
+    that finished first.  A candidate cut by ``max_tokens`` before a boxed answer
+    is chosen only when every candidate was cut (an unfinished text is no
+    answer, however it scores; as it is no vote in :class:`MajorityVote`).
+    ``details`` holds ``scores`` (in finishing order), ``best_score``,
+    ``samples_finished`` and ``cut_by_length`` (candidates cut before an answer).  A failing sample or score fails the
     request (the other samples are cancelled).
 
     Paper: Cobbe et al., "Training Verifiers to Solve Math Word Problems" (2021);
@@ -82,10 +86,18 @@ class BestOfN:
         async with ctx.parallel() as par:
             for _ in range(n):
                 par.start(sample_and_score)
-        best_score, best = max(scored, key=lambda pair: pair[0])  # first maximum wins
+        whole = [(s, out) for s, out in scored if not _cut(out)]
+        # first maximum wins; a cut candidate only when all were cut
+        best_score, best = max(whole or scored, key=lambda pair: pair[0])
         details = {
             "scores": [s for s, _ in scored],
             "best_score": best_score,
             "samples_finished": len(scored),
+            "cut_by_length": len(scored) - len(whole),
         }
         return result_from(task, best, details)
+
+
+def _cut(out: GenerationTask) -> bool:
+    """Cut by ``max_tokens`` before a boxed answer."""
+    return out.finish_reason == "length" and cut_answer(out.output_str) is None

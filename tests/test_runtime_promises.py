@@ -199,7 +199,9 @@ def test_sync_generate_interrupted_cancels_its_requests() -> None:
     import threading
     import time
 
-    engine = SimulatedEngine(LONG, cost=CostModel(step_base=0.01))
+    # 30 s a step: the requests cannot finish before the interrupt, however busy
+    # the machine (at 0.01 s a step they once did, beside two CPU burners)
+    engine = SimulatedEngine(LONG, cost=CostModel(step_base=30.0))
     with ScaffoldingLlm(one_shot, {"generation": EngineWorker(engine)}) as llm:
 
         def interrupt_once_all_run() -> None:

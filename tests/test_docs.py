@@ -210,3 +210,30 @@ def test_a_documented_command_is_one_the_cli_takes(where: str, command: str) -> 
                 max_tokens=params.get("max_tokens"),
                 params=parse_params(params["params"]),
             )
+
+
+@pytest.mark.slow_model
+@pytest.mark.parametrize(
+    "command",
+    [c for where, c in COMMANDS if where == "README.md" and c.startswith(("scaffold run", "scaffold methods"))],
+)
+def test_the_readmes_run_commands_run_as_written(command: str) -> None:
+    """The README's `scaffold run` and `scaffold methods` commands, run as
+    written on the embedded model: each ends with an answer line that has an
+    answer (the 135M model's, right or wrong), never "none found"."""
+    import shlex
+    import subprocess
+    import sys
+
+    args = shlex.split(command)[1:]
+    p = subprocess.run(
+        [sys.executable, "-m", "scaffold_actors.cli", *args],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    if args[0] == "methods":
+        assert "majority-vote" in p.stdout and "dynasor" in p.stdout
+        return
+    answer = [line for line in p.stdout.splitlines() if line.startswith("answer: ")]
+    assert answer, p.stdout[-2000:]
+    assert not answer[-1].startswith(("answer: none", "answer: \n")), p.stdout[-2000:]

@@ -73,7 +73,9 @@ async def run_arm(arm: str, qs: list[tuple[str, int]], workers: dict[str, Any],
                   tools: dict[str, str], max_tokens: int) -> dict[str, Any]:  # fmt: skip
     sampler = Sampler(max_tokens=max_tokens, temperature=0.0)
     if arm == "no-tool":
-        controller: Any = attrs_evolve(sampler, "Give only the final answer.")
+        controller: Any = Sampler(
+            max_tokens=max_tokens, temperature=0.0, instruction="Give only the final answer."
+        )
     else:
         controller = ReActAgent(
             tools, sampler, max_turns=4, example=EXAMPLE if arm == "agent-example" else False
@@ -104,12 +106,6 @@ async def run_arm(arm: str, qs: list[tuple[str, int]], workers: dict[str, Any],
         "seconds": round(time.perf_counter() - start, 1),
         "rows": rows,
     }
-
-
-def attrs_evolve(sampler: Sampler, instruction: str) -> Sampler:
-    import attrs
-
-    return attrs.evolve(sampler, instruction=instruction)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -127,14 +127,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await one_vote(target, engines, ids, 2, grouped, 4)
         for p in args.prompt_tokens:
             for n in args.samples:
-                arms: dict[str, list[dict[str, float]]] = {"ungrouped": [], "grouped": []}
-                for r in range(args.repeats):
-                    order = (False, True) if r % 2 == 0 else (True, False)
-                    for grouped in order:
-                        ids = tuple(rng.randrange(100, vocab) for _ in range(p))
-                        arms["grouped" if grouped else "ungrouped"].append(
-                            await one_vote(target, engines, ids, n, grouped, args.max_tokens)
-                        )
+                arms = await alternate(target, engines, rng, vocab, p, n, args.repeats, args.max_tokens)
                 summary: dict[str, Any] = {}
                 for arm, runs in arms.items():
                     summary[arm] = {
@@ -159,6 +152,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+async def alternate(
+    target: Any, engines: list[HFEngine], rng: random.Random, vocab: int, p: int, n: int,
+    repeats: int, max_tokens: int,
+) -> dict[str, list[dict[str, float]]]:  # fmt: skip
+    """``repeats`` votes of each arm, alternated (ABBA), each on a fresh prompt."""
+    arms: dict[str, list[dict[str, float]]] = {"ungrouped": [], "grouped": []}
+    for r in range(repeats):
+        order = (False, True) if r % 2 == 0 else (True, False)
+        for grouped in order:
+            ids = tuple(rng.randrange(100, vocab) for _ in range(p))
+            arms["grouped" if grouped else "ungrouped"].append(
+                await one_vote(target, engines, ids, n, grouped, max_tokens)
+            )
+    return arms
+
+
 async def probe_prefill(
     target: Any, engines: list[HFEngine], rng: random.Random, vocab: int, p: int, n: int,
     args: argparse.Namespace, summary: dict[str, Any],
@@ -169,15 +178,9 @@ async def probe_prefill(
     wall - the ungrouped prefill time scaled by the share of prompt tokens that
     grouping saved): the ratio if the saved tokens cost what they cost
     ungrouped and the hand-off cost nothing."""
-    walls: dict[str, list[float]] = {"ungrouped": [], "grouped": []}
-    for r in range(args.repeats):
-        order = (False, True) if r % 2 == 0 else (True, False)
-        for grouped in order:
-            ids = tuple(rng.randrange(100, vocab) for _ in range(p))
-            run = await one_vote(target, engines, ids, n, grouped, 1)
-            walls["grouped" if grouped else "ungrouped"].append(run["wall_s"])
-    pre_u = statistics.median(walls["ungrouped"])
-    pre_g = statistics.median(walls["grouped"])
+    runs = await alternate(target, engines, rng, vocab, p, n, args.repeats, 1)
+    pre_u = statistics.median(run["wall_s"] for run in runs["ungrouped"])
+    pre_g = statistics.median(run["wall_s"] for run in runs["grouped"])
     summary["prefill_wall_s"] = {"ungrouped": round(pre_u, 4), "grouped": round(pre_g, 4)}
     u, g = summary["ungrouped"], summary["grouped"]
     share_saved = 1 - g["computed_per_request"] / u["computed_per_request"]

@@ -189,3 +189,12 @@ class Stripped:
                     yield attrs.evolve(d, **self.cleared)
 
             yield strip()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

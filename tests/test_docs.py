@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLOCKS = [
@@ -105,7 +106,6 @@ def test_the_serve_example_runs_as_written_and_answers_right(tmp_path: Path) -> 
     pytest.importorskip("starlette")
     import json
     import shlex
-    import socket
     import subprocess
     import sys
     import time
@@ -115,9 +115,7 @@ def test_the_serve_example_runs_as_written_and_answers_right(tmp_path: Path) -> 
     text = (DOCS / "serve.md").read_text()
     found = re.search(r"```bash\n(scaffold serve [^\n#]*?)\s+# embedded model\n", text)
     assert found is not None, "docs/serve.md's first command"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = shlex.split(found.group(1).replace("--port 8000", f"--port {port}"))
     server = subprocess.Popen(
         [sys.executable, "-m", "scaffold_actors.cli", *args[1:]],

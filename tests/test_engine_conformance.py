@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import trio
-from helpers import collect
+from helpers import collect, free_port
 
 from engine_bridge import (
     EngineClosedError,
@@ -64,14 +64,6 @@ def trtllm() -> Any:
     if str(STANDINS) not in sys.path:
         sys.path.insert(0, str(STANDINS))
     return TRTLLMEngine("standin-model", llm_kwargs={"max_seq_len": 256})
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerProcess:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,11 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")
 
+from helpers import free_port  # noqa: E402
+
 from scaffold_actors.cli._registry import METHODS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

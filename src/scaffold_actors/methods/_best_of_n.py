@@ -9,6 +9,7 @@ import attrs
 from .._context import RequestContext
 from .._tasks import GenerationTask, RewardTask, ScaffoldingOutput
 from ._answers import cut_answer
+from ._instructions import last_user_message
 from ._sampler import Sampler, fresh_task, grouped, result_from, sample_count
 
 __all__ = ["BestOfN"]
@@ -18,9 +19,10 @@ def question_of(task: GenerationTask) -> str:
     """The text a reward model scores against: the prompt or the last user message."""
     if task.input_str is not None:
         return task.input_str
-    for m in reversed(task.messages or ()):
-        if m.get("role") == "user":
-            return m["content"]
+    chat = list(task.messages or ())
+    i = last_user_message(chat)
+    if i is not None:
+        return str(chat[i]["content"])
     raise ValueError("a reward model needs a text prompt or a user message to score against")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ByQuestionKind", "asks_for_a_number", "question_text"]
+__all__ = ["ByQuestionKind", "asks_for_a_number", "last_user_message", "question_text"]
 
 _NUMERIC = re.compile(
     r"(?i)\d|[+*/=^\u00d7\u00f7]|\b(?:how (?:many|much|long|far|old)|calculate|compute|"
@@ -23,17 +23,28 @@ def asks_for_a_number(question: str) -> bool:
     return _NUMERIC.search(question[:2000]) is not None
 
 
+def last_user_message(messages: Any) -> int | None:
+    """The index of a chat's last user message with text content, ``None`` when
+    it has none."""
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if (
+            isinstance(message, dict)
+            and message.get("role") == "user"
+            and isinstance(message.get("content"), str)
+        ):
+            return i
+    return None
+
+
 def question_text(input_str: str | None, messages: Any) -> str:
     """The question a task asks: its text prompt, else the last user message of
     its chat ("" when it has none)."""
     if input_str is not None:
         return input_str
-    for message in reversed(list(messages or ())):
-        if not isinstance(message, dict) or message.get("role") != "user":
-            continue
-        content = message.get("content")
-        return content if isinstance(content, str) else ""
-    return ""
+    chat = list(messages or ())
+    i = last_user_message(chat)
+    return "" if i is None else str(chat[i]["content"])
 
 
 def _optional_str(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

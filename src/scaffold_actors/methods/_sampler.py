@@ -15,7 +15,7 @@ from engine_bridge import PrefixGroup
 from .._budget import TokenBudgetExhaustedError
 from .._context import RequestContext
 from .._tasks import GenerationTask, ScaffoldingOutput, StreamGenerationTask
-from ._instructions import question_text
+from ._instructions import last_user_message, question_text
 
 __all__ = [
     "Sampler",
@@ -153,16 +153,11 @@ def _instructed(messages: Any, instruction: str) -> list[Any]:
     instruction as a system message answered 9, 9 and "correct" in three runs,
     most samples cut; appended to the question it answers 19: docs/serve.md.)"""
     out = list(messages)
-    for i in range(len(out) - 1, -1, -1):
-        message = out[i]
-        if (
-            isinstance(message, dict)
-            and message.get("role") == "user"
-            and isinstance(message.get("content"), str)
-        ):
-            out[i] = {**message, "content": f"{message['content']}\n{instruction}"}
-            return out
-    return [{"role": "system", "content": instruction}, *out]
+    i = last_user_message(out)
+    if i is None:
+        return [{"role": "system", "content": instruction}, *out]
+    out[i] = {**out[i], "content": f"{out[i]['content']}\n{instruction}"}
+    return out
 
 
 #: what :attr:`Sampler.instruction` takes: a text, or question -> text (or None)

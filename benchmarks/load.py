@@ -7,10 +7,13 @@ Checks and reports:
 * peak memory (tracemalloc) of runs with every request in flight, for several
   in-flight caps, and the slope: bytes per in-flight request (a straight line
   means memory grows linearly and is bounded by the cap);
+* CPU per task, of the whole process and of the event loop's thread, in a saturated
+  run without the latency probe (the probe wakes every millisecond: in a long run,
+  a real engine's, its wake-ups would be most of the loop's CPU);
 * the event loop's scheduling latency while loaded: a probe sleeps 1 ms over and
-  over and records how late it wakes (p50, p99, max), twice: with every request
-  submitted at once (the loop saturated: latency is then the length of the run
-  queue), and with requests arriving at a steady ``--rate`` per second, as a
+  over and records how late it wakes (p50, p99, max), in two more runs: with every
+  request submitted at once (the loop saturated: latency is then the length of the
+  run queue), and with requests arriving at a steady ``--rate`` per second, as a
   server sees them (``at_rate``).
 
 Prints one JSON object.  ``--requests 10000`` is the full setting (the stress test
@@ -25,6 +28,7 @@ import json
 import platform
 import statistics
 import sys
+import threading
 import time
 import tracemalloc
 from collections import Counter
@@ -157,12 +161,17 @@ async def run(
         "tasks": requests * samples,
         "wall_s": round(wall, 3),
         "requests_per_s": round(requests / wall, 1),
-        # the process's CPU (every thread: an engine's bridge thread included)
-        "cpu_s": round(cpu, 3),
-        "cpu_us_per_task": round(cpu / (requests * samples) * 1e6, 1),
-        # the event loop's thread alone (the runtime, and an engine's loop side; the
-        # simulated engine's scheduler runs there too, a bridged engine's does not)
-        "loop_cpu_us_per_task": round(loop_cpu / (requests * samples) * 1e6, 1),
+    }
+    if not probe:  # (the probe's own wake-ups would be counted)
+        out |= {
+            # the process's CPU (every thread: an engine's bridge thread included)
+            "cpu_s": round(cpu, 3),
+            "cpu_us_per_task": round(cpu / (requests * samples) * 1e6, 1),
+            # the event loop's thread alone (the runtime, and an engine's loop side; the
+            # simulated engine's scheduler runs there too, a bridged engine's does not)
+            "loop_cpu_us_per_task": round(loop_cpu / (requests * samples) * 1e6, 1),
+        }
+    out |= {
         "lost": sum(1 for i in range(requests) if i not in seen),
         "duplicated": sum(1 for c in seen.values() if c > 1),
         "mixed_up": mixed,
@@ -195,14 +204,24 @@ def peak_bytes(in_flight: int, samples: int, step: float, requests: int | None =
 
 
 class FullCollections:
-    """A ``gc.callbacks`` entry: how many full collections ran, and for how long."""
+    """A ``gc.callbacks`` entry: how many full collections ran, and for how long;
+    and the event loop's thread's CPU in collections of any generation (the
+    collector runs in whichever thread allocates: a real engine's threads too)."""
 
     def __init__(self) -> None:
         self.count = 0
         self.seconds = 0.0
+        self.loop_cpu_s = 0.0
         self._start = 0.0
+        self._loop_start = 0.0
+        self._loop = threading.get_ident()
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if threading.get_ident() == self._loop:
+            if phase == "start":
+                self._loop_start = time.thread_time()
+            else:
+                self.loop_cpu_s += time.thread_time() - self._loop_start
         if info["generation"] != 2:
             return
         if phase == "start":
@@ -320,6 +339,20 @@ def main() -> None:
         action="store_true",
         help="disable the cyclic garbage collector during the saturated run (its share of the time)",
     )
+    ap.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() once the engine is loaded, before the runs: the collector then "
+        "leaves everything alive at that point (a real engine's model and library "
+        "objects) out of its walks",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="requests in an untimed run before the measured ones (first-use costs: "
+        "imports, caches, a real engine's warm-up)",
+    )
     args = ap.parse_args()
     BACKEND[0] = args.backend
     KIND[0] = args.engine
@@ -337,14 +370,19 @@ def main() -> None:
         out = breakdown(args.in_flight, args.samples, args.step)
         print(json.dumps({"benchmark": "load-memory-breakdown", **engine_info, **out}, indent=2))
         return
+    if args.gc_freeze:
+        gc.collect()
+        gc.freeze()
     if args.gc_off:
         gc.collect()
         gc.disable()
+    if args.warmup:  # untimed: first-use costs (imports, caches, the engine's warm-up)
+        anyio.run(run, args.warmup, args.in_flight, args.samples, args.step, False, backend=args.backend)
     full = FullCollections()
     gc.callbacks.append(full)
     try:
         load = anyio.run(
-            run, args.requests, args.in_flight, args.samples, args.step, True, backend=args.backend
+            run, args.requests, args.in_flight, args.samples, args.step, False, backend=args.backend
         )
     finally:
         gc.callbacks.remove(full)
@@ -358,16 +396,28 @@ def main() -> None:
         "backend": args.backend,
         "in_flight_cap": args.in_flight,
         "gc_off_in_saturated_run": args.gc_off,
+        "gc_frozen_after_load": args.gc_freeze,
+        "warmup_requests": args.warmup,
         **load,
         # the cyclic collector's full (generation 2) collections in the saturated
         # run: each walks every tracked object alive, so their time grows with the
         # objects each in-flight request holds
         "gc_full_collections": full.count,
         "gc_full_collections_s": round(full.seconds, 3),
+        # the loop thread's CPU per task less its collections (the collector walks
+        # every tracked object alive: with a real engine, the library's too)
+        "loop_cpu_us_per_task_outside_gc": round(
+            load["loop_cpu_us_per_task"] - full.loop_cpu_s / load["tasks"] * 1e6, 1
+        ),
     }
     if args.saturated_only:
         print(json.dumps(saturated, indent=2))
         return
+    # the loop's lateness when saturated, in a run of its own (the probe costs CPU)
+    probed = anyio.run(
+        run, args.requests, args.in_flight, args.samples, args.step, True, backend=args.backend
+    )
+    saturated["scheduling_latency_ms"] = probed["scheduling_latency_ms"]
     n_rate = args.rate_requests or args.requests
     at_rate = anyio.run(
         run, n_rate, args.in_flight, args.samples, args.step, True, args.rate,

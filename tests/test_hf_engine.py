@@ -367,3 +367,48 @@ def test_the_cache_folder_changes_with_the_file(tmp_path: object) -> None:
     gguf.write_bytes(b"v2 longer")
     os.utime(gguf, ns=(1, 1))
     assert _hf.conversion_cache_folder(str(folder), "m.gguf", folder / "cache") != first
+
+
+def test_a_group_is_released_when_a_batch_holds_its_leaders_whole_prompt() -> None:
+    """The members of a prefix group go to transformers once its scheduler has put
+    the rest of the leader's prompt in a batch (it marks the leader decoding as
+    it schedules it): they then join the next batch, reusing the blocks that batch
+    computes, a step earlier than at the leader's first token.  A leader whose
+    prompt is split over batches (still prefilling) releases nobody yet.  Read
+    off transformers' own scheduler state (a stand-in scheduler here: the real
+    model's reuse is the test above)."""
+    from transformers.generation.continuous_batching.requests import RequestStatus
+
+    class State:
+        def __init__(self, status: Any) -> None:
+            self.status = status
+
+    class Scheduler:
+        def __init__(self) -> None:
+            self.active_requests: dict[str, State] = {}
+            self.batches = 0
+
+        def schedule_batch(self, token_budget: int, cache_budget: int) -> list[str]:
+            self.batches += 1
+            return list(self.active_requests)
+
+    class BatchProcessor:
+        scheduler = Scheduler()
+
+    class Manager:
+        batch_processor = BatchProcessor()
+
+    engine, _, caller = _submitter()
+    manager = Manager()
+    engine._release_groups_when_scheduled(manager)
+    scheduler = manager.batch_processor.scheduler
+    engine._leaders_waiting.update({"lead": None, "other": None})
+    scheduler.active_requests["lead"] = State(RequestStatus.PREFILLING)  # split: more to come
+    assert scheduler.schedule_batch(8192, 64) == ["lead"] and scheduler.batches == 1
+    assert caller.released == [] and "lead" in engine._leaders_waiting
+    scheduler.active_requests["lead"].status = RequestStatus.DECODING  # its last chunk
+    scheduler.schedule_batch(8192, 64)
+    assert caller.released == ["lead"]  # the loop is told once...
+    scheduler.schedule_batch(8192, 64)
+    assert caller.released == ["lead"]  # ...and only once
+    assert list(engine._leaders_waiting) == ["other"]  # not yet scheduled: still waiting

@@ -1714,6 +1714,15 @@ MUTATIONS = [
         ("tests/test_instructions.py::test_the_step_by_step_methods_ask_a_fact_for_a_sentence",),
     ),
     Mutation(
+        "groups-released-when-the-leaders-prompt-is-in-a-batch",
+        "a prefix group's members wait for the leader's first token (a step later)",
+        SRC + "_engines/_hf.py",
+        (("        scheduler.schedule_batch = scheduled\n", "        pass\n"),),
+        (
+            "tests/test_hf_engine.py::test_a_group_is_released_when_a_batch_holds_its_leaders_whole_prompt",
+        ),
+    ),
+    Mutation(
         "best-of-n-prefers-a-whole-candidate",
         "best-of-n chooses by score alone: a candidate cut before its answer can win",
         SA + "methods/_best_of_n.py",

@@ -415,6 +415,9 @@ class HFEngine(BridgedEngine):
         self.submitted_prompt_tokens = 0
         self.cached_prompt_tokens = 0
         self._block_tokens = 256  # transformers' KV block (read off its cache at start)
+        # request ids of prefix groups' leaders whose prompts are not yet in a
+        # batch (the loop adds, the generation thread's scheduling takes)
+        self._leaders_waiting: dict[str, None] = {}
 
     def __repr__(self) -> str:
         return (
@@ -620,10 +623,13 @@ class HFEngine(BridgedEngine):
         }
         if request.params.ignore_eos:
             kwargs["eos_token_id"] = -1  # no end-of-sequence token for this request
+        if state.stream._leads is not None and self._share_prefixes:
+            self._leaders_waiting[key] = None
         ids, state.ids = state.ids, None
         self._submit_q.put(("add", ids, kwargs))
 
     def _abort(self, key: Any, state: Any) -> None:
+        self._leaders_waiting.pop(key, None)
         # through the submit queue, so a cancel never overtakes its add
         self._submit_q.put(("cancel", key, None))
 
@@ -801,6 +807,47 @@ class HFEngine(BridgedEngine):
             return reused
 
         cache.search_prefix_match = counted
+        self._release_groups_when_scheduled(manager)
+
+    def _release_groups_when_scheduled(self, manager: Any) -> None:
+        """(Worker thread, at start.)  A prefix group's members are handed over
+        once a batch holds the rest of its leader's prompt (transformers marks
+        such a request decoding when it schedules it): they then wait in the
+        manager's queue while that batch computes the prompt, and join the next
+        batch reusing its blocks, a step earlier than at the leader's first
+        token (which still releases them where this cannot be read)."""
+        try:
+            from transformers.generation.continuous_batching.requests import RequestStatus
+        except ImportError:
+            return
+        scheduler: Any = getattr(getattr(manager, "batch_processor", None), "scheduler", None)
+        schedule = getattr(scheduler, "schedule_batch", None)
+        decoding = getattr(RequestStatus, "DECODING", None)
+        if schedule is None or decoding is None:
+            return
+        waiting = self._leaders_waiting
+
+        def scheduled(*args: Any, **kwargs: Any) -> Any:
+            out = schedule(*args, **kwargs)
+            active = getattr(scheduler, "active_requests", None)
+            if waiting and isinstance(active, dict):
+                for rid in list(waiting):
+                    state = active.get(rid)
+                    if state is not None and getattr(state, "status", None) == decoding:
+                        waiting.pop(rid, None)
+                        caller = self._caller  # (made after the manager starts)
+                        if caller is not None:
+                            caller.call_soon(self._leader_scheduled, rid)
+            return out
+
+        scheduler.schedule_batch = scheduled
+
+    def _leader_scheduled(self, rid: str) -> None:
+        """(Event loop.)  Leader ``rid``'s whole prompt is in a batch: its group's
+        members are submitted now."""
+        state = self._live.get(rid)
+        if state is not None and not state.stream.done:
+            state.stream.prefilled()
 
     def _sampling_kwargs(self, request: EngineRequest) -> dict[str, Any]:
         p = request.params
@@ -855,6 +902,7 @@ class HFEngine(BridgedEngine):
         if not new and not finished:
             return
         if state.stream._leads is not None:
+            self._leaders_waiting.pop(out.request_id, None)
             state.stream.prefilled()  # its prompt's blocks are cached: the group follows
         if not finished and not state.request.stream and not state.request.params.stop:
             return  # only its end is delivered (the manager streams a group's leader)

@@ -198,3 +198,65 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class ServeProcess:
+    """``scaffold serve ARGS`` in a child process on a free loopback port.
+
+    The constructor returns once the server says its engine is ready (its own
+    ``engine ready`` line, read by a thread that drains its stderr) and answers
+    ``/health``; it raises :class:`RuntimeError` with the server's output if the
+    process exits first, or after ``hang_guard`` seconds (a bound on a hang, not
+    a budget: the embedded model's start on a busy machine stays far inside it).
+    """
+
+    def __init__(self, *args: str, hang_guard: float = 900.0) -> None:
+        import subprocess
+        import sys
+        import threading
+        import time
+        from pathlib import Path
+
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scaffold_actors.cli", "serve", "--port", str(self.port),
+             *args],
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.stderr: list[str] = []
+        ready = threading.Event()
+
+        def drain() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.stderr.append(line)
+                if line.strip() == "engine ready":
+                    ready.set()
+            ready.set()  # (the process ended: the wait below says so)
+
+        threading.Thread(target=drain, daemon=True).start()
+        deadline = time.monotonic() + hang_guard
+        ready.wait(hang_guard)
+        while True:  # the port is bound just after the engine is up
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("server did not start:\n" + "".join(self.stderr))
+            try:
+                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+
+    def health(self) -> dict[str, object]:
+        import httpx
+
+        data: dict[str, object] = httpx.get(self.url + "/health", timeout=5).json()
+        return data
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import ServeProcess
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLOCKS = [
@@ -108,29 +108,17 @@ def test_the_serve_example_runs_as_written_and_answers_right(tmp_path: Path) -> 
     import shlex
     import subprocess
     import sys
-    import time
-
-    import httpx
 
     text = (DOCS / "serve.md").read_text()
     found = re.search(r"```bash\n(scaffold serve [^\n#]*?)\s+# embedded model\n", text)
     assert found is not None, "docs/serve.md's first command"
-    port = free_port()
-    args = shlex.split(found.group(1).replace("--port 8000", f"--port {port}"))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "scaffold_actors.cli", *args[1:]],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    args = shlex.split(found.group(1))
+    assert args[:2] == ["scaffold", "serve"] and "--port" in args
+    i = args.index("--port")
+    del args[i : i + 2]  # (a free port instead of 8000, the only change)
+    server = ServeProcess(*args[2:])
+    port = server.port
     try:
-        deadline = time.monotonic() + 600  # a hang guard: the engine's start is polled
-        while True:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "the server never answered /health"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
         client = _block("serve.md", "from openai import OpenAI")
         script = tmp_path / "client.py"
         script.write_text(client.replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
@@ -147,8 +135,7 @@ def test_the_serve_example_runs_as_written_and_answers_right(tmp_path: Path) -> 
         assert said is not None and "'answer': '19'" in said.group(1)
         json.dumps(scaffold)  # plain data
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop()
 
 
 def _documented_commands() -> list[tuple[str, str]]:

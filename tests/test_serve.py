@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,44 +13,21 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")
 
-from helpers import free_port  # noqa: E402
+from helpers import ServeProcess  # noqa: E402
 
 from scaffold_actors.cli._registry import METHODS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Server:
-    def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scaffold_actors.cli", "serve", "--engine", "simulated",
-             "--port", str(self.port), *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(
-            f"server did not start: {self.proc.stderr.read() if self.proc.stderr else ''}"
-        )
+class Server(ServeProcess):
+    """``scaffold serve`` on the simulated engine, with an OpenAI client."""
 
-    def health(self) -> dict[str, object]:
-        data: dict[str, object] = httpx.get(self.url + "/health", timeout=5).json()
-        return data
+    def __init__(self, *args: str) -> None:
+        super().__init__("--engine", "simulated", *args)
 
     def client(self, **kw: object) -> object:
         return openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, **kw)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -224,3 +224,25 @@ def test_each_request_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert "model=nope status=404" in lines[1] and "completion_tokens=-" in lines[1]
     assert "model=cot status=400" in lines[2]  # the model it named, though refused
     assert lines[3].endswith(" stream") and "status=200" in lines[3]
+
+
+@pytest.mark.trio
+async def test_the_server_freezes_what_is_alive_once_its_engine_is_up() -> None:
+    """Once the engine is up, the server moves everything alive (a real engine's
+    model and libraries) out of the collector's walks (``gc.freeze``), and gives
+    them back when it stops; read off the collector itself."""
+    import gc
+
+    from engine_bridge import SimulatedEngine
+    from scaffold_actors import EngineWorker
+    from scaffold_actors.cli._serve import _lifespan, create_app
+    from scaffold_actors.methods import Sampler
+
+    app = create_app(
+        {"cot": Sampler(max_tokens=4)}, {"generation": EngineWorker(SimulatedEngine())}
+    )
+    assert gc.get_freeze_count() == 0
+    async with _lifespan(app):
+        assert gc.get_freeze_count() > 0
+        assert app.state.llm.healthy()
+    assert gc.get_freeze_count() == 0

@@ -1714,6 +1714,13 @@ MUTATIONS = [
         ("tests/test_instructions.py::test_the_step_by_step_methods_ask_a_fact_for_a_sentence",),
     ),
     Mutation(
+        "serve-freezes-what-is-alive-at-start",
+        "scaffold serve leaves an engine's model and libraries in the collector's walks",
+        SA + "cli/_serve.py",
+        (("        gc.freeze()\n", "        pass\n"),),
+        ("tests/test_serve.py::test_the_server_freezes_what_is_alive_once_its_engine_is_up",),
+    ),
+    Mutation(
         "groups-released-when-the-leaders-prompt-is-in-a-batch",
         "a prefix group's members wait for the leader's first token (a step later)",
         SRC + "_engines/_hf.py",

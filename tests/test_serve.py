@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,8 +15,6 @@ pytest.importorskip("starlette")
 from helpers import ServeProcess  # noqa: E402
 
 from scaffold_actors.cli._registry import METHODS  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Server(ServeProcess):

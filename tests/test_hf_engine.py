@@ -105,6 +105,58 @@ async def test_a_prefix_group_is_prefilled_once_in_transformers() -> None:
         assert engine.num_active == 0
 
 
+async def test_outputs_are_decoded_off_the_event_loop_and_progress_stays_there() -> None:
+    """The bridge thread decodes what is delivered; the loop is handed an
+    unstreamed request's output only at its end (and a streamed one's each
+    step), never transformers' per-token progress of a request nobody reads."""
+    import threading
+
+    async with HFEngine() as engine:
+        loop_thread = threading.get_ident()
+        decoders: list[int] = []
+        decode = engine.tokenizer.decode
+
+        def recording_decode(*args: Any, **kwargs: Any) -> Any:
+            decoders.append(threading.get_ident())
+            return decode(*args, **kwargs)
+
+        handed: list[tuple[str, int]] = []
+        on_output = engine._on_output
+
+        def recording_on_output(out: Any, tokens: list[int], *rest: Any) -> None:
+            handed.append((out.request_id, len(tokens)))
+            on_output(out, tokens, *rest)
+
+        engine.tokenizer.decode = recording_decode
+        engine._on_output = recording_on_output  # type: ignore[method-assign]
+        try:
+            params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+            unstreamed = EngineRequest(params, prompt="Count: 1 2 3", stream=False)
+            text, ids, *_ = await collect(engine, unstreamed)
+            assert len(ids) == 6 and len(handed) == 1  # its end alone
+            streamed = EngineRequest(params, prompt="Count: 1 2 3")
+            again, *_ = await collect(engine, streamed)
+            assert again == text and len(handed) == 1 + 6  # each of its steps
+            # a group's leader streams in transformers until its prompt is
+            # computed; its later steps are nobody's to read
+            handed.clear()
+            prompt = "Reason about the question below carefully, one step at a time. " * 45
+            grouped = EngineRequest(params, prompt=prompt, stream=False, group=PrefixGroup(2))
+            async with contextlib.AsyncExitStack() as stack:
+                streams = [
+                    await stack.enter_async_context(engine.open_stream(grouped)) for _ in range(2)
+                ]
+                for stream in streams:
+                    deltas = [d async for d in stream]
+                    assert len(deltas) == 1 and len(deltas[0].token_ids) == 6
+            assert engine.cached_prompt_tokens > 0  # the member reused the leader's blocks
+            assert len(handed) <= 3, handed  # each end, and the leader's first step at most
+        finally:
+            del engine.tokenizer.decode
+        assert decoders and loop_thread not in decoders
+        assert engine.num_active == 0
+
+
 def test_missing_model_path_is_a_clear_error() -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         HFEngine("/no/such/model")

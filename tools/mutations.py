@@ -1730,6 +1730,40 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "hf-decodes-in-the-bridge-thread",
+        "transformers' outputs are decoded in the event loop, as before",
+        SRC + "_engines/_hf.py",
+        (
+            (
+                "        text = self.tokenizer.decode(tokens, skip_special_tokens=True) if delivered else \"\"\n",
+                "        text = \"\"\n",
+            ),
+            (
+                "        state.n_tokens = len(tokens)\n        finish: str | None = None\n",
+                "        state.n_tokens = len(tokens)\n"
+                "        text = self.tokenizer.decode(tokens, skip_special_tokens=True)\n"
+                "        finish: str | None = None\n",
+            ),
+        ),
+        (
+            "tests/test_hf_engine.py::test_outputs_are_decoded_off_the_event_loop_and_progress_stays_there",
+        ),
+    ),
+    Mutation(
+        "hf-progress-nobody-reads-stays-in-the-bridge-thread",
+        "every output transformers streams reaches the event loop",
+        SRC + "_engines/_hf.py",
+        (
+            (
+                "        if not delivered and state.stream._leads is None:\n",
+                "        if False:\n",
+            ),
+        ),
+        (
+            "tests/test_hf_engine.py::test_outputs_are_decoded_off_the_event_loop_and_progress_stays_there",
+        ),
+    ),
+    Mutation(
         "best-of-n-prefers-a-whole-candidate",
         "best-of-n chooses by score alone: a candidate cut before its answer can win",
         SA + "methods/_best_of_n.py",

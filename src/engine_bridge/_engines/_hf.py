@@ -874,7 +874,8 @@ class HFEngine(BridgedEngine):
                             f"the transformers generation thread stopped{_fatal_error(manager)}"
                         )
                     continue
-                if not caller.call_soon(self._on_output, out):
+                args = self._read_output(out)
+                if args is not None and not caller.call_soon(self._on_output, *args):
                     return
         except BaseException as exc:  # the engine is dead: fail everything, clearly
             err = (
@@ -883,7 +884,28 @@ class HFEngine(BridgedEngine):
             if not self._stop.is_set():
                 caller.call_soon(self._on_failure, err)
 
-    def _on_output(self, out: Any) -> None:
+    def _read_output(self, out: Any) -> tuple[Any, list[int], bool, str] | None:
+        """(In the bridge thread) what the loop needs of ``out``: the output,
+        its tokens, whether it is finished and, where it is delivered, its text
+        (decoded here, not in the loop); ``None``: nothing of it reaches the
+        loop (an output of a request that was not asked to stream, before its
+        end; the loop re-checks everything it is given)."""
+        if getattr(out, "error", None):
+            return out, [], False, ""
+        state = self._live.get(out.request_id)  # (a dict read; the loop owns the state)
+        if state is None:
+            return None  # cancelled: its late output is dropped
+        finished = bool(out.is_finished())
+        request = state.request
+        delivered = finished or request.stream or bool(request.params.stop)
+        if not delivered and state.stream._leads is None:
+            return None  # a released group leader's or an unstreamed request's progress
+        tokens = list(out.generated_tokens)
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True) if delivered else ""
+        return out, tokens, finished, text
+
+    def _on_output(self, out: Any, tokens: list[int], finished: bool, text: str) -> None:
+        """(In the loop) deliver an output read by :meth:`_read_output`."""
         state = self._live.get(out.request_id)
         if state is None or state.stream.done:
             return  # cancelled: its late output is dropped
@@ -896,9 +918,7 @@ class HFEngine(BridgedEngine):
                 state.stream.fail(err)
                 state.stream.release()  # the manager failed and dropped it
             return
-        tokens = list(out.generated_tokens)
         new = tokens[state.n_tokens :]
-        finished = bool(out.is_finished())
         if not new and not finished:
             return
         if state.stream._leads is not None:
@@ -911,7 +931,6 @@ class HFEngine(BridgedEngine):
             logprobs = self._logprobs(out, state.n_tokens, len(tokens))
         start = state.n_tokens
         state.n_tokens = len(tokens)
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         finish: str | None = None
         if finished:
             finish = "length" if len(tokens) >= state.max_tokens else "stop"

@@ -196,6 +196,18 @@ def test_sync_generate_interrupted_cancels_its_requests() -> None:
     """A KeyboardInterrupt (Ctrl-C) while ``generate`` waits: its requests do not
     run on.  Read from the engine: every one aborted, none alive."""
     import signal
+
+    # a shell's background job ignores SIGINT and Python then leaves it ignored:
+    # the Ctrl-C below would never arrive and ``generate`` would wait for ever
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_generate()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_generate() -> None:
+    import signal
     import threading
     import time
 

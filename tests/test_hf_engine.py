@@ -111,7 +111,13 @@ async def test_outputs_are_decoded_off_the_event_loop_and_progress_stays_there()
     step), never transformers' per-token progress of a request nobody reads."""
     import threading
 
-    async with HFEngine() as engine:
+    engine = HFEngine()
+    engine.load()
+    backend = engine.tokenizer.backend_tokenizer
+    backend.enable_padding()  # a setting the engine's own encoding would write over
+    async with engine:
+        # written over once, before any output is decoded beside an encoding
+        assert backend.padding is None
         loop_thread = threading.get_ident()
         decoders: list[int] = []
         decode = engine.tokenizer.decode

@@ -1750,6 +1750,16 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "hf-tokenizer-settled-before-decoding-beside-it",
+        "the engine starts without settling the tokenizer's padding and truncation: a first "
+        "encoding may write to it while the bridge thread decodes",
+        SRC + "_engines/_hf.py",
+        (("        self._settle_tokenizer()\n", ""),),
+        (
+            "tests/test_hf_engine.py::test_outputs_are_decoded_off_the_event_loop_and_progress_stays_there",
+        ),
+    ),
+    Mutation(
         "hf-progress-nobody-reads-stays-in-the-bridge-thread",
         "every output transformers streams reaches the event loop",
         SRC + "_engines/_hf.py",

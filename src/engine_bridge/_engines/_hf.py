@@ -568,6 +568,7 @@ class HFEngine(BridgedEngine):
         if self._manager is not None:
             raise RuntimeError("HFEngine already started")
         await anyio.to_thread.run_sync(self.load)
+        self._settle_tokenizer()
         self._manager = await anyio.to_thread.run_sync(self._start_manager)
         self._start_bridge()
         self._stop.clear()
@@ -599,6 +600,14 @@ class HFEngine(BridgedEngine):
                 )
             if thread is not None:
                 await anyio.to_thread.run_sync(thread.join, 30)
+
+    def _settle_tokenizer(self) -> None:
+        """The bridge thread decodes while the loop encodes.  transformers' fast
+        tokenizer writes to its Rust tokenizer only when a call's padding or
+        truncation differs from the one before (reads side by side are safe; a
+        write beside a read raises "Already borrowed" in the reading thread): one
+        call with the settings :meth:`encode` uses leaves every later one a read."""
+        self.tokenizer.encode("x")
 
     def _prepare(self, request: EngineRequest) -> _HFRequest:
         self._ensure_usable()

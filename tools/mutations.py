@@ -1735,8 +1735,8 @@ MUTATIONS = [
         SRC + "_engines/_hf.py",
         (
             (
-                "        text = self.tokenizer.decode(tokens, skip_special_tokens=True) if delivered else \"\"\n",
-                "        text = \"\"\n",
+                "        text = self.tokenizer.decode(tokens, skip_special_tokens=True) if delivered else None\n",
+                "        text = \"\" if delivered else None\n",
             ),
             (
                 "        state.n_tokens = len(tokens)\n        finish: str | None = None\n",

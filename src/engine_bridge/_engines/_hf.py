@@ -893,14 +893,15 @@ class HFEngine(BridgedEngine):
             if not self._stop.is_set():
                 caller.call_soon(self._on_failure, err)
 
-    def _read_output(self, out: Any) -> tuple[Any, list[int], bool, str] | None:
+    def _read_output(self, out: Any) -> tuple[Any, list[int], bool, str | None] | None:
         """(In the bridge thread) what the loop needs of ``out``: the output,
         its tokens, whether it is finished and, where it is delivered, its text
-        (decoded here, not in the loop); ``None``: nothing of it reaches the
-        loop (an output of a request that was not asked to stream, before its
-        end; the loop re-checks everything it is given)."""
+        (decoded here, not in the loop; ``None``: not delivered, a group
+        leader's step that only tells its prompt is computed); ``None``: nothing
+        of it reaches the loop (an output of a request that was not asked to
+        stream, before its end; the loop re-checks the request's state)."""
         if getattr(out, "error", None):
-            return out, [], False, ""
+            return out, [], False, None
         state = self._live.get(out.request_id)  # (a dict read; the loop owns the state)
         if state is None:
             return None  # cancelled: its late output is dropped
@@ -910,10 +911,10 @@ class HFEngine(BridgedEngine):
         if not delivered and state.stream._leads is None:
             return None  # a released group leader's or an unstreamed request's progress
         tokens = list(out.generated_tokens)
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True) if delivered else ""
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True) if delivered else None
         return out, tokens, finished, text
 
-    def _on_output(self, out: Any, tokens: list[int], finished: bool, text: str) -> None:
+    def _on_output(self, out: Any, tokens: list[int], finished: bool, text: str | None) -> None:
         """(In the loop) deliver an output read by :meth:`_read_output`."""
         state = self._live.get(out.request_id)
         if state is None or state.stream.done:
@@ -933,7 +934,7 @@ class HFEngine(BridgedEngine):
         if state.stream._leads is not None:
             self._leaders_waiting.pop(out.request_id, None)
             state.stream.prefilled()  # its prompt's blocks are cached: the group follows
-        if not finished and not state.request.stream and not state.request.params.stop:
+        if text is None:
             return  # only its end is delivered (the manager streams a group's leader)
         logprobs = None
         if state.request.params.num_logprobs is not None:
